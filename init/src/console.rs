@@ -1,0 +1,54 @@
+//! Messages to the admin: every active console (the serial port and the
+//! physical monitor both, whichever the admin is looking at) and the kernel
+//! log (`dmesg`).
+//!
+//! `/dev/console` is only the last `console=` of the command line, so
+//! writing there alone would leave a monitor blank on a server whose serial
+//! port is the primary console. The kernel lists all of them in
+//! /sys/class/tty/console/active.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+
+/// Writes a line to each active console.
+fn to_consoles(line: &str) {
+    let active = std::fs::read_to_string("/sys/class/tty/console/active").unwrap_or_default();
+    let mut wrote = false;
+    for name in active.split_whitespace() {
+        if let Ok(mut f) = OpenOptions::new().write(true).open(format!("/dev/{name}")) {
+            wrote |= f.write_all(line.as_bytes()).is_ok();
+        }
+    }
+    if !wrote {
+        let _ = std::io::stdout().write_all(line.as_bytes());
+    }
+}
+
+/// Records a line in the kernel log at the given syslog level. Level 7
+/// (debug) keeps it out of the consoles, where `to_consoles` already put it.
+fn to_kmsg(level: u8, msg: &str) {
+    if let Ok(mut f) = OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = f.write_all(format!("<{level}>kvmos-init: {msg}\n").as_bytes());
+    }
+}
+
+pub fn info(msg: &str) {
+    to_consoles(&format!("{msg}\n"));
+    to_kmsg(7, msg);
+}
+
+pub fn warn(msg: &str) {
+    to_consoles(&format!("kvmos-init: WARNING: {msg}\n"));
+    to_kmsg(4, msg);
+}
+
+/// Only in the kernel log.
+pub fn debug(msg: &str) {
+    to_kmsg(7, msg);
+}
+
+pub fn banner(title: &str) {
+    let rule = "=".repeat(title.chars().count() + 4);
+    to_consoles(&format!("\n{rule}\n  {title}\n{rule}\n"));
+    to_kmsg(7, title);
+}
