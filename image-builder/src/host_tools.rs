@@ -42,6 +42,9 @@ pub const BUILD: &[Requirement] = &[
     cmd("perl", "perl"),
     cmd("xz", "xz-utils"),
     cmd("zstd", "zstd"),
+    cmd("mke2fs", "e2fsprogs"),
+    cmd("e2fsck", "e2fsprogs"),
+    cmd("ldd", "libc-bin"),
     Requirement { what: "libelf headers (gelf.h)", check: Check::File("/usr/include/gelf.h"), package: "libelf-dev" },
     Requirement {
         what: "OpenSSL headers (openssl/ssl.h)",

@@ -16,6 +16,7 @@
 pub mod binaries;
 pub mod disk;
 pub mod guest;
+pub mod host_programs;
 pub mod host_tools;
 pub mod initramfs;
 pub mod kconfig;

@@ -4,6 +4,7 @@
 use crate::binaries::{self, Binaries};
 use crate::disk::{self, DiskSpec};
 use crate::guest;
+use crate::host_programs;
 use crate::host_tools;
 use crate::initramfs::{self, Archive};
 use crate::kconfig;
@@ -117,6 +118,13 @@ fn write_initramfs(
     let mut descriptor = serde_json::to_vec_pretty(&guest::descriptor())?;
     descriptor.push(b'\n');
     a.file(&format!("{DEMO_GUEST_DIR}/guest.json"), 0o644, descriptor)?;
+    let mut libs = std::collections::BTreeSet::new();
+    for (name, dest) in host_programs::E2FSPROGS {
+        host_programs::add(&mut a, &mut libs, &host_programs::locate(name)?, dest)?;
+    }
+    if Path::new("/etc/mke2fs.conf").is_file() {
+        a.file("/etc/mke2fs.conf", 0o644, read(Path::new("/etc/mke2fs.conf"))?)?;
+    }
     a.file("/usr/share/kvmos/version", 0o644, version_text(&layout.repo).into_bytes())?;
     for d in ["/proc", "/sys", "/dev", "/run", "/tmp", "/etc", "/root", "/var/lib/kvmos", "/var/log"] {
         a.dir(d, 0o755)?;

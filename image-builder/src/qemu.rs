@@ -85,11 +85,13 @@ impl QemuOptions {
         c.args(["-device", "virtio-net-pci,netdev=uplink"]);
         match self.serial {
             Serial::Terminal => c.args(["-serial", "mon:stdio"]),
-            Serial::Pipe => c.args(["-serial", "stdio", "-monitor", "none"]),
+            Serial::Pipe => c.args(["-serial", "stdio"]),
         };
-        if let Some(sock) = &self.monitor_socket {
-            c.arg("-monitor").arg(format!("unix:{},server=on,wait=off", sock.display()));
-        }
+        match &self.monitor_socket {
+            Some(sock) => c.arg("-monitor").arg(format!("unix:{},server=on,wait=off", sock.display())),
+            None if self.serial == Serial::Pipe => c.args(["-monitor", "none"]),
+            None => &mut c,
+        };
         match &self.boot {
             Boot::Direct { kernel, initrd } => {
                 c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);

@@ -158,3 +158,98 @@ impl Drop for Appliance {
         let _ = self.child.wait();
     }
 }
+
+impl Appliance {
+    /// Sends one command to the QEMU human monitor (needs
+    /// `QemuOptions::monitor_socket`), e.g. `system_powerdown`.
+    pub fn monitor(&self, socket: &std::path::Path, command: &str) -> Result<()> {
+        use std::os::unix::net::UnixStream;
+        let mut s = UnixStream::connect(socket)
+            .with_context(|| format!("cannot reach the QEMU monitor at {}", socket.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        // The monitor greets first; read the banner so the command is not lost.
+        let mut banner = [0u8; 512];
+        let _ = s.read(&mut banner);
+        s.write_all(format!("{command}\n").as_bytes())?;
+        let _ = s.read(&mut banner);
+        Ok(())
+    }
+
+    /// Types a debug command (see init/src/debug.rs) and waits for its answer.
+    pub fn debug(&mut self, command: &str, answer: &str) -> Result<String> {
+        self.send(&format!("kvmos-debug {command}\n"))?;
+        self.expect(answer, Duration::from_secs(120))
+    }
+}
+
+/// A test data disk: a GPT disk image with one ext4 partition.
+pub struct DataDisk {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl DataDisk {
+    /// Makes a disk of `size_mib` MiB whose first partition holds ext4
+    /// labelled `label` (made by mkfs.ext4, as an admin would).
+    pub fn create(path: &std::path::Path, size_mib: u64, label: &str) -> Result<Self> {
+        let total = size_mib << 20;
+        let offset = 1u64 << 20;
+        let size = total - 2 * offset;
+        let f = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(path)?;
+        f.set_len(total)?;
+        let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total / 512 - 1)?);
+        let mut f2 = f.try_clone()?;
+        mbr.overwrite_lba0(&mut f2)?;
+        let mut disk = gpt::GptConfig::new()
+            .writable(true)
+            .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+            .create_from_device(f2, None)?;
+        disk.add_partition_at("data", 1, offset / 512, size / 512, gpt::partition_types::LINUX_FS, 0)?;
+        disk.write()?;
+        let part = path.with_extension("part");
+        std::fs::File::create(&part)?.set_len(size)?;
+        let st = std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-L", label]).arg(&part).status()?;
+        if !st.success() {
+            bail!("mkfs.ext4 failed ({st})");
+        }
+        let d = Self { path: path.to_path_buf(), offset, size };
+        d.splice_in(&part)?;
+        std::fs::remove_file(part)?;
+        Ok(d)
+    }
+
+    fn splice_in(&self, part: &std::path::Path) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let mut disk = std::fs::File::options().write(true).open(&self.path)?;
+        disk.seek(SeekFrom::Start(self.offset))?;
+        std::io::copy(&mut std::fs::File::open(part)?, &mut disk)?;
+        Ok(())
+    }
+
+    /// Copies the partition out to its own file (for e2fsck and dumpe2fs).
+    pub fn extract_partition(&self, out: &std::path::Path) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let mut disk = std::fs::File::open(&self.path)?;
+        disk.seek(SeekFrom::Start(self.offset))?;
+        let mut o = std::fs::File::create(out)?;
+        std::io::copy(&mut (&mut disk).take(self.size), &mut o)?;
+        Ok(())
+    }
+
+    /// Runs `e2fsck -fn` on the partition; Ok with its report when clean.
+    pub fn check_clean(&self) -> Result<String> {
+        let part = self.path.with_extension("check");
+        self.extract_partition(&part)?;
+        let out = std::process::Command::new("e2fsck").args(["-fn"]).arg(&part).output()?;
+        let dump = std::process::Command::new("dumpe2fs").arg("-h").arg(&part).output()?;
+        let _ = std::fs::remove_file(&part);
+        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let header = String::from_utf8_lossy(&dump.stdout).into_owned();
+        let state_clean = header.lines().any(|l| l.starts_with("Filesystem state:") && l.trim_end().ends_with("clean"));
+        if !out.status.success() || !state_clean {
+            bail!("the data disk is not clean (e2fsck {}):\n{report}\n{header}", out.status);
+        }
+        Ok(report)
+    }
+}
