@@ -133,10 +133,12 @@ fn test(layout: &Layout, cargo_test_args: &[String]) -> Result<()> {
         ),
         (
             "tests",
+            // Two at a time: each QEMU boot keeps a core busy under TCG.
             ["test", "--workspace", "--locked"]
                 .map(String::from)
                 .into_iter()
                 .chain(cargo_test_args.iter().cloned())
+                .chain(["--".to_string(), "--test-threads=2".to_string()])
                 .collect(),
         ),
     ];

@@ -39,7 +39,9 @@ pub fn info(msg: &str) {
 
 pub fn warn(msg: &str) {
     to_consoles(&format!("kvmos-init: WARNING: {msg}\n"));
-    to_kmsg(4, msg);
+    // Debug level like the rest: a warning level would make the kernel print
+    // it on the consoles a second time.
+    to_kmsg(7, &format!("WARNING: {msg}"));
 }
 
 /// Only in the kernel log.

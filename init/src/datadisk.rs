@@ -15,7 +15,6 @@ use nix::mount::{mount, MsFlags};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Where the data disk is mounted.
@@ -222,7 +221,7 @@ fn format_ext4(dev: &Path, label: &str) -> Result<(), String> {
     if !Path::new(MKFS).exists() {
         return Err(format!("{MKFS} is not in this image"));
     }
-    let out = Command::new(MKFS)
+    let out = crate::supervisor::child_command(MKFS)
         .args(["-q", "-F", "-t", "ext4", "-L", label, "-E", "lazy_itable_init=1,lazy_journal_init=1"])
         .arg(dev)
         .output()
@@ -239,7 +238,7 @@ fn fsck(dev: &Path, clean: bool) -> Option<String> {
     if !Path::new(FSCK).exists() {
         return (!clean).then(|| format!("{} was not cleanly unmounted; the journal replays on mount", dev.display()));
     }
-    let mut child = match Command::new(FSCK).arg("-p").arg(dev).spawn() {
+    let mut child = match crate::supervisor::child_command(FSCK).arg("-p").arg(dev).spawn() {
         Ok(c) => c,
         Err(e) => return Some(format!("cannot run e2fsck: {e}")),
     };
@@ -321,7 +320,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let img = dir.join("data.img");
         std::fs::write(&img, vec![0u8; 8 << 20]).unwrap();
-        let st = Command::new("mkfs.ext4").args(["-q", "-F", "-L", "KVMOS_DATA"]).arg(&img).status().unwrap();
+        let st =
+            std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-L", "KVMOS_DATA"]).arg(&img).status().unwrap();
         assert!(st.success());
         let c = probe(File::open(&img).unwrap()).unwrap();
         assert_eq!(c, Content::Ext4 { label: "KVMOS_DATA".into(), clean: true });

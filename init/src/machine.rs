@@ -218,7 +218,7 @@ fn on_debug(m: &mut Machine, cmd: Result<debug::Command, String>) {
         }
         Ok(debug::Command::Orphans(n)) => {
             for _ in 0..n {
-                let r = std::process::Command::new("/init").arg(debug::ORPHAN_PARENT).spawn();
+                let r = crate::supervisor::child_command("/init").arg(debug::ORPHAN_PARENT).spawn();
                 if let Err(e) = r {
                     say(&format!("cannot start an orphan maker: {e}"));
                 }

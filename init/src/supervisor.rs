@@ -3,8 +3,10 @@
 //! backoff that doubles up to a cap; one that ran a while starts from the
 //! shortest backoff again.
 
+use nix::sys::signal::SigSet;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -58,7 +60,7 @@ impl Service {
             _ => return None,
         }
         self.next_start = None;
-        match Command::new(&self.program).args(&self.args).spawn() {
+        match child_command(&self.program).args(&self.args).spawn() {
             Ok(child) => {
                 let pid = Pid::from_raw(child.id() as i32);
                 // PID 1 reaps it through waitpid(-1); dropping the handle
@@ -111,6 +113,19 @@ impl Service {
     }
 }
 
+/// A command for a child of PID 1. PID 1 blocks the signals it takes with
+/// sigwait, and a child inherits the mask across exec (std does not reset
+/// it): without this, kvmos-webadmin would never see SIGTERM.
+pub fn child_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    // SAFETY: the closure only calls pthread_sigmask, which is
+    // async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| SigSet::empty().thread_set_mask().map_err(std::io::Error::from));
+    }
+    cmd
+}
+
 pub fn describe(status: &WaitStatus) -> String {
     match status {
         WaitStatus::Exited(_, code) => format!("exit status {code}"),
@@ -159,6 +174,17 @@ mod tests {
         assert!(msg.contains("stopped"));
         assert_eq!(s.next_deadline(), None);
         assert!(s.tick(t0 + Duration::from_secs(100)).is_none());
+    }
+
+    #[test]
+    fn children_start_with_no_signal_blocked() {
+        let mut blocked = SigSet::empty();
+        blocked.add(nix::sys::signal::Signal::SIGTERM);
+        let old = blocked.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK).unwrap();
+        let out = child_command("/bin/grep").args(["^SigBlk", "/proc/self/status"]).output().unwrap();
+        old.thread_set_mask().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.trim(), "SigBlk:\t0000000000000000", "{text}");
     }
 
     #[test]

@@ -167,11 +167,29 @@ impl Appliance {
         let mut s = UnixStream::connect(socket)
             .with_context(|| format!("cannot reach the QEMU monitor at {}", socket.display()))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        // The monitor greets first; read the banner so the command is not lost.
-        let mut banner = [0u8; 512];
-        let _ = s.read(&mut banner);
+        // HMP echoes input as it reads it and prints a new prompt once the
+        // command ran; closing earlier can drop the command.
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        let read_until_prompt = |s: &mut UnixStream, seen: &mut Vec<u8>, buf: &mut [u8], count: usize| -> Result<()> {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while String::from_utf8_lossy(seen).matches("(qemu) ").count() < count {
+                if Instant::now() > deadline {
+                    bail!("the QEMU monitor did not answer: {}", String::from_utf8_lossy(seen));
+                }
+                match s.read(buf) {
+                    Ok(0) => bail!("the QEMU monitor closed the connection"),
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        };
+        read_until_prompt(&mut s, &mut seen, &mut buf, 1)?;
         s.write_all(format!("{command}\n").as_bytes())?;
-        let _ = s.read(&mut banner);
+        read_until_prompt(&mut s, &mut seen, &mut buf, 2)?;
         Ok(())
     }
 
@@ -251,5 +269,37 @@ impl DataDisk {
             bail!("the data disk is not clean (e2fsck {}):\n{report}\n{header}", out.status);
         }
         Ok(report)
+    }
+}
+
+/// GETs `https://127.0.0.1:PORT/PATH` from the host, accepting the
+/// appliance's self-signed certificate; returns the status and body.
+pub fn https_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let tls = ureq::tls::TlsConfig::builder().disable_verification(true).build();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent.get(format!("https://127.0.0.1:{port}{path}")).call()?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string()?;
+    Ok((status, body))
+}
+
+/// Polls [`https_get`] until it answers 200, for at most `timeout`.
+pub fn wait_https(port: u16, path: &str, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let err = match https_get(port, path) {
+            Ok((200, body)) => return Ok(body),
+            Ok((status, body)) => anyhow!("HTTP {status}: {body}"),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            bail!("https://127.0.0.1:{port}{path} did not answer 200 within {timeout:?}: {err:#}");
+        }
+        std::thread::sleep(Duration::from_secs(2));
     }
 }

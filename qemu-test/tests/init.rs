@@ -5,7 +5,7 @@
 //! The tests look inside through the `kvmos.debug` hooks (init/src/debug.rs).
 
 use kvmos_image_builder::qemu::{free_port, QemuOptions};
-use kvmos_qemu_test::{image, work_dir, Appliance, Boot, DataDisk, BOOT_TIMEOUT};
+use kvmos_qemu_test::{image, wait_https, work_dir, Appliance, Boot, DataDisk, BOOT_TIMEOUT};
 use std::time::Duration;
 
 fn direct(name: &str, append: &str) -> (QemuOptions, std::path::PathBuf) {
@@ -33,7 +33,7 @@ fn assert_no_zombies(vm: &mut Appliance) {
         .filter(|l| l.contains("kvmos-debug: ps ") && l.split_whitespace().nth(3) == Some("Z"))
         .collect();
     assert!(zombies.is_empty(), "zombies left: {zombies:?}\n{listing}");
-    assert!(listing.contains(" 1 S "), "PID 1 is listed: {listing}");
+    assert!(listing.contains("kvmos-debug: ps 1 "), "PID 1 is listed: {listing}");
 }
 
 #[test]
@@ -95,4 +95,23 @@ fn malformed_net_option_warns_and_falls_back_to_dhcp() {
         .unwrap();
     vm.expect("unknown key kvmos.colour is ignored", BOOT_TIMEOUT).unwrap();
     vm.expect("Panel:      https://10.0.2.15/", BOOT_TIMEOUT).unwrap();
+}
+
+#[test]
+fn killed_webadmin_is_restarted_and_reachable_again_through_the_forwarded_port() {
+    let (opts, _) = direct("init-supervise", "kvmos.debug");
+    let port = opts.panel_host_port.unwrap();
+    let mut vm = Appliance::boot("init-supervise", opts).unwrap();
+    vm.expect("kvmos-init: started kvmos-webadmin", BOOT_TIMEOUT).unwrap();
+    vm.expect("kvmos-init: ready", BOOT_TIMEOUT).unwrap();
+    vm.expect("Panel:      https://10.0.2.15/", BOOT_TIMEOUT).unwrap();
+    let body = wait_https(port, "/api/v1/health", BOOT_TIMEOUT).unwrap();
+    assert!(body.contains("\"ok\""), "{body}");
+
+    vm.debug("kill-webadmin", "SIGKILL to kvmos-webadmin").unwrap();
+    let exit = vm.expect("restarting in", Duration::from_secs(60)).unwrap();
+    assert!(exit.contains("kvmos-webadmin exited after") && exit.contains("killed by SIGKILL"), "{exit}");
+    vm.expect("kvmos-init: started kvmos-webadmin", Duration::from_secs(60)).unwrap();
+    let body = wait_https(port, "/api/v1/health", BOOT_TIMEOUT).unwrap();
+    assert!(body.contains("\"ok\""), "{body}");
 }

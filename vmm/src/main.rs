@@ -1,14 +1,149 @@
-//! kvmos-vmm runs one virtual machine per process on KVM (see the VMM issue
-//! for what it will hold: rust-vmm based boot, virtio devices, a control API).
-//!
-//! It is not written yet. Until it is, the binary exists so the image layout
-//! is final, and it says plainly that it cannot run a VM.
+//! `kvmos-vmm`: run one VM in this process. See the crate docs
+//! (`kvmos_vmm`) for the parts, and `exit.rs` for the exit codes.
+
+use clap::Parser;
+use kvmos_vmm::config::{ConfigError, DiskConfig, HostLimits, NetConfig, SerialConfig, VmConfig};
+use kvmos_vmm::exit::{EXIT_BAD_CONFIG, EXIT_INTERNAL_ERROR};
+use kvmos_vmm::{builder, runner};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(name = "kvmos-vmm", version, about = "Run one virtual machine on KVM")]
+struct Args {
+    /// A JSON VM configuration (see the crate docs); flags below override it
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The guest kernel (bzImage or ELF vmlinux)
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    #[arg(long)]
+    cmdline: Option<String>,
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// PATH[,ro] — a raw disk image (repeatable)
+    #[arg(long, value_name = "PATH[,ro]")]
+    disk: Vec<String>,
+    /// tap=NAME[,mac=MAC] — a NIC on a TAP device (repeatable)
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Vec<String>,
+    /// stdio, socket:PATH or none
+    #[arg(long)]
+    serial: Option<String>,
+    /// The control API's Unix socket
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// A name for logs
+    #[arg(long)]
+    vm_id: Option<String>,
+}
+
+fn flag(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Flag { flag, reason: reason.into() }
+}
+
+fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
+    let mut c = match &args.config {
+        Some(p) => VmConfig::from_file(p)?,
+        None => {
+            let kernel = args.kernel.clone().ok_or_else(|| flag("kernel", "give --kernel PATH or --config FILE"))?;
+            VmConfig::from_json(&serde_json::json!({ "kernel": kernel }).to_string())?
+        }
+    };
+    if let Some(v) = args.kernel {
+        c.kernel = v;
+    }
+    if let Some(v) = args.initrd {
+        c.initrd = Some(v);
+    }
+    if let Some(v) = args.cmdline {
+        c.cmdline = v;
+    }
+    if let Some(v) = args.memory_mib {
+        c.memory_mib = v;
+    }
+    if let Some(v) = args.vcpus {
+        c.vcpus = v;
+    }
+    if let Some(v) = args.vm_id {
+        c.vm_id = v;
+    }
+    if let Some(v) = args.api_socket {
+        c.api_socket = Some(v);
+    }
+    for d in args.disk {
+        let (path, ro) = match d.strip_suffix(",ro") {
+            Some(p) => (p.to_string(), true),
+            None => (d.clone(), false),
+        };
+        c.disks.push(DiskConfig { path: path.into(), read_only: ro, id: None });
+    }
+    for n in args.net {
+        let mut tap = None;
+        let mut mac = None;
+        for part in n.split(',') {
+            match part.split_once('=') {
+                Some(("tap", v)) => tap = Some(v.to_string()),
+                Some(("mac", v)) => mac = Some(v.to_string()),
+                _ => return Err(flag("net", format!("cannot read {part:?}; write tap=NAME[,mac=52:54:00:12:34:56]"))),
+            }
+        }
+        let tap = tap.ok_or_else(|| flag("net", "name the TAP device: tap=NAME"))?;
+        c.nets.push(NetConfig { tap, mac });
+    }
+    if let Some(s) = args.serial {
+        c.serial = match s.as_str() {
+            "stdio" => SerialConfig::Stdio,
+            "none" => SerialConfig::None,
+            _ => match s.strip_prefix("socket:") {
+                Some(p) if !p.is_empty() => SerialConfig::Socket { path: p.into() },
+                _ => return Err(flag("serial", "write stdio, none or socket:PATH")),
+            },
+        };
+    }
+    Ok(c)
+}
+
+/// What this host can give a VM: KVM's vCPU limit and the memory
+/// available now.
+fn host_limits() -> HostLimits {
+    let max_vcpus = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u64).unwrap_or(1);
+    let available_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(u64::MAX / 1024);
+    HostLimits { max_vcpus, available_mib: available_kib / 1024 }
+}
 
 fn main() {
-    if std::env::args().any(|a| a == "--version") {
-        println!("kvmos-vmm {}", env!("CARGO_PKG_VERSION"));
-        return;
-    }
-    eprintln!("kvmos-vmm {}: this build has no VMM yet; it cannot run virtual machines", env!("CARGO_PKG_VERSION"));
-    std::process::exit(2);
+    let started = Instant::now();
+    tracing_subscriber::fmt().with_target(false).with_ansi(false).with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let config = match config_from(args).and_then(|c| c.validate(&host_limits()).map(|_| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvmos-vmm: {e}");
+            std::process::exit(EXIT_BAD_CONFIG);
+        }
+    };
+    let machine = match builder::build_linux_vm(&config, started) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("kvmos-vmm: cannot build the VM: {e}");
+            std::process::exit(EXIT_INTERNAL_ERROR);
+        }
+    };
+    tracing::info!(vm = %config.vm_id, "VM built in {:.1} ms; starting", started.elapsed().as_secs_f64() * 1000.0);
+    let reason = runner::run(machine, &config.serial);
+    tracing::info!(vm = %config.vm_id, "VM ended: {reason}");
+    std::process::exit(reason.code());
 }

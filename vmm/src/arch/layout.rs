@@ -1,0 +1,53 @@
+//! Where everything lives in guest-physical memory and I/O space. Every
+//! address the VMM puts in front of a guest is a named constant here.
+
+/// The kernel's boot_params ("zero page").
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// The stack the kernel starts on (grows down from here).
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Identity-mapped page tables for 64-bit entry: PML4, PDPT, PD.
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+pub const PDE_START: u64 = 0xb000;
+/// The boot GDT and an empty IDT.
+pub const BOOT_GDT_OFFSET: u64 = 0x500;
+pub const BOOT_IDT_OFFSET: u64 = 0x520;
+/// The kernel command line.
+pub const CMDLINE_START: u64 = 0x20000;
+/// x86 Linux accepts command lines up to this size (COMMAND_LINE_SIZE).
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+/// End of the low RAM the E820 map reports below the EBDA/BIOS area.
+pub const EBDA_START: u64 = 0x9fc00;
+/// ACPI tables live in the BIOS area, where Linux also scans for the RSDP.
+pub const ACPI_START: u64 = 0xe0000;
+/// Protected-mode kernels load at 1 MiB.
+pub const HIMEM_START: u64 = 0x10_0000;
+/// The 32-bit MMIO hole: nothing but devices between here and 4 GiB, so RAM
+/// above it continues at 4 GiB.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// virtio-mmio devices, one 4 KiB window each, from here.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// The in-kernel IOAPIC and the local APICs.
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+pub const APIC_START: u64 = 0xfee0_0000;
+
+/// Legacy I/O ports.
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+pub const I8042_DATA_PORT: u16 = 0x60;
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// ACPI fixed-hardware registers (PM1a event and control blocks).
+pub const PM1A_EVT_PORT: u16 = 0x600;
+pub const PM1A_CNT_PORT: u16 = 0x604;
+/// The ACPI System Control Interrupt.
+pub const SCI_IRQ: u32 = 9;
+/// The boot-time marker: the guest writes one byte here when its init runs
+/// (Firecracker's boot timer does the same with MMIO); the VMM logs the time
+/// since its own start. Port 0x80 is the POST-code port Linux itself writes
+/// to, so an unused port is taken instead. The guest writes it through
+/// /dev/port (CONFIG_DEVPORT).
+pub const BOOT_MARKER_PORT: u16 = 0x440;
+/// The first IRQ handed to virtio-mmio devices (after the legacy ISA ones).
+pub const VIRTIO_IRQ_BASE: u32 = 10;

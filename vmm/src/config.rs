@@ -1,0 +1,311 @@
+//! The configuration of one VM: a JSON file (`--config vm.json`) or flags,
+//! typed with serde. Unknown fields are rejected, so a typo never silently
+//! drops a setting.
+//!
+//! [`VmConfig::validate`] checks everything that can be checked before a
+//! vCPU runs and returns the first problem as an error naming the field and
+//! the fix.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// One VM, as the panel or an admin describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// A name for logs and the default socket paths.
+    #[serde(default = "default_id")]
+    pub vm_id: String,
+    /// A bzImage, or an ELF vmlinux (booted through PVH when it has the note).
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    #[serde(default)]
+    pub serial: SerialConfig,
+    /// The control API's Unix socket.
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
+    /// A virtio-rng device (on unless turned off).
+    #[serde(default = "default_true")]
+    pub rng: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// A raw disk image file (or block device).
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// The serial the guest reads as the device ID (20 bytes at most);
+    /// the file name when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// An existing TAP device, or one the VMM may create (e.g. `vm-web1`).
+    pub tap: String,
+    /// The guest's MAC; derived from the VM id and tap name when absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SerialConfig {
+    /// This process's stdin and stdout, like a terminal.
+    Stdio,
+    /// A Unix socket any number of clients can attach to.
+    Socket { path: PathBuf },
+    /// Kept only in the ring buffer (readable through the API).
+    #[default]
+    None,
+}
+
+fn default_id() -> String {
+    "vm".into()
+}
+fn default_cmdline() -> String {
+    "console=ttyS0 reboot=k panic=1".into()
+}
+fn default_memory() -> u64 {
+    128
+}
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A configuration problem: the field, what is wrong, and the fix.
+#[derive(Debug, displaydoc::Display, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// cannot read the configuration file {0}: {1}
+    ReadFile(String, String),
+    /// the configuration file is not valid: {0}
+    Parse(String),
+    /// kernel: {0} does not exist; give the path of a bzImage or vmlinux
+    KernelMissing(String),
+    /// kernel: {0} is not a Linux kernel (neither a bzImage nor an ELF vmlinux)
+    NotAKernel(String),
+    /// initrd: {0} does not exist; give the path of an initramfs or leave initrd out
+    InitrdMissing(String),
+    /// vcpus: a VM needs at least 1 vCPU
+    NoVcpus,
+    /// vcpus: {requested} is more than KVM allows here ({max}); use at most {max}
+    TooManyVcpus { requested: u64, max: u64 },
+    /// memory_mib: {0} MiB is too small; give at least 16
+    MemoryTooSmall(u64),
+    /// memory_mib: {requested} MiB is more than this host can give ({available} MiB available); lower it or stop other VMs
+    MemoryTooLarge { requested: u64, available: u64 },
+    /// disks[{index}].path: {path} does not exist; create the image first (e.g. truncate -s 1G {path})
+    DiskMissing { index: usize, path: String },
+    /// disks[{index}].path: cannot open {path}: {reason}
+    DiskOpen { index: usize, path: String, reason: String },
+    /// disks[{index}].path: {path} is in use by another VM (it is locked); stop that VM or give a copy
+    DiskLocked { index: usize, path: String },
+    /// disks[{index}].id: {id:?} is longer than 20 bytes; shorten it
+    DiskIdTooLong { index: usize, id: String },
+    /// nets[{index}].mac: {mac:?} is not a unicast MAC address like 52:54:00:12:34:56
+    BadMac { index: usize, mac: String },
+    /// nets[{index}].tap: cannot open TAP device {tap}: {reason}
+    TapOpen { index: usize, tap: String, reason: String },
+    /// cmdline: {0}
+    Cmdline(String),
+    /// --{flag}: {reason}
+    Flag { flag: &'static str, reason: String },
+}
+
+impl VmConfig {
+    /// Reads and parses a JSON configuration file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::ReadFile(path.display().to_string(), e.to_string()))?;
+        Self::from_json(&text)
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        serde_json::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Static checks: files, counts and sizes against the host's limits.
+    /// Locks and TAP devices are checked when they are opened, which is still
+    /// before any vCPU runs.
+    pub fn validate(&self, limits: &HostLimits) -> Result<(), ConfigError> {
+        check_kernel(&self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            if !initrd.is_file() {
+                return Err(ConfigError::InitrdMissing(initrd.display().to_string()));
+            }
+        }
+        if self.vcpus == 0 {
+            return Err(ConfigError::NoVcpus);
+        }
+        if u64::from(self.vcpus) > limits.max_vcpus {
+            return Err(ConfigError::TooManyVcpus { requested: self.vcpus.into(), max: limits.max_vcpus });
+        }
+        if self.memory_mib < 16 {
+            return Err(ConfigError::MemoryTooSmall(self.memory_mib));
+        }
+        if self.memory_mib > limits.available_mib {
+            return Err(ConfigError::MemoryTooLarge { requested: self.memory_mib, available: limits.available_mib });
+        }
+        for (index, d) in self.disks.iter().enumerate() {
+            if !d.path.exists() {
+                return Err(ConfigError::DiskMissing { index, path: d.path.display().to_string() });
+            }
+            if let Some(id) = &d.id {
+                if id.len() > 20 {
+                    return Err(ConfigError::DiskIdTooLong { index, id: id.clone() });
+                }
+            }
+        }
+        for (index, n) in self.nets.iter().enumerate() {
+            if let Some(mac) = &n.mac {
+                if parse_mac(mac).is_none() {
+                    return Err(ConfigError::BadMac { index, mac: mac.clone() });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What this host allows, read once at start.
+#[derive(Debug, Clone, Copy)]
+pub struct HostLimits {
+    pub max_vcpus: u64,
+    pub available_mib: u64,
+}
+
+/// The bytes that make a file a kernel we can boot.
+fn check_kernel(path: &std::path::Path) -> Result<(), ConfigError> {
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let mut f = std::fs::File::open(path).map_err(|_| ConfigError::KernelMissing(shown.clone()))?;
+    let mut head = vec![0u8; 0x210];
+    let n = f.read(&mut head).unwrap_or(0);
+    head.truncate(n);
+    let is_elf = head.starts_with(b"\x7fELF");
+    // The x86 boot protocol's "HdrS" magic at 0x202.
+    let is_bzimage = head.get(0x202..0x206) == Some(b"HdrS");
+    if is_elf || is_bzimage {
+        Ok(())
+    } else {
+        Err(ConfigError::NotAKernel(shown))
+    }
+}
+
+/// Parses `52:54:00:12:34:56`; refuses multicast addresses.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    (mac[0] & 1 == 0).then_some(mac)
+}
+
+/// A locally administered MAC derived from the VM id and tap name, stable
+/// across restarts.
+pub fn derived_mac(vm_id: &str, tap: &str) -> [u8; 6] {
+    // FNV-1a: stable, tiny, good enough to spread ids over 32 bits.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in vm_id.bytes().chain([0]).chain(tap.bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let b = h.to_be_bytes();
+    // 0x52 has the locally-administered bit set and the multicast bit clear.
+    [0x52, 0x54, b[0], b[1], b[2], b[3]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> HostLimits {
+        HostLimits { max_vcpus: 8, available_mib: 1024 }
+    }
+
+    fn kernel(dir: &std::path::Path) -> PathBuf {
+        let mut k = vec![0u8; 0x400];
+        k[0x202..0x206].copy_from_slice(b"HdrS");
+        let p = dir.join("bzImage");
+        std::fs::write(&p, k).unwrap();
+        p
+    }
+
+    #[test]
+    fn json_with_defaults_parses_and_unknown_fields_are_refused() {
+        let c = VmConfig::from_json(r#"{"kernel":"/k","serial":{"mode":"socket","path":"/run/s.sock"}}"#).unwrap();
+        assert_eq!(c.memory_mib, 128);
+        assert_eq!(c.vcpus, 1);
+        assert!(c.rng);
+        assert_eq!(c.serial, SerialConfig::Socket { path: "/run/s.sock".into() });
+        let e = VmConfig::from_json(r#"{"kernel":"/k","memroy_mib":64}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `memroy_mib`"), "{e}");
+    }
+
+    #[test]
+    fn each_problem_names_its_field_and_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = kernel(dir.path());
+        let base = VmConfig::from_json(&format!(r#"{{"kernel":"{}"}}"#, k.display())).unwrap();
+        assert_eq!(base.validate(&limits()), Ok(()));
+
+        let mut c = base.clone();
+        c.kernel = dir.path().join("nope");
+        assert!(c.validate(&limits()).unwrap_err().to_string().starts_with("kernel:"));
+        let not_kernel = dir.path().join("text");
+        std::fs::write(&not_kernel, b"hello").unwrap();
+        c.kernel = not_kernel;
+        assert!(matches!(c.validate(&limits()), Err(ConfigError::NotAKernel(_))));
+
+        let mut c = base.clone();
+        c.vcpus = 9;
+        let e = c.validate(&limits()).unwrap_err().to_string();
+        assert_eq!(e, "vcpus: 9 is more than KVM allows here (8); use at most 8");
+
+        let mut c = base.clone();
+        c.memory_mib = 4096;
+        assert!(c.validate(&limits()).unwrap_err().to_string().starts_with("memory_mib: 4096 MiB is more"));
+
+        let mut c = base.clone();
+        c.disks.push(DiskConfig { path: dir.path().join("missing.img"), read_only: false, id: None });
+        assert!(c.validate(&limits()).unwrap_err().to_string().starts_with("disks[0].path:"));
+
+        let mut c = base.clone();
+        c.nets.push(NetConfig { tap: "tap0".into(), mac: Some("01:00:00:00:00:01".into()) });
+        assert!(c.validate(&limits()).unwrap_err().to_string().starts_with("nets[0].mac:"));
+    }
+
+    #[test]
+    fn derived_macs_are_stable_local_unicast() {
+        let a = derived_mac("web1", "vm-web1");
+        assert_eq!(a, derived_mac("web1", "vm-web1"));
+        assert_ne!(a, derived_mac("web2", "vm-web2"));
+        assert_eq!(a[0] & 1, 0);
+    }
+}

@@ -1,0 +1,4 @@
+//! The devices a guest sees, and the buses that route its accesses.
+pub mod acpi_pm;
+pub mod bus;
+pub mod legacy;

@@ -1,0 +1,20 @@
+//! kvmos-vmm runs one virtual machine per process on KVM, built on the
+//! rust-vmm crates. This is the library behind the `kvmos-vmm` binary.
+//!
+//! - [`config`]: the typed VM configuration and its validation;
+//! - [`arch`]: the x86_64 address map, CPU state at entry, CPUID, kernel
+//!   loading and ACPI tables;
+//! - [`vstate`]: guest memory, the KVM VM and its vCPUs;
+//! - [`devices`]: the I/O and MMIO buses, the legacy PC devices (serial,
+//!   i8042, boot marker), ACPI power management;
+//! - [`console`]: the serial console's ring buffer and clients;
+//! - [`exit`]: why a VM stopped, and the exit codes.
+
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod console;
+pub mod devices;
+pub mod exit;
+pub mod runner;
+pub mod vstate;

@@ -1,0 +1,179 @@
+//! Running a built VM: one thread per vCPU, and this thread's event loop
+//! (epoll) for the console (the terminal and socket clients) and the
+//! stop signal. The VM ends when a device, a vCPU or the outside asks it to;
+//! then every vCPU is stopped and joined, and the reason is returned.
+
+use crate::builder::Machine;
+use crate::config::SerialConfig;
+use crate::exit::ExitReason;
+use crate::vstate::vcpu::{install_kick_handler, kick_until};
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+const TOKEN_EXIT: u64 = 1;
+const TOKEN_STDIN: u64 = 2;
+const TOKEN_CONSOLE_LISTENER: u64 = 3;
+/// Console clients get tokens from here up.
+const TOKEN_CLIENT_BASE: u64 = 1000;
+
+/// Puts a terminal in raw mode for as long as it lives, so keystrokes
+/// (ctrl-c included) go to the guest; restores it on drop.
+struct RawTerminal {
+    fd: RawFd,
+    saved: libc::termios,
+}
+
+impl RawTerminal {
+    fn new(fd: RawFd) -> Option<Self> {
+        // SAFETY: isatty/tcgetattr/tcsetattr on a valid fd with a valid termios.
+        unsafe {
+            if libc::isatty(fd) != 1 {
+                return None;
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut t) != 0 {
+                return None;
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            t.c_oflag |= libc::OPOST | libc::ONLCR;
+            libc::tcsetattr(fd, libc::TCSANOW, &t);
+            Some(Self { fd, saved })
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores the attributes read in `new` on the same fd.
+        unsafe {
+            libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved);
+        }
+    }
+}
+
+/// Binds a Unix socket readable and writable by the owner only.
+pub fn bind_private_socket(path: &Path) -> std::io::Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Runs the VM until it stops; returns why.
+pub fn run(machine: Machine, serial: &SerialConfig) -> ExitReason {
+    match run_inner(machine, serial) {
+        Ok(r) => r,
+        Err(e) => ExitReason::Internal(e.to_string()),
+    }
+}
+
+fn run_inner(mut machine: Machine, serial: &SerialConfig) -> std::io::Result<ExitReason> {
+    install_kick_handler().map_err(|e| std::io::Error::other(format!("cannot install the vCPU kick handler: {e}")))?;
+    let epoll = Epoll::new()?;
+    let add = |fd: RawFd, token: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
+    add(machine.exit.evt.as_raw_fd(), TOKEN_EXIT)?;
+    let _raw = match serial {
+        SerialConfig::Stdio => {
+            add(libc::STDIN_FILENO, TOKEN_STDIN)?;
+            RawTerminal::new(libc::STDIN_FILENO)
+        }
+        _ => None,
+    };
+    let listener = match serial {
+        SerialConfig::Socket { path } => {
+            let l = bind_private_socket(path)?;
+            add(l.as_raw_fd(), TOKEN_CONSOLE_LISTENER)?;
+            Some(l)
+        }
+        _ => None,
+    };
+
+    let mut threads = Vec::new();
+    for vcpu in machine.vcpus.drain(..) {
+        let name = format!("vcpu{}", vcpu.index);
+        threads.push(std::thread::Builder::new().name(name).spawn(move || vcpu.run_loop())?);
+    }
+
+    let mut clients: HashMap<u64, UnixStream> = HashMap::new();
+    let mut next_token = TOKEN_CLIENT_BASE;
+    let mut events = vec![EpollEvent::default(); 32];
+    let mut buf = [0u8; 4096];
+    while machine.exit.reason().is_none() {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                TOKEN_EXIT => {
+                    let _ = machine.exit.evt.read();
+                }
+                TOKEN_STDIN => match std::io::stdin().lock().read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = epoll.ctl(ControlOperation::Delete, libc::STDIN_FILENO, EpollEvent::default());
+                    }
+                    Ok(n) => lock(&machine.serial).queue_input(&buf[..n]),
+                },
+                TOKEN_CONSOLE_LISTENER => {
+                    if let Some(l) = &listener {
+                        while let Ok((stream, _)) = l.accept() {
+                            let token = next_token;
+                            next_token += 1;
+                            let attached = stream.try_clone().and_then(|out| machine.console.attach(out));
+                            if let Err(e) = attached.and_then(|_| stream.set_nonblocking(true)) {
+                                tracing::warn!("console client refused: {e}");
+                                continue;
+                            }
+                            if add(stream.as_raw_fd(), token).is_ok() {
+                                clients.insert(token, stream);
+                            }
+                        }
+                    }
+                }
+                token => {
+                    let done = match clients.get_mut(&token) {
+                        Some(s) => match s.read(&mut buf) {
+                            Ok(0) => true,
+                            Ok(n) => {
+                                lock(&machine.serial).queue_input(&buf[..n]);
+                                false
+                            }
+                            Err(e) => !crate::console::would_block(&e),
+                        },
+                        None => false,
+                    };
+                    if done {
+                        if let Some(s) = clients.remove(&token) {
+                            let _ = epoll.ctl(ControlOperation::Delete, s.as_raw_fd(), EpollEvent::default());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    machine.control.stop();
+    kick_until(&threads, || threads.iter().all(|t| t.is_finished()));
+    for t in threads {
+        let _ = t.join();
+    }
+    if let (SerialConfig::Socket { path }, Some(_)) = (serial, &listener) {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(machine.exit.reason().unwrap_or(ExitReason::Stopped))
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,4 @@
+//! The state of a running VM: its memory, the KVM VM, and its vCPUs.
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,207 @@
+//! vCPUs: one thread each, running KVM_RUN and dispatching the exits to the
+//! I/O and MMIO buses. A guest touching an address with no device behind it
+//! reads all-ones and is logged (rate-limited); a triple fault or a KVM
+//! error stops this VM with the reason. Nothing a guest does panics the VMM.
+
+use crate::devices::bus::Bus;
+use crate::exit::{ExitReason, ExitSignal};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Pause and stop requests for all vCPUs of a VM.
+#[derive(Default)]
+pub struct VcpuControl {
+    paused: Mutex<bool>,
+    cv: Condvar,
+    stop: AtomicBool,
+    /// vCPUs currently parked because of a pause.
+    parked: AtomicU64,
+}
+
+impl VcpuControl {
+    pub fn pause(&self) {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    pub fn resume(&self) {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.cv.notify_all();
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.resume();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn parked(&self) -> u64 {
+        self.parked.load(Ordering::SeqCst)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Blocks while paused; returns false when the vCPU must stop.
+    fn wait_if_paused(&self) -> bool {
+        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        if *paused && !self.stopping() {
+            self.parked.fetch_add(1, Ordering::SeqCst);
+            while *paused && !self.stopping() {
+                paused = self.cv.wait(paused).unwrap_or_else(|p| p.into_inner());
+            }
+            self.parked.fetch_sub(1, Ordering::SeqCst);
+        }
+        !self.stopping()
+    }
+}
+
+/// Counters the API reports.
+#[derive(Default)]
+pub struct VcpuCounters {
+    pub exits: AtomicU64,
+    pub io_exits: AtomicU64,
+    pub mmio_exits: AtomicU64,
+    pub unhandled: AtomicU64,
+}
+
+pub struct Vcpu {
+    pub fd: VcpuFd,
+    pub index: u8,
+    pub io_bus: Arc<Bus>,
+    pub mmio_bus: Arc<Bus>,
+    pub exit: Arc<ExitSignal>,
+    pub control: Arc<VcpuControl>,
+    pub counters: Arc<VcpuCounters>,
+}
+
+/// How many unhandled accesses are logged before going quiet.
+const UNHANDLED_LOG_LIMIT: u64 = 20;
+
+impl Vcpu {
+    fn unhandled(&self, what: &str, addr: u64, len: usize) {
+        let n = self.counters.unhandled.fetch_add(1, Ordering::Relaxed);
+        if n < UNHANDLED_LOG_LIMIT {
+            tracing::warn!(
+                vcpu = self.index,
+                "guest {what} at {addr:#x} ({len} bytes) has no device; reads return all-ones"
+            );
+        } else if n == UNHANDLED_LOG_LIMIT {
+            tracing::warn!(vcpu = self.index, "more accesses without a device; no longer logged");
+        }
+    }
+
+    /// Runs one KVM_RUN and handles its exit. Returns false when the vCPU
+    /// must stop running.
+    pub fn run_once(&mut self) -> bool {
+        let result = self.fd.run();
+        self.counters.exits.fetch_add(1, Ordering::Relaxed);
+        let mut unhandled: Option<(&'static str, u64, usize)> = None;
+        let stop = match result {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
+                if !self.io_bus.read(u64::from(port), data) {
+                    data.fill(0xff);
+                    unhandled = Some(("port read", u64::from(port), data.len()));
+                }
+                None
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
+                if !self.io_bus.write(u64::from(port), data) {
+                    unhandled = Some(("port write", u64::from(port), data.len()));
+                }
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
+                if !self.mmio_bus.read(addr, data) {
+                    data.fill(0xff);
+                    unhandled = Some(("MMIO read", addr, data.len()));
+                }
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
+                if !self.mmio_bus.write(addr, data) {
+                    unhandled = Some(("MMIO write", addr, data.len()));
+                }
+                None
+            }
+            Ok(VcpuExit::Shutdown) => Some(ExitReason::TripleFault),
+            Ok(VcpuExit::Hlt) => Some(ExitReason::GuestFault("the CPU halted with interrupts off".into())),
+            Ok(VcpuExit::InternalError) => {
+                Some(ExitReason::GuestFault("KVM internal error (emulation failure)".into()))
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                Some(ExitReason::GuestFault(format!("KVM could not enter the guest (reason {reason:#x}, cpu {cpu})")))
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reboot,
+                other => ExitReason::GuestFault(format!("system event {other}")),
+            }),
+            Ok(VcpuExit::Intr) => None,
+            Ok(other) => Some(ExitReason::GuestFault(format!("unexpected exit {other:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) => Some(ExitReason::Internal(format!("KVM_RUN failed on vCPU {}: {e}", self.index))),
+        };
+        if let Some((what, addr, len)) = unhandled {
+            self.unhandled(what, addr, len);
+        }
+        match stop {
+            Some(reason) => {
+                self.exit.request(reason);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// The vCPU thread's body: run until the VM stops.
+    pub fn run_loop(mut self) {
+        loop {
+            if !self.control.wait_if_paused() || self.exit.reason().is_some() {
+                break;
+            }
+            if !self.run_once() {
+                break;
+            }
+        }
+        tracing::debug!(vcpu = self.index, "vCPU thread done");
+    }
+}
+
+/// The signal used to kick vCPU threads out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Installs the (empty) handler for [`kick_signal`]: delivery alone makes
+/// KVM_RUN return EINTR.
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop)
+}
+
+/// Kicks running vCPU threads until they have all left KVM_RUN (stop) or
+/// parked (pause). A kick can land just before KVM_RUN starts, so repeat.
+pub fn kick_until<T>(threads: &[std::thread::JoinHandle<T>], done: impl Fn() -> bool) {
+    use vmm_sys_util::signal::Killable;
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        for t in threads {
+            if !t.is_finished() {
+                let _ = t.kill(kick_signal());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
