@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 pub use kvmos_image_builder::qemu::{Boot, Serial};
 
+pub mod nested;
+
 /// TCG is slow and these machines are shared: boots get minutes, not seconds.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 

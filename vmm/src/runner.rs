@@ -83,10 +83,12 @@ fn run_inner(mut machine: Machine, serial: &SerialConfig) -> std::io::Result<Exi
     let add = |fd: RawFd, token: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
     add(machine.exit.evt.as_raw_fd(), TOKEN_EXIT)?;
     let _raw = match serial {
-        SerialConfig::Stdio => {
-            add(libc::STDIN_FILENO, TOKEN_STDIN)?;
-            RawTerminal::new(libc::STDIN_FILENO)
-        }
+        SerialConfig::Stdio => match add(libc::STDIN_FILENO, TOKEN_STDIN) {
+            Ok(()) => RawTerminal::new(libc::STDIN_FILENO),
+            // A regular file or /dev/null cannot be polled: output only.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => None,
+            Err(e) => return Err(e),
+        },
         _ => None,
     };
     let listener = match serial {

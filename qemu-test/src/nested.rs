@@ -1,0 +1,111 @@
+//! A harness for tests that need Linux on our VMM: it boots the appliance
+//! kernel under QEMU TCG (`-cpu max`, so KVM works inside) with a test
+//! initramfs of busybox, the files a test hands it (kvmos-vmm, a guest
+//! kernel and initramfs, disk images…) and a shell script. The script's
+//! output and exit status come back over the serial console.
+//!
+//! Linux guests cannot run on the development machines' own /dev/kvm
+//! (DESIGN.md), so this is where every Linux boot of kvmos-vmm is tested.
+
+use crate::{image, work_dir, Appliance};
+use anyhow::{bail, Context, Result};
+use kvmos_image_builder::binaries::TARGET;
+use kvmos_image_builder::initramfs::{self, Archive};
+use kvmos_image_builder::qemu::{Boot, QemuOptions};
+use kvmos_image_builder::Layout;
+use std::time::Duration;
+
+/// What a nested run printed and how its script ended.
+pub struct NestedResult {
+    pub output: String,
+    pub status: i32,
+}
+
+pub struct Nested {
+    archive: Archive,
+    script: String,
+    memory_mib: u32,
+}
+
+/// The L1 init: mount, run the script, report, power off.
+const L1_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /tmp /run
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+cd /work
+echo NESTED-START
+sh /work/test.sh
+echo "NESTED-RESULT $?"
+poweroff -f
+"#;
+
+/// A busybox initramfs for an L2 guest whose /init is `init_script`.
+pub fn guest_initramfs(init_script: &str) -> Result<Vec<u8>> {
+    let mut a = Archive::new();
+    a.file("/bin/busybox", 0o755, std::fs::read("/bin/busybox").context("busybox-static is needed")?)?;
+    a.file("/init", 0o755, format!("#!/bin/busybox sh\n/bin/busybox --install -s /bin\n{init_script}").into_bytes())?;
+    a.char_dev("/dev/console", 0o600, 5, 1)?;
+    for d in ["/proc", "/sys", "/tmp"] {
+        a.dir(d, 0o755)?;
+    }
+    initramfs::compress(&a.to_cpio())
+}
+
+impl Nested {
+    /// A run of `script` (sh) in /work of the L1 machine.
+    pub fn new(script: &str) -> Result<Self> {
+        let mut archive = Archive::new();
+        archive.file("/bin/busybox", 0o755, std::fs::read("/bin/busybox").context("busybox-static is needed")?)?;
+        archive.file("/init", 0o755, L1_INIT.into())?;
+        archive.char_dev("/dev/console", 0o600, 5, 1)?;
+        for d in ["/proc", "/sys", "/dev", "/tmp", "/run"] {
+            archive.dir(d, 0o755)?;
+        }
+        archive.file("/work/test.sh", 0o755, script.as_bytes().to_vec())?;
+        Ok(Self { archive, script: script.into(), memory_mib: 1024 })
+    }
+
+    /// Adds a file to /work (or an absolute path).
+    pub fn file(mut self, path: &str, data: Vec<u8>, mode: u32) -> Result<Self> {
+        let p = if path.starts_with('/') { path.to_string() } else { format!("/work/{path}") };
+        self.archive.file(&p, mode, data)?;
+        Ok(self)
+    }
+
+    /// Adds the static kvmos-vmm at /work/kvmos-vmm and the demo guest's
+    /// kernel at /work/guest-bzImage.
+    pub fn with_vmm(self) -> Result<Self> {
+        let img = image()?;
+        let layout = Layout::this_checkout();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| layout.repo.join("target"));
+        let vmm = std::fs::read(target.join(TARGET).join("release/kvmos-vmm")).context("the static kvmos-vmm")?;
+        let kernel = std::fs::read(&img.guest_kernel)?;
+        self.file("kvmos-vmm", vmm, 0o755)?.file("guest-bzImage", kernel, 0o644)
+    }
+
+    /// Boots it; waits for the script's result.
+    pub fn run(self, name: &str, timeout: Duration) -> Result<NestedResult> {
+        let img = image()?;
+        let dir = work_dir(name)?;
+        let initrd = dir.join("l1-initramfs.cpio.zst");
+        std::fs::write(&initrd, initramfs::compress(&self.archive.to_cpio())?)?;
+        let mut opts = QemuOptions::new(Boot::Direct { kernel: img.bz_image.clone(), initrd }, &dir);
+        opts.memory_mib = self.memory_mib;
+        opts.append = "quiet".into();
+        let mut vm = Appliance::boot(name, opts)?;
+        vm.expect("NESTED-START", timeout)?;
+        let out = vm.expect("NESTED-RESULT ", timeout)?;
+        let status_line = vm.expect("\n", Duration::from_secs(30))?;
+        let status = status_line.trim().parse().unwrap_or(-1);
+        if out.contains("Kernel panic") {
+            bail!("the L1 kernel panicked running {:?}:\n{out}", self.script);
+        }
+        Ok(NestedResult { output: out, status })
+    }
+}
