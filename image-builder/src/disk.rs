@@ -105,31 +105,18 @@ fn write_gpt(file: &mut std::fs::File, layout: &Layout, seed: &str) -> Result<()
         .logical_block_size(lb)
         .create_from_device(&mut *file, Some(guid(seed, "disk")))
         .context("cannot create the GPT")?;
+    let part = |part_type_guid, what: &str, (start, size): (u64, u64), name: &str| gpt::partition::Partition {
+        part_type_guid,
+        part_guid: guid(seed, what),
+        first_lba: start / SECTOR,
+        last_lba: (start + size) / SECTOR - 1,
+        flags: 0,
+        name: name.to_string(),
+    };
     let mut parts = BTreeMap::new();
-    let (esp_start, esp_size) = layout.esp;
-    parts.insert(
-        1,
-        gpt::partition::Partition {
-            part_type_guid: gpt::partition_types::EFI,
-            part_guid: guid(seed, "esp"),
-            first_lba: esp_start / SECTOR,
-            last_lba: (esp_start + esp_size) / SECTOR - 1,
-            flags: 0,
-            name: ESP_LABEL.to_string(),
-        },
-    );
-    if let Some((start, size)) = layout.data {
-        parts.insert(
-            2,
-            gpt::partition::Partition {
-                part_type_guid: gpt::partition_types::LINUX_FS,
-                part_guid: guid(seed, "data"),
-                first_lba: start / SECTOR,
-                last_lba: (start + size) / SECTOR - 1,
-                flags: 0,
-                name: DATA_LABEL.to_string(),
-            },
-        );
+    parts.insert(1, part(gpt::partition_types::EFI, "esp", layout.esp, ESP_LABEL));
+    if let Some(data) = layout.data {
+        parts.insert(2, part(gpt::partition_types::LINUX_FS, "data", data, DATA_LABEL));
     }
     disk.update_partitions(parts).context("cannot lay out the partitions")?;
     disk.write().context("cannot write the GPT")?;

@@ -48,7 +48,11 @@ pub fn run(m: &mut Machine) {
         }
     }
     write_status(m);
-    console::info(&format!("kvmos-init: boot steps done in {} ms", boot_start.elapsed().as_millis()));
+    console::info(&format!(
+        "kvmos-init: boot steps done in {} ms ({:.2} s after kernel start)",
+        boot_start.elapsed().as_millis(),
+        clock::uptime_secs()
+    ));
     console::info(crate::READY_LINE);
 }
 

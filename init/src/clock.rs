@@ -29,6 +29,14 @@ struct RtcTime {
 
 nix::ioctl_read!(rtc_rd_time, b'p', 0x09, RtcTime);
 
+/// Seconds since the kernel started (from /proc/uptime).
+pub fn uptime_secs() -> f64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next().and_then(|s| s.parse().ok()))
+        .unwrap_or(0.0)
+}
+
 pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

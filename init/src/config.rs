@@ -274,19 +274,9 @@ pub fn parse_net(v: &str) -> Option<NetMode> {
     Some(NetMode::Static(StaticNet { address, prefix, gateway, dns }))
 }
 
+/// Parses a MAC address (`52:54:00:12:34:56`, or with dashes).
 pub fn parse_mac(v: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = v.split([':', '-']).collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for (b, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(mac)
+    v.parse::<macaddr::MacAddr6>().ok().map(|m| m.into_array())
 }
 
 fn parse_iface(v: &str) -> Option<IfaceSelector> {

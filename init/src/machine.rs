@@ -159,6 +159,9 @@ fn on_network(m: &mut Machine, net: NetStatus) {
     m.status.net = net;
     write_status(m);
     if address_changed {
+        if m.status.net.address.is_some() {
+            console::info(&format!("kvmos-init: network up {:.2} s after kernel start", crate::clock::uptime_secs()));
+        }
         console::info(&m.status.screen());
     } else if note_changed {
         console::info(&format!("kvmos-init: network: {}", m.status.net.note));

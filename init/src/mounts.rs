@@ -50,6 +50,14 @@ pub fn mount_all() -> Result<(), String> {
             failed.push(format!("{} ({}): {e}", m.target, m.fstype));
         }
     }
+    // UEFI variables, when the firmware booted us (the boot entries an
+    // admin may want to inspect).
+    let efivars = "/sys/firmware/efi/efivars";
+    if Path::new("/sys/firmware/efi").exists() && !is_mounted(efivars) {
+        if let Err(e) = mount(Some("efivarfs"), efivars, Some("efivarfs"), NOSUID_NODEV_NOEXEC, None::<&str>) {
+            failed.push(format!("{efivars} (efivarfs): {e}"));
+        }
+    }
     if failed.is_empty() {
         Ok(())
     } else {

@@ -213,17 +213,7 @@ fn check_kernel(path: &std::path::Path) -> Result<(), ConfigError> {
 
 /// Parses `52:54:00:12:34:56`; refuses multicast addresses.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for (b, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
+    let mac = s.parse::<macaddr::MacAddr6>().ok()?.into_array();
     (mac[0] & 1 == 0).then_some(mac)
 }
 

@@ -4,7 +4,7 @@
 //! ours, …) so machine noise hits both alike; the ratio is the figure to
 //! compare across runs.
 //!
-//! Usage: `cargo run --release -p kvmos-qemu-test --bin boot-bench -- [RUNS]`
+//! Usage: `cargo run -p kvmos-qemu-test --bin boot-bench -- [RUNS]`
 //! Needs the package linux-image-amd64 for the stock kernel.
 
 use anyhow::{bail, Context, Result};
