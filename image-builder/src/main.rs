@@ -125,22 +125,22 @@ fn test(layout: &Layout, cargo_test_args: &[String]) -> Result<()> {
     // result instead of building silently under the test harness.
     pipeline::build(layout, &pipeline::Options::default())?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Split the caller's arguments at `--` into cargo's and the harness's.
+    let split = cargo_test_args.iter().position(|a| a == "--").unwrap_or(cargo_test_args.len());
+    let (cargo_args, harness_args) = cargo_test_args.split_at(split);
+    let mut test_args: Vec<String> = ["test", "--workspace", "--locked"].map(String::from).to_vec();
+    test_args.extend(cargo_args.iter().cloned());
+    test_args.push("--".into());
+    // Two at a time: each QEMU boot keeps a core busy under TCG.
+    test_args.push("--test-threads=2".into());
+    test_args.extend(harness_args.iter().skip(1).cloned());
     let steps: Vec<(&str, Vec<String>)> = vec![
         ("format check", vec!["fmt".into(), "--all".into(), "--check".into()]),
         (
             "clippy",
             ["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"].map(String::from).to_vec(),
         ),
-        (
-            "tests",
-            // Two at a time: each QEMU boot keeps a core busy under TCG.
-            ["test", "--workspace", "--locked"]
-                .map(String::from)
-                .into_iter()
-                .chain(cargo_test_args.iter().cloned())
-                .chain(["--".to_string(), "--test-threads=2".to_string()])
-                .collect(),
-        ),
+        ("tests", test_args),
     ];
     for (name, args) in steps {
         eprintln!("==> {name}: cargo {}", args.join(" "));

@@ -22,7 +22,8 @@ fn main() -> Result<()> {
     println!("QEMU TCG -cpu max, 2 vCPUs, 2048 MiB, -kernel/-initrd, `quiet kvmos.debug`, no data disk; {runs} runs");
     for i in 0..runs {
         let dir = work_dir("init-bench")?;
-        let mut opts = QemuOptions::new(Boot::Direct { kernel: img.bz_image.clone(), initrd: img.initramfs.clone() }, &dir);
+        let mut opts =
+            QemuOptions::new(Boot::Direct { kernel: img.bz_image.clone(), initrd: img.initramfs.clone() }, &dir);
         opts.append = "quiet kvmos.debug".into();
         let mut vm = Appliance::boot("init-bench", opts)?;
         let steps = vm.expect("after kernel start)", BOOT_TIMEOUT)?;
