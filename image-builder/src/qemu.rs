@@ -51,6 +51,8 @@ pub struct QemuOptions {
     pub serial: Serial,
     /// A folder for QEMU's per-run files (the UEFI variable store).
     pub run_dir: PathBuf,
+    /// Extra QEMU devices (`-device` values), e.g. `i6300esb` for a watchdog.
+    pub devices: Vec<String>,
 }
 
 impl QemuOptions {
@@ -65,6 +67,7 @@ impl QemuOptions {
             monitor_socket: None,
             serial: Serial::Pipe,
             run_dir: run_dir.to_path_buf(),
+            devices: Vec::new(),
         }
     }
 
@@ -112,6 +115,9 @@ impl QemuOptions {
                 c.arg("-drive").arg(format!("if=none,id=boot,format=raw,snapshot=on,file={}", disk.display()));
                 c.args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
             }
+        }
+        for d in &self.devices {
+            c.arg("-device").arg(d);
         }
         for (i, d) in self.drives.iter().enumerate() {
             c.arg("-drive").arg(format!("if=none,id=disk{i},format=raw,file={}", d.display()));

@@ -213,6 +213,21 @@ impl DataDisk {
     /// Makes a disk of `size_mib` MiB whose first partition holds ext4
     /// labelled `label` (made by mkfs.ext4, as an admin would).
     pub fn create(path: &std::path::Path, size_mib: u64, label: &str) -> Result<Self> {
+        let d = Self::create_blank(path, size_mib, "data")?;
+        let part = path.with_extension("part");
+        std::fs::File::create(&part)?.set_len(d.size)?;
+        let st = std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-L", label]).arg(&part).status()?;
+        if !st.success() {
+            bail!("mkfs.ext4 failed ({st})");
+        }
+        d.splice_in(&part)?;
+        std::fs::remove_file(part)?;
+        Ok(d)
+    }
+
+    /// Makes a disk whose one partition is named `gpt_name` in the GPT and
+    /// holds nothing but zeros (what `kvmos-image build --data-size` makes).
+    pub fn create_blank(path: &std::path::Path, size_mib: u64, gpt_name: &str) -> Result<Self> {
         let total = size_mib << 20;
         let offset = 1u64 << 20;
         let size = total - 2 * offset;
@@ -225,18 +240,9 @@ impl DataDisk {
             .writable(true)
             .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
             .create_from_device(f2, None)?;
-        disk.add_partition_at("data", 1, offset / 512, size / 512, gpt::partition_types::LINUX_FS, 0)?;
+        disk.add_partition_at(gpt_name, 1, offset / 512, size / 512, gpt::partition_types::LINUX_FS, 0)?;
         disk.write()?;
-        let part = path.with_extension("part");
-        std::fs::File::create(&part)?.set_len(size)?;
-        let st = std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-L", label]).arg(&part).status()?;
-        if !st.success() {
-            bail!("mkfs.ext4 failed ({st})");
-        }
-        let d = Self { path: path.to_path_buf(), offset, size };
-        d.splice_in(&part)?;
-        std::fs::remove_file(part)?;
-        Ok(d)
+        Ok(Self { path: path.to_path_buf(), offset, size })
     }
 
     fn splice_in(&self, part: &std::path::Path) -> Result<()> {

@@ -87,13 +87,20 @@ fn static_address_and_ram_only_warning() {
     vm.debug("cat /run/kvmos/status.json", "\"ram_only\": true").unwrap();
 }
 
+/// Also: a blank partition named KVMOS_DATA is formatted on first boot, and
+/// a hardware watchdog (QEMU's i6300esb) is armed.
 #[test]
 fn malformed_net_option_warns_and_falls_back_to_dhcp() {
-    let (opts, _) = direct("init-malformed", "kvmos.net=static:bogus kvmos.colour=blue");
+    let (mut opts, dir) = direct("init-malformed", "kvmos.net=static:bogus kvmos.colour=blue");
+    let disk = DataDisk::create_blank(&dir.join("blank.img"), 96, "KVMOS_DATA").unwrap();
+    opts.drives = vec![disk.path.clone()];
+    opts.devices = vec!["i6300esb".into()];
     let mut vm = Appliance::boot("init-malformed", opts).unwrap();
     vm.expect("kvmos.net=\"static:bogus\" is not valid; expected dhcp, none, or static:<ip>/<prefix>", BOOT_TIMEOUT)
         .unwrap();
     vm.expect("unknown key kvmos.colour is ignored", BOOT_TIMEOUT).unwrap();
+    vm.expect("Data disk: /dev/vda1 formatted (it was blank) and mounted at /var/lib/kvmos", BOOT_TIMEOUT).unwrap();
+    vm.expect("hardware watchdog armed", BOOT_TIMEOUT).unwrap();
     vm.expect("Panel:      https://10.0.2.15/", BOOT_TIMEOUT).unwrap();
 }
 

@@ -1,7 +1,7 @@
 //! kvmos-vmm booting Linux guests, nested under QEMU TCG (see the nested
 //! harness): the guest kernel from kernel-config/guest.config reaches its
-//! init with 1 and 2 vCPUs, signals the boot marker, and powers off through
-//! ACPI, which ends the VMM with the power-off exit code.
+//! init with 1 and 2 vCPUs, reads virtio-rng, signals the boot marker, and
+//! powers off through ACPI, which ends the VMM with the power-off exit code.
 
 use kvmos_qemu_test::nested::{guest_initramfs, Nested};
 use std::time::Duration;
@@ -13,6 +13,7 @@ const L2_INIT: &str = r#"
 mount -t proc proc /proc
 mount -t devtmpfs devtmpfs /dev
 echo "L2-MARKER cpus=$(grep -c ^processor /proc/cpuinfo) kernel=$(uname -r)"
+echo "L2-RNG $(cat /sys/class/misc/hw_random/rng_current) $(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')"
 printf x | dd of=/dev/port bs=1 seek=1088 count=1 2>/dev/null
 poweroff -f
 "#;
@@ -33,6 +34,11 @@ fn boot_to_marker(vcpus: u8) {
         .unwrap();
     assert!(r.output.contains(&format!("L2-MARKER cpus={vcpus}")), "{}", r.output);
     assert!(r.output.contains("guest boot marker"), "the VMM logged the marker:\n{}", r.output);
+    let rng = r.output.lines().find_map(|l| l.split("L2-RNG ").nth(1)).unwrap_or_default();
+    let mut words = rng.split_whitespace();
+    assert_eq!(words.next(), Some("virtio_rng.0"), "the guest uses virtio-rng:\n{}", r.output);
+    let bytes = words.next().unwrap_or_default();
+    assert!(bytes.len() == 32 && bytes.chars().all(|c| c.is_ascii_hexdigit()), "16 bytes read from /dev/hwrng: {rng}");
     assert!(r.output.contains("VMM-EXIT 0"), "ACPI power-off ends the VMM with code 0:\n{}", r.output);
     assert_eq!(r.status, 0);
 }
@@ -45,4 +51,39 @@ fn guest_kernel_boots_to_init_with_one_vcpu_and_powers_off() {
 #[test]
 fn guest_kernel_boots_to_init_with_two_vcpus_and_powers_off() {
     boot_to_marker(2);
+}
+
+/// The bundled demo guest boots on kvmos-vmm to its shell, takes a command
+/// typed on the serial console, and `poweroff` ends the VMM cleanly.
+#[test]
+fn demo_guest_boots_to_a_shell_that_answers_and_powers_off() {
+    let img = kvmos_qemu_test::image().unwrap();
+    let script = format!(
+        "mkfifo in\n\
+         ./kvmos-vmm --kernel guest-bzImage --initrd demo.cpio.zst --cmdline '{cmdline}' --memory-mib 128 \\\n\
+           --serial stdio < in > out 2>&1 &\n\
+         exec 3>in\n\
+         until grep -q '{ready}' out; do sleep 1; done\n\
+         sleep 2\n\
+         echo 'echo answer-$((6*7))' >&3\n\
+         until grep -q answer-42 out; do sleep 1; done\n\
+         echo poweroff >&3\n\
+         wait $!\n\
+         status=$?\n\
+         cat out\n\
+         echo \"VMM-EXIT $status\"\n",
+        cmdline = kvmos_image_builder::guest::CMDLINE,
+        ready = kvmos_image_builder::guest::READY_LINE,
+    );
+    let r = Nested::new(&script)
+        .unwrap()
+        .with_vmm()
+        .unwrap()
+        .file("demo.cpio.zst", std::fs::read(&img.guest_initramfs).unwrap(), 0o644)
+        .unwrap()
+        .run("vmm-demo-guest", TIMEOUT)
+        .unwrap();
+    assert!(r.output.contains("demo:"), "the shell prompt:\n{}", r.output);
+    assert!(r.output.contains("answer-42"), "{}", r.output);
+    assert!(r.output.contains("VMM-EXIT 0"), "poweroff ends the VMM with code 0:\n{}", r.output);
 }

@@ -10,6 +10,7 @@ use crate::console::Console;
 use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::legacy::{boot_marker::BootMarker, i8042::I8042, serial::SerialDevice};
+use crate::devices::virtio::{mmio::MmioTransport, rng::Rng, Interrupt, VirtioDevice};
 use crate::exit::ExitSignal;
 use crate::vstate::memory;
 use crate::vstate::vcpu::{Vcpu, VcpuControl, VcpuCounters};
@@ -59,14 +60,19 @@ pub struct Machine {
     pub counters: Arc<VcpuCounters>,
     pub boot_marker_us: Arc<AtomicU64>,
     pub started: Instant,
+    /// `virtio_mmio.device=` arguments that tell a Linux guest where its
+    /// virtio devices are.
+    pub virtio_cmdline: Vec<String>,
 }
 
-/// Everything but the guest code: memory, VM, legacy devices, vCPUs.
+/// Everything but the guest code: memory, VM, legacy and virtio devices,
+/// vCPUs.
 pub fn build_machine(
     memory_mib: u64,
     vcpu_count: u8,
     console: Console,
     started: Instant,
+    virtio: Vec<Box<dyn VirtioDevice>>,
 ) -> Result<Machine, BuildError> {
     let guest_memory = create_guest_memory(memory_mib)?;
     let vm = Vm::new(guest_memory)?;
@@ -77,7 +83,9 @@ pub fn build_machine(
     let boot_marker_us = attach_boot_marker(&mut io_bus, started)?;
     let acpi_pm = attach_acpi_pm(&vm, &mut io_bus, Arc::clone(&exit))?;
     let io_bus = Arc::new(io_bus);
-    let mmio_bus = Arc::new(Bus::default());
+    let mut mmio_bus = Bus::default();
+    let virtio_cmdline = attach_virtio_devices(&vm, &mut mmio_bus, virtio)?;
+    let mmio_bus = Arc::new(mmio_bus);
     let control = Arc::new(VcpuControl::default());
     let counters = Arc::new(VcpuCounters::default());
     let mut vcpus = Vec::new();
@@ -106,20 +114,29 @@ pub fn build_machine(
         counters,
         boot_marker_us,
         started,
+        virtio_cmdline,
     })
 }
 
 /// A Linux guest per the configuration (validated by the caller).
 pub fn build_linux_vm(config: &VmConfig, started: Instant) -> Result<Machine, BuildError> {
     let console = Console::new(matches!(config.serial, SerialConfig::Stdio));
-    let machine = build_machine(config.memory_mib, config.vcpus, console, started)?;
+    let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if config.rng {
+        virtio.push(Box::new(Rng::default()));
+    }
+    let machine = build_machine(config.memory_mib, config.vcpus, console, started, virtio)?;
     let kernel = boot::load_kernel(&machine.vm.memory, &config.kernel)?;
     let initrd = match &config.initrd {
         Some(p) => Some(boot::load_initrd(&machine.vm.memory, p, config.memory_mib << 20)?),
         None => None,
     };
     let rsdp = acpi::write_tables(&machine.vm.memory, config.vcpus).map_err(BuildError::Acpi)?;
-    boot::write_boot_params(&machine.vm.memory, &kernel, &config.cmdline, initrd, rsdp)?;
+    let cmdline = std::iter::once(config.cmdline.as_str())
+        .chain(machine.virtio_cmdline.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ");
+    boot::write_boot_params(&machine.vm.memory, &kernel, &cmdline, initrd, rsdp)?;
     configure_vcpus_for_linux(&machine, kernel.entry)?;
     Ok(machine)
 }
@@ -161,6 +178,32 @@ fn attach_acpi_pm(vm: &Vm, io_bus: &mut Bus, exit: Arc<ExitSignal>) -> Result<Ar
     let pm = Arc::new(Mutex::new(AcpiPm::new(set_sci, exit)));
     insert(io_bus, u64::from(layout::PM1A_EVT_PORT), acpi_pm::LEN, pm.clone())?;
     Ok(pm)
+}
+
+/// Each virtio device gets a 4 KiB MMIO window and an IRQ from
+/// [`layout::VIRTIO_IRQ_BASE`] up; Linux learns of them from the command line.
+fn attach_virtio_devices(
+    vm: &Vm,
+    mmio_bus: &mut Bus,
+    devices: Vec<Box<dyn VirtioDevice>>,
+) -> Result<Vec<String>, BuildError> {
+    let mut args = Vec::new();
+    for (i, dev) in devices.into_iter().enumerate() {
+        let irq = layout::VIRTIO_IRQ_BASE + i as u32;
+        if irq > layout::VIRTIO_IRQ_LAST {
+            return Err(BuildError::Bus(format!(
+                "too many virtio devices (at most {})",
+                layout::VIRTIO_IRQ_LAST - layout::VIRTIO_IRQ_BASE + 1
+            )));
+        }
+        let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        vm.fd.register_irqfd(&irqfd, irq).map_err(|e| BuildError::Irq(irq, e))?;
+        let transport = MmioTransport::new(dev, vm.memory.clone(), Arc::new(Interrupt::new(irqfd)));
+        insert(mmio_bus, base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        args.push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+    }
+    Ok(args)
 }
 
 fn configure_vcpus_for_linux(machine: &Machine, entry: u64) -> Result<(), BuildError> {

@@ -20,7 +20,7 @@ const RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4];
 
 /// A 1 MiB machine whose vCPU 0 starts in real mode at [`LOAD`].
 fn machine(code: &[u8]) -> Machine {
-    let m = build_machine(1, 1, Console::new(false), Instant::now()).expect("build a machine on /dev/kvm");
+    let m = build_machine(1, 1, Console::new(false), Instant::now(), vec![]).expect("build a machine on /dev/kvm");
     m.vm.memory.write_slice(code, GuestAddress(LOAD)).unwrap();
     let v = &m.vcpus[0];
     let mut sregs = v.fd.get_sregs().unwrap();
@@ -149,7 +149,7 @@ fn triple_fault_stops_the_vm_with_a_guest_fault() {
     // boot GDT and page tables), whose boot IDT is empty: ud2 finds no gate
     // (#GP), nor does #GP (#DF), nor #DF: the CPU shuts down. (Not int3:
     // this host's kvm_pvm cannot emulate it, DESIGN.md.)
-    let m = build_machine(1, 1, Console::new(false), Instant::now()).unwrap();
+    let m = build_machine(1, 1, Console::new(false), Instant::now(), vec![]).unwrap();
     m.vm.memory.write_slice(&[0x0f, 0x0b, 0xf4], GuestAddress(LOAD)).unwrap(); // ud2; hlt
     kvmos_vmm::arch::regs::setup_sregs(&m.vm.memory, &m.vcpus[0].fd).unwrap();
     kvmos_vmm::arch::regs::setup_regs(&m.vcpus[0].fd, LOAD).unwrap();

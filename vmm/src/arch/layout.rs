@@ -51,3 +51,5 @@ pub const SCI_IRQ: u32 = 9;
 pub const BOOT_MARKER_PORT: u16 = 0x440;
 /// The first IRQ handed to virtio-mmio devices (after the legacy ISA ones).
 pub const VIRTIO_IRQ_BASE: u32 = 10;
+/// The IOAPIC's last pin.
+pub const VIRTIO_IRQ_LAST: u32 = 23;

@@ -2,3 +2,4 @@
 pub mod acpi_pm;
 pub mod bus;
 pub mod legacy;
+pub mod virtio;

@@ -1,0 +1,314 @@
+//! The virtio-mmio register block (virtio spec 4.2.2, version 2).
+
+use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::bus::BusDevice;
+use crate::vstate::memory::GuestMemory;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use virtio_queue::{Queue, QueueT};
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x4b56_4d4f; // "KVMO"
+
+// Device status bits.
+const STATUS_ACKNOWLEDGE: u32 = 1;
+const STATUS_DRIVER: u32 = 2;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_FAILED: u32 = 0x80;
+
+/// Register offsets.
+pub mod reg {
+    pub const MAGIC: u64 = 0x000;
+    pub const VERSION: u64 = 0x004;
+    pub const DEVICE_ID: u64 = 0x008;
+    pub const VENDOR_ID: u64 = 0x00c;
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const STATUS: u64 = 0x070;
+    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub const CONFIG: u64 = 0x100;
+}
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemory,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    acked_features: u64,
+    queue_sel: u32,
+    status: u32,
+    activated: bool,
+}
+
+impl MmioTransport {
+    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemory, interrupt: Arc<Interrupt>) -> Self {
+        let queues = Self::fresh_queues(device.as_ref());
+        Self {
+            device,
+            mem,
+            interrupt,
+            queues,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            acked_features: 0,
+            queue_sel: 0,
+            status: 0,
+            activated: false,
+        }
+    }
+
+    fn fresh_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
+        device.queue_max_sizes().into_iter().filter_map(|max| Queue::new(max).ok()).collect()
+    }
+
+    fn queue(&mut self) -> Option<&mut Queue> {
+        // Queues can only be set up before DRIVER_OK.
+        if self.activated {
+            return None;
+        }
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        self.queues = Self::fresh_queues(self.device.as_ref());
+        self.status = 0;
+        self.acked_features = 0;
+        self.activated = false;
+        self.interrupt.status.store(0, Ordering::SeqCst);
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        if v & STATUS_FEATURES_OK != 0 && self.acked_features & VIRTIO_F_VERSION_1 == 0 {
+            // A legacy driver: this device is modern only.
+            self.status = v & !STATUS_FEATURES_OK;
+            return;
+        }
+        self.status = v;
+        let wanted = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+        if !self.activated && v & wanted == wanted && v & STATUS_FAILED == 0 {
+            if !self.queues.iter().filter(|q| q.ready()).all(|q| q.is_valid(&self.mem)) {
+                tracing::warn!("virtio: the driver set up an invalid queue; device marked failed");
+                self.status |= STATUS_FAILED;
+                return;
+            }
+            self.activated = true;
+            let queues = std::mem::take(&mut self.queues);
+            self.device.activate(self.mem.clone(), queues, Arc::clone(&self.interrupt), self.acked_features);
+        }
+    }
+
+    /// The device this transport carries.
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+}
+
+fn u32_of(data: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    let n = data.len().min(4);
+    b[..n].copy_from_slice(&data[..n]);
+    u32::from_le_bytes(b)
+}
+
+fn set_half(v: &mut u64, high: bool, value: u32) {
+    if high {
+        *v = (*v & 0xffff_ffff) | (u64::from(value) << 32);
+    } else {
+        *v = (*v & !0xffff_ffff) | u64::from(value);
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= reg::CONFIG {
+            self.device.read_config(offset - reg::CONFIG, data);
+            return;
+        }
+        let v: u32 = match offset {
+            reg::MAGIC => MAGIC,
+            reg::VERSION => VERSION,
+            reg::DEVICE_ID => self.device.device_type(),
+            reg::VENDOR_ID => VENDOR_ID,
+            reg::DEVICE_FEATURES => {
+                let f = self.device.features();
+                match self.device_features_sel {
+                    0 => f as u32,
+                    1 => (f >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            reg::QUEUE_NUM_MAX => {
+                self.queues.get(self.queue_sel as usize).map(|q| u32::from(q.max_size())).unwrap_or(0)
+            }
+            reg::QUEUE_READY => self.queues.get(self.queue_sel as usize).map(|q| u32::from(q.ready())).unwrap_or(0),
+            reg::INTERRUPT_STATUS => self.interrupt.status.load(Ordering::SeqCst),
+            reg::STATUS => self.status,
+            reg::CONFIG_GENERATION => 0,
+            _ => 0,
+        };
+        let bytes = v.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = bytes.get(i).copied().unwrap_or(0);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= reg::CONFIG {
+            self.device.write_config(offset - reg::CONFIG, data);
+            return;
+        }
+        let v = u32_of(data);
+        match offset {
+            reg::DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            reg::DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            reg::DRIVER_FEATURES => {
+                if self.status & STATUS_FEATURES_OK == 0 {
+                    let offered = self.device.features();
+                    match self.driver_features_sel {
+                        0 => set_half(&mut self.acked_features, false, v),
+                        1 => set_half(&mut self.acked_features, true, v),
+                        _ => {}
+                    }
+                    // A driver cannot take what was not offered.
+                    self.acked_features &= offered;
+                }
+            }
+            reg::QUEUE_SEL => self.queue_sel = v,
+            reg::QUEUE_NUM => {
+                if let Some(q) = self.queue() {
+                    q.set_size(v as u16);
+                }
+            }
+            reg::QUEUE_READY => {
+                if let Some(q) = self.queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            reg::QUEUE_DESC_LOW => self.queue().into_iter().for_each(|q| q.set_desc_table_address(Some(v), None)),
+            reg::QUEUE_DESC_HIGH => self.queue().into_iter().for_each(|q| q.set_desc_table_address(None, Some(v))),
+            reg::QUEUE_DRIVER_LOW => self.queue().into_iter().for_each(|q| q.set_avail_ring_address(Some(v), None)),
+            reg::QUEUE_DRIVER_HIGH => self.queue().into_iter().for_each(|q| q.set_avail_ring_address(None, Some(v))),
+            reg::QUEUE_DEVICE_LOW => self.queue().into_iter().for_each(|q| q.set_used_ring_address(Some(v), None)),
+            reg::QUEUE_DEVICE_HIGH => self.queue().into_iter().for_each(|q| q.set_used_ring_address(None, Some(v))),
+            reg::QUEUE_NOTIFY => {
+                if self.activated {
+                    self.device.queue_notify(v as u16);
+                }
+            }
+            reg::INTERRUPT_ACK => {
+                self.interrupt.status.fetch_and(!v, Ordering::SeqCst);
+            }
+            reg::STATUS => self.set_status(v),
+            _ => tracing::debug!("virtio-mmio: write to read-only or unknown register {offset:#x}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::rng::Rng;
+    use crate::devices::virtio::{INT_VRING, TYPE_RNG};
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
+
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+    const BUF: u64 = 0x4000;
+    const VIRTQ_DESC_F_WRITE: u16 = 2;
+
+    fn r32(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+    fn w32(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    /// Drives the transport the way Linux's virtio_mmio driver does.
+    #[test]
+    fn a_driver_sets_up_a_queue_and_the_rng_fills_its_buffer() {
+        let mem = crate::vstate::memory::create(1 << 20).unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+        let mut t = MmioTransport::new(Box::new(Rng::default()), mem.clone(), Arc::clone(&interrupt));
+
+        assert_eq!(r32(&mut t, reg::MAGIC), MAGIC);
+        assert_eq!(r32(&mut t, reg::VERSION), 2);
+        assert_eq!(r32(&mut t, reg::DEVICE_ID), TYPE_RNG);
+        w32(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w32(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r32(&mut t, reg::DEVICE_FEATURES) & 1, 1, "VIRTIO_F_VERSION_1 offered");
+        w32(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        w32(&mut t, reg::DRIVER_FEATURES, 1);
+        w32(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        assert_ne!(r32(&mut t, reg::STATUS) & STATUS_FEATURES_OK, 0);
+        w32(&mut t, reg::QUEUE_SEL, 0);
+        assert!(r32(&mut t, reg::QUEUE_NUM_MAX) >= 8);
+        w32(&mut t, reg::QUEUE_NUM, 8);
+        w32(&mut t, reg::QUEUE_DESC_LOW, DESC as u32);
+        w32(&mut t, reg::QUEUE_DRIVER_LOW, AVAIL as u32);
+        w32(&mut t, reg::QUEUE_DEVICE_LOW, USED as u32);
+        w32(&mut t, reg::QUEUE_READY, 1);
+        w32(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+
+        // One writable 64-byte buffer, offered in the available ring.
+        mem.write_obj(BUF, GuestAddress(DESC)).unwrap();
+        mem.write_obj(64u32, GuestAddress(DESC + 8)).unwrap();
+        mem.write_obj(VIRTQ_DESC_F_WRITE, GuestAddress(DESC + 12)).unwrap();
+        mem.write_obj(0u16, GuestAddress(AVAIL + 4)).unwrap();
+        mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
+        w32(&mut t, reg::QUEUE_NOTIFY, 0);
+
+        let used_idx: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
+        let used_len: u32 = mem.read_obj(GuestAddress(USED + 8)).unwrap();
+        assert_eq!((used_idx, used_len), (1, 64));
+        let mut got = [0u8; 64];
+        mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+        assert!(got.iter().any(|&b| b != 0), "random bytes were written");
+        assert_eq!(r32(&mut t, reg::INTERRUPT_STATUS), INT_VRING);
+        assert_eq!(irq.read().unwrap(), 1, "the IRQ was raised");
+        w32(&mut t, reg::INTERRUPT_ACK, INT_VRING);
+        assert_eq!(r32(&mut t, reg::INTERRUPT_STATUS), 0);
+
+        // A reset takes everything back to the start.
+        w32(&mut t, reg::STATUS, 0);
+        assert_eq!(r32(&mut t, reg::STATUS), 0);
+        assert_eq!(r32(&mut t, reg::QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn legacy_drivers_cannot_reach_features_ok() {
+        let mem = crate::vstate::memory::create(1 << 20).unwrap();
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let mut t = MmioTransport::new(Box::new(Rng::default()), mem, interrupt);
+        w32(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        assert_eq!(r32(&mut t, reg::STATUS) & STATUS_FEATURES_OK, 0);
+    }
+}
