@@ -87,3 +87,35 @@ fn demo_guest_boots_to_a_shell_that_answers_and_powers_off() {
     assert!(r.output.contains("answer-42"), "{}", r.output);
     assert!(r.output.contains("VMM-EXIT 0"), "poweroff ends the VMM with code 0:\n{}", r.output);
 }
+
+/// virtio-blk: the guest reads the disk's ID, writes a pattern with fsync,
+/// and after the VM is gone the bytes are in the host file.
+#[test]
+fn virtio_blk_writes_reach_the_backing_file_and_the_id_is_read() {
+    const L2: &str = r#"
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "L2-SERIAL $(cat /sys/block/vda/serial)"
+printf 'kvmos-blk-check!' | dd of=/dev/vda bs=4096 seek=1 conv=fsync 2>/dev/null
+echo "L2-WROTE $?"
+poweroff -f
+"#;
+    let script = "dd if=/dev/zero of=disk.img bs=1M count=8 2>/dev/null\n\
+         ./kvmos-vmm --kernel guest-bzImage --initrd l2.cpio.zst --cmdline 'console=ttyS0 reboot=k panic=1 pci=off quiet' \
+         --disk disk.img --serial stdio < /dev/null\n\
+         echo \"VMM-EXIT $?\"\n\
+         echo \"DISK $(dd if=disk.img bs=1 skip=4096 count=16 2>/dev/null)\"\n";
+    let r = Nested::new(script)
+        .unwrap()
+        .with_vmm()
+        .unwrap()
+        .file("l2.cpio.zst", guest_initramfs(L2).unwrap(), 0o644)
+        .unwrap()
+        .run("vmm-blk", TIMEOUT)
+        .unwrap();
+    assert!(r.output.contains("L2-SERIAL disk.img"), "the device ID:\n{}", r.output);
+    assert!(r.output.contains("L2-WROTE 0"), "{}", r.output);
+    assert!(r.output.contains("VMM-EXIT 0"), "{}", r.output);
+    assert!(r.output.contains("DISK kvmos-blk-check!"), "the pattern is on the host file:\n{}", r.output);
+}

@@ -5,11 +5,12 @@
 //! tests share with hand-assembled guests.
 
 use crate::arch::{acpi, boot, cpuid, layout, regs};
-use crate::config::{SerialConfig, VmConfig};
+use crate::config::{ConfigError, SerialConfig, VmConfig};
 use crate::console::Console;
 use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::legacy::{boot_marker::BootMarker, i8042::I8042, serial::SerialDevice};
+use crate::devices::virtio::block::{Block, OpenError};
 use crate::devices::virtio::{mmio::MmioTransport, rng::Rng, Interrupt, VirtioDevice};
 use crate::exit::ExitSignal;
 use crate::vstate::memory;
@@ -22,6 +23,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Debug, displaydoc::Display, thiserror::Error)]
 pub enum BuildError {
+    /// {0}
+    Config(ConfigError),
     /// cannot allocate {0} MiB of guest memory: {1}
     Memory(u64, String),
     /// {0}
@@ -122,16 +125,21 @@ pub fn build_machine(
 pub fn build_linux_vm(config: &VmConfig, started: Instant) -> Result<Machine, BuildError> {
     let console = Console::new(matches!(config.serial, SerialConfig::Stdio));
     let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for (index, disk) in config.disks.iter().enumerate() {
+        virtio.push(Box::new(open_disk(index, disk)?));
+    }
     if config.rng {
         virtio.push(Box::new(Rng::default()));
     }
-    let machine = build_machine(config.memory_mib, config.vcpus, console, started, virtio)?;
+    // validate() keeps vcpus within MAX_VCPUS, so it fits the APIC IDs.
+    let vcpus = u8::try_from(config.vcpus).unwrap_or(u8::MAX);
+    let machine = build_machine(config.memory_mib, vcpus, console, started, virtio)?;
     let kernel = boot::load_kernel(&machine.vm.memory, &config.kernel)?;
     let initrd = match &config.initrd {
         Some(p) => Some(boot::load_initrd(&machine.vm.memory, p, config.memory_mib << 20)?),
         None => None,
     };
-    let rsdp = acpi::write_tables(&machine.vm.memory, config.vcpus).map_err(BuildError::Acpi)?;
+    let rsdp = acpi::write_tables(&machine.vm.memory, vcpus).map_err(BuildError::Acpi)?;
     let cmdline = std::iter::once(config.cmdline.as_str())
         .chain(machine.virtio_cmdline.iter().map(String::as_str))
         .collect::<Vec<_>>()
@@ -139,6 +147,22 @@ pub fn build_linux_vm(config: &VmConfig, started: Instant) -> Result<Machine, Bu
     boot::write_boot_params(&machine.vm.memory, &kernel, &cmdline, initrd, rsdp)?;
     configure_vcpus_for_linux(&machine, kernel.entry)?;
     Ok(machine)
+}
+
+/// Opens and locks one disk; the guest sees `id` (or the file name) as its
+/// serial.
+fn open_disk(index: usize, disk: &crate::config::DiskConfig) -> Result<Block, BuildError> {
+    let path = disk.path.display().to_string();
+    let id = disk
+        .id
+        .clone()
+        .unwrap_or_else(|| disk.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    Block::open(&disk.path, disk.read_only, &id).map_err(|e| {
+        BuildError::Config(match e {
+            OpenError::Locked => ConfigError::DiskLocked { index, path },
+            OpenError::Open(err) => ConfigError::DiskOpen { index, path, reason: err.to_string() },
+        })
+    })
 }
 
 fn create_guest_memory(memory_mib: u64) -> Result<memory::GuestMemory, BuildError> {

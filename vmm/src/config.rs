@@ -25,7 +25,7 @@ pub struct VmConfig {
     #[serde(default = "default_memory")]
     pub memory_mib: u64,
     #[serde(default = "default_vcpus")]
-    pub vcpus: u8,
+    pub vcpus: u16,
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
     #[serde(default)]
@@ -85,7 +85,7 @@ fn default_cmdline() -> String {
 fn default_memory() -> u64 {
     128
 }
-fn default_vcpus() -> u8 {
+fn default_vcpus() -> u16 {
     1
 }
 fn default_true() -> bool {
@@ -125,6 +125,8 @@ pub enum ConfigError {
     BadMac { index: usize, mac: String },
     /// nets[{index}].tap: cannot open TAP device {tap}: {reason}
     TapOpen { index: usize, tap: String, reason: String },
+    /// nets[{index}]: virtio-net is not in this build of kvmos-vmm yet; remove the NIC for now
+    NetUnavailable { index: usize },
     /// cmdline: {0}
     Cmdline(String),
     /// --{flag}: {reason}
@@ -175,16 +177,19 @@ impl VmConfig {
                 }
             }
         }
-        for (index, n) in self.nets.iter().enumerate() {
-            if let Some(mac) = &n.mac {
-                if parse_mac(mac).is_none() {
-                    return Err(ConfigError::BadMac { index, mac: mac.clone() });
-                }
+        if let Some((index, n)) = self.nets.iter().enumerate().next() {
+            if let Some(mac) = n.mac.as_ref().filter(|m| parse_mac(m).is_none()) {
+                return Err(ConfigError::BadMac { index, mac: mac.clone() });
             }
+            return Err(ConfigError::NetUnavailable { index });
         }
         Ok(())
     }
 }
+
+/// The most vCPUs a VM may have: APIC IDs are 8 bits without x2APIC
+/// interrupt remapping, and 255 is the broadcast ID.
+pub const MAX_VCPUS: u64 = 254;
 
 /// What this host allows, read once at start.
 #[derive(Debug, Clone, Copy)]

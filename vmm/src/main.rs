@@ -24,7 +24,7 @@ struct Args {
     #[arg(long)]
     memory_mib: Option<u64>,
     #[arg(long)]
-    vcpus: Option<u8>,
+    vcpus: Option<u16>,
     /// PATH[,ro] — a raw disk image (repeatable)
     #[arg(long, value_name = "PATH[,ro]")]
     disk: Vec<String>,
@@ -111,7 +111,8 @@ fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
 /// What this host can give a VM: KVM's vCPU limit and the memory
 /// available now.
 fn host_limits() -> HostLimits {
-    let max_vcpus = kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u64).unwrap_or(1);
+    let max_vcpus =
+        kvm_ioctls::Kvm::new().map(|k| k.get_max_vcpus() as u64).unwrap_or(1).min(kvmos_vmm::config::MAX_VCPUS);
     let available_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -137,6 +138,10 @@ fn main() {
     };
     let machine = match builder::build_linux_vm(&config, started) {
         Ok(m) => m,
+        Err(builder::BuildError::Config(e)) => {
+            eprintln!("kvmos-vmm: {e}");
+            std::process::exit(EXIT_BAD_CONFIG);
+        }
         Err(e) => {
             eprintln!("kvmos-vmm: cannot build the VM: {e}");
             std::process::exit(EXIT_INTERNAL_ERROR);

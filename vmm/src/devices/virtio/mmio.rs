@@ -162,7 +162,11 @@ impl BusDevice for MmioTransport {
                 }
             }
             reg::QUEUE_NUM_MAX => {
-                self.queues.get(self.queue_sel as usize).map(|q| u32::from(q.max_size())).unwrap_or(0)
+                self.device.queue_max_sizes().get(self.queue_sel as usize).map(|&m| u32::from(m)).unwrap_or(0)
+            }
+            // Once active, the queues belong to the device and are ready.
+            reg::QUEUE_READY if self.activated => {
+                u32::from((self.queue_sel as usize) < self.device.queue_max_sizes().len())
             }
             reg::QUEUE_READY => self.queues.get(self.queue_sel as usize).map(|q| u32::from(q.ready())).unwrap_or(0),
             reg::INTERRUPT_STATUS => self.interrupt.status.load(Ordering::SeqCst),
@@ -232,75 +236,38 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::devices::virtio::rng::Rng;
+    use crate::devices::virtio::testing::{TestDriver, BUFFERS};
     use crate::devices::virtio::{INT_VRING, TYPE_RNG};
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
 
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
-    const BUF: u64 = 0x4000;
-    const VIRTQ_DESC_F_WRITE: u16 = 2;
-
-    fn r32(t: &mut MmioTransport, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        t.read(off, &mut b);
-        u32::from_le_bytes(b)
-    }
-    fn w32(t: &mut MmioTransport, off: u64, v: u32) {
-        t.write(off, &v.to_le_bytes());
-    }
-
-    /// Drives the transport the way Linux's virtio_mmio driver does.
+    /// The test driver programs the registers the way Linux's virtio_mmio
+    /// driver does; check what it sees and that the rng fills a buffer.
     #[test]
     fn a_driver_sets_up_a_queue_and_the_rng_fills_its_buffer() {
-        let mem = crate::vstate::memory::create(1 << 20).unwrap();
-        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
-        let mut t = MmioTransport::new(Box::new(Rng::default()), mem.clone(), Arc::clone(&interrupt));
+        let mut d = TestDriver::new(Box::new(Rng::default()));
+        assert_eq!(d.r(reg::MAGIC), MAGIC);
+        assert_eq!(d.r(reg::VERSION), 2);
+        assert_eq!(d.r(reg::DEVICE_ID), TYPE_RNG);
+        d.w(reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(d.r(reg::DEVICE_FEATURES) & 1, 1, "VIRTIO_F_VERSION_1 offered");
+        let wanted = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+        assert_eq!(d.r(reg::STATUS), wanted, "the device accepted the driver");
+        assert!(d.r(reg::QUEUE_NUM_MAX) >= 16);
 
-        assert_eq!(r32(&mut t, reg::MAGIC), MAGIC);
-        assert_eq!(r32(&mut t, reg::VERSION), 2);
-        assert_eq!(r32(&mut t, reg::DEVICE_ID), TYPE_RNG);
-        w32(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        w32(&mut t, reg::DEVICE_FEATURES_SEL, 1);
-        assert_eq!(r32(&mut t, reg::DEVICE_FEATURES) & 1, 1, "VIRTIO_F_VERSION_1 offered");
-        w32(&mut t, reg::DRIVER_FEATURES_SEL, 1);
-        w32(&mut t, reg::DRIVER_FEATURES, 1);
-        w32(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
-        assert_ne!(r32(&mut t, reg::STATUS) & STATUS_FEATURES_OK, 0);
-        w32(&mut t, reg::QUEUE_SEL, 0);
-        assert!(r32(&mut t, reg::QUEUE_NUM_MAX) >= 8);
-        w32(&mut t, reg::QUEUE_NUM, 8);
-        w32(&mut t, reg::QUEUE_DESC_LOW, DESC as u32);
-        w32(&mut t, reg::QUEUE_DRIVER_LOW, AVAIL as u32);
-        w32(&mut t, reg::QUEUE_DEVICE_LOW, USED as u32);
-        w32(&mut t, reg::QUEUE_READY, 1);
-        w32(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-
-        // One writable 64-byte buffer, offered in the available ring.
-        mem.write_obj(BUF, GuestAddress(DESC)).unwrap();
-        mem.write_obj(64u32, GuestAddress(DESC + 8)).unwrap();
-        mem.write_obj(VIRTQ_DESC_F_WRITE, GuestAddress(DESC + 12)).unwrap();
-        mem.write_obj(0u16, GuestAddress(AVAIL + 4)).unwrap();
-        mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
-        w32(&mut t, reg::QUEUE_NOTIFY, 0);
-
-        let used_idx: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
-        let used_len: u32 = mem.read_obj(GuestAddress(USED + 8)).unwrap();
-        assert_eq!((used_idx, used_len), (1, 64));
+        assert_eq!(d.submit(&[(BUFFERS, 64, true)]), 64);
         let mut got = [0u8; 64];
-        mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+        d.mem.read_slice(&mut got, GuestAddress(BUFFERS)).unwrap();
         assert!(got.iter().any(|&b| b != 0), "random bytes were written");
-        assert_eq!(r32(&mut t, reg::INTERRUPT_STATUS), INT_VRING);
-        assert_eq!(irq.read().unwrap(), 1, "the IRQ was raised");
-        w32(&mut t, reg::INTERRUPT_ACK, INT_VRING);
-        assert_eq!(r32(&mut t, reg::INTERRUPT_STATUS), 0);
+        assert_eq!(d.r(reg::INTERRUPT_STATUS), INT_VRING);
+        assert_eq!(d.irq.read().unwrap(), 1, "the IRQ was raised");
+        d.w(reg::INTERRUPT_ACK, INT_VRING);
+        assert_eq!(d.r(reg::INTERRUPT_STATUS), 0);
 
         // A reset takes everything back to the start.
-        w32(&mut t, reg::STATUS, 0);
-        assert_eq!(r32(&mut t, reg::STATUS), 0);
-        assert_eq!(r32(&mut t, reg::QUEUE_READY), 0);
+        d.w(reg::STATUS, 0);
+        assert_eq!(d.r(reg::STATUS), 0);
+        assert_eq!(d.r(reg::QUEUE_READY), 0);
     }
 
     #[test]
@@ -308,7 +275,9 @@ mod tests {
         let mem = crate::vstate::memory::create(1 << 20).unwrap();
         let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
         let mut t = MmioTransport::new(Box::new(Rng::default()), mem, interrupt);
-        w32(&mut t, reg::STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
-        assert_eq!(r32(&mut t, reg::STATUS) & STATUS_FEATURES_OK, 0);
+        t.write(reg::STATUS, &(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK).to_le_bytes());
+        let mut b = [0u8; 4];
+        t.read(reg::STATUS, &mut b);
+        assert_eq!(u32::from_le_bytes(b) & STATUS_FEATURES_OK, 0);
     }
 }

@@ -3,8 +3,11 @@
 //! driver programs; each device implements [`VirtioDevice`] and processes
 //! its queues when the guest notifies them.
 
+pub mod block;
 pub mod mmio;
 pub mod rng;
+#[cfg(test)]
+pub mod testing;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,87 @@
+//! Every configuration error, through the real binary: the message names
+//! the field and the fix, and the exit code is 2 (bad configuration).
+
+use std::process::Command;
+
+const VMM: &str = env!("CARGO_BIN_EXE_kvmos-vmm");
+
+/// Runs kvmos-vmm; returns (exit code, stderr).
+fn vmm(args: &[&str]) -> (i32, String) {
+    let out = Command::new(VMM).args(args).output().expect("run kvmos-vmm");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn fake_kernel(dir: &std::path::Path) -> String {
+    let mut k = vec![0u8; 0x400];
+    k[0x202..0x206].copy_from_slice(b"HdrS");
+    let p = dir.join("bzImage");
+    std::fs::write(&p, k).unwrap();
+    p.display().to_string()
+}
+
+fn assert_bad_config(args: &[&str], message: &str) {
+    let (code, err) = vmm(args);
+    assert_eq!(code, 2, "exit code for {args:?}: {err}");
+    assert!(err.contains(message), "{args:?} should say {message:?}, said: {err}");
+}
+
+#[test]
+fn kernel_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_bad_config(&[], "--kernel: give --kernel PATH or --config FILE");
+    assert_bad_config(&["--kernel", "/nonexistent/bzImage"], "kernel: /nonexistent/bzImage does not exist");
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a kernel").unwrap();
+    assert_bad_config(&["--kernel", text.to_str().unwrap()], "is not a Linux kernel");
+    let k = fake_kernel(dir.path());
+    assert_bad_config(
+        &["--kernel", &k, "--initrd", "/nonexistent/initrd"],
+        "initrd: /nonexistent/initrd does not exist",
+    );
+}
+
+#[test]
+fn size_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = fake_kernel(dir.path());
+    assert_bad_config(&["--kernel", &k, "--vcpus", "0"], "vcpus: a VM needs at least 1 vCPU");
+    assert_bad_config(
+        &["--kernel", &k, "--vcpus", "5000"],
+        "vcpus: 5000 is more than KVM allows here (254); use at most 254",
+    );
+    assert_bad_config(
+        &["--kernel", &k, "--memory-mib", "99999999"],
+        "memory_mib: 99999999 MiB is more than this host can give",
+    );
+    assert_bad_config(&["--kernel", &k, "--memory-mib", "4"], "memory_mib: 4 MiB is too small");
+}
+
+#[test]
+fn disk_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = fake_kernel(dir.path());
+    assert_bad_config(
+        &["--kernel", &k, "--disk", "/nonexistent/disk.img"],
+        "disks[0].path: /nonexistent/disk.img does not exist",
+    );
+    // Another VM (here: this test) holds the disk's lock.
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let held = std::fs::File::options().read(true).write(true).open(&disk).unwrap();
+    // SAFETY: flock on a file this test owns.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) }, 0);
+    assert_bad_config(&["--kernel", &k, "--disk", disk.to_str().unwrap()], "is in use by another VM (it is locked)");
+}
+
+#[test]
+fn config_file_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = fake_kernel(dir.path());
+    let cfg = dir.path().join("vm.json");
+    std::fs::write(&cfg, format!(r#"{{"kernel":"{k}","memroy_mib":64}}"#)).unwrap();
+    assert_bad_config(&["--config", cfg.to_str().unwrap()], "unknown field `memroy_mib`");
+    assert_bad_config(&["--config", "/nonexistent/vm.json"], "cannot read the configuration file /nonexistent/vm.json");
+    assert_bad_config(&["--kernel", &k, "--serial", "tty"], "--serial: write stdio, none or socket:PATH");
+    assert_bad_config(&["--kernel", &k, "--net", "tap=tap0,mac=01:00:00:00:00:01"], "nets[0].mac:");
+    assert_bad_config(&["--kernel", &k, "--net", "bridge=br0"], "--net: cannot read \"bridge=br0\"");
+}
