@@ -8,8 +8,11 @@
 //! - [`devices`]: the I/O and MMIO buses, the legacy PC devices (serial,
 //!   i8042, boot marker), ACPI power management;
 //! - [`console`]: the serial console's ring buffer and clients;
-//! - [`exit`]: why a VM stopped, and the exit codes.
+//! - [`exit`]: why a VM stopped, and the exit codes;
+//! - [`api`]: the control API on a Unix socket;
+//! - [`builder`] builds a VM top to bottom and [`runner`] runs it.
 
+pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod config;

@@ -11,6 +11,8 @@ use std::time::Instant;
 #[derive(Parser, Debug)]
 #[command(name = "kvmos-vmm", version, about = "Run one virtual machine on KVM")]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// A JSON VM configuration (see the crate docs); flags below override it
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -40,6 +42,60 @@ struct Args {
     /// A name for logs
     #[arg(long)]
     vm_id: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Talk to a running VM's control API
+    Ctl {
+        #[arg(long, value_name = "PATH")]
+        api_socket: PathBuf,
+        #[arg(value_enum)]
+        action: CtlAction,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum CtlAction {
+    Get,
+    Pause,
+    Resume,
+    PowerOff,
+    Reset,
+    Stop,
+}
+
+/// `kvmos-vmm ctl`: one API call; prints the answer; exit 0 on success.
+fn ctl(socket: &std::path::Path, action: CtlAction) -> i32 {
+    let name = match action {
+        CtlAction::Get => None,
+        CtlAction::Pause => Some("pause"),
+        CtlAction::Resume => Some("resume"),
+        CtlAction::PowerOff => Some("power_off"),
+        CtlAction::Reset => Some("reset"),
+        CtlAction::Stop => Some("stop"),
+    };
+    let result = match name {
+        None => kvmos_vmm::api::call(socket, "GET", "/vm", None),
+        Some(a) => kvmos_vmm::api::call(socket, "PUT", "/actions", Some(&format!("{{\"action\":\"{a}\"}}"))),
+    };
+    match result {
+        Ok((status, body)) => {
+            if !body.is_empty() {
+                println!("{body}");
+            }
+            if (200..300).contains(&status) {
+                0
+            } else {
+                eprintln!("kvmos-vmm ctl: HTTP {status}");
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("kvmos-vmm ctl: cannot reach {}: {e}", socket.display());
+            1
+        }
+    }
 }
 
 fn flag(flag: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -128,7 +184,10 @@ fn host_limits() -> HostLimits {
 fn main() {
     let started = Instant::now();
     tracing_subscriber::fmt().with_target(false).with_ansi(false).with_writer(std::io::stderr).init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Cmd::Ctl { api_socket, action }) = args.cmd.take() {
+        std::process::exit(ctl(&api_socket, action));
+    }
     let config = match config_from(args).and_then(|c| c.validate(&host_limits()).map(|_| c)) {
         Ok(c) => c,
         Err(e) => {
@@ -148,7 +207,7 @@ fn main() {
         }
     };
     tracing::info!(vm = %config.vm_id, "VM built in {:.1} ms; starting", started.elapsed().as_secs_f64() * 1000.0);
-    let reason = runner::run(machine, &config.serial);
+    let reason = runner::run(machine, &config);
     tracing::info!(vm = %config.vm_id, "VM ended: {reason}");
     std::process::exit(reason.code());
 }

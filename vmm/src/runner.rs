@@ -3,8 +3,9 @@
 //! stop signal. The VM ends when a device, a vCPU or the outside asks it to;
 //! then every vCPU is stopped and joined, and the reason is returned.
 
+use crate::api::{self, Action, Pending, Request, Response};
 use crate::builder::Machine;
-use crate::config::SerialConfig;
+use crate::config::{SerialConfig, VmConfig};
 use crate::exit::ExitReason;
 use crate::vstate::vcpu::{install_kick_handler, kick_until};
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 const TOKEN_EXIT: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
 const TOKEN_CONSOLE_LISTENER: u64 = 3;
+const TOKEN_API: u64 = 4;
 /// Console clients get tokens from here up.
 const TOKEN_CLIENT_BASE: u64 = 1000;
 
@@ -70,14 +72,15 @@ pub fn bind_private_socket(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Runs the VM until it stops; returns why.
-pub fn run(machine: Machine, serial: &SerialConfig) -> ExitReason {
-    match run_inner(machine, serial) {
+pub fn run(machine: Machine, config: &VmConfig) -> ExitReason {
+    match run_inner(machine, config) {
         Ok(r) => r,
         Err(e) => ExitReason::Internal(e.to_string()),
     }
 }
 
-fn run_inner(mut machine: Machine, serial: &SerialConfig) -> std::io::Result<ExitReason> {
+fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitReason> {
+    let serial = &config.serial;
     install_kick_handler().map_err(|e| std::io::Error::other(format!("cannot install the vCPU kick handler: {e}")))?;
     let epoll = Epoll::new()?;
     let add = |fd: RawFd, token: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
@@ -100,6 +103,15 @@ fn run_inner(mut machine: Machine, serial: &SerialConfig) -> std::io::Result<Exi
         _ => None,
     };
 
+    let api = match &config.api_socket {
+        Some(path) => {
+            let (rx, wake) = api::spawn(bind_private_socket(path)?)?;
+            add(wake.as_raw_fd(), TOKEN_API)?;
+            Some((rx, wake))
+        }
+        None => None,
+    };
+
     let mut threads = Vec::new();
     for vcpu in machine.vcpus.drain(..) {
         let name = format!("vcpu{}", vcpu.index);
@@ -120,6 +132,15 @@ fn run_inner(mut machine: Machine, serial: &SerialConfig) -> std::io::Result<Exi
             match ev.data() {
                 TOKEN_EXIT => {
                     let _ = machine.exit.evt.read();
+                }
+                TOKEN_API => {
+                    if let Some((rx, wake)) = &api {
+                        let _ = wake.read();
+                        while let Ok(p) = rx.try_recv() {
+                            let resp = handle_api(&machine, config, &threads, p.request.clone());
+                            let _ = Pending::reply(p, resp);
+                        }
+                    }
                 }
                 TOKEN_STDIN => match std::io::stdin().lock().read(&mut buf) {
                     Ok(0) | Err(_) => {
@@ -173,7 +194,77 @@ fn run_inner(mut machine: Machine, serial: &SerialConfig) -> std::io::Result<Exi
     if let (SerialConfig::Socket { path }, Some(_)) = (serial, &listener) {
         let _ = std::fs::remove_file(path);
     }
+    if let Some(path) = &config.api_socket {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(machine.exit.reason().unwrap_or(ExitReason::Stopped))
+}
+
+/// Answers one API request on the event loop, which owns the VM.
+fn handle_api<T>(
+    machine: &Machine,
+    config: &VmConfig,
+    threads: &[std::thread::JoinHandle<T>],
+    request: Request,
+) -> Response {
+    let running = threads.iter().filter(|t| !t.is_finished()).count() as u64;
+    match request {
+        Request::GetVm => {
+            let c = &machine.counters;
+            let marker = machine.boot_marker_us.load(std::sync::atomic::Ordering::SeqCst);
+            let state = if machine.control.is_paused() { "paused" } else { "running" };
+            Response::json(
+                200,
+                &serde_json::json!({
+                    "id": config.vm_id,
+                    "state": state,
+                    "uptime_ms": machine.started.elapsed().as_millis() as u64,
+                    "exit_reason": machine.exit.reason().map(|r| r.to_string()),
+                    "config": config,
+                    "counters": {
+                        "vcpu_exits": c.exits.load(std::sync::atomic::Ordering::Relaxed),
+                        "io_exits": c.io_exits.load(std::sync::atomic::Ordering::Relaxed),
+                        "mmio_exits": c.mmio_exits.load(std::sync::atomic::Ordering::Relaxed),
+                        "unhandled_accesses": c.unhandled.load(std::sync::atomic::Ordering::Relaxed),
+                        "console_bytes": machine.console.total_bytes(),
+                        "console_clients": machine.console.clients(),
+                        "boot_marker_ms": (marker > 0).then(|| marker as f64 / 1000.0),
+                    }
+                }),
+            )
+        }
+        Request::Act(Action::Pause) => {
+            machine.control.pause();
+            kick_until(threads, || machine.control.parked() >= running);
+            Response { status: 204, body: String::new() }
+        }
+        Request::Act(Action::Resume) => {
+            machine.control.resume();
+            Response { status: 204, body: String::new() }
+        }
+        Request::Act(Action::PowerOff) => {
+            if machine.control.is_paused() {
+                return Response::error(409, "the VM is paused; resume it first");
+            }
+            let mut pm = lock(&machine.acpi_pm);
+            if !pm.power_button_enabled() {
+                return Response::error(
+                    409,
+                    "the guest has not enabled its ACPI power button (no ACPI driver yet?); use stop",
+                );
+            }
+            pm.press_power_button();
+            Response { status: 204, body: String::new() }
+        }
+        Request::Act(Action::Reset) => {
+            machine.exit.request(ExitReason::Reboot);
+            Response { status: 204, body: String::new() }
+        }
+        Request::Act(Action::Stop) => {
+            machine.exit.request(ExitReason::Stopped);
+            Response { status: 204, body: String::new() }
+        }
+    }
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -3,7 +3,7 @@
 //! cannot run on this host's KVM (see DESIGN.md); qemu-test boots those.
 
 use kvmos_vmm::builder::{build_machine, Machine};
-use kvmos_vmm::config::SerialConfig;
+use kvmos_vmm::config::VmConfig;
 use kvmos_vmm::console::Console;
 use kvmos_vmm::devices::bus::BusDevice;
 use kvmos_vmm::exit::{ExitReason, EXIT_GUEST_FAULT};
@@ -37,7 +37,8 @@ fn machine(code: &[u8]) -> Machine {
 fn run(m: Machine) -> (ExitReason, Vec<u8>) {
     let console = m.console.clone();
     let exit = Arc::clone(&m.exit);
-    let t = std::thread::spawn(move || runner::run(m, &SerialConfig::None));
+    let config = VmConfig::from_json(r#"{"kernel":"/none"}"#).unwrap();
+    let t = std::thread::spawn(move || runner::run(m, &config));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !t.is_finished() {
         if Instant::now() > deadline {
@@ -170,4 +171,45 @@ fn boot_marker_records_the_time_once() {
     let (reason, _) = run(m);
     assert_eq!(reason, ExitReason::Reboot);
     assert!(marker.load(Ordering::SeqCst) > 0);
+}
+
+#[test]
+fn control_api_reports_pauses_resumes_and_stops() {
+    use kvmos_vmm::api::call;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let m = machine(&[0xeb, 0xfe]); // jmp $
+    let config =
+        VmConfig::from_json(&format!(r#"{{"kernel":"/none","vm_id":"spin","api_socket":"{}"}}"#, sock.display()))
+            .unwrap();
+    let t = std::thread::spawn(move || runner::run(m, &config));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let (status, body) = call(&sock, "GET", "/vm", None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["id"], "spin");
+    assert!(v["counters"]["vcpu_exits"].is_u64());
+
+    let act = |a: &str| call(&sock, "PUT", "/actions", Some(&format!(r#"{{"action":"{a}"}}"#))).unwrap();
+    assert_eq!(act("pause").0, 204);
+    let (_, body) = call(&sock, "GET", "/vm", None).unwrap();
+    assert!(body.contains(r#""state":"paused""#), "{body}");
+    assert_eq!(act("resume").0, 204);
+    let (status, body) = act("power_off");
+    assert_eq!(status, 409, "this guest has no ACPI: {body}");
+    assert!(body.contains("use stop"), "{body}");
+    let (status, body) = call(&sock, "POST", "/vm", None).unwrap();
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(act("stop").0, 204);
+    let reason = t.join().unwrap();
+    assert_eq!(reason, ExitReason::Stopped);
+    assert_eq!(reason.code(), kvmos_vmm::exit::EXIT_STOPPED);
+    assert!(!sock.exists(), "the socket is removed when the VM ends");
 }

@@ -1,0 +1,215 @@
+//! The control API: HTTP/1.1 with JSON over a Unix socket (mode 0600), in
+//! the style of Firecracker's. `openapi.yaml` in this crate is the contract.
+//!
+//! - `GET /vm`: state, configuration, uptime, exit reason and counters;
+//! - `PUT /actions` with `{"action": "pause" | "resume" | "power_off" |
+//!   "reset" | "stop"}`.
+//!
+//! A thread accepts connections and parses requests (httparse); each request
+//! is handed to the VMM's event loop, which owns the VM, and the answer
+//! comes back over a channel. One request per connection.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::Duration;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Requests larger than this are refused (the API takes tiny JSON bodies).
+const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Pause,
+    Resume,
+    /// Press the ACPI power button: the guest shuts down cleanly.
+    PowerOff,
+    /// Hard reset: the VMM exits with the reboot code, and its supervisor
+    /// starts the VM again.
+    Reset,
+    /// Hard stop, like pulling the plug.
+    Stop,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    GetVm,
+    Act(Action),
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(status: u16, value: &serde_json::Value) -> Self {
+        Self { status, body: value.to_string() }
+    }
+
+    pub fn error(status: u16, message: &str) -> Self {
+        Self::json(status, &serde_json::json!({ "error": message }))
+    }
+}
+
+/// A request on its way to the event loop, with where to send the answer.
+pub struct Pending {
+    pub request: Request,
+    pub reply: Sender<Response>,
+}
+
+impl Pending {
+    /// Sends the answer back to the connection's thread.
+    pub fn reply(self, response: Response) -> Result<(), std::sync::mpsc::SendError<Response>> {
+        self.reply.send(response)
+    }
+}
+
+/// Parses one HTTP request; `Ok(None)` when more bytes are needed.
+pub fn parse(buf: &[u8]) -> Result<Option<Request>, Response> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let header_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Response::error(400, &format!("malformed HTTP request: {e}"))),
+    };
+    let content_length = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    if header_len + content_length > MAX_REQUEST {
+        return Err(Response::error(413, "request too large"));
+    }
+    if buf.len() < header_len + content_length {
+        return Ok(None);
+    }
+    let body = &buf[header_len..header_len + content_length];
+    match (req.method.unwrap_or(""), req.path.unwrap_or("")) {
+        ("GET", "/vm") => Ok(Some(Request::GetVm)),
+        ("PUT", "/actions") => match serde_json::from_slice::<ActionBody>(body) {
+            Ok(b) => Ok(Some(Request::Act(b.action))),
+            Err(e) => Err(Response::error(
+                400,
+                &format!("{e}; send {{\"action\": \"pause\" | \"resume\" | \"power_off\" | \"reset\" | \"stop\"}}"),
+            )),
+        },
+        (_, "/vm") | (_, "/actions") => Err(Response::error(405, "method not allowed: GET /vm, PUT /actions")),
+        (_, path) => Err(Response::error(404, &format!("no such resource {path}: GET /vm, PUT /actions"))),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        _ => "Internal Server Error",
+    }
+}
+
+fn write_response(stream: &mut UnixStream, r: &Response) {
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        r.status,
+        reason(r.status),
+        r.body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(r.body.as_bytes());
+}
+
+fn serve_connection(mut stream: UnixStream, to_vmm: &Sender<Pending>, wake: &EventFd) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let request = loop {
+        match parse(&buf) {
+            Ok(Some(r)) => break r,
+            Err(resp) => return write_response(&mut stream, &resp),
+            Ok(None) => {}
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > MAX_REQUEST {
+            return write_response(&mut stream, &Response::error(413, "request too large"));
+        }
+    };
+    let (reply, answer) = channel();
+    if to_vmm.send(Pending { request, reply }).is_err() {
+        return write_response(&mut stream, &Response::error(409, "the VM has stopped"));
+    }
+    let _ = wake.write(1);
+    let resp = answer
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| Response::error(500, "the VMM did not answer in time"));
+    write_response(&mut stream, &resp);
+}
+
+/// Serves the API on `listener` until the process ends. Returns the
+/// receiving end for the event loop and the event fd that wakes it.
+pub fn spawn(listener: UnixListener) -> std::io::Result<(Receiver<Pending>, EventFd)> {
+    listener.set_nonblocking(false)?;
+    let (tx, rx) = channel();
+    let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+    let wake2 = wake.try_clone()?;
+    std::thread::Builder::new().name("api".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            serve_connection(stream, &tx, &wake2);
+        }
+    })?;
+    Ok((rx, wake))
+}
+
+/// A small client for the API (`kvmos-vmm ctl`): sends one request and
+/// returns the status and body.
+pub fn call(socket: &std::path::Path, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let body = body.unwrap_or("");
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_errors_say_what_to_send() {
+        assert_eq!(parse(b"GET /vm HTTP/1.1\r\nHost: x\r\n\r\n"), Ok(Some(Request::GetVm)));
+        assert_eq!(parse(b"GET /vm HTTP/1.1\r\nHo"), Ok(None), "incomplete");
+        let put = b"PUT /actions HTTP/1.1\r\nContent-Length: 20\r\n\r\n{\"action\":\"pause\"}  ";
+        assert_eq!(parse(put), Ok(Some(Request::Act(Action::Pause))));
+        let partial = b"PUT /actions HTTP/1.1\r\nContent-Length: 30\r\n\r\n{\"action\"";
+        assert_eq!(parse(partial), Ok(None), "waits for the body");
+        let bad = parse(b"PUT /actions HTTP/1.1\r\nContent-Length: 18\r\n\r\n{\"action\":\"dance\"}").unwrap_err();
+        assert_eq!(bad.status, 400);
+        assert!(bad.body.contains("power_off"), "{}", bad.body);
+        assert_eq!(parse(b"DELETE /vm HTTP/1.1\r\n\r\n").unwrap_err().status, 405);
+        assert_eq!(parse(b"GET /nope HTTP/1.1\r\n\r\n").unwrap_err().status, 404);
+        assert_eq!(parse(b"\x00\x01garbage\r\n\r\n").unwrap_err().status, 400);
+    }
+}
