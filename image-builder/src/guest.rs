@@ -51,7 +51,8 @@ for dev in /sys/class/net/eth*; do
     [ -e "$dev" ] || continue
     udhcpc -b -q -t 5 -i "${dev##*/}" -s /etc/udhcpc.script >/dev/null 2>&1 &
 done
-[ -d /dev/input ] && acpid -c /etc/acpi
+# acpid logs and keeps a pid file; both need a writable place.
+[ -d /dev/input ] && acpid -c /etc/acpi -l /tmp/acpid.log -p /run/acpid.pid
 echo "kvmos demo guest ready: $(uname -sr), type 'poweroff' to stop"
 "#;
 
@@ -103,7 +104,7 @@ pub fn initramfs(busybox: &Path) -> Result<Archive> {
     a.file("/etc/acpi/PWRF/00000080", 0o755, POWER_BUTTON.into())?;
     a.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n".to_vec())?;
     a.file("/etc/group", 0o644, b"root:x:0:\n".to_vec())?;
-    for d in ["/proc", "/sys", "/dev", "/tmp", "/run", "/root", "/usr/bin", "/usr/sbin", "/sbin"] {
+    for d in ["/proc", "/sys", "/dev", "/tmp", "/run", "/root", "/usr/bin", "/usr/sbin", "/sbin", "/var/log", "/var/run"] {
         a.dir(d, 0o755)?;
     }
     a.char_dev("/dev/console", 0o600, 5, 1)?;

@@ -11,6 +11,7 @@ const TIMEOUT: Duration = Duration::from_secs(900);
 /// An L2 init that reports, marks boot, and powers off.
 const L2_INIT: &str = r#"
 mount -t proc proc /proc
+mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "L2-MARKER cpus=$(grep -c ^processor /proc/cpuinfo) kernel=$(uname -r)"
 echo "L2-RNG $(cat /sys/class/misc/hw_random/rng_current) $(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')"
@@ -53,15 +54,34 @@ fn guest_kernel_boots_to_init_with_two_vcpus_and_powers_off() {
     boot_to_marker(2);
 }
 
+/// Runs an L1 `script` next to kvmos-vmm, the guest kernel and the demo
+/// guest's initramfs. In the script, `{vmm}` is the command that boots the
+/// demo guest and `{ready}` the line its init prints when the shell is up.
+fn with_demo_guest(name: &str, script: &str) -> kvmos_qemu_test::nested::NestedResult {
+    let img = kvmos_qemu_test::image().unwrap();
+    let vmm = format!(
+        "./kvmos-vmm --kernel guest-bzImage --initrd demo.cpio.zst --cmdline '{}' --memory-mib 128",
+        kvmos_image_builder::guest::CMDLINE
+    );
+    let script = script.replace("{vmm}", &vmm).replace("{ready}", kvmos_image_builder::guest::READY_LINE);
+    Nested::new(&script)
+        .unwrap()
+        .with_vmm()
+        .unwrap()
+        .file("demo.cpio.zst", std::fs::read(&img.guest_initramfs).unwrap(), 0o644)
+        .unwrap()
+        .run(name, TIMEOUT)
+        .unwrap()
+}
+
 /// The bundled demo guest boots on kvmos-vmm to its shell, takes a command
 /// typed on the serial console, and `poweroff` ends the VMM cleanly.
 #[test]
 fn demo_guest_boots_to_a_shell_that_answers_and_powers_off() {
-    let img = kvmos_qemu_test::image().unwrap();
-    let script = format!(
+    let r = with_demo_guest(
+        "vmm-demo-guest",
         "mkfifo in\n\
-         ./kvmos-vmm --kernel guest-bzImage --initrd demo.cpio.zst --cmdline '{cmdline}' --memory-mib 128 \\\n\
-           --serial stdio < in > out 2>&1 &\n\
+         {vmm} --serial stdio < in > out 2>&1 &\n\
          exec 3>in\n\
          until grep -q '{ready}' out; do sleep 1; done\n\
          sleep 2\n\
@@ -72,20 +92,34 @@ fn demo_guest_boots_to_a_shell_that_answers_and_powers_off() {
          status=$?\n\
          cat out\n\
          echo \"VMM-EXIT $status\"\n",
-        cmdline = kvmos_image_builder::guest::CMDLINE,
-        ready = kvmos_image_builder::guest::READY_LINE,
     );
-    let r = Nested::new(&script)
-        .unwrap()
-        .with_vmm()
-        .unwrap()
-        .file("demo.cpio.zst", std::fs::read(&img.guest_initramfs).unwrap(), 0o644)
-        .unwrap()
-        .run("vmm-demo-guest", TIMEOUT)
-        .unwrap();
     assert!(r.output.contains("demo:"), "the shell prompt:\n{}", r.output);
     assert!(r.output.contains("answer-42"), "{}", r.output);
     assert!(r.output.contains("VMM-EXIT 0"), "poweroff ends the VMM with code 0:\n{}", r.output);
+}
+
+/// ACPI power-off requested through the control API: the demo guest's
+/// acpid shuts it down cleanly and the VMM exits with the power-off code.
+#[test]
+fn api_power_off_shuts_the_guest_down_cleanly() {
+    let r = with_demo_guest(
+        "vmm-api-poweroff",
+        "{vmm} --api-socket api.sock --serial stdio < /dev/null > out 2>&1 &\n\
+         vmm=$!\n\
+         until grep -q '{ready}' out; do sleep 1; done\n\
+         sleep 3\n\
+         ./kvmos-vmm ctl --api-socket api.sock get\n\
+         ./kvmos-vmm ctl --api-socket api.sock power-off\n\
+         echo \"CTL-EXIT $?\"\n\
+         wait $vmm\n\
+         status=$?\n\
+         cat out\n\
+         echo \"VMM-EXIT $status\"\n",
+    );
+    assert!(r.output.contains("\"state\":\"running\""), "GET /vm answered:\n{}", r.output);
+    assert!(r.output.contains("CTL-EXIT 0"), "{}", r.output);
+    assert!(r.output.contains("the guest powered off"), "{}", r.output);
+    assert!(r.output.contains("VMM-EXIT 0"), "{}", r.output);
 }
 
 /// virtio-blk: the guest reads the disk's ID, writes a pattern with fsync,
