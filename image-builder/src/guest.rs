@@ -104,7 +104,9 @@ pub fn initramfs(busybox: &Path) -> Result<Archive> {
     a.file("/etc/acpi/PWRF/00000080", 0o755, POWER_BUTTON.into())?;
     a.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n".to_vec())?;
     a.file("/etc/group", 0o644, b"root:x:0:\n".to_vec())?;
-    for d in ["/proc", "/sys", "/dev", "/tmp", "/run", "/root", "/usr/bin", "/usr/sbin", "/sbin", "/var/log", "/var/run"] {
+    for d in
+        ["/proc", "/sys", "/dev", "/tmp", "/run", "/root", "/usr/bin", "/usr/sbin", "/sbin", "/var/log", "/var/run"]
+    {
         a.dir(d, 0o755)?;
     }
     a.char_dev("/dev/console", 0o600, 5, 1)?;

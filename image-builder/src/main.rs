@@ -110,7 +110,9 @@ fn run(layout: &Layout, args: RunArgs) -> Result<()> {
     let mut cmd = opts.command()?;
     eprintln!();
     eprintln!("kvmos is booting under QEMU (TCG, -cpu max: VMs run nested inside).");
-    eprintln!("  Panel:   https://localhost:{port}/   (forwarded to the appliance's port 443; self-signed certificate)");
+    eprintln!(
+        "  Panel:   https://localhost:{port}/   (forwarded to the appliance's port 443; self-signed certificate)"
+    );
     eprintln!("  Console: this terminal. Ctrl-A X quits QEMU, Ctrl-A C switches to the QEMU monitor.");
     eprintln!();
     let err = cmd.exec();
