@@ -12,9 +12,8 @@ use std::process::Command;
 /// the outputs apart from the developer's own `target/release`.
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// The packages whose binaries go into the initramfs, with the binary name.
-pub const PROGRAMS: &[(&str, &str)] =
-    &[("kvmos-init", "kvmos-init"), ("kvmos-vmm", "kvmos-vmm"), ("kvmos-webadmin", "kvmos-webadmin")];
+/// The packages whose binary (of the same name) goes into the initramfs.
+pub const PROGRAMS: &[&str] = &["kvmos-init", "kvmos-vmm", "kvmos-webadmin"];
 
 #[derive(Debug, Clone)]
 pub struct Binaries {
@@ -28,7 +27,7 @@ pub fn build(repo: &Path) -> Result<Binaries> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(repo).args(["build", "--release", "--locked", "--target", TARGET]);
-    for (package, _) in PROGRAMS {
+    for package in PROGRAMS {
         cmd.args(["-p", package]);
     }
     // RUSTFLAGS would override the per-target flags below; the static link

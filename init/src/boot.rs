@@ -70,8 +70,9 @@ fn read_cmdline(m: &mut Machine) -> Result<(), String> {
         console::warn(&p.to_string());
     }
     let mut c = Config::default();
-    c.apply(overrides);
+    c.apply(overrides.clone());
     m.config = c;
+    m.cmdline = overrides;
     m.status.panel_port = m.config.panel_port;
     Ok(())
 }
@@ -113,11 +114,9 @@ fn apply_saved_settings(m: &mut Machine) -> Result<(), String> {
     for p in &problems {
         console::warn(&p.to_string());
     }
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let (cmd, _) = config::parse_cmdline(&cmdline);
     let mut c = Config::default();
     c.apply(saved);
-    c.apply(cmd);
+    c.apply(m.cmdline.clone());
     m.config = c;
     m.status.panel_port = m.config.panel_port;
     console::info(&format!("kvmos-init: applied saved settings from {SAVED_SETTINGS}"));
@@ -168,9 +167,8 @@ fn start_watchdog(m: &mut Machine) -> Result<(), String> {
 
 fn watch_power_button(m: &mut Machine) -> Result<(), String> {
     let tx = m.events.clone();
-    let tx = std::sync::Mutex::new(tx);
     let n = power_button::watch(move || {
-        let _ = tx.lock().map(|t| t.send(Event::PowerButton));
+        let _ = tx.send(Event::PowerButton);
     })?;
     if n == 0 {
         console::debug("no power button input device");
@@ -210,9 +208,9 @@ fn enable_debug_hooks(m: &mut Machine) -> Result<(), String> {
     if !m.config.debug {
         return Ok(());
     }
-    let tx = std::sync::Mutex::new(m.events.clone());
+    let tx = m.events.clone();
     debug::listen(move |cmd| {
-        let _ = tx.lock().map(|t| t.send(Event::Debug(cmd)));
+        let _ = tx.send(Event::Debug(cmd));
     })
     .map_err(|e| format!("cannot read the console: {e}"))?;
     console::info("kvmos-init: kvmos.debug is set: debug commands are read from the serial console");

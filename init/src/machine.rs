@@ -33,6 +33,8 @@ pub enum Event {
 /// The state PID 1 keeps.
 pub struct Machine {
     pub config: Config,
+    /// What the kernel command line set; it wins over saved settings.
+    pub cmdline: crate::config::Overrides,
     pub status: Status,
     pub webadmin: Option<Service>,
     pub watchdog: Option<Watchdog>,
@@ -54,6 +56,7 @@ pub fn run() -> ! {
     spawn_signal_thread(signals, tx.clone());
     let mut m = Machine {
         config: Config::default(),
+        cmdline: Default::default(),
         status: Status { version: crate::VERSION.into(), panel_port: 443, ..Default::default() },
         webadmin: None,
         watchdog: None,
@@ -169,10 +172,12 @@ fn on_network(m: &mut Machine, net: NetStatus) {
     if address_changed && m.status.net.address.is_some() {
         let ntp = m.config.ntp.or_else(|| m.status.net.ntp.first().copied());
         if let Some(server) = ntp {
-            match crate::clock::sntp(server) {
+            // Off the main loop: the query may wait up to 2 s for an answer,
+            // and PID 1 must keep reaping and taking signals meanwhile.
+            std::thread::spawn(move || match crate::clock::sntp(server) {
                 Ok(msg) => console::info(&format!("kvmos-init: {msg}")),
                 Err(e) => console::warn(&e),
-            }
+            });
         }
     }
 }

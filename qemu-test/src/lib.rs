@@ -36,9 +36,14 @@ pub fn image() -> Result<&'static Outputs> {
         .map_err(|e| anyhow!("building the image failed: {e}"))
 }
 
+/// `target/qemu-test/`: serial logs and per-test folders.
+fn test_root() -> PathBuf {
+    Layout::this_checkout().repo.join("target/qemu-test")
+}
+
 /// Where a test's files go: `target/qemu-test/<name>/`.
 pub fn work_dir(name: &str) -> Result<PathBuf> {
-    let dir = Layout::this_checkout().repo.join("target/qemu-test").join(name);
+    let dir = test_root().join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -65,7 +70,7 @@ impl Appliance {
     /// Starts QEMU with these options; the serial console is piped to us.
     pub fn boot(name: &str, mut opts: QemuOptions) -> Result<Self> {
         opts.serial = Serial::Pipe;
-        let log_path = Layout::this_checkout().repo.join("target/qemu-test").join(format!("{name}.serial.log"));
+        let log_path = test_root().join(format!("{name}.serial.log"));
         std::fs::create_dir_all(log_path.parent().context("log path")?)?;
         let mut log = std::fs::File::create(&log_path)?;
         let mut child = opts

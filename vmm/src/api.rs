@@ -67,13 +67,6 @@ pub struct Pending {
     pub reply: Sender<Response>,
 }
 
-impl Pending {
-    /// Sends the answer back to the connection's thread.
-    pub fn reply(self, response: Response) -> Result<(), std::sync::mpsc::SendError<Response>> {
-        self.reply.send(response)
-    }
-}
-
 /// Parses one HTTP request; `Ok(None)` when more bytes are needed.
 pub fn parse(buf: &[u8]) -> Result<Option<Request>, Response> {
     let mut headers = [httparse::EMPTY_HEADER; 32];

@@ -53,7 +53,6 @@ pub enum BuildError {
 pub struct Machine {
     pub vm: Vm,
     pub vcpus: Vec<Vcpu>,
-    pub io_bus: Arc<Bus>,
     pub mmio_bus: Arc<Bus>,
     pub console: Console,
     pub serial: Arc<Mutex<SerialDevice>>,
@@ -107,7 +106,6 @@ pub fn build_machine(
     Ok(Machine {
         vm,
         vcpus,
-        io_bus,
         mmio_bus,
         console,
         serial,

@@ -58,7 +58,7 @@ pub struct DiskConfig {
 pub struct NetConfig {
     /// An existing TAP device, or one the VMM may create (e.g. `vm-web1`).
     pub tap: String,
-    /// The guest's MAC; derived from the VM id and tap name when absent.
+    /// The guest's MAC.
     #[serde(default)]
     pub mac: Option<String>,
 }
@@ -123,12 +123,8 @@ pub enum ConfigError {
     DiskIdTooLong { index: usize, id: String },
     /// nets[{index}].mac: {mac:?} is not a unicast MAC address like 52:54:00:12:34:56
     BadMac { index: usize, mac: String },
-    /// nets[{index}].tap: cannot open TAP device {tap}: {reason}
-    TapOpen { index: usize, tap: String, reason: String },
     /// nets[{index}]: virtio-net is not in this build of kvmos-vmm yet; remove the NIC for now
     NetUnavailable { index: usize },
-    /// cmdline: {0}
-    Cmdline(String),
     /// --{flag}: {reason}
     Flag { flag: &'static str, reason: String },
 }
@@ -222,20 +218,6 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     (mac[0] & 1 == 0).then_some(mac)
 }
 
-/// A locally administered MAC derived from the VM id and tap name, stable
-/// across restarts.
-pub fn derived_mac(vm_id: &str, tap: &str) -> [u8; 6] {
-    // FNV-1a: stable, tiny, good enough to spread ids over 32 bits.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in vm_id.bytes().chain([0]).chain(tap.bytes()) {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    let b = h.to_be_bytes();
-    // 0x52 has the locally-administered bit set and the multicast bit clear.
-    [0x52, 0x54, b[0], b[1], b[2], b[3]]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,13 +276,5 @@ mod tests {
         let mut c = base.clone();
         c.nets.push(NetConfig { tap: "tap0".into(), mac: Some("01:00:00:00:00:01".into()) });
         assert!(c.validate(&limits()).unwrap_err().to_string().starts_with("nets[0].mac:"));
-    }
-
-    #[test]
-    fn derived_macs_are_stable_local_unicast() {
-        let a = derived_mac("web1", "vm-web1");
-        assert_eq!(a, derived_mac("web1", "vm-web1"));
-        assert_ne!(a, derived_mac("web2", "vm-web2"));
-        assert_eq!(a[0] & 1, 0);
     }
 }

@@ -136,9 +136,8 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
                 TOKEN_API => {
                     if let Some((rx, wake)) = &api {
                         let _ = wake.read();
-                        while let Ok(p) = rx.try_recv() {
-                            let resp = handle_api(&machine, config, &threads, p.request.clone());
-                            let _ = Pending::reply(p, resp);
+                        while let Ok(Pending { request, reply }) = rx.try_recv() {
+                            let _ = reply.send(handle_api(&machine, config, &threads, request));
                         }
                     }
                 }

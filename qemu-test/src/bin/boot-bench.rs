@@ -24,17 +24,16 @@ fn main() -> Result<()> {
     let stock_initrd = dir.join("stock-initramfs.cpio.zst");
     std::fs::write(&stock_initrd, initramfs::compress(&stock_archive()?.to_cpio())?)?;
 
-    let ours = QemuOptions::new(Boot::Direct { kernel: img.bz_image.clone(), initrd: img.initramfs.clone() }, &dir);
+    let mut ours = QemuOptions::new(Boot::Direct { kernel: img.bz_image.clone(), initrd: img.initramfs.clone() }, &dir);
+    ours.append = "quiet".into();
     let mut stock = QemuOptions::new(Boot::Direct { kernel: stock_kernel.clone(), initrd: stock_initrd }, &dir);
     stock.append = "console=ttyS0,115200 quiet".into();
-    let mut ours_q = ours.clone();
-    ours_q.append = "quiet".into();
 
     println!("QEMU TCG -cpu max, 2 vCPUs, 2048 MiB, -kernel/-initrd, `quiet`; {runs} runs each, alternating");
     println!("stock kernel: {}", stock_kernel.display());
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for i in 0..runs {
-        a.push(time_to(&format!("bench-ours-{i}"), &ours_q, "kvmos-init: ready")?);
+        a.push(time_to(&format!("bench-ours-{i}"), &ours, "kvmos-init: ready")?);
         b.push(time_to(&format!("bench-stock-{i}"), &stock, STOCK_READY)?);
         println!("run {}: kvmos {:.2} s, stock {:.2} s", i + 1, a[i].as_secs_f64(), b[i].as_secs_f64());
     }

@@ -55,9 +55,4 @@ impl Vm {
         fd.create_pit2(pit).map_err(VmError::IrqChip)?;
         Ok(Self { kvm, fd: Arc::new(fd), memory })
     }
-
-    /// The most vCPUs KVM allows in one VM here.
-    pub fn max_vcpus(kvm: &Kvm) -> usize {
-        kvm.get_max_vcpus()
-    }
 }
