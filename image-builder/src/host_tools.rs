@@ -177,3 +177,16 @@ mod tests {
         assert!(elf_is_static(&hdr));
     }
 }
+
+#[cfg(test)]
+mod requirement_tests {
+    use super::*;
+
+    #[test]
+    fn missing_tools_are_detected() {
+        let missing = Requirement { what: "x", check: Check::Command("kvmos-no-such-tool"), package: "x" };
+        assert!(!missing.is_met());
+        assert!(Requirement { what: "sh", check: Check::Command("sh"), package: "dash" }.is_met());
+        assert!(!Requirement { what: "f", check: Check::File("/nonexistent/file"), package: "f" }.is_met());
+    }
+}

@@ -305,3 +305,17 @@ impl BuiltKernel {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_source_names_the_package_and_the_flag() {
+        let e = Source::from_path(Path::new("/nonexistent/linux.tar.xz")).unwrap_err().to_string();
+        assert!(e.contains("linux-source-6.1") && e.contains("--kernel-source"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = Source::from_path(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a Linux source tree"), "{e}");
+    }
+}
