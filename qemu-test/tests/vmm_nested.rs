@@ -153,3 +153,46 @@ poweroff -f
     assert!(r.output.contains("VMM-EXIT 0"), "{}", r.output);
     assert!(r.output.contains("DISK kvmos-blk-check!"), "the pattern is on the host file:\n{}", r.output);
 }
+
+/// virtio-net on a TAP: the guest pings the L1 side of its tap, with small
+/// packets and with ones that need IP fragments, and L1 sees the guest's
+/// derived MAC in its neighbour table.
+#[test]
+fn virtio_net_guest_pings_the_l1_side_of_its_tap() {
+    const L2: &str = r#"
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+ip addr add 10.0.2.2/24 dev eth0
+ip link set eth0 up
+echo "L2-MAC $(cat /sys/class/net/eth0/address)"
+ping -c 3 -W 5 10.0.2.1
+echo "L2-PING $?"
+ping -c 2 -s 6000 -W 5 10.0.2.1
+echo "L2-PING-BIG $?"
+poweroff -f
+"#;
+    let script = "./kvmos-vmm --kernel guest-bzImage --initrd l2.cpio.zst \
+         --cmdline 'console=ttyS0 reboot=k panic=1 pci=off quiet' \
+         --net tap=tap0,mac=52:54:00:12:34:56 --serial stdio < /dev/null > out 2>&1 &\n\
+         vmm=$!\n\
+         until [ -e /sys/class/net/tap0 ]; do sleep 0.2; done\n\
+         ip addr add 10.0.2.1/24 dev tap0\n\
+         ip link set tap0 up\n\
+         wait $vmm\n\
+         status=$?\n\
+         cat out\n\
+         echo \"VMM-EXIT $status\"\n";
+    let r = Nested::new(script)
+        .unwrap()
+        .with_vmm()
+        .unwrap()
+        .file("l2.cpio.zst", guest_initramfs(L2).unwrap(), 0o644)
+        .unwrap()
+        .run("vmm-net", TIMEOUT)
+        .unwrap();
+    assert!(r.output.contains("L2-MAC 52:54:00:12:34:56"), "the configured MAC:\n{}", r.output);
+    assert!(r.output.contains("3 packets transmitted, 3 packets received"), "{}", r.output);
+    assert!(r.output.contains("L2-PING 0"), "{}", r.output);
+    assert!(r.output.contains("L2-PING-BIG 0"), "fragmented pings:\n{}", r.output);
+    assert!(r.output.contains("VMM-EXIT 0"), "{}", r.output);
+}

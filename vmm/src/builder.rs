@@ -11,7 +11,8 @@ use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::legacy::{boot_marker::BootMarker, i8042::I8042, serial::SerialDevice};
 use crate::devices::virtio::block::{Block, OpenError};
-use crate::devices::virtio::{mmio::MmioTransport, rng::Rng, Interrupt, VirtioDevice};
+use crate::devices::virtio::mmio::{reg, MmioTransport};
+use crate::devices::virtio::{net::Net, rng::Rng, Interrupt, VirtioDevice};
 use crate::exit::ExitSignal;
 use crate::vstate::memory;
 use crate::vstate::vcpu::{Vcpu, VcpuControl, VcpuCounters};
@@ -65,6 +66,16 @@ pub struct Machine {
     /// `virtio_mmio.device=` arguments that tell a Linux guest where its
     /// virtio devices are.
     pub virtio_cmdline: Vec<String>,
+    /// The virtio devices, for the event loop.
+    pub virtio: Vec<VirtioSlot>,
+}
+
+/// One virtio device as the event loop sees it: its transport and one
+/// ioeventfd per queue, which KVM signals when the guest notifies the queue
+/// (so a notification costs no exit to this process's vCPU thread).
+pub struct VirtioSlot {
+    pub transport: Arc<Mutex<MmioTransport>>,
+    pub queue_evts: Vec<EventFd>,
 }
 
 /// Everything but the guest code: memory, VM, legacy and virtio devices,
@@ -86,7 +97,7 @@ pub fn build_machine(
     let acpi_pm = attach_acpi_pm(&vm, &mut io_bus, Arc::clone(&exit))?;
     let io_bus = Arc::new(io_bus);
     let mut mmio_bus = Bus::default();
-    let virtio_cmdline = attach_virtio_devices(&vm, &mut mmio_bus, virtio)?;
+    let (virtio_cmdline, virtio) = attach_virtio_devices(&vm, &mut mmio_bus, virtio)?;
     let mmio_bus = Arc::new(mmio_bus);
     let control = Arc::new(VcpuControl::default());
     let counters = Arc::new(VcpuCounters::default());
@@ -116,6 +127,7 @@ pub fn build_machine(
         boot_marker_us,
         started,
         virtio_cmdline,
+        virtio,
     })
 }
 
@@ -125,6 +137,9 @@ pub fn build_linux_vm(config: &VmConfig, started: Instant) -> Result<Machine, Bu
     let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (index, disk) in config.disks.iter().enumerate() {
         virtio.push(Box::new(open_disk(index, disk)?));
+    }
+    for (index, net) in config.nets.iter().enumerate() {
+        virtio.push(Box::new(open_net(index, net, &config.vm_id)?));
     }
     if config.rng {
         virtio.push(Box::new(Rng::default()));
@@ -161,6 +176,19 @@ fn open_disk(index: usize, disk: &crate::config::DiskConfig) -> Result<Block, Bu
             OpenError::Open(err) => ConfigError::DiskOpen { index, path, reason: err.to_string() },
         })
     })
+}
+
+/// Opens a NIC's tap; the MAC is the configured one or one derived from
+/// the VM's ID, so it is the same at every start.
+fn open_net(index: usize, net: &crate::config::NetConfig, vm_id: &str) -> Result<Net, BuildError> {
+    let mac = match &net.mac {
+        Some(m) => crate::config::parse_mac(m)
+            .ok_or_else(|| BuildError::Config(ConfigError::BadMac { index, mac: m.clone() }))?,
+        None => crate::config::derived_mac(&format!("{vm_id}/{index}")),
+    };
+    let tap = crate::tap::Tap::open(&net.tap, crate::devices::virtio::net::HDR_LEN)
+        .map_err(|e| BuildError::Config(ConfigError::TapOpen { index, tap: net.tap.clone(), reason: e.to_string() }))?;
+    Ok(Net::new(tap, mac))
 }
 
 fn create_guest_memory(memory_mib: u64) -> Result<memory::GuestMemory, BuildError> {
@@ -202,14 +230,16 @@ fn attach_acpi_pm(vm: &Vm, io_bus: &mut Bus, exit: Arc<ExitSignal>) -> Result<Ar
     Ok(pm)
 }
 
-/// Each virtio device gets a 4 KiB MMIO window and an IRQ from
-/// [`layout::VIRTIO_IRQ_BASE`] up; Linux learns of them from the command line.
+/// Each virtio device gets a 4 KiB MMIO window, an IRQ from
+/// [`layout::VIRTIO_IRQ_BASE`] up and an ioeventfd per queue; Linux learns
+/// of them from the command line.
 fn attach_virtio_devices(
     vm: &Vm,
     mmio_bus: &mut Bus,
     devices: Vec<Box<dyn VirtioDevice>>,
-) -> Result<Vec<String>, BuildError> {
+) -> Result<(Vec<String>, Vec<VirtioSlot>), BuildError> {
     let mut args = Vec::new();
+    let mut slots = Vec::new();
     for (i, dev) in devices.into_iter().enumerate() {
         let irq = layout::VIRTIO_IRQ_BASE + i as u32;
         if irq > layout::VIRTIO_IRQ_LAST {
@@ -222,10 +252,26 @@ fn attach_virtio_devices(
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
         vm.fd.register_irqfd(&irqfd, irq).map_err(|e| BuildError::Irq(irq, e))?;
         let transport = MmioTransport::new(dev, vm.memory.clone(), Arc::new(Interrupt::new(irqfd)));
-        insert(mmio_bus, base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        let queue_evts = register_queue_notifiers(vm, base, transport.queue_count())?;
+        let transport = Arc::new(Mutex::new(transport));
+        insert(mmio_bus, base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
         args.push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        slots.push(VirtioSlot { transport, queue_evts });
     }
-    Ok(args)
+    Ok((args, slots))
+}
+
+/// One ioeventfd per queue on the QueueNotify register, matched on the
+/// queue index the driver writes.
+fn register_queue_notifiers(vm: &Vm, base: u64, queues: usize) -> Result<Vec<EventFd>, BuildError> {
+    let addr = kvm_ioctls::IoEventAddress::Mmio(base + reg::QUEUE_NOTIFY);
+    (0..queues as u32)
+        .map(|q| {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+            vm.fd.register_ioevent(&evt, &addr, q).map_err(|e| BuildError::Irq(q, e))?;
+            Ok(evt)
+        })
+        .collect()
 }
 
 fn configure_vcpus_for_linux(machine: &Machine, entry: u64) -> Result<(), BuildError> {

@@ -123,8 +123,10 @@ pub enum ConfigError {
     DiskIdTooLong { index: usize, id: String },
     /// nets[{index}].mac: {mac:?} is not a unicast MAC address like 52:54:00:12:34:56
     BadMac { index: usize, mac: String },
-    /// nets[{index}]: virtio-net is not in this build of kvmos-vmm yet; remove the NIC for now
-    NetUnavailable { index: usize },
+    /// nets[{index}].tap: {tap:?} is not a valid interface name; use 1 to 15 letters, digits, '-' or '_'
+    BadTapName { index: usize, tap: String },
+    /// nets[{index}].tap: cannot open the TAP device {tap}: {reason} (the VMM needs CAP_NET_ADMIN, or a tap created for its user)
+    TapOpen { index: usize, tap: String, reason: String },
     /// --{flag}: {reason}
     Flag { flag: &'static str, reason: String },
 }
@@ -173,11 +175,16 @@ impl VmConfig {
                 }
             }
         }
-        if let Some((index, n)) = self.nets.iter().enumerate().next() {
+        for (index, n) in self.nets.iter().enumerate() {
+            let name_ok = !n.tap.is_empty()
+                && n.tap.len() <= crate::tap::MAX_NAME_LEN
+                && n.tap.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                return Err(ConfigError::BadTapName { index, tap: n.tap.clone() });
+            }
             if let Some(mac) = n.mac.as_ref().filter(|m| parse_mac(m).is_none()) {
                 return Err(ConfigError::BadMac { index, mac: mac.clone() });
             }
-            return Err(ConfigError::NetUnavailable { index });
         }
         Ok(())
     }
@@ -216,6 +223,14 @@ fn check_kernel(path: &std::path::Path) -> Result<(), ConfigError> {
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mac = s.parse::<macaddr::MacAddr6>().ok()?.into_array();
     (mac[0] & 1 == 0).then_some(mac)
+}
+
+/// A locally administered unicast MAC derived from `seed` (FNV-1a), the
+/// same for the same seed on every host and every run.
+pub fn derived_mac(seed: &str) -> [u8; 6] {
+    let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let b = h.to_le_bytes();
+    [0x52, 0x54, 0x00, b[0], b[1], b[2]]
 }
 
 #[cfg(test)]
@@ -276,5 +291,18 @@ mod tests {
         let mut c = base.clone();
         c.nets.push(NetConfig { tap: "tap0".into(), mac: Some("01:00:00:00:00:01".into()) });
         assert!(c.validate(&limits()).unwrap_err().to_string().starts_with("nets[0].mac:"));
+
+        let mut c = base.clone();
+        c.nets.push(NetConfig { tap: "tap 0".into(), mac: None });
+        assert!(c.validate(&limits()).unwrap_err().to_string().starts_with("nets[0].tap:"));
+    }
+
+    #[test]
+    fn derived_macs_are_stable_unicast_and_differ_by_seed() {
+        let a = derived_mac("web1/0");
+        assert_eq!(a, derived_mac("web1/0"));
+        assert_ne!(a, derived_mac("web2/0"));
+        assert_eq!(a[0] & 1, 0);
+        assert_eq!(&a[..3], &[0x52, 0x54, 0x00]);
     }
 }

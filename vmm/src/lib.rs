@@ -9,6 +9,7 @@
 //!   i8042, boot marker), ACPI power management;
 //! - [`console`]: the serial console's ring buffer and clients;
 //! - [`exit`]: why a VM stopped, and the exit codes;
+//! - [`tap`]: TAP devices, the host end of a VM's NIC;
 //! - [`api`]: the control API on a Unix socket;
 //! - [`builder`] builds a VM top to bottom and [`runner`] runs it.
 
@@ -20,4 +21,5 @@ pub mod console;
 pub mod devices;
 pub mod exit;
 pub mod runner;
+pub mod tap;
 pub mod vstate;

@@ -20,6 +20,10 @@ const TOKEN_EXIT: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
 const TOKEN_CONSOLE_LISTENER: u64 = 3;
 const TOKEN_API: u64 = 4;
+/// Virtio events: device `d`, queue `q` is `TOKEN_VIRTIO_BASE + d * 256 + q`,
+/// and the device's host file is queue slot 255.
+const TOKEN_VIRTIO_BASE: u64 = 1 << 32;
+const VIRTIO_IO_SLOT: u64 = 255;
 /// Console clients get tokens from here up.
 const TOKEN_CLIENT_BASE: u64 = 1000;
 
@@ -112,6 +116,8 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
         None => None,
     };
 
+    watch_virtio(&epoll, &machine)?;
+
     let mut threads = Vec::new();
     for vcpu in machine.vcpus.drain(..) {
         let name = format!("vcpu{}", vcpu.index);
@@ -163,6 +169,7 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
                         }
                     }
                 }
+                token if token >= TOKEN_VIRTIO_BASE => handle_virtio(&machine, token - TOKEN_VIRTIO_BASE),
                 token => {
                     let done = match clients.get_mut(&token) {
                         Some(s) => match s.read(&mut buf) {
@@ -197,6 +204,34 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
         let _ = std::fs::remove_file(path);
     }
     Ok(machine.exit.reason().unwrap_or(ExitReason::Stopped))
+}
+
+/// Adds every queue's ioeventfd, and each device's host file
+/// (edge-triggered: the device reads until it would block or the guest has
+/// no buffers, and resumes when the guest adds some).
+fn watch_virtio(epoll: &Epoll, machine: &Machine) -> std::io::Result<()> {
+    for (d, slot) in machine.virtio.iter().enumerate() {
+        let base = TOKEN_VIRTIO_BASE + d as u64 * 256;
+        for (q, evt) in slot.queue_evts.iter().enumerate() {
+            epoll.ctl(ControlOperation::Add, evt.as_raw_fd(), EpollEvent::new(EventSet::IN, base + q as u64))?;
+        }
+        if let Some(fd) = lock(&slot.transport).io_fd() {
+            let events = EventSet::IN | EventSet::EDGE_TRIGGERED;
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, base + VIRTIO_IO_SLOT))?;
+        }
+    }
+    Ok(())
+}
+
+fn handle_virtio(machine: &Machine, event: u64) {
+    let (d, q) = ((event / 256) as usize, event % 256);
+    let Some(slot) = machine.virtio.get(d) else { return };
+    if q == VIRTIO_IO_SLOT {
+        lock(&slot.transport).process_io();
+    } else if let Some(evt) = slot.queue_evts.get(q as usize) {
+        let _ = evt.read();
+        lock(&slot.transport).notify(q as u16);
+    }
 }
 
 /// Answers one API request on the event loop, which owns the VM.

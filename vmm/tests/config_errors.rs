@@ -84,4 +84,7 @@ fn config_file_problems() {
     assert_bad_config(&["--kernel", &k, "--serial", "tty"], "--serial: write stdio, none or socket:PATH");
     assert_bad_config(&["--kernel", &k, "--net", "tap=tap0,mac=01:00:00:00:00:01"], "nets[0].mac:");
     assert_bad_config(&["--kernel", &k, "--net", "bridge=br0"], "--net: cannot read \"bridge=br0\"");
+    assert_bad_config(&["--kernel", &k, "--net", "tap=a/b"], "nets[0].tap: \"a/b\" is not a valid interface name");
+    // `lo` exists and is not a TAP device, so opening it fails.
+    assert_bad_config(&["--kernel", &k, "--net", "tap=lo"], "nets[0].tap: cannot open the TAP device lo");
 }

@@ -125,6 +125,29 @@ impl MmioTransport {
     pub fn device_type(&self) -> u32 {
         self.device.device_type()
     }
+
+    pub fn queue_count(&self) -> usize {
+        self.device.queue_max_sizes().len()
+    }
+
+    /// The driver notified queue `index` (by register write or through
+    /// the queue's ioeventfd).
+    pub fn notify(&mut self, index: u16) {
+        if self.activated {
+            self.device.queue_notify(index);
+        }
+    }
+
+    pub fn io_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.io_fd()
+    }
+
+    /// The device's host file is readable.
+    pub fn process_io(&mut self) {
+        if self.activated {
+            self.device.process_io();
+        }
+    }
 }
 
 fn u32_of(data: &[u8]) -> u32 {
@@ -218,11 +241,7 @@ impl BusDevice for MmioTransport {
             reg::QUEUE_DRIVER_HIGH => self.queue().into_iter().for_each(|q| q.set_avail_ring_address(None, Some(v))),
             reg::QUEUE_DEVICE_LOW => self.queue().into_iter().for_each(|q| q.set_used_ring_address(Some(v), None)),
             reg::QUEUE_DEVICE_HIGH => self.queue().into_iter().for_each(|q| q.set_used_ring_address(None, Some(v))),
-            reg::QUEUE_NOTIFY => {
-                if self.activated {
-                    self.device.queue_notify(v as u16);
-                }
-            }
+            reg::QUEUE_NOTIFY => self.notify(v as u16),
             reg::INTERRUPT_ACK => {
                 self.interrupt.status.fetch_and(!v, Ordering::SeqCst);
             }

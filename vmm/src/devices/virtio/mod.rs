@@ -5,10 +5,12 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 pub mod testing;
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use virtio_queue::Queue;
@@ -61,6 +63,12 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, mem: GuestMemory, queues: Vec<Queue>, interrupt: Arc<Interrupt>, acked_features: u64);
     /// The driver notified queue `index`.
     fn queue_notify(&mut self, index: u16);
+    /// A host file (a tap) the event loop watches, edge-triggered, for
+    /// input; [`VirtioDevice::process_io`] runs when it becomes readable.
+    fn io_fd(&self) -> Option<RawFd> {
+        None
+    }
+    fn process_io(&mut self) {}
     /// The driver reset the device: drop the queues.
     fn reset(&mut self);
 }
