@@ -20,10 +20,13 @@ poweroff -f
 "#;
 
 fn boot_to_marker(vcpus: u8) {
+    // The VMM's log goes to a file: on the shared console its lines would
+    // land in the middle of the guest's.
     let script = format!(
         "./kvmos-vmm --kernel guest-bzImage --initrd l2.cpio.zst --cmdline 'console=ttyS0 reboot=k panic=1 pci=off' \
-         --vcpus {vcpus} --memory-mib 128 --serial stdio < /dev/null\n\
-         echo \"VMM-EXIT $?\"\n"
+         --vcpus {vcpus} --memory-mib 128 --serial stdio < /dev/null 2> vmm.err\n\
+         echo \"VMM-EXIT $?\"\n\
+         cat vmm.err\n"
     );
     let r = Nested::new(&script)
         .unwrap()

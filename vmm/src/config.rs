@@ -38,6 +38,26 @@ pub struct VmConfig {
     /// A virtio-rng device (on unless turned off).
     #[serde(default = "default_true")]
     pub rng: bool,
+    /// Where to write `{"code": N, "reason": "..."}` when the VMM ends, so a
+    /// supervisor that is not this process's parent learns why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_file: Option<PathBuf>,
+}
+
+/// What [`VmConfig::exit_file`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub code: i32,
+    pub reason: String,
+}
+
+impl ExitRecord {
+    /// Writes the record next to its final path and renames it in place.
+    pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, path)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

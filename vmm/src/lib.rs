@@ -10,6 +10,7 @@
 //! - [`console`]: the serial console's ring buffer and clients;
 //! - [`exit`]: why a VM stopped, and the exit codes;
 //! - [`tap`]: TAP devices, the host end of a VM's NIC;
+//! - [`tiny_guest`]: a hand-assembled guest for tests where Linux cannot run;
 //! - [`api`]: the control API on a Unix socket;
 //! - [`builder`] builds a VM top to bottom and [`runner`] runs it.
 
@@ -22,4 +23,5 @@ pub mod devices;
 pub mod exit;
 pub mod runner;
 pub mod tap;
+pub mod tiny_guest;
 pub mod vstate;

@@ -2,7 +2,7 @@
 //! (`kvmos_vmm`) for the parts, and `exit.rs` for the exit codes.
 
 use clap::Parser;
-use kvmos_vmm::config::{ConfigError, DiskConfig, HostLimits, NetConfig, SerialConfig, VmConfig};
+use kvmos_vmm::config::{ConfigError, DiskConfig, ExitRecord, HostLimits, NetConfig, SerialConfig, VmConfig};
 use kvmos_vmm::exit::{EXIT_BAD_CONFIG, EXIT_INTERNAL_ERROR};
 use kvmos_vmm::{builder, runner};
 use std::path::PathBuf;
@@ -197,17 +197,25 @@ fn main() {
     };
     let machine = match builder::build_linux_vm(&config, started) {
         Ok(m) => m,
-        Err(builder::BuildError::Config(e)) => {
-            eprintln!("kvmos-vmm: {e}");
-            std::process::exit(EXIT_BAD_CONFIG);
-        }
-        Err(e) => {
-            eprintln!("kvmos-vmm: cannot build the VM: {e}");
-            std::process::exit(EXIT_INTERNAL_ERROR);
-        }
+        Err(builder::BuildError::Config(e)) => finish(&config, EXIT_BAD_CONFIG, &e.to_string()),
+        Err(e) => finish(&config, EXIT_INTERNAL_ERROR, &format!("cannot build the VM: {e}")),
     };
     tracing::info!(vm = %config.vm_id, "VM built in {:.1} ms; starting", started.elapsed().as_secs_f64() * 1000.0);
     let reason = runner::run(machine, &config);
     tracing::info!(vm = %config.vm_id, "VM ended: {reason}");
-    std::process::exit(reason.code());
+    finish(&config, reason.code(), &reason.to_string())
+}
+
+/// Reports why the VMM ends (on stderr and in the exit file) and exits.
+fn finish(config: &VmConfig, code: i32, reason: &str) -> ! {
+    if code == EXIT_BAD_CONFIG || code == EXIT_INTERNAL_ERROR {
+        eprintln!("kvmos-vmm: {reason}");
+    }
+    if let Some(path) = &config.exit_file {
+        let record = ExitRecord { code, reason: reason.to_string() };
+        if let Err(e) = record.write(path) {
+            eprintln!("kvmos-vmm: cannot write {}: {e}", path.display());
+        }
+    }
+    std::process::exit(code)
 }

@@ -160,7 +160,7 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
                             next_token += 1;
                             let attached = stream.try_clone().and_then(|out| machine.console.attach(out));
                             if let Err(e) = attached.and_then(|_| stream.set_nonblocking(true)) {
-                                tracing::warn!("console client refused: {e}");
+                                tracing::debug!("console client gone before attaching: {e}");
                                 continue;
                             }
                             if add(stream.as_raw_fd(), token).is_ok() {

@@ -1,34 +1,72 @@
-//! kvmos-webadmin is the appliance's control plane: an HTTPS server (axum
-//! over rustls) that will carry the admin panel and the REST API.
+//! kvmos-webadmin is the appliance's control plane: the admin panel and
+//! its REST API over HTTPS (axum and rustls).
 //!
-//! Today it is the foundation the panel grows on: it makes (on first start)
-//! or loads the TLS certificate kept on the data disk ([`tls`]), serves
-//! HTTPS on the configured address with a health endpoint ([`server`]), and
-//! exits cleanly on SIGTERM, which is how kvmos-init stops it at shutdown.
-//! Login, VMs, images and the UI come with the web admin issue.
+//! - [`server`]: the HTTPS server, the HTTP redirect, the orderly stop;
+//! - [`api`]: the REST API and its OpenAPI document; [`ui`]: the web pages;
+//! - [`auth`]: setup code, password, sessions, CSRF, API tokens;
+//! - [`vms`]: VM definitions; [`supervisor`]: the kvmos-vmm processes;
+//!   [`console`]: the serial console over WebSocket;
+//! - [`images`]: kernels, initrds and disks; [`host`]: the host overview,
+//!   settings and power; [`audit`]: the audit log;
+//! - [`store`]: atomic files; [`tls`]: the certificate.
 
+mod api;
+mod app;
+mod audit;
+mod auth;
+mod console;
+mod host;
+mod images;
 mod server;
+mod store;
+mod supervisor;
+#[cfg(test)]
+mod tests;
 mod tls;
+mod ui;
+mod vms;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "kvmos-webadmin", version, about = "The kvmos admin panel and REST API")]
 pub struct Args {
     /// Where persistent state lives (the data disk in the appliance)
-    #[arg(long, default_value = "/var/lib/kvmos")]
+    #[arg(long, env = "KVMOS_DATA_DIR", default_value = "/var/lib/kvmos")]
     pub data_dir: PathBuf,
     /// The HTTPS address to listen on
-    #[arg(long, default_value = "0.0.0.0:443")]
+    #[arg(long, env = "KVMOS_LISTEN", default_value = "0.0.0.0:443")]
     pub listen: SocketAddr,
+    /// Plain HTTP here redirects to HTTPS ("none" to turn it off)
+    #[arg(long, default_value = "0.0.0.0:80")]
+    pub redirect_from: String,
     /// kvmos-init's status file (addresses, data disk state)
     #[arg(long, default_value = "/run/kvmos/status.json")]
     pub status_file: PathBuf,
-    /// The data directory is in RAM: nothing survives a reboot
+    /// Where the first-boot setup code is written for the console
+    #[arg(long, default_value = "/run/kvmos/setup-code")]
+    pub setup_code_file: PathBuf,
+    /// Runtime directories of running VMs
+    #[arg(long, default_value = "/run/kvmos/vms")]
+    pub run_dir: PathBuf,
+    /// Bundled guests
+    #[arg(long, default_value = "/usr/share/kvmos/guests")]
+    pub guests_dir: PathBuf,
+    /// The VMM binary (default: kvmos-vmm next to this program)
     #[arg(long)]
+    pub vmm: Option<PathBuf>,
+    /// The bridge VM NICs join
+    #[arg(long, default_value = "br0")]
+    pub bridge: String,
+    /// The largest image upload, in MiB
+    #[arg(long, default_value_t = 16384)]
+    pub max_upload_mib: u64,
+    /// The data directory is in RAM: nothing survives a reboot
+    #[arg(long, env = "KVMOS_RAM_ONLY")]
     pub ram_only: bool,
 }
 
@@ -42,13 +80,71 @@ fn main() {
     }
 }
 
+/// Start-up, in order: TLS, state from the data disk, re-attach to running
+/// VMMs, autostart, serve.
 fn run(args: Args) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
-        let config = tls::load_or_create(&args.data_dir, &args.status_file)
+        let tls = tls::load_or_create(&args.data_dir, &args.status_file)
             .await
             .context("cannot set up the TLS certificate")?;
-        server::serve(&args, config).await
+        let state = Arc::new(load_state(&args, tls)?);
+        state.supervisor.reattach(&state);
+        autostart(&state).await;
+        let redirect = if args.redirect_from == "none" {
+            None
+        } else {
+            Some(args.redirect_from.parse().context("--redirect-from: give ADDR:PORT or none")?)
+        };
+        server::serve(state, args.listen, redirect).await
     })
+}
+
+pub fn load_state(args: &Args, tls: axum_server::tls_rustls::RustlsConfig) -> Result<app::AppState> {
+    let vmm_bin = match &args.vmm {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("kvmos-vmm"),
+    };
+    let paths = app::Paths {
+        data_dir: args.data_dir.clone(),
+        run_dir: args.run_dir.clone(),
+        status_file: args.status_file.clone(),
+        setup_code_file: args.setup_code_file.clone(),
+        guests_dir: args.guests_dir.clone(),
+        vmm_bin: vmm_bin.clone(),
+        bridge: args.bridge.clone(),
+        ram_only: args.ram_only,
+    };
+    std::fs::create_dir_all(&args.run_dir).with_context(|| format!("cannot create {}", args.run_dir.display()))?;
+    Ok(app::AppState {
+        auth: auth::Auth::load(&args.data_dir, &args.setup_code_file)?,
+        audit: audit::AuditLog::new(&args.data_dir),
+        images: images::Images::new(&args.data_dir, &args.guests_dir, args.max_upload_mib << 20)?,
+        vms: vms::VmStore::load(&args.data_dir)?,
+        supervisor: supervisor::Supervisor::new(&args.run_dir, &vmm_bin, &args.bridge),
+        tls,
+        paths,
+    })
+}
+
+/// Starts the autostart VMs once per boot: the marker lives in the run
+/// directory (tmpfs), so a panel restart does not start VMs the admin
+/// stopped.
+async fn autostart(state: &app::State) {
+    let marker = state.paths.run_dir.join(".autostarted");
+    if marker.exists() {
+        return;
+    }
+    let _ = std::fs::write(&marker, b"");
+    for vm in state.vms.list().into_iter().filter(|v| v.spec.autostart) {
+        let st = state.clone();
+        let id = vm.id.clone();
+        let r = tokio::task::spawn_blocking(move || st.supervisor.start(&st, &id)).await;
+        match r {
+            Ok(Ok(())) => tracing::info!(vm = %vm.spec.name, "autostarted"),
+            Ok(Err(e)) => tracing::error!(vm = %vm.spec.name, "autostart failed: {}", e.message),
+            Err(e) => tracing::error!(vm = %vm.spec.name, "autostart failed: {e}"),
+        }
+    }
 }

@@ -1,36 +1,97 @@
-//! The HTTPS server and its routes.
+//! The HTTPS server: the API, the embedded UI, plain HTTP redirected to
+//! HTTPS, and an orderly stop on SIGTERM (the VMs power off first).
 
-use crate::Args;
+use crate::app::State;
 use anyhow::{Context, Result};
-use axum::routing::get;
-use axum::{Json, Router};
-use axum_server::tls_rustls::RustlsConfig;
-use serde_json::json;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Extension, Router};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-pub fn router() -> Router {
-    Router::new().route("/api/v1/health", get(health))
+/// JSON bodies are small.
+const BODY_LIMIT: usize = 1 << 20;
+
+/// The whole application.
+pub fn router(state: State) -> Router {
+    let (api, doc) = crate::api::routes(state.clone());
+    Router::new()
+        .merge(api)
+        .merge(crate::ui::routes())
+        .layer(Extension(Arc::new(doc)))
+        // Json bodies are capped; uploads read the raw body stream, which
+        // this limit does not cover, and enforce the image size limit.
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(state)
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+/// Headers every answer carries.
+async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::STRICT_TRANSPORT_SECURITY, "max-age=31536000".parse().expect("static header"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, "nosniff".parse().expect("static header"));
+    h.insert(header::X_FRAME_OPTIONS, "DENY".parse().expect("static header"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
+            .parse()
+            .expect("static header"),
+    );
+    h.insert(header::CACHE_CONTROL, "no-store".parse().expect("static header"));
+    resp
 }
 
-/// Serves until SIGTERM or SIGINT, then lets open requests finish.
-pub async fn serve(args: &Args, tls: RustlsConfig) -> Result<()> {
+/// Serves until SIGTERM or SIGINT; then powers the VMs off and lets open
+/// requests finish.
+pub async fn serve(state: State, listen: SocketAddr, redirect_from: Option<SocketAddr>) -> Result<()> {
     let handle = axum_server::Handle::new();
     let h = handle.clone();
+    let st = state.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("stopping");
+        tracing::info!("stopping: powering off the VMs");
+        st.supervisor.stop_all(&st, crate::supervisor::SHUTDOWN_DEADLINE).await;
+        tracing::info!("stopping the server");
         h.graceful_shutdown(Some(Duration::from_secs(5)));
     });
-    tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), ram_only = args.ram_only, "serving HTTPS");
-    axum_server::bind_rustls(args.listen, tls)
+    if let Some(from) = redirect_from {
+        spawn_redirect(from, listen.port());
+    }
+    tracing::info!(%listen, data_dir = %state.paths.data_dir.display(), ram_only = state.paths.ram_only, "serving HTTPS");
+    axum_server::bind_rustls(listen, state.tls.clone())
         .handle(handle)
-        .serve(router().into_make_service())
+        .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
         .await
-        .with_context(|| format!("cannot serve on {}", args.listen))
+        .with_context(|| format!("cannot serve on {listen}"))
+}
+
+/// Plain HTTP answers every request with a redirect to the same path over
+/// HTTPS. A port that cannot be bound (not root, in use) is only logged.
+fn spawn_redirect(from: SocketAddr, https_port: u16) {
+    tokio::spawn(async move {
+        let app = Router::new().fallback(move |headers: axum::http::HeaderMap, uri: Uri| async move {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let name = host.rsplit_once(':').map(|(n, _)| n).unwrap_or(host);
+            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let target = if https_port == 443 {
+                format!("https://{name}{path}")
+            } else {
+                format!("https://{name}:{https_port}{path}")
+            };
+            Redirect::permanent(&target).into_response()
+        });
+        match tokio::net::TcpListener::bind(from).await {
+            Ok(l) => {
+                tracing::info!(%from, "redirecting plain HTTP to HTTPS");
+                let _ = axum::serve(l, app).await;
+            }
+            Err(e) => tracing::warn!(%from, "no HTTP redirect: cannot listen: {e}"),
+        }
+    });
 }
 
 async fn shutdown_signal() {
@@ -41,22 +102,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
-    use tower::ServiceExt;
-
-    #[tokio::test]
-    async fn health_answers_with_the_version() {
-        let resp = router().oneshot(Request::get("/api/v1/health").body(Body::empty()).unwrap()).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["status"], "ok");
     }
 }

@@ -2,6 +2,7 @@
 //! made for the host's names and addresses (rcgen) and kept on the data
 //! disk, so browsers see the same certificate after every reboot.
 
+use crate::app::ApiError;
 use anyhow::{Context, Result};
 use axum_server::tls_rustls::RustlsConfig;
 use std::path::Path;
@@ -48,20 +49,37 @@ pub async fn load_or_create(data_dir: &Path, status_file: &Path) -> Result<Rustl
     RustlsConfig::from_pem_file(&cert, &key).await.with_context(|| format!("cannot load {}", cert.display()))
 }
 
-/// Writes a file readable by root only, atomically (temp file, fsync,
-/// rename), so a crash never leaves a torn key.
+/// Writes a file readable by root only, atomically.
 fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+    crate::store::write_atomic(path, data, 0o600)
+}
+
+/// Replaces the certificate with the admin's own: both are parsed and must
+/// match before anything is written; new connections use it at once.
+pub async fn replace(data_dir: &Path, live: &RustlsConfig, cert_pem: &str, key_pem: &str) -> Result<(), ApiError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::bad("cert_pem", format!("cert_pem: not a PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(ApiError::bad("cert_pem", "cert_pem: no certificate found; paste the PEM text"));
     }
-    Ok(())
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| ApiError::bad("key_pem", format!("key_pem: not a PEM private key: {e}")))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| ApiError::bad("key_pem", format!("key_pem: unsupported key: {e}")))?;
+    let certified = rustls::sign::CertifiedKey::new(certs, signing);
+    certified
+        .keys_match()
+        .map_err(|_| ApiError::bad("key_pem", "key_pem: the key does not belong to the certificate"))?;
+    write_private(&data_dir.join(KEY_FILE), key_pem.as_bytes())?;
+    write_private(&data_dir.join(CERT_FILE), cert_pem.as_bytes())?;
+    live.reload_from_pem(cert_pem.as_bytes().to_vec(), key_pem.as_bytes().to_vec())
+        .await
+        .map_err(|e| ApiError::bad("cert_pem", format!("cert_pem: {e}")))
 }
 
 #[cfg(test)]

@@ -1,0 +1,98 @@
+//! A tiny guest for tests on hosts that cannot run Linux guests (this
+//! machine's kvm_pvm; see DESIGN.md): a 64-bit ELF "kernel" of a few dozen
+//! instructions that kvmos-vmm boots like a vmlinux. It
+//!
+//! 1. arms the ACPI power button (PM1a_EN.PWRBTN_EN);
+//! 2. prints [`READY_LINE`] and the prompt [`PROMPT`] on COM1;
+//! 3. echoes every byte typed on the console;
+//! 4. when the power button is pressed, requests S5 (PM1a_CNT), so the VMM
+//!    ends with the power-off code.
+//!
+//! It polls instead of taking interrupts, so it keeps one host CPU busy
+//! while it runs: fine for tests, not for benchmarks.
+
+use std::path::Path;
+
+pub const READY_LINE: &str = "tiny guest ready";
+pub const PROMPT: &str = "tiny> ";
+
+/// The machine code, assembled by hand (offsets in the comments).
+fn code() -> Vec<u8> {
+    let mut c = vec![
+        0x66, 0xBA, 0x02, 0x06, //  0: mov dx, 0x602      (PM1a_EN)
+        0x66, 0xB8, 0x00, 0x01, //  4: mov ax, 0x100      (PWRBTN_EN)
+        0x66, 0xEF, //              8: out dx, ax
+        0x48, 0x8D, 0x35, 0x36, 0x00, 0x00, 0x00, // 10: lea rsi, [rip+54] -> msg at 71
+        0x66, 0xBA, 0xF8, 0x03, // 17: mov dx, 0x3f8      (COM1 data)
+        0xAC, //                   21: lodsb
+        0x84, 0xC0, //             22: test al, al
+        0x74, 0x03, //             24: jz 29
+        0xEE, //                   26: out dx, al
+        0xEB, 0xF8, //             27: jmp 21
+        0x66, 0xBA, 0x00, 0x06, // 29: mov dx, 0x600      (PM1a_STS)
+        0x66, 0xED, //             33: in ax, dx
+        0x66, 0xA9, 0x00, 0x01, // 35: test ax, 0x100     (PWRBTN_STS)
+        0x75, 0x11, //             39: jnz 58
+        0x66, 0xBA, 0xFD, 0x03, // 41: mov dx, 0x3fd      (COM1 LSR)
+        0xEC, //                   45: in al, dx
+        0xA8, 0x01, //             46: test al, 1         (data ready)
+        0x74, 0xEB, //             48: jz 29
+        0x66, 0xBA, 0xF8, 0x03, // 50: mov dx, 0x3f8
+        0xEC, //                   54: in al, dx
+        0xEE, //                   55: out dx, al         (echo)
+        0xEB, 0xE3, //             56: jmp 29
+        0x66, 0xBA, 0x04, 0x06, // 58: mov dx, 0x604      (PM1a_CNT)
+        0x66, 0xB8, 0x00, 0x34, // 62: mov ax, 0x3400     (SLP_TYP=5, SLP_EN)
+        0x66, 0xEF, //             66: out dx, ax
+        0xF4, //                   68: hlt
+        0xEB, 0xFD, //             69: jmp 68
+    ];
+    debug_assert_eq!(c.len(), 71);
+    c.extend_from_slice(format!("{READY_LINE}\r\n{PROMPT}").as_bytes());
+    c.push(0);
+    c
+}
+
+/// The guest as an ELF64 executable: one PT_LOAD segment holding the whole
+/// file, loaded at the kernel address; the entry is the code after the
+/// headers.
+pub fn elf() -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let code = code();
+    const LOAD: u64 = 0x10_0000; // 1 MiB, where kernels are loaded
+    let entry = LOAD + (EHDR + PHDR) as u64;
+    let size = (EHDR + PHDR + code.len()) as u64;
+    let mut f = Vec::with_capacity(size as usize);
+    f.extend_from_slice(b"\x7fELF");
+    f.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little endian, version 1, System V
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&entry.to_le_bytes());
+    f.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    f.extend_from_slice(&(EHDR as u16).to_le_bytes());
+    f.extend_from_slice(&(PHDR as u16).to_le_bytes());
+    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    f.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    f.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+    f.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
+    f.extend_from_slice(&0u64.to_le_bytes()); // p_offset
+    f.extend_from_slice(&LOAD.to_le_bytes()); // p_vaddr
+    f.extend_from_slice(&LOAD.to_le_bytes()); // p_paddr
+    f.extend_from_slice(&size.to_le_bytes()); // p_filesz
+    f.extend_from_slice(&size.to_le_bytes()); // p_memsz
+    f.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
+    f.extend_from_slice(&code);
+    f
+}
+
+/// Writes the guest to `path`.
+pub fn write(path: &Path) -> std::io::Result<()> {
+    std::fs::write(path, elf())
+}

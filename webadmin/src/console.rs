@@ -1,0 +1,74 @@
+//! The serial console in the browser: a WebSocket bridged to the VMM's
+//! console socket. The VMM replays its recent output to every new client,
+//! so a page opened late still shows the boot and the prompt. Bytes from
+//! the VMM go out as binary messages; text or binary messages from the
+//! browser are typed into the guest.
+
+use crate::app::{ApiError, State};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::Path;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The browser's origin must be this panel (cookies alone would let any
+/// site open the socket).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) else { return true };
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("");
+    origin.split_once("://").map(|(_, rest)| rest) == Some(host)
+}
+
+/// The VM's serial console as a WebSocket.
+#[utoipa::path(get, path = "/api/v1/vms/{id}/console", params(("id" = String, Path)),
+    responses((status = 101, description = "WebSocket: binary messages carry console bytes both ways"),
+              (status = 403, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn console(
+    axum::extract::State(state): axum::extract::State<State>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !same_origin(&headers) {
+        return ApiError::new(403, "the console opens only from the panel's own pages").into_response();
+    }
+    if let Err(e) = state.vms.get(&id) {
+        return e.into_response();
+    }
+    let path = state.supervisor.console_socket(&id);
+    let stream = match tokio::net::UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(_) => return ApiError::conflict("the VM is not running; start it to see its console").into_response(),
+    };
+    ws.on_upgrade(move |socket| bridge(socket, stream))
+}
+
+async fn bridge(mut ws: WebSocket, stream: tokio::net::UnixStream) {
+    let (mut from_vm, mut to_vm) = stream.into_split();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            n = from_vm.read(&mut buf) => match n {
+                Ok(0) | Err(_) => {
+                    let _ = ws.send(Message::Close(None)).await;
+                    break;
+                }
+                Ok(n) => {
+                    if ws.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            msg = ws.recv() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    if to_vm.write_all(&b).await.is_err() { break; }
+                }
+                Some(Ok(Message::Text(t))) => {
+                    if to_vm.write_all(t.as_bytes()).await.is_err() { break; }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Images: kernels, initrds and raw disks under `images/` on the data disk,
+//! each with a metadata file beside it. Uploads stream into a hidden
+//! temporary file and appear under their name only once complete (fsync,
+//! rename), so a partial upload is never an image. The bundled guests (the
+//! demo guest) are listed too, read-only.
+
+use crate::app::{ApiError, ApiResult};
+use crate::store;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    Kernel,
+    Initrd,
+    Disk,
+}
+
+impl std::str::FromStr for ImageKind {
+    type Err = ApiError;
+    fn from_str(s: &str) -> Result<Self, ApiError> {
+        match s {
+            "kernel" => Ok(Self::Kernel),
+            "initrd" => Ok(Self::Initrd),
+            "disk" => Ok(Self::Disk),
+            _ => Err(ApiError::bad("kind", "kind: use kernel, initrd or disk")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Image {
+    pub name: String,
+    pub kind: ImageKind,
+    pub size: u64,
+    /// Of the uploaded bytes; absent for disks made empty here.
+    pub sha256: Option<String>,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// A guest bundled with the appliance.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BundledGuest {
+    pub name: String,
+    pub description: String,
+    pub kernel: String,
+    pub initrd: String,
+    pub cmdline: String,
+    pub memory_mib: u64,
+    pub vcpus: u16,
+}
+
+pub struct Images {
+    dir: PathBuf,
+    guests_dir: PathBuf,
+    pub max_upload: u64,
+}
+
+/// Names: 1 to 64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+pub fn check_name(field: &str, name: &str, max: usize) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            field,
+            format!(
+                "{field}: use 1 to {max} lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Free bytes on the file system holding `dir`.
+pub fn free_space(dir: &Path) -> u64 {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return 0 };
+    // SAFETY: statvfs fills the struct for a valid path.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
+            return 0;
+        }
+        s.f_bavail * s.f_frsize
+    }
+}
+
+impl Images {
+    pub fn new(data_dir: &Path, guests_dir: &Path, max_upload: u64) -> anyhow::Result<Self> {
+        let dir = data_dir.join("images");
+        std::fs::create_dir_all(&dir)?;
+        // Uploads cut short by a crash or restart.
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".upload-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(Self { dir, guests_dir: guests_dir.to_path_buf(), max_upload })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn meta_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.meta.json"))
+    }
+
+    pub fn get(&self, name: &str) -> Option<Image> {
+        if check_name("name", name, 64).is_err() {
+            return None;
+        }
+        store::load_json(&self.meta_path(name)).ok().flatten().filter(|_| self.path(name).exists())
+    }
+
+    pub fn list(&self) -> Vec<Image> {
+        let mut out: Vec<Image> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".meta.json").map(String::from))
+            .filter_map(|n| self.get(&n))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn guests(&self) -> Vec<BundledGuest> {
+        let mut out: Vec<BundledGuest> = std::fs::read_dir(&self.guests_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| store::load_json::<BundledGuest>(&e.path().join("guest.json")).ok().flatten())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn guest(&self, name: &str) -> Option<BundledGuest> {
+        self.guests().into_iter().find(|g| g.name == name)
+    }
+
+    /// The kernel and initrd paths of a bundled guest.
+    pub fn guest_files(&self, g: &BundledGuest) -> (PathBuf, PathBuf) {
+        let dir = self.guests_dir.join(&g.name);
+        (dir.join(&g.kernel), dir.join(&g.initrd))
+    }
+
+    fn check_new(&self, name: &str, size: u64) -> ApiResult<()> {
+        check_name("name", name, 64)?;
+        if name.ends_with(".meta.json") {
+            return Err(ApiError::bad("name", "name: may not end in .meta.json"));
+        }
+        if self.path(name).exists() || self.meta_path(name).exists() {
+            return Err(ApiError::field(409, "name", format!("name: an image called {name} already exists")));
+        }
+        let free = free_space(&self.dir);
+        if size > free.saturating_sub(64 << 20) {
+            return Err(ApiError::field(
+                413,
+                "size",
+                format!("size: {} MiB does not fit; {} MiB are free on the data disk", size >> 20, free >> 20),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes an empty (sparse) raw disk.
+    pub fn create_disk(&self, name: &str, size_mib: u64) -> ApiResult<Image> {
+        if size_mib == 0 || size_mib > 16 << 20 {
+            return Err(ApiError::bad("size_mib", "size_mib: give a size from 1 MiB to 16 TiB"));
+        }
+        check_name("name", name, 64)?;
+        if self.path(name).exists() {
+            return Err(ApiError::field(409, "name", format!("name: an image called {name} already exists")));
+        }
+        let tmp = self.dir.join(format!(".upload-{name}"));
+        let f = std::fs::File::create(&tmp).map_err(ApiError::internal)?;
+        f.set_len(size_mib << 20).and_then(|_| f.sync_all()).map_err(ApiError::internal)?;
+        let image =
+            Image { name: name.into(), kind: ImageKind::Disk, size: size_mib << 20, sha256: None, created: now_unix() };
+        self.publish(&tmp, &image)?;
+        Ok(image)
+    }
+
+    /// Makes a finished temporary file an image: metadata first, then the
+    /// rename that makes it visible.
+    fn publish(&self, tmp: &Path, image: &Image) -> ApiResult<()> {
+        store::save_json(&self.meta_path(&image.name), image).map_err(ApiError::from)?;
+        std::fs::rename(tmp, self.path(&image.name)).map_err(ApiError::internal)?;
+        store::sync_dir(&self.dir).map_err(ApiError::from)
+    }
+
+    /// Streams an upload to disk. `declared` is the Content-Length when the
+    /// client sent one, checked before a byte is written.
+    pub async fn upload<S, E>(
+        &self,
+        name: &str,
+        kind: ImageKind,
+        declared: Option<u64>,
+        mut body: S,
+    ) -> ApiResult<Image>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt;
+        let limit = self.max_upload;
+        if declared.is_some_and(|d| d > limit) {
+            return Err(ApiError::field(413, "file", format!("file: larger than the {} MiB limit", limit >> 20)));
+        }
+        self.check_new(name, declared.unwrap_or(0))?;
+        let tmp = self.dir.join(format!(".upload-{name}-{}", crate::auth::random_hex(4)));
+        let result = async {
+            let mut f = tokio::fs::File::create(&tmp).await.map_err(ApiError::internal)?;
+            let mut hash = Sha256::new();
+            let mut size = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| ApiError::bad("file", format!("the upload was cut off: {e}")))?;
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(ApiError::field(
+                        413,
+                        "file",
+                        format!("file: larger than the {} MiB limit", limit >> 20),
+                    ));
+                }
+                hash.update(&chunk);
+                f.write_all(&chunk).await.map_err(ApiError::internal)?;
+            }
+            f.sync_all().await.map_err(ApiError::internal)?;
+            if size == 0 {
+                return Err(ApiError::bad("file", "file: the upload is empty"));
+            }
+            if kind == ImageKind::Kernel {
+                check_kernel(&tmp)?;
+            }
+            let image = Image {
+                name: name.into(),
+                kind,
+                size,
+                sha256: Some(hex::encode(hash.finalize())),
+                created: now_unix(),
+            };
+            self.publish(&tmp, &image)?;
+            Ok(image)
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    pub fn delete(&self, name: &str) -> ApiResult<()> {
+        if self.get(name).is_none() {
+            return Err(ApiError::not_found("image"));
+        }
+        store::remove(&self.path(name)).map_err(ApiError::from)?;
+        store::remove(&self.meta_path(name)).map_err(ApiError::from)
+    }
+}
+
+/// The same test kvmos-vmm makes: a bzImage or an ELF vmlinux.
+fn check_kernel(path: &Path) -> ApiResult<()> {
+    let mut head = [0u8; 0x210];
+    let n = std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+    let head = &head[..n];
+    if head.starts_with(b"\x7fELF") || head.get(0x202..0x206) == Some(b"HdrS") {
+        Ok(())
+    } else {
+        Err(ApiError::bad("file", "file: this is not a Linux kernel (neither a bzImage nor an ELF vmlinux)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&'static [u8]]) -> impl futures_util::Stream<Item = Result<bytes::Bytes, String>> + Unpin {
+        futures_util::stream::iter(parts.iter().map(|p| Ok(bytes::Bytes::from_static(p))).collect::<Vec<_>>())
+    }
+
+    #[tokio::test]
+    async fn uploads_are_hashed_limited_and_never_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = Images::new(dir.path(), &dir.path().join("guests"), 1 << 20).unwrap();
+        let img = images.upload("root.img", ImageKind::Disk, None, chunks(&[b"hello ", b"world"])).await.unwrap();
+        assert_eq!(img.sha256.as_deref(), Some("b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"));
+        assert_eq!(images.list().len(), 1);
+
+        // Too large: refused while streaming, and nothing is left behind.
+        let big: &'static [u8] = Box::leak(vec![0u8; 700 << 10].into_boxed_slice());
+        let e = images.upload("big.img", ImageKind::Disk, None, chunks(&[big, big])).await.unwrap_err();
+        assert_eq!((e.status, e.field.as_deref()), (413, Some("file")));
+        let e = images.upload("big.img", ImageKind::Disk, Some(2 << 20), chunks(&[])).await.unwrap_err();
+        assert_eq!(e.status, 413);
+        // A stream that fails halfway (the client went away).
+        let broken = futures_util::stream::iter(vec![Ok(bytes::Bytes::from_static(b"part")), Err("reset".to_string())]);
+        assert!(images.upload("cut.img", ImageKind::Disk, None, broken).await.is_err());
+        assert!(images.get("cut.img").is_none());
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with(".upload-")), "no temporary files remain: {names:?}");
+
+        let e = images.upload("root.img", ImageKind::Disk, None, chunks(&[b"x"])).await.unwrap_err();
+        assert_eq!(e.status, 409);
+        let e = images.upload("vmlinuz", ImageKind::Kernel, None, chunks(&[b"not a kernel"])).await.unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("file"));
+        let e = images.upload("Bad Name", ImageKind::Disk, None, chunks(&[b"x"])).await.unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("name"));
+    }
+
+    #[test]
+    fn empty_disks_are_sparse_files_of_the_given_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = Images::new(dir.path(), dir.path(), 1 << 20).unwrap();
+        let d = images.create_disk("data", 64).unwrap();
+        assert_eq!(d.size, 64 << 20);
+        assert_eq!(std::fs::metadata(images.path("data")).unwrap().len(), 64 << 20);
+        assert_eq!(images.create_disk("data", 64).unwrap_err().status, 409);
+        assert_eq!(images.create_disk("zero", 0).unwrap_err().field.as_deref(), Some("size_mib"));
+        images.delete("data").unwrap();
+        assert!(images.list().is_empty());
+    }
+}

@@ -1,0 +1,480 @@
+//! Running VMs. Each is a detached `kvmos-vmm` process (its own session, so
+//! it outlives a panel restart) with a runtime directory
+//! `<run_dir>/<id>/`: `vm.json` (its configuration), `control.sock` (the
+//! VMM's API), `console.sock`, `pid`, `vmm.log` and `exit.json` (the VMM's
+//! exit code and reason).
+//!
+//! Starting a VM is a sequence of named steps ([`Supervisor::start`]); a
+//! watcher task per VM waits for the process to end (through a pidfd, which
+//! works for VMMs this panel started and for ones it re-attached to after a
+//! restart), records the run, removes the tap, and starts the VM again if
+//! the guest rebooted.
+
+use crate::app::{ApiError, ApiResult, State};
+use crate::vms::{Boot, Run, VmRecord};
+use kvmos_vmm::config::{DiskConfig, ExitRecord, NetConfig, SerialConfig, VmConfig};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long a VM gets to power off before it is stopped hard, when the
+/// panel itself stops.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(45);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    Stopped,
+    Running,
+    Paused,
+    /// A graceful shutdown was asked for and the guest has not finished.
+    Stopping,
+}
+
+struct Handle {
+    pid: i32,
+    state: VmState,
+    /// Set by shutdown, force-off and delete: an exit is not followed by a
+    /// restart even if the guest was rebooting.
+    stopping: bool,
+}
+
+pub struct Supervisor {
+    run_dir: PathBuf,
+    vmm_bin: PathBuf,
+    bridge: String,
+    running: Mutex<HashMap<String, Handle>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The tap of a VM's NIC: at most 15 bytes, stable per VM.
+pub fn tap_name(id: &str) -> String {
+    format!("kv{id}n0")
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether `pid` is a live kvmos-vmm running the configuration in `dir`.
+fn is_our_vmm(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    !zombie
+        && args.first().is_some_and(|a| a.ends_with("kvmos-vmm"))
+        && args.iter().any(|a| Path::new(a) == dir.join("vm.json"))
+}
+
+impl Supervisor {
+    pub fn new(run_dir: &Path, vmm_bin: &Path, bridge: &str) -> Self {
+        Self {
+            run_dir: run_dir.to_path_buf(),
+            vmm_bin: vmm_bin.to_path_buf(),
+            bridge: bridge.to_string(),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.run_dir.join(id)
+    }
+
+    pub fn console_socket(&self, id: &str) -> PathBuf {
+        self.dir(id).join("console.sock")
+    }
+
+    fn control_socket(&self, id: &str) -> PathBuf {
+        self.dir(id).join("control.sock")
+    }
+
+    pub fn state(&self, id: &str) -> VmState {
+        lock(&self.running).get(id).map(|h| h.state).unwrap_or(VmState::Stopped)
+    }
+
+    pub fn running_ids(&self) -> Vec<String> {
+        lock(&self.running).keys().cloned().collect()
+    }
+
+    /// Re-attaches to the VMMs still running from an earlier panel process.
+    pub fn reattach(&self, state: &State) {
+        let Ok(entries) = std::fs::read_dir(&self.run_dir) else { return };
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let dir = e.path();
+            let pid = std::fs::read_to_string(dir.join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+            match pid {
+                Some(pid) if state.vms.get(&id).is_ok() && is_our_vmm(pid, &dir) => {
+                    let paused =
+                        self.call(&id, "GET", "/vm", None).is_ok_and(|(_, b)| b.contains("\"state\":\"paused\""));
+                    let vm_state = if paused { VmState::Paused } else { VmState::Running };
+                    lock(&self.running).insert(id.clone(), Handle { pid, state: vm_state, stopping: false });
+                    tracing::info!(vm = %id, pid, "re-attached to a running VMM");
+                    self.watch(state.clone(), id, pid);
+                }
+                _ => {
+                    // A VM that ended while the panel was away: record it.
+                    if let Some(exit) = crate::store::load_json::<ExitRecord>(&dir.join("exit.json")).ok().flatten() {
+                        let _ = state.vms.modify(&id, |r| close_run(r, Some(exit.code), Some(exit.reason.clone())));
+                    }
+                    let _ = kvmos_vmm::tap::delete_persistent(&tap_name(&id));
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+    }
+
+    /// Starts a VM: every step either succeeds or leaves nothing behind.
+    pub fn start(&self, state: &State, id: &str) -> ApiResult<()> {
+        let record = state.vms.get(id)?;
+        {
+            let running = lock(&self.running);
+            if running.contains_key(id) {
+                return Err(ApiError::conflict(format!("{} is already running", record.spec.name)));
+            }
+        }
+        let dir = self.dir(id);
+        if let Some(pid) = std::fs::read_to_string(dir.join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+            if is_our_vmm(pid, &dir) {
+                return Err(ApiError::conflict(format!("{} is already running (pid {pid})", record.spec.name)));
+            }
+        }
+        let config = self.vmm_config(state, &record)?;
+        self.prepare_run_dir(&dir)?;
+        if record.spec.network {
+            self.create_tap(id)?;
+        }
+        let pid = match self.spawn_vmm(&dir, &config) {
+            Ok(pid) => pid,
+            Err(e) => {
+                self.clean_up(id);
+                return Err(e);
+            }
+        };
+        lock(&self.running).insert(id.to_string(), Handle { pid, state: VmState::Running, stopping: false });
+        if let Err(e) = self.wait_until_up(id, pid) {
+            lock(&self.running).remove(id);
+            // SAFETY: reaps our own child, which has exited.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+            self.clean_up(id);
+            return Err(e);
+        }
+        state
+            .vms
+            .modify(id, |r| r.runs.push(Run { started: now_unix(), ended: None, exit_code: None, reason: None }))?;
+        self.watch(state.clone(), id.to_string(), pid);
+        Ok(())
+    }
+
+    /// The kvmos-vmm configuration for a VM definition.
+    fn vmm_config(&self, state: &State, r: &VmRecord) -> ApiResult<VmConfig> {
+        let dir = self.dir(&r.id);
+        let (kernel, initrd, default_cmdline) = match &r.spec.boot {
+            Boot::Guest { guest } => {
+                let g = state
+                    .images
+                    .guest(guest)
+                    .ok_or_else(|| ApiError::bad("boot.guest", "the bundled guest is gone"))?;
+                let (k, i) = state.images.guest_files(&g);
+                (k, Some(i), g.cmdline)
+            }
+            Boot::Kernel { kernel, initrd } => (
+                state.images.path(kernel),
+                initrd.as_ref().map(|i| state.images.path(i)),
+                "console=ttyS0 reboot=k panic=1".to_string(),
+            ),
+        };
+        let disks = r
+            .spec
+            .disks
+            .iter()
+            .map(|d| DiskConfig {
+                path: state.images.path(&d.image),
+                read_only: d.read_only,
+                id: Some(d.image.chars().take(20).collect()),
+            })
+            .collect();
+        if r.spec.network && !Path::new("/sys/class/net").join(&self.bridge).exists() {
+            return Err(ApiError::field(
+                409,
+                "network",
+                format!("network: this host has no bridge {}; turn the VM's network off or run kvmos", self.bridge),
+            ));
+        }
+        let nets =
+            if r.spec.network { vec![NetConfig { tap: tap_name(&r.id), mac: Some(r.mac.clone()) }] } else { vec![] };
+        Ok(VmConfig {
+            vm_id: r.spec.name.clone(),
+            kernel,
+            initrd,
+            cmdline: r.spec.cmdline.clone().unwrap_or(default_cmdline),
+            memory_mib: r.spec.memory_mib,
+            vcpus: r.spec.vcpus,
+            disks,
+            nets,
+            serial: SerialConfig::Socket { path: dir.join("console.sock") },
+            api_socket: Some(dir.join("control.sock")),
+            rng: true,
+            exit_file: Some(dir.join("exit.json")),
+        })
+    }
+
+    fn prepare_run_dir(&self, dir: &Path) -> ApiResult<()> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(ApiError::internal)
+    }
+
+    /// A persistent tap in the bridge, up, before the VMM opens it.
+    fn create_tap(&self, id: &str) -> ApiResult<()> {
+        let tap = tap_name(id);
+        let result = kvmos_vmm::tap::create_persistent(&tap)
+            .and_then(|_| kvmos_vmm::tap::add_to_bridge(&self.bridge, &tap))
+            .and_then(|_| kvmos_vmm::tap::set_link_up(&tap));
+        result.map_err(|e| {
+            let _ = kvmos_vmm::tap::delete_persistent(&tap);
+            ApiError::internal(format!("cannot create the tap {tap} in {}: {e}", self.bridge))
+        })
+    }
+
+    fn spawn_vmm(&self, dir: &Path, config: &VmConfig) -> ApiResult<i32> {
+        crate::store::save_json(&dir.join("vm.json"), config).map_err(ApiError::from)?;
+        let log = std::fs::File::create(dir.join("vmm.log")).map_err(ApiError::internal)?;
+        let err = log.try_clone().map_err(ApiError::internal)?;
+        let mut cmd = std::process::Command::new(&self.vmm_bin);
+        cmd.arg("--config").arg(dir.join("vm.json")).stdin(std::process::Stdio::null()).stdout(log).stderr(err);
+        // SAFETY: setsid is async-signal-safe; the VMM gets its own session,
+        // so signals for the panel's process group never reach it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child =
+            cmd.spawn().map_err(|e| ApiError::internal(format!("cannot run {}: {e}", self.vmm_bin.display())))?;
+        let pid = child.id() as i32;
+        // The watcher reaps it through waitpid; dropping `Child` neither
+        // kills nor waits.
+        drop(child);
+        crate::store::write_atomic(&dir.join("pid"), format!("{pid}\n").as_bytes(), 0o600).map_err(ApiError::from)?;
+        Ok(pid)
+    }
+
+    /// Waits for the control socket; if the VMM ends first, its own error
+    /// (e.g. a locked disk) becomes the answer.
+    fn wait_until_up(&self, id: &str, pid: i32) -> ApiResult<()> {
+        let sock = self.control_socket(id);
+        let dir = self.dir(id);
+        for _ in 0..100 {
+            if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                return Ok(());
+            }
+            let mut status = 0;
+            // SAFETY: polls our own child without blocking.
+            let gone = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid;
+            if gone {
+                let exit = crate::store::load_json::<ExitRecord>(&dir.join("exit.json")).ok().flatten();
+                let msg = exit.map(|e| e.reason).unwrap_or_else(|| {
+                    let log = std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
+                    log.lines().last().unwrap_or("the VMM exited at once").to_string()
+                });
+                return Err(ApiError::conflict(format!("the VM could not start: {msg}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(ApiError::internal("the VMM did not open its control socket within 5 s"))
+    }
+
+    fn clean_up(&self, id: &str) {
+        let _ = kvmos_vmm::tap::delete_persistent(&tap_name(id));
+        let _ = std::fs::remove_dir_all(self.dir(id));
+    }
+
+    /// Waits (on a pidfd) for the VMM to end, then records the run.
+    fn watch(&self, state: State, id: String, pid: i32) {
+        tokio::spawn(async move {
+            // SAFETY: the AsyncFd owns the pidfd for as long as it is registered.
+            let watched = pidfd_open(pid).and_then(|fd| {
+                unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(format!("{e:?}")))
+            });
+            match watched {
+                Ok(fd) => {
+                    let _ = fd.readable().await;
+                }
+                Err(e) => {
+                    tracing::warn!(vm = %id, "cannot watch pid {pid} ({e}); polling");
+                    while std::path::Path::new(&format!("/proc/{pid}")).exists() && is_alive(pid) {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+            let st = state.clone();
+            let _ = tokio::task::spawn_blocking(move || st.supervisor.on_exit(&st, &id, pid)).await;
+        });
+    }
+
+    fn on_exit(&self, state: &State, id: &str, pid: i32) {
+        let mut status = 0;
+        // SAFETY: reaps the VMM if it is our child; ECHILD otherwise.
+        let reaped = unsafe { libc::waitpid(pid, &mut status, 0) } == pid;
+        let dir = self.dir(id);
+        let exit = crate::store::load_json::<ExitRecord>(&dir.join("exit.json")).ok().flatten();
+        let (code, reason) = match exit {
+            Some(e) => (Some(e.code), e.reason),
+            None if reaped && libc::WIFSIGNALED(status) => {
+                (None, format!("killed by signal {}", libc::WTERMSIG(status)))
+            }
+            None if reaped => (Some(libc::WEXITSTATUS(status)), "the VMM ended without a reason".into()),
+            None => (None, "the VMM ended without a reason".into()),
+        };
+        let stopping = lock(&self.running).remove(id).is_some_and(|h| h.stopping);
+        tracing::info!(vm = %id, ?code, %reason, "VM ended");
+        let _ = state.vms.modify(id, |r| close_run(r, code, Some(reason.clone())));
+        self.clean_up(id);
+        if code == Some(kvmos_vmm::exit::EXIT_REBOOT) && !stopping {
+            if let Err(e) = self.start(state, id) {
+                tracing::error!(vm = %id, "cannot restart after the guest rebooted: {}", e.message);
+            }
+        }
+    }
+
+    /// One call to a VM's control API.
+    fn call(&self, id: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+        kvmos_vmm::api::call(&self.control_socket(id), method, path, body)
+    }
+
+    fn action(&self, id: &str, action: &str) -> ApiResult<()> {
+        if !lock(&self.running).contains_key(id) {
+            return Err(ApiError::conflict("the VM is not running"));
+        }
+        let body = format!("{{\"action\":\"{action}\"}}");
+        match self.call(id, "PUT", "/actions", Some(&body)) {
+            Ok((s, _)) if (200..300).contains(&s) => Ok(()),
+            Ok((s, b)) => {
+                let msg = serde_json::from_str::<serde_json::Value>(&b)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(String::from))
+                    .unwrap_or(b);
+                Err(ApiError::new(if s == 409 { 409 } else { 502 }, msg))
+            }
+            Err(e) => Err(ApiError::new(502, format!("the VMM does not answer: {e}"))),
+        }
+    }
+
+    fn set_state(&self, id: &str, f: impl FnOnce(&mut Handle)) {
+        if let Some(h) = lock(&self.running).get_mut(id) {
+            f(h);
+        }
+    }
+
+    pub fn pause(&self, id: &str) -> ApiResult<()> {
+        self.action(id, "pause")?;
+        self.set_state(id, |h| h.state = VmState::Paused);
+        Ok(())
+    }
+
+    pub fn resume(&self, id: &str) -> ApiResult<()> {
+        self.action(id, "resume")?;
+        self.set_state(id, |h| h.state = VmState::Running);
+        Ok(())
+    }
+
+    /// Restarts the guest: the VMM ends with the reboot code and the
+    /// watcher starts it again.
+    pub fn reboot(&self, id: &str) -> ApiResult<()> {
+        self.action(id, "reset")
+    }
+
+    /// Stops the VM now, like pulling the plug.
+    pub fn force_off(&self, id: &str) -> ApiResult<()> {
+        self.set_state(id, |h| {
+            h.stopping = true;
+            h.state = VmState::Stopping;
+        });
+        if self.action(id, "stop").is_err() {
+            // The VMM does not answer: end the process.
+            if let Some(pid) = lock(&self.running).get(id).map(|h| h.pid) {
+                // SAFETY: signals the VMM process we track.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        Ok(())
+    }
+
+    /// Presses the ACPI power button; after `timeout` a VM still running is
+    /// stopped hard.
+    pub fn shutdown(&self, state: &State, id: &str, timeout: Duration) -> ApiResult<()> {
+        let pid =
+            lock(&self.running).get(id).map(|h| h.pid).ok_or_else(|| ApiError::conflict("the VM is not running"))?;
+        self.action(id, "power_off")?;
+        self.set_state(id, |h| {
+            h.stopping = true;
+            h.state = VmState::Stopping;
+        });
+        let st = state.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let same = lock(&st.supervisor.running).get(&id).is_some_and(|h| h.pid == pid);
+            if same {
+                tracing::warn!(vm = %id, "the guest did not power off within {} s; stopping it", timeout.as_secs());
+                let _ = st.supervisor.force_off(&id);
+            }
+        });
+        Ok(())
+    }
+
+    /// At panel shutdown: every VM powers off gracefully within the
+    /// deadline, then the rest are stopped hard.
+    pub async fn stop_all(&self, state: &State, deadline: Duration) {
+        let ids = self.running_ids();
+        if ids.is_empty() {
+            return;
+        }
+        tracing::info!("powering off {} VM(s)", ids.len());
+        for id in &ids {
+            if self.shutdown(state, id, deadline).is_err() {
+                let _ = self.force_off(id);
+            }
+        }
+        let until = tokio::time::Instant::now() + deadline + Duration::from_secs(10);
+        while !lock(&self.running).is_empty() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn is_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Closes the open run of a VM with its exit.
+fn close_run(r: &mut VmRecord, code: Option<i32>, reason: Option<String>) {
+    if let Some(run) = r.runs.last_mut().filter(|run| run.ended.is_none()) {
+        run.ended = Some(now_unix());
+        run.exit_code = code;
+        run.reason = reason;
+    }
+}

@@ -1,0 +1,411 @@
+//! API tests against the real router (in process, no network): auth on
+//! every route of the OpenAPI document, setup-code single use, CSRF, the
+//! login rate limit, validation errors by field, images, tokens, the audit
+//! log, host settings and power.
+
+use crate::app::State;
+use crate::Args;
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub state: State,
+    router: Router,
+    pub cookie: Option<String>,
+    pub csrf: Option<String>,
+    pub bearer: Option<String>,
+    addr: SocketAddr,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: axum::http::HeaderMap,
+}
+
+/// A bundled guest for tests: the tiny guest, which this host can run.
+pub fn bundle_tiny_guest(guests: &std::path::Path) {
+    let dir = guests.join("tiny");
+    std::fs::create_dir_all(&dir).unwrap();
+    kvmos_vmm::tiny_guest::write(&dir.join("tiny.elf")).unwrap();
+    std::fs::write(dir.join("initrd"), b"none").unwrap();
+    std::fs::write(
+        dir.join("guest.json"),
+        json!({"name": "tiny", "description": "the tiny test guest", "kernel": "tiny.elf", "initrd": "initrd",
+               "cmdline": "console=ttyS0", "memory_mib": 32, "vcpus": 1})
+        .to_string(),
+    )
+    .unwrap();
+}
+
+impl Harness {
+    pub async fn new() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        bundle_tiny_guest(&d.join("guests"));
+        let args = Args {
+            data_dir: d.join("data"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            redirect_from: "none".into(),
+            status_file: d.join("status.json"),
+            setup_code_file: d.join("setup-code"),
+            run_dir: d.join("run"),
+            guests_dir: d.join("guests"),
+            vmm: Some(d.join("no-vmm-in-these-tests")),
+            bridge: "kvmos-test-no-bridge".into(),
+            max_upload_mib: 1,
+            ram_only: false,
+        };
+        let tls = crate::tls::load_or_create(&args.data_dir, &args.status_file).await.unwrap();
+        let state = Arc::new(crate::load_state(&args, tls).unwrap());
+        let addr: SocketAddr = "192.0.2.7:5555".parse().unwrap();
+        let router = crate::server::router(state.clone()).layer(MockConnectInfo(addr));
+        Self { dir, state, router, cookie: None, csrf: None, bearer: None, addr }
+    }
+
+    pub fn from(mut self, ip: &str) -> Self {
+        self.addr = format!("{ip}:5555").parse().unwrap();
+        self.router = crate::server::router(self.state.clone()).layer(MockConnectInfo(self.addr));
+        self
+    }
+
+    pub async fn raw(&self, req: Request<Body>) -> Answer {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        Answer { status, body, headers }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(c) = &self.cookie {
+            b = b.header(header::COOKIE, format!("kvmos_session={c}"));
+        }
+        if let Some(c) = &self.csrf {
+            b = b.header("x-csrf-token", c);
+        }
+        if let Some(t) = &self.bearer {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())),
+            None => b.body(Body::empty()),
+        };
+        self.raw(req.unwrap()).await
+    }
+
+    /// Takes the session from a login or setup answer.
+    fn keep_session(&mut self, a: &Answer) {
+        let cookie = a.headers.get(header::SET_COOKIE).unwrap().to_str().unwrap();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("Secure") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        self.cookie = Some(cookie.split(';').next().unwrap().trim_start_matches("kvmos_session=").to_string());
+        self.csrf = Some(a.body["csrf"].as_str().unwrap().to_string());
+    }
+
+    /// First-boot setup with the code, which logs in.
+    pub async fn set_up(&mut self) {
+        let code = std::fs::read_to_string(self.dir.path().join("setup-code")).unwrap();
+        let a =
+            self.call(Method::POST, "/api/v1/setup", Some(json!({"code": code.trim(), "password": PASSWORD}))).await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        self.keep_session(&a);
+    }
+
+    pub async fn login(&mut self, password: &str) -> Answer {
+        let a = self.call(Method::POST, "/api/v1/login", Some(json!({"password": password}))).await;
+        if a.status == StatusCode::OK {
+            self.keep_session(&a);
+        }
+        a
+    }
+}
+
+fn openapi_routes(doc: &Value) -> Vec<(Method, String)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in item.as_object().unwrap().keys() {
+            let concrete = path.replace("{id}", "abcd1234").replace("{name}", "disk.img");
+            out.push((m.to_uppercase().parse().unwrap(), concrete));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_route_but_setup_login_and_health_requires_auth() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    let doc = h.call(Method::GET, "/api/v1/openapi.json", None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    let routes = openapi_routes(&doc.body);
+    assert!(routes.len() >= 20, "the document lists the routes: {routes:?}");
+    let session = (h.cookie.take(), h.csrf.take());
+    for (method, path) in &routes {
+        let public = crate::api::PUBLIC_PATHS.contains(&path.as_str());
+        let a = h.call(method.clone(), path, Some(json!({}))).await;
+        if public {
+            assert_ne!(a.status, StatusCode::UNAUTHORIZED, "{method} {path} is public");
+        } else {
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {path} without a session: {:?}", a.body);
+        }
+    }
+    // With a session but without the CSRF token, no change gets through.
+    h.cookie = session.0.clone();
+    for (method, path) in routes.iter().filter(|(m, _)| *m != Method::GET) {
+        if crate::api::PUBLIC_PATHS.contains(&path.as_str()) {
+            continue;
+        }
+        let a = h.call(method.clone(), path, Some(json!({}))).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{method} {path} without X-CSRF-Token");
+    }
+    h.csrf = session.1;
+    assert_eq!(h.call(Method::GET, "/api/v1/vms", None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_setup_code_works_once() {
+    let mut h = Harness::new().await;
+    assert_eq!(h.call(Method::GET, "/api/v1/setup", None).await.body["needed"], true);
+    assert_eq!(h.login(PASSWORD).await.status, StatusCode::CONFLICT, "no password yet: set up first");
+    let wrong = h.call(Method::POST, "/api/v1/setup", Some(json!({"code": "12345-67890", "password": PASSWORD}))).await;
+    assert_eq!((wrong.status, wrong.body["field"].as_str()), (StatusCode::UNAUTHORIZED, Some("code")));
+    let code = std::fs::read_to_string(h.dir.path().join("setup-code")).unwrap();
+    let weak = h.call(Method::POST, "/api/v1/setup", Some(json!({"code": code.trim(), "password": "short"}))).await;
+    assert_eq!(weak.body["field"], "password");
+    h.set_up().await;
+    assert!(!h.dir.path().join("setup-code").exists(), "the code is gone from the console");
+    let again =
+        h.call(Method::POST, "/api/v1/setup", Some(json!({"code": code.trim(), "password": "another password"}))).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(h.call(Method::GET, "/api/v1/setup", None).await.body["needed"], false);
+    assert_eq!(h.call(Method::GET, "/api/v1/session", None).await.status, StatusCode::OK, "setup logs in");
+}
+
+#[tokio::test]
+async fn logins_are_rate_limited_per_address() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    let mut h = h.from("198.51.100.9");
+    h.cookie = None;
+    for _ in 0..crate::auth::LOGIN_ATTEMPTS {
+        assert_eq!(h.login("wrong password!").await.status, StatusCode::UNAUTHORIZED);
+    }
+    let limited = h.login(PASSWORD).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS, "even the right password waits: {:?}", limited.body);
+    // Another address is not affected.
+    let mut other = h.from("198.51.100.10");
+    assert_eq!(other.login(PASSWORD).await.status, StatusCode::OK);
+    let audit = other.call(Method::GET, "/api/v1/audit", None).await;
+    let failed =
+        audit.body.as_array().unwrap().iter().filter(|e| e["action"] == "login" && e["outcome"] != "ok").count();
+    assert!(failed >= crate::auth::LOGIN_ATTEMPTS, "failed logins are audited");
+}
+
+#[tokio::test]
+async fn logout_ends_the_session() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    assert_eq!(h.call(Method::POST, "/api/v1/session/logout", None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(h.call(Method::GET, "/api/v1/vms", None).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn vm_definitions_are_validated_field_by_field_and_persist() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    let spec = json!({"name": "web1", "vcpus": 1, "memory_mib": 32, "boot": {"type": "guest", "guest": "tiny"}});
+    let cases = [
+        (json!({"name": "Web 1"}), "name"),
+        (json!({"vcpus": 999}), "vcpus"),
+        (json!({"memory_mib": 1u64 << 40}), "memory_mib"),
+        (json!({"boot": {"type": "guest", "guest": "nope"}}), "boot.guest"),
+        (json!({"boot": {"type": "kernel", "kernel": "missing"}}), "boot.kernel"),
+        (json!({"disks": [{"image": "missing.img"}]}), "disks[0].image"),
+    ];
+    for (patch, field) in cases {
+        let mut s = spec.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        let a = h.call(Method::POST, "/api/v1/vms", Some(s)).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{field}: {:?}", a.body);
+        assert_eq!(a.body["field"], field, "{:?}", a.body);
+        assert!(a.body["error"].as_str().unwrap().starts_with(field), "{:?}", a.body);
+    }
+    let unknown = h.call(Method::POST, "/api/v1/vms", Some(json!({"name": "x", "vcpu": 1}))).await;
+    assert!(unknown.status.is_client_error());
+
+    let mut with_disk = spec.clone();
+    with_disk["disks"] = json!([{"image": "web1-disk", "size_mib": 64}]);
+    let created = h.call(Method::POST, "/api/v1/vms", Some(with_disk)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    assert_eq!(created.body["state"], "stopped");
+    let dup = h.call(Method::POST, "/api/v1/vms", Some(spec.clone())).await;
+    assert_eq!((dup.status, dup.body["field"].as_str()), (StatusCode::CONFLICT, Some("name")));
+
+    // The new disk is an image now, and in use.
+    let images = h.call(Method::GET, "/api/v1/images", None).await;
+    assert_eq!(images.body["images"][0]["name"], "web1-disk");
+    assert_eq!(images.body["images"][0]["size"], 64 << 20);
+    assert_eq!(images.body["guests"][0]["name"], "tiny", "the bundled guest is always listed");
+    let in_use = h.call(Method::DELETE, "/api/v1/images/web1-disk", None).await;
+    assert_eq!(in_use.status, StatusCode::CONFLICT);
+    assert!(in_use.body["error"].as_str().unwrap().contains("web1"));
+
+    let mut updated = spec.clone();
+    updated["autostart"] = json!(true);
+    updated["disks"] = json!([{"image": "web1-disk"}]);
+    let u = h.call(Method::PUT, &format!("/api/v1/vms/{id}"), Some(updated)).await;
+    assert_eq!(u.status, StatusCode::OK, "{:?}", u.body);
+
+    // A NIC needs the bridge; this test host has none.
+    let mut with_net = spec.clone();
+    with_net["network"] = json!(true);
+    with_net["autostart"] = json!(true);
+    with_net["disks"] = json!([{"image": "web1-disk"}]);
+    assert_eq!(h.call(Method::PUT, &format!("/api/v1/vms/{id}"), Some(with_net)).await.status, StatusCode::OK);
+    let start = h.call(Method::POST, &format!("/api/v1/vms/{id}/actions"), Some(json!({"action": "start"}))).await;
+    assert_eq!(
+        (start.status, start.body["field"].as_str()),
+        (StatusCode::CONFLICT, Some("network")),
+        "{:?}",
+        start.body
+    );
+
+    // A new panel process sees the same definitions.
+    let again = crate::vms::VmStore::load(&h.dir.path().join("data")).unwrap();
+    let vm = again.get(&id).unwrap();
+    assert!(vm.spec.autostart && vm.spec.network);
+
+    assert_eq!(h.call(Method::DELETE, &format!("/api/v1/vms/{id}"), None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(h.call(Method::GET, &format!("/api/v1/vms/{id}"), None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(h.call(Method::DELETE, "/api/v1/images/web1-disk", None).await.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn uploads_stream_to_images_with_a_hash_and_limits() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    let upload = |name: &str, kind: &str, data: Vec<u8>| {
+        Request::builder()
+            .method(Method::PUT)
+            .uri(format!("/api/v1/images/{name}?kind={kind}"))
+            .header(header::COOKIE, format!("kvmos_session={}", h.cookie.clone().unwrap()))
+            .header("x-csrf-token", h.csrf.clone().unwrap())
+            .body(Body::from(data))
+            .unwrap()
+    };
+    let a = h.raw(upload("hello.img", "disk", b"hello world".to_vec())).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    assert_eq!(a.body["sha256"], "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+    // The limit in these tests is 1 MiB.
+    let big = h.raw(upload("big.img", "disk", vec![0u8; 2 << 20])).await;
+    assert_eq!((big.status, big.body["field"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("file")));
+    let bad = h.raw(upload("vmlinuz", "kernel", b"text".to_vec())).await;
+    assert_eq!(bad.body["field"], "file");
+    let kind = h.raw(upload("x.img", "floppy", b"x".to_vec())).await;
+    assert_eq!(kind.body["field"], "kind");
+    let list = h.call(Method::GET, "/api/v1/images", None).await;
+    let names: Vec<&str> =
+        list.body["images"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["hello.img"], "failed uploads never appear");
+    let disk = h.call(Method::POST, "/api/v1/images/disks", Some(json!({"name": "empty", "size_mib": 0}))).await;
+    assert_eq!(disk.body["field"], "size_mib");
+}
+
+#[tokio::test]
+async fn api_tokens_work_until_revoked_and_everything_is_audited() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    let t = h.call(Method::POST, "/api/v1/tokens", Some(json!({"name": "backup"}))).await;
+    assert_eq!(t.status, StatusCode::CREATED);
+    let secret = t.body["secret"].as_str().unwrap().to_string();
+    let id = t.body["token"]["id"].as_str().unwrap().to_string();
+    let session = (h.cookie.take(), h.csrf.take());
+    h.bearer = Some(secret.clone());
+    assert_eq!(h.call(Method::GET, "/api/v1/host", None).await.status, StatusCode::OK);
+    let d = h.call(Method::POST, "/api/v1/images/disks", Some(json!({"name": "by-token", "size_mib": 1}))).await;
+    assert_eq!(d.status, StatusCode::CREATED, "a token needs no CSRF token");
+    h.bearer = None;
+    (h.cookie, h.csrf) = session;
+    assert_eq!(h.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None).await.status, StatusCode::NO_CONTENT);
+    h.bearer = Some(secret);
+    let (c, x) = (h.cookie.take(), h.csrf.take());
+    assert_eq!(h.call(Method::GET, "/api/v1/host", None).await.status, StatusCode::UNAUTHORIZED);
+    h.bearer = None;
+    (h.cookie, h.csrf) = (c, x);
+    let audit = h.call(Method::GET, "/api/v1/audit", None).await;
+    let entries = audit.body.as_array().unwrap();
+    let by_token = entries.iter().find(|e| e["action"] == "image.create-disk").unwrap();
+    assert_eq!(by_token["who"], "token:backup");
+    assert_eq!(by_token["from"], "192.0.2.7");
+    assert!(entries.iter().any(|e| e["action"] == "token.revoke"));
+    assert!(entries.iter().any(|e| e["action"] == "setup"));
+}
+
+#[tokio::test]
+async fn host_overview_settings_and_power() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    let o = h.call(Method::GET, "/api/v1/host", None).await;
+    assert!(o.body["cpus"].as_u64().unwrap() >= 1);
+    assert!(o.body["memory_total_bytes"].as_u64().unwrap() > 0);
+    assert!(o.body["kvm_available"].is_boolean());
+    assert_eq!(o.body["data_disk"]["mounted"], true);
+    let bad = h
+        .call(Method::PUT, "/api/v1/host/settings", Some(json!({"hostname": "kvm-01", "network": {"mode": "static", "address": "10.0.0.5", "prefix": 40, "gateway": "10.0.0.1", "dns": null}, "ntp": null})))
+        .await;
+    assert_eq!(bad.body["field"], "network.prefix");
+    let ok = h
+        .call(
+            Method::PUT,
+            "/api/v1/host/settings",
+            Some(json!({"hostname": "kvm-01", "network": {"mode": "dhcp"}, "ntp": "192.0.2.123"})),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    let saved = std::fs::read_to_string(h.dir.path().join("data/config/host.json")).unwrap();
+    assert!(saved.contains("\"net\": \"dhcp\"") && saved.contains("kvm-01"), "{saved}");
+    // Not on kvmos (no init status file): power control says so.
+    let p = h.call(Method::POST, "/api/v1/host/power", Some(json!({"action": "reboot"}))).await;
+    assert_eq!(p.status, StatusCode::CONFLICT);
+    // Password change: the wrong current password is named; sessions end.
+    let wrong = h
+        .call(Method::PUT, "/api/v1/host/password", Some(json!({"current": "nope", "new": "a new long password"})))
+        .await;
+    assert_eq!(wrong.body["field"], "current");
+    let changed = h
+        .call(Method::PUT, "/api/v1/host/password", Some(json!({"current": PASSWORD, "new": "a new long password"})))
+        .await;
+    assert_eq!(changed.status, StatusCode::NO_CONTENT);
+    assert_eq!(h.call(Method::GET, "/api/v1/host", None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.login("a new long password").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_ui_is_served_with_xterm_and_strict_headers() {
+    let h = Harness::new().await;
+    let page = h.raw(Request::get("/").body(Body::empty()).unwrap()).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.as_str().unwrap().contains("/assets/app.js"));
+    assert!(page.headers.get("content-security-policy").is_some());
+    let xterm = h.raw(Request::get("/assets/vendor/xterm.js").body(Body::empty()).unwrap()).await;
+    assert_eq!(xterm.status, StatusCode::OK);
+    assert!(xterm.headers[header::CONTENT_TYPE].to_str().unwrap().contains("javascript"));
+}

@@ -1,0 +1,317 @@
+//! VM definitions: what the admin asked for, kept as one JSON file per VM
+//! under `panel/vms/` on the data disk, with the log of past runs.
+//! [`VmSpec::validate`] turns every mistake into a 4xx naming the field.
+
+use crate::app::{ApiError, ApiResult};
+use crate::images::{check_name, ImageKind, Images};
+use crate::store;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// What a VM boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Boot {
+    /// A guest bundled with kvmos (e.g. `demo`).
+    Guest { guest: String },
+    /// Uploaded kernel and initrd images.
+    Kernel { kernel: String, initrd: Option<String> },
+}
+
+/// A disk of the VM: an existing disk image, or a new empty one of
+/// `size_mib` made when the VM is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_mib: Option<u64>,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A VM as the admin describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub name: String,
+    pub vcpus: u16,
+    pub memory_mib: u64,
+    pub boot: Boot,
+    /// The kernel command line; the bundled guest's when absent.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+    /// A NIC on the host bridge (`br0`).
+    #[serde(default)]
+    pub network: bool,
+    #[serde(default)]
+    pub autostart: bool,
+}
+
+/// One run of a VM.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Run {
+    /// Unix seconds.
+    pub started: u64,
+    pub ended: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VmRecord {
+    pub id: String,
+    pub spec: VmSpec,
+    pub created: u64,
+    /// The NIC's MAC, derived from the ID so it never changes.
+    pub mac: String,
+    #[serde(default)]
+    pub runs: Vec<Run>,
+}
+
+/// The most runs kept per VM.
+const MAX_RUNS: usize = 50;
+/// Memory kept free for the host when checking a VM's size.
+pub const HOST_MARGIN_MIB: u64 = 256;
+
+/// What the host has, for validation.
+#[derive(Debug, Clone, Copy)]
+pub struct HostCapacity {
+    pub cpus: u16,
+    pub mem_available_mib: u64,
+}
+
+impl HostCapacity {
+    pub fn read() -> Self {
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as u16).unwrap_or(1);
+        Self { cpus, mem_available_mib: crate::host::meminfo("MemAvailable").unwrap_or(0) / 1024 }
+    }
+}
+
+impl VmSpec {
+    /// Checks the fields, the references and the host's room.
+    pub fn validate(&self, images: &Images, host: HostCapacity) -> ApiResult<()> {
+        check_name("name", &self.name, 32)?;
+        if self.vcpus == 0 || self.vcpus > host.cpus {
+            return Err(ApiError::bad("vcpus", format!("vcpus: give 1 to {} (the host's CPUs)", host.cpus)));
+        }
+        let max_mem = host.mem_available_mib.saturating_sub(HOST_MARGIN_MIB);
+        if self.memory_mib < 16 || self.memory_mib > max_mem {
+            return Err(ApiError::bad(
+                "memory_mib",
+                format!("memory_mib: give 16 to {max_mem} MiB (free memory less {HOST_MARGIN_MIB} MiB for the host)"),
+            ));
+        }
+        match &self.boot {
+            Boot::Guest { guest } => {
+                if images.guest(guest).is_none() {
+                    return Err(ApiError::bad(
+                        "boot.guest",
+                        format!("boot.guest: there is no bundled guest {guest:?}"),
+                    ));
+                }
+            }
+            Boot::Kernel { kernel, initrd } => {
+                expect_image(images, "boot.kernel", kernel, ImageKind::Kernel)?;
+                if let Some(i) = initrd {
+                    expect_image(images, "boot.initrd", i, ImageKind::Initrd)?;
+                }
+            }
+        }
+        if self.cmdline.as_ref().is_some_and(|c| c.len() > 2048) {
+            return Err(ApiError::bad("cmdline", "cmdline: at most 2048 characters"));
+        }
+        if self.disks.len() > 8 {
+            return Err(ApiError::bad("disks", "disks: at most 8"));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            let field = format!("disks[{i}].image");
+            check_name(&field, &d.image, 64)?;
+            if d.size_mib.is_none() {
+                expect_image(images, &field, &d.image, ImageKind::Disk)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn expect_image(images: &Images, field: &str, name: &str, kind: ImageKind) -> ApiResult<()> {
+    match images.get(name) {
+        Some(i) if i.kind == kind => Ok(()),
+        Some(i) => Err(ApiError::bad(field, format!("{field}: {name} is a {:?} image, not a {kind:?}", i.kind))),
+        None => Err(ApiError::bad(field, format!("{field}: there is no image called {name}; upload it first"))),
+    }
+}
+
+pub struct VmStore {
+    dir: PathBuf,
+    vms: Mutex<BTreeMap<String, VmRecord>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl VmStore {
+    pub fn load(data_dir: &Path) -> anyhow::Result<Self> {
+        let dir = data_dir.join("panel/vms");
+        std::fs::create_dir_all(&dir)?;
+        let mut vms = BTreeMap::new();
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                match store::load_json::<VmRecord>(&path) {
+                    Ok(Some(r)) => {
+                        vms.insert(r.id.clone(), r);
+                    }
+                    Ok(None) => {}
+                    Err(err) => tracing::error!("skipping a VM definition: {err:#}"),
+                }
+            }
+        }
+        Ok(Self { dir, vms: Mutex::new(vms) })
+    }
+
+    fn save(&self, r: &VmRecord) -> ApiResult<()> {
+        store::save_json(&self.dir.join(format!("{}.json", r.id)), r).map_err(ApiError::from)
+    }
+
+    pub fn list(&self) -> Vec<VmRecord> {
+        let mut v: Vec<VmRecord> = lock(&self.vms).values().cloned().collect();
+        v.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        v
+    }
+
+    pub fn get(&self, id: &str) -> ApiResult<VmRecord> {
+        lock(&self.vms).get(id).cloned().ok_or_else(|| ApiError::not_found("VM"))
+    }
+
+    fn name_taken(&self, name: &str, except: Option<&str>) -> bool {
+        lock(&self.vms).values().any(|r| r.spec.name == name && Some(r.id.as_str()) != except)
+    }
+
+    pub fn create(&self, spec: VmSpec, now: u64) -> ApiResult<VmRecord> {
+        if self.name_taken(&spec.name, None) {
+            return Err(ApiError::field(409, "name", format!("name: a VM called {} already exists", spec.name)));
+        }
+        let id = crate::auth::random_hex(4);
+        let mac = kvmos_vmm::config::derived_mac(&format!("kvmos-vm/{id}"));
+        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let r = VmRecord { id: id.clone(), spec, created: now, mac, runs: Vec::new() };
+        self.save(&r)?;
+        lock(&self.vms).insert(id, r.clone());
+        Ok(r)
+    }
+
+    pub fn update_spec(&self, id: &str, spec: VmSpec) -> ApiResult<VmRecord> {
+        if self.name_taken(&spec.name, Some(id)) {
+            return Err(ApiError::field(409, "name", format!("name: a VM called {} already exists", spec.name)));
+        }
+        self.modify(id, |r| r.spec = spec)
+    }
+
+    /// Applies a change and saves it; the in-memory copy changes only if
+    /// the save succeeded.
+    pub fn modify(&self, id: &str, f: impl FnOnce(&mut VmRecord)) -> ApiResult<VmRecord> {
+        let mut vms = lock(&self.vms);
+        let mut r = vms.get(id).cloned().ok_or_else(|| ApiError::not_found("VM"))?;
+        f(&mut r);
+        if r.runs.len() > MAX_RUNS {
+            let extra = r.runs.len() - MAX_RUNS;
+            r.runs.drain(..extra);
+        }
+        self.save(&r)?;
+        vms.insert(id.to_string(), r.clone());
+        Ok(r)
+    }
+
+    pub fn delete(&self, id: &str) -> ApiResult<()> {
+        let mut vms = lock(&self.vms);
+        if vms.remove(id).is_none() {
+            return Err(ApiError::not_found("VM"));
+        }
+        store::remove(&self.dir.join(format!("{id}.json"))).map_err(ApiError::from)
+    }
+
+    /// VMs whose definition uses the image.
+    pub fn users_of(&self, image: &str) -> Vec<String> {
+        lock(&self.vms)
+            .values()
+            .filter(|r| {
+                r.spec.disks.iter().any(|d| d.image == image)
+                    || matches!(&r.spec.boot, Boot::Kernel { kernel, initrd } if kernel == image || initrd.as_deref() == Some(image))
+            })
+            .map(|r| r.spec.name.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Images) {
+        let dir = tempfile::tempdir().unwrap();
+        let guests = dir.path().join("guests");
+        std::fs::create_dir_all(guests.join("demo")).unwrap();
+        std::fs::write(
+            guests.join("demo/guest.json"),
+            r#"{"name":"demo","description":"d","kernel":"bzImage","initrd":"i","cmdline":"console=ttyS0","memory_mib":128,"vcpus":1}"#,
+        )
+        .unwrap();
+        let images = Images::new(dir.path(), &guests, 1 << 30).unwrap();
+        (dir, images)
+    }
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "web1".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            boot: Boot::Guest { guest: "demo".into() },
+            cmdline: None,
+            disks: vec![],
+            network: false,
+            autostart: false,
+        }
+    }
+
+    #[test]
+    fn each_mistake_names_its_field() {
+        let (_dir, images) = setup();
+        let host = HostCapacity { cpus: 2, mem_available_mib: 1024 };
+        assert!(spec().validate(&images, host).is_ok());
+        let field = |s: VmSpec| s.validate(&images, host).unwrap_err().field.unwrap();
+        assert_eq!(field(VmSpec { name: "Web 1".into(), ..spec() }), "name");
+        assert_eq!(field(VmSpec { name: "x".repeat(33), ..spec() }), "name");
+        assert_eq!(field(VmSpec { vcpus: 3, ..spec() }), "vcpus");
+        assert_eq!(field(VmSpec { vcpus: 0, ..spec() }), "vcpus");
+        assert_eq!(field(VmSpec { memory_mib: 1024, ..spec() }), "memory_mib");
+        assert_eq!(field(VmSpec { boot: Boot::Guest { guest: "nope".into() }, ..spec() }), "boot.guest");
+        assert_eq!(field(VmSpec { boot: Boot::Kernel { kernel: "k".into(), initrd: None }, ..spec() }), "boot.kernel");
+        let disk = DiskSpec { image: "missing".into(), size_mib: None, read_only: false };
+        assert_eq!(field(VmSpec { disks: vec![disk], ..spec() }), "disks[0].image");
+    }
+
+    #[test]
+    fn definitions_survive_a_reload_and_names_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VmStore::load(dir.path()).unwrap();
+        let r = store.create(spec(), 1).unwrap();
+        assert_eq!(store.create(spec(), 2).unwrap_err().status, 409);
+        store
+            .modify(&r.id, |r| r.runs.push(Run { started: 1, ended: Some(2), exit_code: Some(0), reason: None }))
+            .unwrap();
+        let again = VmStore::load(dir.path()).unwrap();
+        let loaded = again.get(&r.id).unwrap();
+        assert_eq!(loaded.spec, spec());
+        assert_eq!(loaded.mac, r.mac);
+        assert_eq!(loaded.runs.len(), 1);
+        again.delete(&r.id).unwrap();
+        assert!(VmStore::load(dir.path()).unwrap().list().is_empty());
+    }
+}

@@ -1,0 +1,416 @@
+// The kvmos panel: one page, routed by the URL fragment. Every call goes
+// through api(), which sends the CSRF token and shows errors next to the
+// field the API names.
+'use strict';
+
+const app = document.getElementById('app');
+let csrf = null;
+let timer = null;
+let term = null;
+let socket = null;
+
+const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+const mib = (bytes) => `${Math.round(bytes / 1048576).toLocaleString()} MiB`;
+const gib = (bytes) => `${(bytes / 1073741824).toFixed(1)} GiB`;
+const when = (secs) => (secs ? new Date(secs * 1000).toLocaleString() : '—');
+const duration = (s) => `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+
+class ApiError extends Error {
+  constructor(status, body) { super(body.error || `HTTP ${status}`); this.status = status; this.field = body.field; }
+}
+
+async function api(method, path, body) {
+  const opts = { method, headers: {}, credentials: 'same-origin' };
+  if (csrf && method !== 'GET') opts.headers['X-CSRF-Token'] = csrf;
+  if (body !== undefined) { opts.headers['Content-Type'] = 'application/json'; opts.body = JSON.stringify(body); }
+  const r = await fetch(path, opts);
+  if (r.status === 401 && !path.endsWith('/login') && !path.endsWith('/setup')) { csrf = null; go('#/login'); throw new ApiError(401, { error: 'log in first' }); }
+  const text = await r.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!r.ok) throw new ApiError(r.status, data || {});
+  return data;
+}
+
+function toast(msg, error) {
+  const t = document.getElementById('toast');
+  t.textContent = msg; t.className = error ? 'error' : ''; t.hidden = false;
+  clearTimeout(t._h); t._h = setTimeout(() => { t.hidden = true; }, 5000);
+}
+
+// Shows an API error next to its field (data-err="field"), or as a toast.
+function showError(form, e) {
+  form.querySelectorAll('.err').forEach((el) => { el.textContent = ''; });
+  const slot = e.field && (form.querySelector(`[data-err="${CSS.escape(e.field)}"]`) || form.querySelector(`[data-err="${CSS.escape(e.field.split('.')[0])}"]`));
+  if (slot) slot.textContent = e.message; else toast(e.message, true);
+}
+
+function go(hash) { if (location.hash !== hash) location.hash = hash; else route(); }
+
+function stopLive() {
+  clearInterval(timer); timer = null;
+  if (socket) { socket.close(); socket = null; }
+  if (term) { term.dispose(); term = null; }
+}
+
+async function route() {
+  stopLive();
+  const h = location.hash || '#/';
+  document.querySelectorAll('#nav a').forEach((a) => a.classList.toggle('active', a.getAttribute('href') === h));
+  if (h === '#/setup') return setupPage();
+  if (h === '#/login') return loginPage();
+  if (!csrf) {
+    try { csrf = (await api('GET', '/api/v1/session')).csrf; } catch (e) {
+      const s = await api('GET', '/api/v1/setup');
+      return go(s.needed ? '#/setup' : '#/login');
+    }
+  }
+  document.getElementById('topbar').hidden = false;
+  try {
+    if (h === '#/') return await dashboard();
+    if (h === '#/vms/new') return await newVm();
+    if (h.startsWith('#/vms/')) return await vmDetail(h.slice(6));
+    if (h === '#/images') return await imagesPage();
+    if (h === '#/audit') return await auditPage();
+    if (h === '#/settings') return await settingsPage();
+    app.innerHTML = '<div class="card">Page not found. <a href="#/">Dashboard</a></div>';
+  } catch (e) { if (e.status !== 401) app.innerHTML = `<div class="card err">${esc(e.message)}</div>`; }
+}
+
+function authShell(title, inner) {
+  document.getElementById('topbar').hidden = true;
+  app.innerHTML = `<div class="auth card"><h1><img src="/assets/favicon.svg" alt="" width="24" height="24"> ${title}</h1>${inner}</div>`;
+}
+
+function setupPage() {
+  authShell('Set up kvmos', `
+    <p class="hint">Enter the setup code shown on the server's console, then choose the admin password.</p>
+    <form id="setup-form">
+      <div class="row"><label for="code">Setup code</label><input id="code" name="code" autocomplete="one-time-code" required><div class="err" data-err="code"></div></div>
+      <div class="row"><label for="password">Admin password</label><input id="password" type="password" autocomplete="new-password" required minlength="10"><div class="hint">At least 10 characters.</div><div class="err" data-err="password"></div></div>
+      <div class="row"><label for="password2">Repeat the password</label><input id="password2" type="password" autocomplete="new-password" required><div class="err" data-err="password2"></div></div>
+      <button id="setup-submit" type="submit">Set password</button>
+    </form>`);
+  const f = document.getElementById('setup-form');
+  f.onsubmit = async (ev) => {
+    ev.preventDefault();
+    const pw = f.querySelector('#password').value;
+    if (pw !== f.querySelector('#password2').value) return showError(f, { field: 'password2', message: 'The passwords differ.' });
+    try { csrf = (await api('POST', '/api/v1/setup', { code: f.querySelector('#code').value, password: pw })).csrf; go('#/'); } catch (e) { showError(f, e); }
+  };
+}
+
+function loginPage() {
+  authShell('kvmos', `
+    <form id="login-form">
+      <div class="row"><label for="password">Admin password</label><input id="password" type="password" autocomplete="current-password" required autofocus><div class="err" data-err="password"></div></div>
+      <button id="login-submit" type="submit">Log in</button>
+    </form>`);
+  const f = document.getElementById('login-form');
+  f.onsubmit = async (ev) => {
+    ev.preventDefault();
+    try { csrf = (await api('POST', '/api/v1/login', { password: f.querySelector('#password').value })).csrf; go('#/'); } catch (e) { showError(f, e); }
+  };
+}
+
+function stateBadge(s) { return `<span class="badge ${esc(s)}" data-state="${esc(s)}">${esc(s)}</span>`; }
+
+function vmButtons(vm) {
+  const b = (action, label, cls = 'secondary') => `<button class="${cls}" data-action="${action}" data-vm="${esc(vm.id)}">${label}</button>`;
+  if (vm.state === 'stopped') return b('start', 'Start', '');
+  if (vm.state === 'paused') return b('resume', 'Resume', '') + b('force-off', 'Force off', 'danger');
+  return b('shutdown', 'Shut down') + b('force-off', 'Force off', 'danger');
+}
+
+async function act(id, action) {
+  try { await api('POST', `/api/v1/vms/${id}/actions`, { action }); toast(`${action}: done`); } catch (e) { toast(e.message, true); }
+  route();
+}
+
+function wireActions(root) {
+  root.querySelectorAll('[data-action]').forEach((btn) => {
+    btn.onclick = () => {
+      const a = btn.dataset.action;
+      if (a === 'force-off' && !confirm('Force off? The guest loses unsaved data, like pulling the plug.')) return;
+      btn.disabled = true; act(btn.dataset.vm, a);
+    };
+  });
+}
+
+async function dashboard() {
+  const [host, vms] = await Promise.all([api('GET', '/api/v1/host'), api('GET', '/api/v1/vms')]);
+  const d = host.data_disk;
+  app.innerHTML = `
+    <h1>${esc(host.hostname || 'kvmos')}</h1>
+    ${d.ram_only ? '<div class="notice warn">RAM-only mode: no data disk is mounted, so VMs and settings are lost at reboot.</div>' : ''}
+    <div class="grid" id="host">
+      <div class="card stat"><div class="label">CPU</div><div class="value">${host.cpus} × ${esc(host.cpu_model)}</div></div>
+      <div class="card stat"><div class="label">Memory used</div><div class="value">${mib(host.memory_used_bytes)} of ${mib(host.memory_total_bytes)}</div></div>
+      <div class="card stat"><div class="label">KVM</div><div class="value" id="kvm">${host.kvm_available ? 'available' : 'not available'}</div></div>
+      <div class="card stat"><div class="label">Data disk</div><div class="value" id="datadisk">${d.mounted ? `mounted, ${gib(d.free_bytes)} free` : 'RAM only'}</div></div>
+      <div class="card stat"><div class="label">Address</div><div class="value mono">${esc(host.addresses.join(', ') || '—')}</div></div>
+      <div class="card stat"><div class="label">Uptime · version</div><div class="value">${duration(host.uptime_secs)} · ${esc(host.version)}</div></div>
+    </div>
+    <div class="card">
+      <div style="display:flex;justify-content:space-between;align-items:center"><h2>Virtual machines</h2><a class="button" href="#/vms/new" id="new-vm">New VM</a></div>
+      <div class="table-wrap"><table id="vm-table"><thead><tr><th>Name</th><th>State</th><th class="hide-narrow">vCPUs</th><th class="hide-narrow">Memory</th><th></th></tr></thead><tbody></tbody></table></div>
+      <p class="muted" id="no-vms" hidden>No VMs yet. Create one from the demo guest to try kvmos.</p>
+    </div>`;
+  const render = (list) => {
+    const tb = app.querySelector('#vm-table tbody');
+    if (!tb) return;
+    tb.innerHTML = list.map((vm) => `<tr data-vm-row="${esc(vm.name)}"><td><a href="#/vms/${esc(vm.id)}">${esc(vm.name)}</a>${vm.spec.autostart ? ' <span class="muted">· autostart</span>' : ''}</td><td>${stateBadge(vm.state)}</td><td class="hide-narrow">${vm.spec.vcpus}</td><td class="hide-narrow">${vm.spec.memory_mib} MiB</td><td><div class="actions">${vmButtons(vm)}</div></td></tr>`).join('');
+    app.querySelector('#no-vms').hidden = list.length > 0;
+    wireActions(tb);
+  };
+  render(vms);
+  // Live state without a reload.
+  timer = setInterval(async () => { try { render(await api('GET', '/api/v1/vms')); } catch (e) { /* shown on next navigation */ } }, 2000);
+}
+
+async function newVm() {
+  const [images, host] = await Promise.all([api('GET', '/api/v1/images'), api('GET', '/api/v1/host')]);
+  const kernels = images.images.filter((i) => i.kind === 'kernel');
+  const initrds = images.images.filter((i) => i.kind === 'initrd');
+  const disks = images.images.filter((i) => i.kind === 'disk');
+  const opt = (v, label) => `<option value="${esc(v)}">${esc(label)}</option>`;
+  const sources = images.guests.map((g) => opt(`guest:${g.name}`, `Bundled: ${g.name} — ${g.description}`)).join('') + kernels.map((k) => opt(`kernel:${k.name}`, `Kernel image: ${k.name}`)).join('');
+  app.innerHTML = `
+    <h1>New virtual machine</h1>
+    <form id="vm-form" class="card">
+      <div class="inline">
+        <div class="row"><label for="name">Name</label><input id="name" required placeholder="web1"><div class="hint">Lowercase letters, digits, '-', '.', '_'.</div><div class="err" data-err="name"></div></div>
+        <div class="row"><label for="vcpus">vCPUs</label><input id="vcpus" type="number" min="1" max="${host.cpus}" value="1"><div class="err" data-err="vcpus"></div></div>
+        <div class="row"><label for="memory">Memory (MiB)</label><input id="memory" type="number" min="16" value="128"><div class="hint">${mib(host.memory_free_bytes)} free on the host.</div><div class="err" data-err="memory_mib"></div></div>
+      </div>
+      <div class="row"><label for="source">Boot</label><select id="source">${sources}</select><div class="err" data-err="boot"></div></div>
+      <div class="row" id="initrd-row" hidden><label for="initrd">Initrd</label><select id="initrd">${opt('', 'none')}${initrds.map((i) => opt(i.name, i.name)).join('')}</select></div>
+      <div class="row"><label for="cmdline">Kernel command line</label><input id="cmdline" placeholder="(the guest's default)"><div class="err" data-err="cmdline"></div></div>
+      <div class="row"><label for="disk-mode">Disk</label>
+        <select id="disk-mode">${opt('none', 'No disk')}${opt('new', 'New empty disk')}${disks.length ? opt('existing', 'Existing disk image') : ''}</select>
+        <div class="inline" id="disk-new" hidden><div class="row"><label for="disk-name">Disk name</label><input id="disk-name"></div><div class="row"><label for="disk-size">Size (MiB)</label><input id="disk-size" type="number" min="1" value="64"></div></div>
+        <select id="disk-existing" hidden>${disks.map((d) => opt(d.name, `${d.name} (${mib(d.size)})`)).join('')}</select>
+        <div class="err" data-err="disks"></div></div>
+      <div class="row"><label class="check"><input id="network" type="checkbox" checked> Network: a NIC on br0, the host's network</label><div class="err" data-err="network"></div></div>
+      <div class="row"><label class="check"><input id="autostart" type="checkbox"> Start when kvmos boots</label></div>
+      <div class="actions"><button id="create" type="submit">Create</button><button id="create-start" type="button" class="secondary">Create and start</button></div>
+    </form>`;
+  const f = document.getElementById('vm-form');
+  const $ = (s) => f.querySelector(s);
+  const sync = () => {
+    $('#initrd-row').hidden = !$('#source').value.startsWith('kernel:');
+    $('#disk-new').hidden = $('#disk-mode').value !== 'new';
+    $('#disk-existing').hidden = $('#disk-mode').value !== 'existing';
+    if (!$('#disk-name').value && $('#name').value) $('#disk-name').placeholder = `${$('#name').value}-disk`;
+  };
+  ['#source', '#disk-mode', '#name'].forEach((s) => $(s).addEventListener('input', sync));
+  sync();
+  const submit = async (start) => {
+    const [kind, ref] = $('#source').value.split(/:(.*)/);
+    const spec = {
+      name: $('#name').value.trim(), vcpus: Number($('#vcpus').value), memory_mib: Number($('#memory').value),
+      boot: kind === 'guest' ? { type: 'guest', guest: ref } : { type: 'kernel', kernel: ref, initrd: $('#initrd').value || null },
+      cmdline: $('#cmdline').value.trim() || null, disks: [], network: $('#network').checked, autostart: $('#autostart').checked,
+    };
+    if ($('#disk-mode').value === 'new') spec.disks.push({ image: $('#disk-name').value.trim() || `${spec.name}-disk`, size_mib: Number($('#disk-size').value) });
+    if ($('#disk-mode').value === 'existing') spec.disks.push({ image: $('#disk-existing').value });
+    try {
+      const vm = await api('POST', '/api/v1/vms', spec);
+      if (start) await api('POST', `/api/v1/vms/${vm.id}/actions`, { action: 'start' });
+      go(`#/vms/${vm.id}`);
+    } catch (e) { showError(f, e); }
+  };
+  f.onsubmit = (ev) => { ev.preventDefault(); submit(false); };
+  $('#create-start').onclick = () => { if (f.reportValidity()) submit(true); };
+}
+
+function openConsole(id) {
+  const box = document.getElementById('terminal');
+  term = new window.Terminal({ convertEol: false, cursorBlink: true, fontSize: 14, scrollback: 5000, theme: { background: '#000000' } });
+  const fit = new window.FitAddon.FitAddon();
+  term.loadAddon(fit);
+  term.open(box);
+  fit.fit();
+  socket = new WebSocket(`wss://${location.host}/api/v1/vms/${id}/console`);
+  socket.binaryType = 'arraybuffer';
+  socket.onmessage = (ev) => term.write(new Uint8Array(ev.data));
+  socket.onclose = () => { if (term) term.write('\r\n\x1b[90m[console closed]\x1b[0m\r\n'); };
+  const enc = new TextEncoder();
+  term.onData((d) => { if (socket && socket.readyState === 1) socket.send(enc.encode(d)); });
+  term.focus();
+}
+
+async function vmDetail(id) {
+  const vm = await api('GET', `/api/v1/vms/${id}`);
+  const s = vm.spec;
+  const boot = s.boot.type === 'guest' ? `bundled guest ${s.boot.guest}` : `kernel ${s.boot.kernel}${s.boot.initrd ? ` + ${s.boot.initrd}` : ''}`;
+  app.innerHTML = `
+    <h1>${esc(vm.name)} <span id="vm-state">${stateBadge(vm.state)}</span></h1>
+    <div class="card"><div class="actions" id="vm-actions">${vmButtons(vm)}
+      ${vm.state === 'running' ? `<button class="secondary" data-action="reboot" data-vm="${esc(id)}">Reboot</button><button class="secondary" data-action="pause" data-vm="${esc(id)}">Pause</button>` : ''}
+      ${vm.state === 'stopped' ? `<button class="danger" id="delete-vm">Delete</button>` : ''}</div></div>
+    <div class="card"><h2>Console</h2><div id="console-area">${vm.state === 'stopped' ? '<p class="muted">Start the VM to see its serial console.</p>' : '<div id="terminal" class="terminal"></div>'}</div></div>
+    <div class="grid">
+      <div class="card"><h2>Configuration</h2><table>
+        <tr><th>vCPUs</th><td>${s.vcpus}</td></tr><tr><th>Memory</th><td>${s.memory_mib} MiB</td></tr>
+        <tr><th>Boot</th><td>${esc(boot)}</td></tr><tr><th>Command line</th><td class="mono">${esc(s.cmdline || '(default)')}</td></tr>
+        <tr><th>Disks</th><td>${esc(s.disks.map((d) => d.image).join(', ') || 'none')}</td></tr>
+        <tr><th>Network</th><td>${s.network ? `br0 · <span class="mono">${esc(vm.mac)}</span>` : 'none'}</td></tr>
+        <tr><th>Autostart</th><td><label class="check"><input type="checkbox" id="autostart" ${s.autostart ? 'checked' : ''} ${vm.state !== 'stopped' ? 'disabled title="Stop the VM to change it"' : ''}> at boot</label></td></tr>
+      </table></div>
+      <div class="card"><h2>Runs</h2><div class="table-wrap"><table id="runs"><thead><tr><th>Started</th><th>Ended</th><th>Exit</th></tr></thead><tbody>
+        ${vm.runs.slice().reverse().map((r) => `<tr><td>${when(r.started)}</td><td>${when(r.ended)}</td><td>${esc(r.ended ? r.reason || `code ${r.exit_code}` : 'running')}</td></tr>`).join('') || '<tr><td colspan="3" class="muted">Never started.</td></tr>'}
+      </tbody></table></div></div>
+    </div>`;
+  wireActions(app.querySelector('#vm-actions'));
+  const del = app.querySelector('#delete-vm');
+  if (del) del.onclick = async () => {
+    if (!confirm(`Delete ${vm.name}? Its disk images stay in Images.`)) return;
+    try { await api('DELETE', `/api/v1/vms/${id}`); go('#/'); } catch (e) { toast(e.message, true); }
+  };
+  const auto = app.querySelector('#autostart');
+  auto.onchange = async () => {
+    try { await api('PUT', `/api/v1/vms/${id}`, { ...s, autostart: auto.checked }); toast('Saved'); } catch (e) { toast(e.message, true); auto.checked = !auto.checked; }
+  };
+  if (vm.state !== 'stopped') openConsole(id);
+  let last = vm.state;
+  timer = setInterval(async () => {
+    try {
+      const now = await api('GET', `/api/v1/vms/${id}`);
+      if (now.state !== last) { last = now.state; route(); }
+    } catch (e) { /* next navigation shows it */ }
+  }, 2000);
+}
+
+async function imagesPage() {
+  const list = await api('GET', '/api/v1/images');
+  app.innerHTML = `
+    <h1>Images</h1>
+    <div class="card"><h2>Upload</h2><form id="upload-form">
+      <div class="inline">
+        <div class="row"><label for="file">File</label><input id="file" type="file" required><div class="err" data-err="file"></div></div>
+        <div class="row"><label for="up-name">Name</label><input id="up-name" required><div class="err" data-err="name"></div></div>
+        <div class="row"><label for="kind">Kind</label><select id="kind"><option value="disk">Disk (raw)</option><option value="kernel">Kernel</option><option value="initrd">Initrd</option></select><div class="err" data-err="kind"></div></div>
+      </div>
+      <progress id="progress" value="0" max="100" hidden></progress>
+      <div class="hint" id="upload-status">Up to ${mib(list.max_upload)}.</div>
+      <button type="submit" id="upload">Upload</button></form></div>
+    <div class="card"><h2>New empty disk</h2><form id="disk-form" class="inline">
+      <div class="row"><label for="disk-name">Name</label><input id="disk-name" required><div class="err" data-err="name"></div></div>
+      <div class="row"><label for="disk-size">Size (MiB)</label><input id="disk-size" type="number" min="1" value="1024"><div class="err" data-err="size_mib"></div></div>
+      <div class="row" style="justify-content:flex-end"><button type="submit">Create</button></div></form></div>
+    <div class="card"><h2>Images</h2><div class="table-wrap"><table id="image-table"><thead><tr><th>Name</th><th>Kind</th><th>Size</th><th class="hide-narrow">SHA-256</th><th></th></tr></thead><tbody>
+      ${list.guests.map((g) => `<tr><td>${esc(g.name)}</td><td>bundled guest</td><td>—</td><td class="hide-narrow muted">${esc(g.description)}</td><td></td></tr>`).join('')}
+      ${list.images.map((i) => `<tr><td>${esc(i.name)}</td><td>${esc(i.kind)}</td><td>${mib(i.size)}</td><td class="hide-narrow mono">${esc(i.sha256 ? i.sha256.slice(0, 16) + '…' : '—')}</td><td><button class="danger" data-delete="${esc(i.name)}">Delete</button></td></tr>`).join('')}
+    </tbody></table></div></div>`;
+  const f = document.getElementById('upload-form');
+  const file = f.querySelector('#file');
+  file.onchange = () => { if (!f.querySelector('#up-name').value && file.files[0]) f.querySelector('#up-name').value = file.files[0].name.toLowerCase().replace(/[^a-z0-9._-]/g, '-'); };
+  f.onsubmit = (ev) => {
+    ev.preventDefault();
+    const name = f.querySelector('#up-name').value.trim();
+    const xhr = new XMLHttpRequest();
+    const bar = f.querySelector('#progress');
+    bar.hidden = false; bar.value = 0;
+    xhr.upload.onprogress = (p) => { if (p.lengthComputable) bar.value = (100 * p.loaded) / p.total; f.querySelector('#upload-status').textContent = `${mib(p.loaded)} of ${mib(p.total)}`; };
+    xhr.onload = () => {
+      const body = xhr.responseText ? JSON.parse(xhr.responseText) : {};
+      if (xhr.status === 201) { toast(`Uploaded ${name}; SHA-256 ${body.sha256}`); route(); } else { bar.hidden = true; showError(f, new ApiError(xhr.status, body)); }
+    };
+    xhr.onerror = () => { bar.hidden = true; toast('The upload failed (connection lost)', true); };
+    xhr.open('PUT', `/api/v1/images/${encodeURIComponent(name)}?kind=${f.querySelector('#kind').value}`);
+    xhr.setRequestHeader('X-CSRF-Token', csrf);
+    xhr.setRequestHeader('Content-Type', 'application/octet-stream');
+    xhr.send(file.files[0]);
+  };
+  const d = document.getElementById('disk-form');
+  d.onsubmit = async (ev) => {
+    ev.preventDefault();
+    try { await api('POST', '/api/v1/images/disks', { name: d.querySelector('#disk-name').value.trim(), size_mib: Number(d.querySelector('#disk-size').value) }); route(); } catch (e) { showError(d, e); }
+  };
+  app.querySelectorAll('[data-delete]').forEach((b) => {
+    b.onclick = async () => {
+      if (!confirm(`Delete the image ${b.dataset.delete}?`)) return;
+      try { await api('DELETE', `/api/v1/images/${encodeURIComponent(b.dataset.delete)}`); route(); } catch (e) { toast(e.message, true); }
+    };
+  });
+}
+
+async function auditPage() {
+  const entries = await api('GET', '/api/v1/audit?limit=500');
+  app.innerHTML = `<h1>Audit log</h1><div class="card table-wrap"><table id="audit-table"><thead><tr><th>When</th><th>Who</th><th class="hide-narrow">From</th><th>Action</th><th>Target</th><th>Outcome</th></tr></thead><tbody>
+    ${entries.map((e) => `<tr><td>${when(e.time)}</td><td>${esc(e.who)}</td><td class="hide-narrow mono">${esc(e.from)}</td><td>${esc(e.action)}</td><td>${esc(e.target)}</td><td>${e.outcome === 'ok' ? 'ok' : `<span class="err">${esc(e.outcome)}</span>`}</td></tr>`).join('')}
+  </tbody></table></div>`;
+}
+
+async function settingsPage() {
+  const [settings, tokens] = await Promise.all([api('GET', '/api/v1/host/settings'), api('GET', '/api/v1/tokens')]);
+  const net = settings.network;
+  const st = net.mode === 'static' ? net : { address: '', prefix: 24, gateway: '', dns: '' };
+  app.innerHTML = `
+    <h1>Settings</h1>
+    <div class="card"><h2>Host network</h2><p class="hint">Saved on the data disk and applied at the next boot.</p><form id="host-form">
+      <div class="inline"><div class="row"><label for="hostname">Hostname</label><input id="hostname" value="${esc(settings.hostname || '')}"><div class="err" data-err="hostname"></div></div>
+      <div class="row"><label for="ntp">NTP server</label><input id="ntp" value="${esc(settings.ntp || '')}" placeholder="192.0.2.123"><div class="err" data-err="ntp"></div></div></div>
+      <div class="row"><label for="mode">Address</label><select id="mode"><option value="dhcp">DHCP</option><option value="static" ${net.mode === 'static' ? 'selected' : ''}>Static</option></select></div>
+      <div class="inline" id="static"><div class="row"><label for="address">IP address</label><input id="address" value="${esc(st.address)}"><div class="err" data-err="network.address"></div></div>
+        <div class="row"><label for="prefix">Prefix</label><input id="prefix" type="number" min="1" max="32" value="${st.prefix}"><div class="err" data-err="network.prefix"></div></div>
+        <div class="row"><label for="gateway">Gateway</label><input id="gateway" value="${esc(st.gateway)}"><div class="err" data-err="network.gateway"></div></div>
+        <div class="row"><label for="dns">DNS</label><input id="dns" value="${esc(st.dns || '')}"><div class="err" data-err="network.dns"></div></div></div>
+      <button type="submit">Save</button></form></div>
+    <div class="card"><h2>Password</h2><form id="pw-form" class="inline">
+      <div class="row"><label for="current">Current password</label><input id="current" type="password" autocomplete="current-password" required><div class="err" data-err="current"></div></div>
+      <div class="row"><label for="new">New password</label><input id="new" type="password" autocomplete="new-password" required minlength="10"><div class="err" data-err="password"></div></div>
+      <div class="row" style="justify-content:flex-end"><button type="submit">Change</button></div></form></div>
+    <div class="card"><h2>API tokens</h2><p class="hint">For scripts: <code>Authorization: Bearer &lt;token&gt;</code>. A token is shown once.</p>
+      <table id="token-table"><tbody>${tokens.map((t) => `<tr><td>${esc(t.name)}</td><td>${when(t.created)}</td><td><button class="danger" data-revoke="${esc(t.id)}">Revoke</button></td></tr>`).join('') || '<tr><td class="muted">No tokens.</td></tr>'}</tbody></table>
+      <form id="token-form" class="inline" style="margin-top:.8rem"><div class="row"><label for="token-name">Name</label><input id="token-name" required><div class="err" data-err="name"></div></div><div class="row" style="justify-content:flex-end"><button type="submit">Create token</button></div></form>
+      <div id="token-secret" class="notice" hidden></div></div>
+    <div class="card"><h2>TLS certificate</h2><p class="hint">Replace the self-signed certificate with your own (PEM).</p><form id="cert-form">
+      <div class="row"><label for="cert">Certificate chain</label><textarea id="cert" required></textarea><div class="err" data-err="cert_pem"></div></div>
+      <div class="row"><label for="key">Private key</label><textarea id="key" required></textarea><div class="err" data-err="key_pem"></div></div>
+      <button type="submit">Install</button></form></div>
+    <div class="card"><h2>Power</h2><p class="hint">Running VMs are shut down gracefully first.</p><div class="actions"><button class="secondary" id="reboot-host">Reboot kvmos</button><button class="danger" id="shutdown-host">Shut down kvmos</button></div></div>`;
+  const h = document.getElementById('host-form');
+  const $ = (s) => h.querySelector(s);
+  const sync = () => { $('#static').hidden = $('#mode').value !== 'static'; };
+  $('#mode').onchange = sync; sync();
+  h.onsubmit = async (ev) => {
+    ev.preventDefault();
+    const network = $('#mode').value === 'dhcp' ? { mode: 'dhcp' } : { mode: 'static', address: $('#address').value.trim(), prefix: Number($('#prefix').value), gateway: $('#gateway').value.trim(), dns: $('#dns').value.trim() || null };
+    try { await api('PUT', '/api/v1/host/settings', { hostname: $('#hostname').value.trim() || null, network, ntp: $('#ntp').value.trim() || null }); toast('Saved; applied at the next boot'); } catch (e) { showError(h, e); }
+  };
+  const pw = document.getElementById('pw-form');
+  pw.onsubmit = async (ev) => {
+    ev.preventDefault();
+    try { await api('PUT', '/api/v1/host/password', { current: pw.querySelector('#current').value, new: pw.querySelector('#new').value }); csrf = null; toast('Password changed; log in again'); go('#/login'); } catch (e) { showError(pw, e); }
+  };
+  const tf = document.getElementById('token-form');
+  tf.onsubmit = async (ev) => {
+    ev.preventDefault();
+    try {
+      const t = await api('POST', '/api/v1/tokens', { name: tf.querySelector('#token-name').value.trim() });
+      await settingsPage();
+      const box = document.getElementById('token-secret');
+      box.hidden = false; box.innerHTML = `Token <b>${esc(t.token.name)}</b>: <code>${esc(t.secret)}</code><br><span class="hint">Copy it now; it is not shown again.</span>`;
+    } catch (e) { showError(tf, e); }
+  };
+  app.querySelectorAll('[data-revoke]').forEach((b) => { b.onclick = async () => { if (confirm('Revoke this token?')) { await api('DELETE', `/api/v1/tokens/${b.dataset.revoke}`); route(); } }; });
+  const cf = document.getElementById('cert-form');
+  cf.onsubmit = async (ev) => {
+    ev.preventDefault();
+    try { await api('PUT', '/api/v1/host/certificate', { cert_pem: cf.querySelector('#cert').value, key_pem: cf.querySelector('#key').value }); toast('Certificate installed; reload the page'); } catch (e) { showError(cf, e); }
+  };
+  const power = async (action, question) => {
+    if (!confirm(question)) return;
+    try { await api('POST', '/api/v1/host/power', { action }); toast(`kvmos is going to ${action === 'reboot' ? 'reboot' : 'shut down'}`); } catch (e) { toast(e.message, true); }
+  };
+  document.getElementById('reboot-host').onclick = () => power('reboot', 'Reboot kvmos? Running VMs are shut down first.');
+  document.getElementById('shutdown-host').onclick = () => power('shutdown', 'Shut down kvmos? Running VMs are shut down first, and the server powers off.');
+}
+
+document.getElementById('logout').onclick = async () => {
+  try { await api('POST', '/api/v1/session/logout'); } catch (e) { /* gone anyway */ }
+  csrf = null; go('#/login');
+};
+window.addEventListener('hashchange', route);
+route();
