@@ -45,6 +45,8 @@ pub const BUILD: &[Requirement] = &[
     cmd("mke2fs", "e2fsprogs"),
     cmd("e2fsck", "e2fsprogs"),
     cmd("ldd", "libc-bin"),
+    // webadmin's build script vendors xterm.js with `npm ci`.
+    cmd("npm", "npm"),
     Requirement { what: "libelf headers (gelf.h)", check: Check::File("/usr/include/gelf.h"), package: "libelf-dev" },
     Requirement {
         what: "OpenSSL headers (openssl/ssl.h)",
@@ -75,8 +77,14 @@ pub const RUN: &[Requirement] = &[
     },
 ];
 
-/// Needed by the tests beyond booting: making and checking ext4 data disks.
-pub const TEST: &[Requirement] = &[cmd("mkfs.ext4", "e2fsprogs"), cmd("cargo", "cargo (install Rust with rustup)")];
+/// Needed by the tests beyond booting: making and checking ext4 data disks,
+/// and the browser tests' headless Chromium.
+pub const TEST: &[Requirement] = &[
+    cmd("mkfs.ext4", "e2fsprogs"),
+    cmd("cargo", "cargo (install Rust with rustup)"),
+    cmd("chromium", "chromium"),
+    cmd("chromedriver", "chromium-driver"),
+];
 
 impl Requirement {
     pub fn is_met(&self) -> bool {

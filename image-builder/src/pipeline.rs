@@ -37,6 +37,8 @@ pub struct Outputs {
     pub disk_image: PathBuf,
     pub guest_kernel: PathBuf,
     pub guest_initramfs: PathBuf,
+    /// The static appliance programs, runnable on the build host too.
+    pub binaries: Binaries,
     pub manifest: Manifest,
 }
 
@@ -63,6 +65,7 @@ pub fn build(layout: &Layout, opts: &Options) -> Result<Outputs> {
         disk_image: layout.disk_image(),
         guest_kernel,
         guest_initramfs,
+        binaries: bins,
         manifest,
     })
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 pub use kvmos_image_builder::qemu::{Boot, Serial};
 
 pub mod nested;
+pub mod panel;
 
 /// TCG is slow and these machines are shared: boots get minutes, not seconds.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -34,6 +35,17 @@ pub fn image() -> Result<&'static Outputs> {
         })
         .as_ref()
         .map_err(|e| anyhow!("building the image failed: {e}"))
+}
+
+/// Builds the appliance's static programs once per test process (without
+/// the kernels), for tests that run them on this host.
+pub fn binaries() -> Result<&'static kvmos_image_builder::binaries::Binaries> {
+    static BINS: OnceLock<Result<kvmos_image_builder::binaries::Binaries, String>> = OnceLock::new();
+    BINS.get_or_init(|| {
+        kvmos_image_builder::binaries::build(&Layout::this_checkout().repo).map_err(|e| format!("{e:#}"))
+    })
+    .as_ref()
+    .map_err(|e| anyhow!("building the programs failed: {e}"))
 }
 
 /// `target/qemu-test/`: serial logs and per-test folders.

@@ -96,3 +96,18 @@ pub fn elf() -> Vec<u8> {
 pub fn write(path: &Path) -> std::io::Result<()> {
     std::fs::write(path, elf())
 }
+
+/// Installs the tiny guest as a bundled guest of the panel:
+/// `<guests_dir>/tiny/` with the kernel, an empty initrd and the
+/// `guest.json` descriptor the panel lists.
+pub fn bundle(guests_dir: &Path) -> std::io::Result<()> {
+    let dir = guests_dir.join("tiny");
+    std::fs::create_dir_all(&dir)?;
+    write(&dir.join("tiny.elf"))?;
+    std::fs::write(dir.join("initrd"), b"none")?;
+    let descriptor = serde_json::json!({
+        "name": "tiny", "description": "The tiny test guest: echoes the console", "kernel": "tiny.elf",
+        "initrd": "initrd", "cmdline": "console=ttyS0", "memory_mib": 32, "vcpus": 1,
+    });
+    std::fs::write(dir.join("guest.json"), descriptor.to_string())
+}

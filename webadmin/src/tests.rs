@@ -32,27 +32,12 @@ pub struct Answer {
     pub headers: axum::http::HeaderMap,
 }
 
-/// A bundled guest for tests: the tiny guest, which this host can run.
-pub fn bundle_tiny_guest(guests: &std::path::Path) {
-    let dir = guests.join("tiny");
-    std::fs::create_dir_all(&dir).unwrap();
-    kvmos_vmm::tiny_guest::write(&dir.join("tiny.elf")).unwrap();
-    std::fs::write(dir.join("initrd"), b"none").unwrap();
-    std::fs::write(
-        dir.join("guest.json"),
-        json!({"name": "tiny", "description": "the tiny test guest", "kernel": "tiny.elf", "initrd": "initrd",
-               "cmdline": "console=ttyS0", "memory_mib": 32, "vcpus": 1})
-        .to_string(),
-    )
-    .unwrap();
-}
-
 impl Harness {
     pub async fn new() -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        bundle_tiny_guest(&d.join("guests"));
+        kvmos_vmm::tiny_guest::bundle(&d.join("guests")).unwrap();
         let args = Args {
             data_dir: d.join("data"),
             listen: "127.0.0.1:0".parse().unwrap(),

@@ -1,0 +1,323 @@
+//! A client for the panel as an admin's script would use it: HTTPS with
+//! the session cookie and CSRF token, JSON in and out, and the serial
+//! console over its WebSocket. The panel's certificate is self-signed, so
+//! the client does not verify it (the tests check the panel, not PKI).
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::io::ErrorKind;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Panel {
+    pub port: u16,
+    agent: ureq::Agent,
+    cookie: Option<String>,
+    csrf: Option<String>,
+}
+
+impl Panel {
+    pub fn new(port: u16) -> Self {
+        let tls = ureq::tls::TlsConfig::builder().disable_verification(true).build();
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self { port, agent, cookie: None, csrf: None }
+    }
+
+    /// One API call; returns the status and the JSON body (Null if none).
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+        let url = format!("https://127.0.0.1:{}{path}", self.port);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(c) = &self.cookie {
+            req = req.header("Cookie", format!("kvmos_session={c}"));
+        }
+        if let Some(c) = &self.csrf {
+            req = req.header("X-CSRF-Token", c);
+        }
+        let text = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = req.header("Content-Type", "application/json").body(text)?;
+        let mut resp = self.agent.run(req).with_context(|| format!("{method} {path}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let json =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Ok((status, json))
+    }
+
+    /// Calls and expects a 2xx.
+    pub fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let (status, json) = self.call(method, path, body)?;
+        if !(200..300).contains(&status) {
+            bail!("{method} {path}: HTTP {status}: {json}");
+        }
+        Ok(json)
+    }
+
+    fn start_session(&mut self, path: &str, body: Value) -> Result<()> {
+        let url = format!("https://127.0.0.1:{}{path}", self.port);
+        let req = ureq::http::Request::builder()
+            .method("POST")
+            .uri(&url)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())?;
+        let mut resp = self.agent.run(req)?;
+        let status = resp.status().as_u16();
+        let cookie = resp.headers().get("set-cookie").and_then(|v| v.to_str().ok()).map(String::from);
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        if status != 200 {
+            bail!("POST {path}: HTTP {status}: {text}");
+        }
+        let cookie = cookie.ok_or_else(|| anyhow!("no session cookie"))?;
+        self.cookie = Some(cookie.split(';').next().unwrap_or("").trim_start_matches("kvmos_session=").to_string());
+        let v: Value = serde_json::from_str(&text)?;
+        self.csrf = v["csrf"].as_str().map(String::from);
+        Ok(())
+    }
+
+    /// First boot: the setup code and the new password (logs in).
+    pub fn setup(&mut self, code: &str, password: &str) -> Result<()> {
+        self.start_session("/api/v1/setup", serde_json::json!({"code": code, "password": password}))
+    }
+
+    pub fn login(&mut self, password: &str) -> Result<()> {
+        self.start_session("/api/v1/login", serde_json::json!({"password": password}))
+    }
+
+    /// Polls a VM until its state is `state`.
+    pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let vm = self.ok("GET", &format!("/api/v1/vms/{id}"), None)?;
+            if vm["state"] == state {
+                return Ok(vm);
+            }
+            if Instant::now() > deadline {
+                bail!("VM {id} is {} after {timeout:?}, not {state}", vm["state"]);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn action(&self, id: &str, action: &str) -> Result<Value> {
+        self.ok("POST", &format!("/api/v1/vms/{id}/actions"), Some(serde_json::json!({"action": action})))
+    }
+
+    /// Opens a VM's serial console (the WebSocket the browser uses).
+    pub fn console(&self, id: &str) -> Result<Console> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+            .with_no_client_auth();
+        let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into()?)?;
+        let tls = rustls::StreamOwned::new(conn, tcp);
+        let request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "wss://127.0.0.1:{}/api/v1/vms/{id}/console",
+            self.port
+        ))?;
+        let mut request = request;
+        if let Some(c) = &self.cookie {
+            request.headers_mut().insert("Cookie", format!("kvmos_session={c}").parse()?);
+        }
+        let (ws, _) = tungstenite::client::client(request, tls).map_err(|e| anyhow!("console WebSocket: {e}"))?;
+        ws.get_ref().sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        Ok(Console { ws, seen: String::new() })
+    }
+}
+
+pub struct Console {
+    ws: tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+    /// Everything received so far.
+    pub seen: String,
+}
+
+impl Console {
+    pub fn send(&mut self, text: &str) -> Result<()> {
+        self.ws.send(tungstenite::Message::Binary(text.as_bytes().to_vec().into()))?;
+        Ok(())
+    }
+
+    /// Reads until `needle` appears after `from` (a position in `seen`);
+    /// returns the position after it.
+    pub fn expect_after(&mut self, from: usize, needle: &str, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.seen.get(from..).and_then(|s| s.find(needle)) {
+                return Ok(from + i + needle.len());
+            }
+            if Instant::now() > deadline {
+                bail!("no {needle:?} on the console within {timeout:?}; got:\n{}", self.seen);
+            }
+            match self.ws.read() {
+                Ok(tungstenite::Message::Binary(b)) => self.seen.push_str(&String::from_utf8_lossy(&b)),
+                Ok(tungstenite::Message::Text(t)) => self.seen.push_str(&t),
+                Ok(tungstenite::Message::Close(_)) => bail!("the console closed; got:\n{}", self.seen),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => bail!("console: {e}; got:\n{}", self.seen),
+            }
+        }
+    }
+
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> Result<usize> {
+        self.expect_after(0, needle, timeout)
+    }
+}
+
+/// Accepts the panel's self-signed certificate.
+#[derive(Debug)]
+struct AnyCertificate;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// kvmos-webadmin running on this host (not in QEMU), the way a developer
+/// runs it: its own data, run and guests directories under
+/// `target/qemu-test/<name>/`, the tiny guest bundled (Linux guests cannot
+/// run on this host's KVM), and no bridge. Dropping it kills the panel and
+/// any VMM it left running.
+pub struct HostPanel {
+    pub dir: std::path::PathBuf,
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl HostPanel {
+    pub fn start(name: &str) -> Result<Self> {
+        let dir = crate::work_dir(name)?;
+        kvmos_vmm::tiny_guest::bundle(&dir.join("guests"))?;
+        let port = kvmos_image_builder::qemu::free_port()?;
+        let mut p = Self { dir, port, child: None };
+        p.spawn()?;
+        Ok(p)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let bins = crate::binaries()?;
+        let d = &self.dir;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("webadmin.log"))?;
+        let child = std::process::Command::new(&bins.webadmin)
+            .arg("--data-dir")
+            .arg(d.join("data"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.port), "--redirect-from", "none"])
+            .arg("--status-file")
+            .arg(d.join("no-init-status.json"))
+            .arg("--setup-code-file")
+            .arg(d.join("setup-code"))
+            .arg("--run-dir")
+            .arg(d.join("run"))
+            .arg("--guests-dir")
+            .arg(d.join("guests"))
+            .args(["--bridge", "kvmos-no-bridge"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start kvmos-webadmin")?;
+        self.child = Some(child);
+        crate::wait_https(self.port, "/api/v1/health", Duration::from_secs(60))?;
+        Ok(())
+    }
+
+    pub fn setup_code(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.dir.join("setup-code"))?.trim().to_string())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("webadmin.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The pids of the VMMs in the run directory.
+    pub fn vmm_pids(&self) -> Vec<i32> {
+        std::fs::read_dir(self.dir.join("run"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("pid")).ok()?.trim().parse().ok())
+            .collect()
+    }
+
+    /// SIGKILL, as a crash would; the VMMs keep running.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the panel again on the same directories and port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill()?;
+        self.spawn()
+    }
+
+    /// SIGTERM, as kvmos-init sends at shutdown; waits for the panel to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().ok_or_else(|| anyhow!("the panel is not running"))?;
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                bail!("the panel did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for HostPanel {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        for pid in self.vmm_pids() {
+            // SAFETY: ends a VMM this panel started for the test.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The panel supervising real kvmos-vmm processes on this host, driven
+//! through its HTTPS API and console WebSocket: start, no double start, the
+//! console, graceful and forced stops with their exit reasons, re-attaching
+//! after the panel is killed, and powering the VMs off at SIGTERM.
+//!
+//! The guest is the tiny guest (kvmos_vmm::tiny_guest), bundled like the
+//! demo guest: this host's KVM cannot run Linux guests (DESIGN.md).
+
+use kvmos_qemu_test::panel::{HostPanel, Panel};
+use kvmos_vmm::tiny_guest::{PROMPT, READY_LINE};
+use serde_json::json;
+use std::time::Duration;
+
+const PASSWORD: &str = "a long admin password";
+const T: Duration = Duration::from_secs(30);
+
+fn logged_in(p: &HostPanel) -> Panel {
+    let mut panel = Panel::new(p.port);
+    panel.setup(&p.setup_code().unwrap(), PASSWORD).unwrap();
+    panel
+}
+
+fn create_tiny(panel: &Panel, name: &str) -> String {
+    let vm = panel
+        .ok(
+            "POST",
+            "/api/v1/vms",
+            Some(json!({"name": name, "vcpus": 1, "memory_mib": 32, "boot": {"type": "guest", "guest": "tiny"}})),
+        )
+        .unwrap();
+    vm["id"].as_str().unwrap().to_string()
+}
+
+fn last_run(panel: &Panel, id: &str) -> serde_json::Value {
+    let vm = panel.ok("GET", &format!("/api/v1/vms/{id}"), None).unwrap();
+    vm["runs"].as_array().unwrap().last().cloned().unwrap()
+}
+
+#[test]
+fn start_console_stop_and_force_off() {
+    let host = HostPanel::start("panel-supervision").unwrap();
+    let panel = logged_in(&host);
+    let id = create_tiny(&panel, "tiny1");
+
+    let vm = panel.action(&id, "start").unwrap();
+    assert_eq!(vm["state"], "running");
+    let (status, err) =
+        panel.call("POST", &format!("/api/v1/vms/{id}/actions"), Some(json!({"action": "start"}))).unwrap();
+    assert_eq!(status, 409, "no double start: {err}");
+    assert_eq!(host.vmm_pids().len(), 1);
+
+    // The console replays the boot output, then echoes what is typed.
+    let mut console = panel.console(&id).unwrap();
+    let at = console.expect(PROMPT, T).unwrap();
+    assert!(console.seen.contains(READY_LINE));
+    console.send("hello-from-the-api").unwrap();
+    console.expect_after(at, "hello-from-the-api", T).unwrap();
+
+    let (status, err) = panel.call("DELETE", &format!("/api/v1/vms/{id}"), None).unwrap();
+    assert_eq!(status, 409, "a running VM cannot be deleted: {err}");
+
+    // Graceful: the ACPI power button; the guest powers off by itself.
+    panel.action(&id, "shutdown").unwrap();
+    panel.wait_state(&id, "stopped", T).unwrap();
+    let run = last_run(&panel, &id);
+    assert_eq!(run["exit_code"], 0, "{run}");
+    assert!(run["reason"].as_str().unwrap().contains("powered off"), "{run}");
+
+    // Forced: stopped from outside.
+    panel.action(&id, "start").unwrap();
+    panel.action(&id, "force-off").unwrap();
+    panel.wait_state(&id, "stopped", T).unwrap();
+    let run = last_run(&panel, &id);
+    assert_eq!(run["exit_code"], 5, "{run}");
+    assert!(host.vmm_pids().is_empty(), "the run directory is cleaned up");
+
+    let audit = panel.ok("GET", "/api/v1/audit", None).unwrap();
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    for a in ["vm.start", "vm.shutdown", "vm.forceoff", "vm.create"] {
+        assert!(actions.contains(&a), "{a} audited: {actions:?}");
+    }
+}
+
+#[test]
+fn a_restarted_panel_reattaches_and_sigterm_powers_vms_off() {
+    let mut host = HostPanel::start("panel-reattach").unwrap();
+    let panel = logged_in(&host);
+    let id = create_tiny(&panel, "survivor");
+    panel.action(&id, "start").unwrap();
+    let pids = host.vmm_pids();
+    assert_eq!(pids.len(), 1);
+
+    // The panel crashes; its VMM does not.
+    host.restart().unwrap();
+    assert_eq!(host.vmm_pids(), pids, "the same VMM is still running");
+    let mut panel = Panel::new(host.port);
+    panel.login(PASSWORD).unwrap();
+    assert_eq!(panel.ok("GET", &format!("/api/v1/vms/{id}"), None).unwrap()["state"], "running", "re-attached");
+    let (status, _) =
+        panel.call("POST", &format!("/api/v1/vms/{id}/actions"), Some(json!({"action": "start"}))).unwrap();
+    assert_eq!(status, 409, "not started twice");
+    let mut console = panel.console(&id).unwrap();
+    let at = console.expect(PROMPT, T).unwrap();
+    console.send("still-here").unwrap();
+    console.expect_after(at, "still-here", T).unwrap();
+
+    // At shutdown init sends SIGTERM: the VMs power off first.
+    let status = host.terminate(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "{status}\n{}", host.log());
+    let vm_file = host.dir.join(format!("data/panel/vms/{id}.json"));
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(vm_file).unwrap()).unwrap();
+    let run = record["runs"].as_array().unwrap().last().unwrap();
+    assert_eq!(run["exit_code"], 0, "powered off gracefully: {run}\n{}", host.log());
+    // The VMM was started by the panel that was killed, so it was
+    // reparented; until its new parent reaps it, it may linger as a zombie.
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    };
+    assert!(!pids.iter().any(|&p| alive(p)), "no VMM left");
+}
