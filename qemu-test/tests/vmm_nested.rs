@@ -19,6 +19,19 @@ printf x | dd of=/dev/port bs=1 seek=1088 count=1 2>/dev/null
 poweroff -f
 "#;
 
+/// Runs an L1 `script` next to kvmos-vmm, the guest kernel and an L2
+/// initramfs (`l2.cpio.zst`) whose init is `l2_init`.
+fn with_l2(name: &str, l2_init: &str, script: &str) -> kvmos_qemu_test::nested::NestedResult {
+    Nested::new(script)
+        .unwrap()
+        .with_vmm()
+        .unwrap()
+        .file("l2.cpio.zst", guest_initramfs(l2_init).unwrap(), 0o644)
+        .unwrap()
+        .run(name, TIMEOUT)
+        .unwrap()
+}
+
 fn boot_to_marker(vcpus: u8) {
     // The VMM's log goes to a file: on the shared console its lines would
     // land in the middle of the guest's.
@@ -28,14 +41,7 @@ fn boot_to_marker(vcpus: u8) {
          echo \"VMM-EXIT $?\"\n\
          cat vmm.err\n"
     );
-    let r = Nested::new(&script)
-        .unwrap()
-        .with_vmm()
-        .unwrap()
-        .file("l2.cpio.zst", guest_initramfs(L2_INIT).unwrap(), 0o644)
-        .unwrap()
-        .run(&format!("vmm-boot-{vcpus}cpu"), TIMEOUT)
-        .unwrap();
+    let r = with_l2(&format!("vmm-boot-{vcpus}cpu"), L2_INIT, &script);
     assert!(r.output.contains(&format!("L2-MARKER cpus={vcpus}")), "{}", r.output);
     assert!(r.output.contains("guest boot marker"), "the VMM logged the marker:\n{}", r.output);
     let rng = r.output.lines().find_map(|l| l.split("L2-RNG ").nth(1)).unwrap_or_default();
@@ -143,14 +149,7 @@ poweroff -f
          --disk disk.img --serial stdio < /dev/null\n\
          echo \"VMM-EXIT $?\"\n\
          echo \"DISK $(dd if=disk.img bs=1 skip=4096 count=16 2>/dev/null)\"\n";
-    let r = Nested::new(script)
-        .unwrap()
-        .with_vmm()
-        .unwrap()
-        .file("l2.cpio.zst", guest_initramfs(L2).unwrap(), 0o644)
-        .unwrap()
-        .run("vmm-blk", TIMEOUT)
-        .unwrap();
+    let r = with_l2("vmm-blk", L2, script);
     assert!(r.output.contains("L2-SERIAL disk.img"), "the device ID:\n{}", r.output);
     assert!(r.output.contains("L2-WROTE 0"), "{}", r.output);
     assert!(r.output.contains("VMM-EXIT 0"), "{}", r.output);
@@ -185,14 +184,7 @@ poweroff -f
          status=$?\n\
          cat out\n\
          echo \"VMM-EXIT $status\"\n";
-    let r = Nested::new(script)
-        .unwrap()
-        .with_vmm()
-        .unwrap()
-        .file("l2.cpio.zst", guest_initramfs(L2).unwrap(), 0o644)
-        .unwrap()
-        .run("vmm-net", TIMEOUT)
-        .unwrap();
+    let r = with_l2("vmm-net", L2, script);
     assert!(r.output.contains("L2-MAC 52:54:00:12:34:56"), "the configured MAC:\n{}", r.output);
     assert!(r.output.contains("3 packets transmitted, 3 packets received"), "{}", r.output);
     assert!(r.output.contains("L2-PING 0"), "{}", r.output);

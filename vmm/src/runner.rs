@@ -118,6 +118,7 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
 
     watch_virtio(&epoll, &machine)?;
 
+    tracing::info!("starting the vCPUs {:.1} ms after VMM start", machine.started.elapsed().as_secs_f64() * 1000.0);
     let mut threads = Vec::new();
     for vcpu in machine.vcpus.drain(..) {
         let name = format!("vcpu{}", vcpu.index);

@@ -53,13 +53,37 @@ fn code() -> Vec<u8> {
     c
 }
 
-/// The guest as an ELF64 executable: one PT_LOAD segment holding the whole
+/// A guest that only writes the boot marker and powers off: for measuring
+/// how fast VMs are created, booted and torn down.
+fn marker_code() -> Vec<u8> {
+    vec![
+        0x66, 0xBA, 0x40, 0x04, //  0: mov dx, 0x440      (boot marker)
+        0xB0, 0x01, //              4: mov al, 1
+        0xEE, //                    6: out dx, al
+        0x66, 0xBA, 0x04, 0x06, //  7: mov dx, 0x604      (PM1a_CNT)
+        0x66, 0xB8, 0x00, 0x34, // 11: mov ax, 0x3400     (SLP_TYP=5, SLP_EN)
+        0x66, 0xEF, //             15: out dx, ax
+        0xF4, //                   17: hlt
+        0xEB, 0xFD, //             18: jmp 17
+    ]
+}
+
+/// The echoing guest as an ELF64 executable.
+pub fn elf() -> Vec<u8> {
+    elf_with(code())
+}
+
+/// The marker-and-power-off guest as an ELF64 executable.
+pub fn marker_elf() -> Vec<u8> {
+    elf_with(marker_code())
+}
+
+/// Wraps code in an ELF64 executable: one PT_LOAD segment holding the whole
 /// file, loaded at the kernel address; the entry is the code after the
 /// headers.
-pub fn elf() -> Vec<u8> {
+fn elf_with(code: Vec<u8>) -> Vec<u8> {
     const EHDR: usize = 64;
     const PHDR: usize = 56;
-    let code = code();
     const LOAD: u64 = 0x10_0000; // 1 MiB, where kernels are loaded
     let entry = LOAD + (EHDR + PHDR) as u64;
     let size = (EHDR + PHDR + code.len()) as u64;

@@ -89,7 +89,8 @@ pub fn overview(
     }
 }
 
-fn fs_space(dir: &Path) -> (u64, u64) {
+/// Free and total bytes of the file system holding `dir`.
+pub fn fs_space(dir: &Path) -> (u64, u64) {
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return (0, 0) };
     // SAFETY: statvfs fills the struct for a valid path.
     unsafe {

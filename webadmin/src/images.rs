@@ -84,15 +84,7 @@ fn now_unix() -> u64 {
 
 /// Free bytes on the file system holding `dir`.
 pub fn free_space(dir: &Path) -> u64 {
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return 0 };
-    // SAFETY: statvfs fills the struct for a valid path.
-    unsafe {
-        let mut s: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
-            return 0;
-        }
-        s.f_bavail * s.f_frsize
-    }
+    crate::host::fs_space(dir).0
 }
 
 impl Images {

@@ -1,0 +1,150 @@
+//! kvmos-vmm figures on this host's /dev/kvm, with the hand-assembled tiny
+//! guests (Linux guests cannot run here; the nested figures come from
+//! `nested-vmm-bench`). The VMM is the release static binary the appliance
+//! ships.
+//!
+//! - start → API socket ready: wall ms, and the CPU ms the VMM's threads
+//!   used by then (from /proc/<pid>/task/*/schedstat, in ns);
+//! - memory overhead for 1 vCPU and 128 MiB: VmRSS minus the resident part
+//!   of the guest memory mapping;
+//! - VMs created, booted to the boot marker and torn down per second, one
+//!   after another (one stream, so per core).
+//!
+//! Usage: `cargo run -p kvmos-qemu-test --bin vmm-bench -- [RUNS]`
+
+use anyhow::{bail, Context, Result};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn config(dir: &Path, kernel: &Path, name: &str) -> Result<PathBuf> {
+    let cfg = serde_json::json!({
+        "vm_id": name, "kernel": kernel, "memory_mib": 128, "vcpus": 1, "rng": false,
+        "serial": {"mode": "socket", "path": dir.join(format!("{name}.console"))},
+        "api_socket": dir.join(format!("{name}.api")),
+    });
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, cfg.to_string())?;
+    Ok(path)
+}
+
+fn spawn(vmm: &Path, cfg: &Path) -> Result<Child> {
+    Ok(Command::new(vmm).arg("--config").arg(cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?)
+}
+
+/// CPU time of every thread of `pid`, and of its main thread, in ns.
+fn cpu_ns(pid: u32) -> (u64, u64) {
+    let read = |p: PathBuf| -> u64 {
+        std::fs::read_to_string(p).ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    };
+    let main = read(PathBuf::from(format!("/proc/{pid}/task/{pid}/schedstat")));
+    let all = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().map(|t| read(t.path().join("schedstat"))).sum())
+        .unwrap_or(main);
+    (all, main)
+}
+
+fn kib(status: &str, key: &str) -> u64 {
+    status.lines().find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+/// The resident KiB of the guest memory mapping (the anonymous mapping of
+/// at least the guest's size).
+fn guest_rss_kib(pid: u32, guest_kib: u64) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut total = 0;
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        // A mapping's header line starts with its address range.
+        if line.split_whitespace().next().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+            in_guest = false;
+        }
+        if let Some(size) = line.strip_prefix("Size:") {
+            in_guest =
+                size.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| s >= guest_kib);
+        }
+        if in_guest {
+            if let Some(rss) = line.strip_prefix("Rss:") {
+                total += rss.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+fn stop(child: &mut Child, api: &Path) -> Result<()> {
+    kvmos_vmm::api::call(api, "PUT", "/actions", Some(r#"{"action":"stop"}"#))?;
+    child.wait()?;
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(20);
+    let bins = kvmos_qemu_test::binaries()?;
+    let dir = kvmos_qemu_test::work_dir("vmm-bench")?;
+    let echo = dir.join("tiny.elf");
+    std::fs::write(&echo, kvmos_vmm::tiny_guest::elf())?;
+    let marker = dir.join("marker.elf");
+    std::fs::write(&marker, kvmos_vmm::tiny_guest::marker_elf())?;
+    println!("kvmos-vmm {} on this host's /dev/kvm; 1 vCPU, 128 MiB; {runs} runs", bins.vmm.display());
+
+    let (mut walls, mut cpus_all, mut cpus_main, mut overheads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let name = format!("start{i}");
+        let cfg = config(&dir, &echo, &name)?;
+        let api = dir.join(format!("{name}.api"));
+        let t0 = Instant::now();
+        let mut child = spawn(&bins.vmm, &cfg)?;
+        while UnixStream::connect(&api).is_err() {
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("the API socket never came up");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let wall = t0.elapsed().as_secs_f64() * 1000.0;
+        let (all, main) = cpu_ns(child.id());
+        // Let the guest settle, then read the memory.
+        std::thread::sleep(Duration::from_millis(300));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).context("status")?;
+        let rss = kib(&status, "VmRSS:");
+        let guest = guest_rss_kib(child.id(), 128 * 1024);
+        stop(&mut child, &api)?;
+        walls.push(wall);
+        cpus_all.push(all as f64 / 1e6);
+        cpus_main.push(main as f64 / 1e6);
+        overheads.push((rss - guest) as f64 / 1024.0);
+        if i == 0 {
+            println!("  first run: VmRSS {rss} KiB, guest memory resident {guest} KiB");
+        }
+    }
+    println!("start → API socket ready: median {:.2} ms wall", median(walls.clone()));
+    println!(
+        "  CPU by then: median {:.2} ms (all threads), {:.2} ms (main thread)",
+        median(cpus_all),
+        median(cpus_main)
+    );
+    println!("memory overhead (VmRSS − resident guest memory): median {:.2} MiB", median(overheads));
+
+    let n = runs * 5;
+    let t0 = Instant::now();
+    for i in 0..n {
+        let name = format!("boot{i}");
+        let cfg = config(&dir, &marker, &name)?;
+        let status = spawn(&bins.vmm, &cfg)?.wait()?;
+        if status.code() != Some(0) {
+            bail!("the marker guest ended with {status}");
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "create → boot marker → power-off → exit, one after another: {n} VMs in {secs:.2} s = {:.1} VMs/s on one core",
+        n as f64 / secs
+    );
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! The whole appliance, end to end, driven only from outside as an admin
+//! would: `kvmos.img` boots under QEMU TCG (`-cpu max`, so KVM works
+//! nested inside) with a data disk, and the test acts through the forwarded
+//! panel port and the serial console of the appliance only.
+//!
+//! Day one: set up with the code from the console, check the host, create
+//! the demo guest with a new disk and a NIC on br0, use its shell over the
+//! console WebSocket, write a file on its disk, shut it down, reboot the
+//! appliance from the panel (the definition, the file and the autostart VM
+//! come back), and power the appliance off with a VM running.
+
+use kvmos_image_builder::guest::READY_LINE;
+use kvmos_image_builder::qemu::{free_port, QemuOptions};
+use kvmos_qemu_test::browser::Browser;
+use kvmos_qemu_test::panel::Panel;
+use kvmos_qemu_test::{image, wait_https, work_dir, Appliance, Boot, DataDisk, BOOT_TIMEOUT};
+use serde_json::json;
+use std::time::Duration;
+
+const PASSWORD: &str = "day one admin password";
+/// Nested guests under TCG are slow: minutes, not seconds.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
+const PROMPT: &str = "demo:/# ";
+
+/// Reads the setup code from the console block.
+fn setup_code(vm: &mut Appliance) -> String {
+    let block = vm.expect("(enter it in the panel", BOOT_TIMEOUT).unwrap();
+    let line = block.lines().rev().find(|l| l.contains("Setup code:")).unwrap();
+    line.split_whitespace().nth(2).unwrap().to_string()
+}
+
+fn demo_vm_spec(name: &str) -> serde_json::Value {
+    json!({"name": name, "vcpus": 1, "memory_mib": 128, "boot": {"type": "guest", "guest": "demo"},
+           "disks": [{"image": format!("{name}-disk"), "size_mib": 64}], "network": true, "autostart": true})
+}
+
+#[test]
+fn day_one_reboot_and_power_off() {
+    let img = image().unwrap();
+    let dir = work_dir("appliance-day-one").unwrap();
+    let disk = DataDisk::create(&dir.join("data.img"), 512, "KVMOS_DATA").unwrap();
+    let monitor = dir.join("monitor.sock");
+    let port = free_port().unwrap();
+    let mut opts = QemuOptions::new(Boot::Uefi { disk: img.disk_image.clone() }, &dir);
+    opts.drives = vec![disk.path.clone()];
+    opts.monitor_socket = Some(monitor.clone());
+    opts.panel_host_port = Some(port);
+    let mut vm = Appliance::boot("appliance-day-one", opts).unwrap();
+
+    // 1. The setup code from the console; set the password (this logs in).
+    let code = setup_code(&mut vm);
+    wait_https(port, "/api/v1/health", BOOT_TIMEOUT).unwrap();
+    let mut panel = Panel::new(port);
+    panel.setup(&code, PASSWORD).unwrap();
+
+    // 2. The host: KVM works (nested) and the data disk is mounted.
+    let host = panel.ok("GET", "/api/v1/host", None).unwrap();
+    assert_eq!(host["kvm_available"], true, "{host}");
+    assert_eq!(host["data_disk"]["mounted"], true, "{host}");
+
+    // 3. The demo guest with a new 64 MiB disk and a NIC on br0.
+    let created = panel.ok("POST", "/api/v1/vms", Some(demo_vm_spec("demo1"))).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    panel.action(&id, "start").unwrap();
+
+    // 4. Its shell, over the console WebSocket.
+    let mut console = panel.console(&id).unwrap();
+    let mut at = console.expect(READY_LINE, GUEST_TIMEOUT).unwrap();
+    console.send("\n").unwrap();
+    at = console.expect_after(at, PROMPT, GUEST_TIMEOUT).unwrap();
+    console.send("echo answer-$((6*7))\n").unwrap();
+    at = console.expect_after(at, "answer-42", GUEST_TIMEOUT).unwrap();
+    // The NIC on br0 got a lease from the network the host is on.
+    console
+        .send("for i in $(seq 60); do ip -4 addr show eth0 | grep -q 'inet 10.0.2' && break; sleep 1; done; ip -4 addr show eth0 | grep -o 'inet 10.0.2[0-9.]*' | sed 's/^/LEASE /'\n")
+        .unwrap();
+    at = console.expect_after(at, "LEASE inet 10.0.2", GUEST_TIMEOUT).unwrap();
+
+    // 5. A file on the VM's disk, then a graceful shutdown from the panel.
+    console
+        .send("mke2fs -q /dev/vda && mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && echo kvmos-e2e-proof > /mnt/proof.txt && umount /mnt && echo WROTE-$((1+1))\n")
+        .unwrap();
+    console.expect_after(at, "WROTE-2", GUEST_TIMEOUT).unwrap();
+    panel.action(&id, "shutdown").unwrap();
+    let stopped = panel.wait_state(&id, "stopped", GUEST_TIMEOUT).unwrap();
+    let run = stopped["runs"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(run["exit_code"], 0, "the guest powered off by itself: {run}");
+
+    // 6. Reboot the appliance from the panel; everything comes back.
+    panel.ok("POST", "/api/v1/host/power", Some(json!({"action": "reboot"}))).unwrap();
+    // (The kernel's own reboot messages may cut into init's last line, so
+    // wait for the signal and then the next boot.)
+    vm.expect("kvmos-init: received SIGUSR1: reboot", BOOT_TIMEOUT).unwrap();
+    vm.expect("kvmos-init: ready", BOOT_TIMEOUT).unwrap();
+    wait_https(port, "/api/v1/health", BOOT_TIMEOUT).unwrap();
+    let mut panel = Panel::new(port);
+    panel.login(PASSWORD).unwrap();
+    let again = panel.wait_state(&id, "running", GUEST_TIMEOUT).unwrap();
+    assert_eq!(again["name"], "demo1", "the definition survived: {again}");
+    let mut console = panel.console(&id).unwrap();
+    let mut at = console.expect(READY_LINE, GUEST_TIMEOUT).unwrap();
+    console.send("\n").unwrap();
+    at = console.expect_after(at, PROMPT, GUEST_TIMEOUT).unwrap();
+    console.send("mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && cat /mnt/proof.txt | sed 's/^/FOUND /'\n").unwrap();
+    at = console.expect_after(at, "FOUND kvmos-e2e-proof", GUEST_TIMEOUT).unwrap();
+    let _ = at;
+
+    // 7. system_powerdown with the VM running: the VM powers off first,
+    // then the appliance, and QEMU exits by itself with a clean disk.
+    vm.monitor(&monitor, "system_powerdown").unwrap();
+    vm.expect("power button pressed: power off", BOOT_TIMEOUT).unwrap();
+    let shutdown = vm.expect("shutdown: sync and unmount the data disk", BOOT_TIMEOUT).unwrap();
+    assert!(shutdown.contains("powering off 1 VM"), "the panel powered the VM off:\n{shutdown}");
+    assert!(shutdown.contains("the guest powered off"), "gracefully:\n{shutdown}");
+    let status = vm.wait_exit(Duration::from_secs(120)).unwrap();
+    assert!(status.success(), "QEMU exits by itself: {status}");
+    disk.check_clean().unwrap();
+}
+
+/// Steps 1 to 4 in headless Chromium against the appliance; screenshots in
+/// target/qemu-test/appliance-browser/screenshots/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn day_one_in_chromium() {
+    let (mut vm, port, dir) = tokio::task::spawn_blocking(|| {
+        let img = image().unwrap();
+        let dir = work_dir("appliance-browser").unwrap();
+        let disk = DataDisk::create(&dir.join("data.img"), 256, "KVMOS_DATA").unwrap();
+        let mut opts =
+            QemuOptions::new(Boot::Direct { kernel: img.bz_image.clone(), initrd: img.initramfs.clone() }, &dir);
+        opts.drives = vec![disk.path.clone()];
+        let port = free_port().unwrap();
+        opts.panel_host_port = Some(port);
+        (Appliance::boot("appliance-browser", opts).unwrap(), port, dir)
+    })
+    .await
+    .unwrap();
+    let code = tokio::task::spawn_blocking(move || {
+        let code = setup_code(&mut vm);
+        wait_https(port, "/api/v1/health", BOOT_TIMEOUT).unwrap();
+        (vm, code)
+    })
+    .await
+    .unwrap();
+    let (_vm, code) = code;
+    let shots = dir.join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let b = Browser::start(&shots).await.unwrap();
+    let t = Duration::from_secs(60);
+    b.client.goto(&format!("https://127.0.0.1:{port}/")).await.unwrap();
+    b.fill("#code", &code).await.unwrap();
+    b.fill("#password", PASSWORD).await.unwrap();
+    b.fill("#password2", PASSWORD).await.unwrap();
+    b.click("#setup-submit").await.unwrap();
+    b.wait_text("#kvm", "available", t).await.unwrap();
+    b.wait_text("#datadisk", "mounted", t).await.unwrap();
+    b.screenshot("01-dashboard").await.unwrap();
+    b.click("#logout").await.unwrap();
+    b.fill("#password", PASSWORD).await.unwrap();
+    b.click("#login-submit").await.unwrap();
+    b.wait_for("#vm-table", t).await.unwrap();
+
+    b.click("#new-vm").await.unwrap();
+    b.fill("#name", "web1").await.unwrap();
+    let disk_mode = b.wait_for("#disk-mode", t).await.unwrap();
+    disk_mode.select_by_value("new").await.unwrap();
+    b.fill("#disk-name", "web1-disk").await.unwrap();
+    b.fill("#disk-size", "64").await.unwrap();
+    b.screenshot("02-new-vm").await.unwrap();
+    b.click("#create-start").await.unwrap();
+    b.wait_for("#vm-state [data-state=running]", t).await.unwrap();
+    b.wait_text(".xterm-rows", READY_LINE, GUEST_TIMEOUT).await.unwrap();
+    let input = b.wait_for(".xterm-helper-textarea", t).await.unwrap();
+    input.send_keys("\n").await.unwrap();
+    b.wait_text(".xterm-rows", "demo:/#", GUEST_TIMEOUT).await.unwrap();
+    input.send_keys("echo browser-$((6*7))\n").await.unwrap();
+    b.wait_text(".xterm-rows", "browser-42", GUEST_TIMEOUT).await.unwrap();
+    b.screenshot("03-guest-shell").await.unwrap();
+    b.close().await.unwrap();
+}
