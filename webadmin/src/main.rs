@@ -89,6 +89,7 @@ fn run(args: Args) -> Result<()> {
         let tls = tls::load_or_create(&args.data_dir, &args.status_file)
             .await
             .context("cannot set up the TLS certificate")?;
+        tls::spawn_refresh(args.data_dir.clone(), args.status_file.clone(), tls.clone());
         let state = Arc::new(load_state(&args, tls)?);
         state.supervisor.reattach(&state);
         autostart(&state).await;

@@ -394,3 +394,25 @@ async fn the_ui_is_served_with_xterm_and_strict_headers() {
     assert_eq!(xterm.status, StatusCode::OK);
     assert!(xterm.headers[header::CONTENT_TYPE].to_str().unwrap().contains("javascript"));
 }
+
+#[tokio::test]
+async fn the_admin_can_install_their_own_certificate() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    let mine = rcgen::generate_simple_self_signed(vec!["kvm.example.net".into()]).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["other.example.net".into()]).unwrap();
+    let put = |cert: String, key: String| json!({"cert_pem": cert, "key_pem": key});
+    let garbage = h.call(Method::PUT, "/api/v1/host/certificate", Some(put("hello".into(), "x".into()))).await;
+    assert_eq!(garbage.body["field"], "cert_pem");
+    let mismatched = h
+        .call(Method::PUT, "/api/v1/host/certificate", Some(put(mine.cert.pem(), other.signing_key.serialize_pem())))
+        .await;
+    assert_eq!((mismatched.status, mismatched.body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("key_pem")));
+    let ok = h
+        .call(Method::PUT, "/api/v1/host/certificate", Some(put(mine.cert.pem(), mine.signing_key.serialize_pem())))
+        .await;
+    assert_eq!(ok.status, StatusCode::NO_CONTENT, "{:?}", ok.body);
+    let on_disk = std::fs::read_to_string(h.dir.path().join("data/tls/cert.pem")).unwrap();
+    assert_eq!(on_disk, mine.cert.pem());
+    assert!(!h.dir.path().join("data/tls/self-signed.json").exists(), "never replaced by a self-signed one");
+}

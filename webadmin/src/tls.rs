@@ -1,6 +1,11 @@
 //! The panel's TLS certificate. On first start a self-signed certificate is
 //! made for the host's names and addresses (rcgen) and kept on the data
-//! disk, so browsers see the same certificate after every reboot.
+//! disk, so browsers see the same certificate after every reboot. The names
+//! it was made for are kept beside it (`tls/self-signed.json`): when the
+//! host gets a name or address it does not cover (the DHCP lease arrives
+//! after the panel starts, or changes), it is made again and the live
+//! server switches to it. A certificate the admin installed is never
+//! replaced.
 
 use crate::app::ApiError;
 use anyhow::{Context, Result};
@@ -33,20 +38,63 @@ pub fn subject_names(status_file: &Path) -> Vec<String> {
     names
 }
 
+const NAMES_FILE: &str = "tls/self-signed.json";
+
+/// Makes a self-signed certificate for `names` and writes it with the list.
+fn make_self_signed(data_dir: &Path, names: &[String]) -> Result<()> {
+    let generated = rcgen::generate_simple_self_signed(names.to_vec()).context("cannot make a certificate")?;
+    write_private(&data_dir.join(KEY_FILE), generated.signing_key.serialize_pem().as_bytes())?;
+    write_private(&data_dir.join(CERT_FILE), generated.cert.pem().as_bytes())?;
+    crate::store::save_json(&data_dir.join(NAMES_FILE), &names)?;
+    tracing::info!(names = ?names, "made a self-signed TLS certificate");
+    Ok(())
+}
+
+/// The names the self-signed certificate lacks; None for the admin's own.
+fn missing_names(data_dir: &Path, status_file: &Path) -> Option<Vec<String>> {
+    let covered: Vec<String> = crate::store::load_json(&data_dir.join(NAMES_FILE)).ok().flatten()?;
+    let wanted = subject_names(status_file);
+    let missing = wanted.iter().any(|n| !covered.contains(n));
+    missing.then(|| {
+        let mut all = covered;
+        all.extend(wanted);
+        all.sort();
+        all.dedup();
+        all
+    })
+}
+
 /// Loads the certificate from the data directory, making it first if needed.
 pub async fn load_or_create(data_dir: &Path, status_file: &Path) -> Result<RustlsConfig> {
     let cert = data_dir.join(CERT_FILE);
     let key = data_dir.join(KEY_FILE);
     if !cert.exists() || !key.exists() {
-        let names = subject_names(status_file);
-        let generated = rcgen::generate_simple_self_signed(names.clone()).context("cannot make a certificate")?;
-        let dir = cert.parent().context("bad certificate path")?;
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
-        write_private(&cert, generated.cert.pem().as_bytes())?;
-        tracing::info!(names = ?names, "made a self-signed TLS certificate");
+        make_self_signed(data_dir, &subject_names(status_file))?;
+    } else if let Some(names) = missing_names(data_dir, status_file) {
+        make_self_signed(data_dir, &names)?;
     }
     RustlsConfig::from_pem_file(&cert, &key).await.with_context(|| format!("cannot load {}", cert.display()))
+}
+
+/// Every 10 s: if the host has a name or address the self-signed
+/// certificate does not cover, make it again and switch the server to it.
+pub fn spawn_refresh(data_dir: std::path::PathBuf, status_file: std::path::PathBuf, live: RustlsConfig) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            let Some(names) = missing_names(&data_dir, &status_file) else { continue };
+            let result = match make_self_signed(&data_dir, &names) {
+                Ok(()) => live
+                    .reload_from_pem_file(data_dir.join(CERT_FILE), data_dir.join(KEY_FILE))
+                    .await
+                    .map_err(Into::into),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::warn!("cannot renew the self-signed certificate: {e:#}");
+            }
+        }
+    });
 }
 
 /// Writes a file readable by root only, atomically.
@@ -75,6 +123,7 @@ pub async fn replace(data_dir: &Path, live: &RustlsConfig, cert_pem: &str, key_p
     certified
         .keys_match()
         .map_err(|_| ApiError::bad("key_pem", "key_pem: the key does not belong to the certificate"))?;
+    crate::store::remove(&data_dir.join(NAMES_FILE))?;
     write_private(&data_dir.join(KEY_FILE), key_pem.as_bytes())?;
     write_private(&data_dir.join(CERT_FILE), cert_pem.as_bytes())?;
     live.reload_from_pem(cert_pem.as_bytes().to_vec(), key_pem.as_bytes().to_vec())
@@ -97,6 +146,12 @@ mod tests {
         let first = std::fs::read(dir.path().join(CERT_FILE)).unwrap();
         load_or_create(dir.path(), &status).await.unwrap();
         assert_eq!(std::fs::read(dir.path().join(CERT_FILE)).unwrap(), first, "kept across restarts");
+        // A new address: made again, covering the old and the new names.
+        std::fs::write(&status, r#"{"address":"10.0.2.99/24"}"#).unwrap();
+        load_or_create(dir.path(), &status).await.unwrap();
+        assert_ne!(std::fs::read(dir.path().join(CERT_FILE)).unwrap(), first);
+        let names: Vec<String> = crate::store::load_json(&dir.path().join(NAMES_FILE)).unwrap().unwrap();
+        assert!(names.contains(&"10.0.2.15".into()) && names.contains(&"10.0.2.99".into()), "{names:?}");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "the key is private");

@@ -63,7 +63,9 @@ fn main() -> Result<()> {
         total as f64 / 1048576.0
     );
     println!("  panel start → demo guest shell prompt (nested): {:.2} s", to_shell.as_secs_f64());
-    for (name, path) in [("bzImage", &img.bz_image), ("initramfs.cpio.zst", &img.initramfs), ("kvmos.img", &img.disk_image)] {
+    for (name, path) in
+        [("bzImage", &img.bz_image), ("initramfs.cpio.zst", &img.initramfs), ("kvmos.img", &img.disk_image)]
+    {
         let len = std::fs::metadata(path)?.len();
         println!("  {name}: {len} bytes ({:.1} MiB)", len as f64 / 1048576.0);
     }

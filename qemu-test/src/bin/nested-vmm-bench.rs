@@ -16,6 +16,7 @@ use std::time::Duration;
 
 const L2_INIT: &str = r#"
 mount -t proc proc /proc
+mount -t devtmpfs devtmpfs /dev
 echo "L2-UPTIME $(cut -d' ' -f1 /proc/uptime)"
 printf x | dd of=/dev/port bs=1 seek=1088 count=1 2>/dev/null
 reboot -f
