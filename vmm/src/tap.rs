@@ -61,6 +61,15 @@ impl IfReq {
     }
 }
 
+/// An ioctl whose argument is a plain integer, not a pointer.
+fn ioctl_value(fd: RawFd, request: libc::c_ulong, value: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: the kernel reads `value` as a number for these requests.
+    if unsafe { libc::ioctl(fd, request, value) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn ioctl(fd: RawFd, request: libc::c_ulong, arg: *mut libc::c_void) -> io::Result<()> {
     // SAFETY: each caller passes a request and an argument of the type the
     // kernel expects for it, living for the duration of the call.
@@ -139,7 +148,7 @@ fn open_tun(name: &str, flags: libc::c_short) -> io::Result<File> {
 }
 
 fn set_offload(file: &File, flags: u32) -> io::Result<()> {
-    ioctl(file.as_raw_fd(), TUNSETOFFLOAD, flags as usize as *mut libc::c_void)
+    ioctl_value(file.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags))
 }
 
 fn control_socket() -> io::Result<OwnedFd> {
@@ -166,13 +175,13 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
 /// does), so a VMM started later can open it. An existing one is reused.
 pub fn create_persistent(name: &str) -> io::Result<()> {
     let file = open_tun(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)?;
-    ioctl(file.as_raw_fd(), TUNSETPERSIST, 1usize as *mut libc::c_void)
+    ioctl_value(file.as_raw_fd(), TUNSETPERSIST, 1)
 }
 
 /// Deletes a persistent TAP device.
 pub fn delete_persistent(name: &str) -> io::Result<()> {
     let file = open_tun(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)?;
-    ioctl(file.as_raw_fd(), TUNSETPERSIST, std::ptr::null_mut())
+    ioctl_value(file.as_raw_fd(), TUNSETPERSIST, 0)
 }
 
 /// Makes `port` a port of the bridge `bridge` (what `ip link set master`
