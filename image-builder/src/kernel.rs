@@ -98,6 +98,14 @@ pub struct BuiltKernel {
     src_dir: PathBuf,
 }
 
+impl BuiltKernel {
+    /// The uncompressed ELF kernel of the same build (bootable through PVH
+    /// when the config has CONFIG_PVH).
+    pub fn vmlinux(&self) -> PathBuf {
+        self.entry_dir.join("build/vmlinux")
+    }
+}
+
 /// Makes sure the source is extracted in the cache; returns the tree's path.
 pub fn prepare_source(source: &Source, cache_dir: &Path) -> Result<PathBuf> {
     let tarball = match &source.kind {

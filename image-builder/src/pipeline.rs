@@ -37,6 +37,9 @@ pub struct Outputs {
     pub disk_image: PathBuf,
     pub guest_kernel: PathBuf,
     pub guest_initramfs: PathBuf,
+    /// The guest kernel as an ELF vmlinux (PVH boot), for tests and
+    /// benchmarks; the appliance ships the bzImage.
+    pub guest_vmlinux: PathBuf,
     /// The static appliance programs, runnable on the build host too.
     pub binaries: Binaries,
     pub manifest: Manifest,
@@ -50,6 +53,8 @@ pub fn build(layout: &Layout, opts: &Options) -> Result<Outputs> {
     let host_kernel = step("build the host kernel", || build_kernel(layout, &source, "host"))?;
     let guest_kernel = step("build the guest kernel", || build_kernel(layout, &source, "guest"))?;
     let bins = step("build the static binaries", || binaries::build(&layout.repo))?;
+    let guest_vmlinux = layout.out_dir.join("guest/vmlinux");
+    step("copy the guest vmlinux", || copy_atomic(&guest_kernel.vmlinux(), &guest_vmlinux))?;
     let (guest_kernel, guest_initramfs) = step("assemble the demo guest", || demo_guest(layout, &guest_kernel))?;
     let initramfs = step("write the initramfs", || write_initramfs(layout, &bins, &guest_kernel, &guest_initramfs))?;
     let efi_kernel = step("build the UEFI kernel with the initramfs inside", || {
@@ -65,6 +70,7 @@ pub fn build(layout: &Layout, opts: &Options) -> Result<Outputs> {
         disk_image: layout.disk_image(),
         guest_kernel,
         guest_initramfs,
+        guest_vmlinux,
         binaries: bins,
         manifest,
     })

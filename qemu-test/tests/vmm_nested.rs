@@ -63,6 +63,32 @@ fn guest_kernel_boots_to_init_with_two_vcpus_and_powers_off() {
     boot_to_marker(2);
 }
 
+/// The same guest kernel as an ELF vmlinux, which has the PVH note: it is
+/// entered through PVH (32-bit, hvm_start_info) and reads its command line,
+/// initrd and memory map from there.
+#[test]
+fn guest_vmlinux_boots_through_pvh() {
+    let vmlinux = std::fs::read(&kvmos_qemu_test::image().unwrap().guest_vmlinux).unwrap();
+    let script =
+        "./kvmos-vmm --kernel vmlinux --initrd l2.cpio.zst --cmdline 'console=ttyS0 reboot=k panic=1 pci=off quiet' \
+         --memory-mib 128 --serial stdio < /dev/null 2> vmm.err\n\
+         echo \"VMM-EXIT $?\"\n\
+         cat vmm.err\n";
+    let r = Nested::new(script)
+        .unwrap()
+        .with_vmm()
+        .unwrap()
+        .file("vmlinux", vmlinux, 0o644)
+        .unwrap()
+        .file("l2.cpio.zst", guest_initramfs(L2_INIT).unwrap(), 0o644)
+        .unwrap()
+        .run("vmm-boot-pvh", TIMEOUT)
+        .unwrap();
+    assert!(r.output.contains("L2-MARKER cpus=1"), "{}", r.output);
+    assert!(r.output.contains("L2-RNG virtio_rng.0"), "{}", r.output);
+    assert!(r.output.contains("VMM-EXIT 0"), "{}", r.output);
+}
+
 /// Runs an L1 `script` next to kvmos-vmm, the guest kernel and the demo
 /// guest's initramfs. In the script, `{vmm}` is the command that boots the
 /// demo guest and `{ready}` the line its init prints when the shell is up.

@@ -157,8 +157,8 @@ pub fn build_linux_vm(config: &VmConfig, started: Instant) -> Result<Machine, Bu
         .chain(machine.virtio_cmdline.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(" ");
-    boot::write_boot_params(&machine.vm.memory, &kernel, &cmdline, initrd, rsdp)?;
-    configure_vcpus_for_linux(&machine, kernel.entry)?;
+    boot::write_boot_info(&machine.vm.memory, &kernel, &cmdline, initrd, rsdp)?;
+    configure_vcpus_for_linux(&machine, &kernel)?;
     Ok(machine)
 }
 
@@ -274,7 +274,7 @@ fn register_queue_notifiers(vm: &Vm, base: u64, queues: usize) -> Result<Vec<Eve
         .collect()
 }
 
-fn configure_vcpus_for_linux(machine: &Machine, entry: u64) -> Result<(), BuildError> {
+fn configure_vcpus_for_linux(machine: &Machine, kernel: &boot::LoadedKernel) -> Result<(), BuildError> {
     let supported =
         machine.vm.kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(BuildError::Cpuid)?;
     let count = machine.vcpus.len() as u8;
@@ -286,9 +286,16 @@ fn configure_vcpus_for_linux(machine: &Machine, entry: u64) -> Result<(), BuildE
         regs::setup_msrs(&v.fd).map_err(err)?;
         regs::setup_fpu(&v.fd).map_err(err)?;
         regs::setup_lint(&v.fd).map_err(err)?;
-        if id == 0 {
-            regs::setup_regs(&v.fd, entry).map_err(err)?;
-            regs::setup_sregs(&machine.vm.memory, &v.fd).map_err(err)?;
+        match (id, kernel.pvh) {
+            (0, true) => {
+                regs::setup_pvh_regs(&v.fd, kernel.entry).map_err(err)?;
+                regs::setup_pvh_sregs(&machine.vm.memory, &v.fd).map_err(err)?;
+            }
+            (0, false) => {
+                regs::setup_regs(&v.fd, kernel.entry).map_err(err)?;
+                regs::setup_sregs(&machine.vm.memory, &v.fd).map_err(err)?;
+            }
+            _ => {}
         }
     }
     Ok(())

@@ -1,11 +1,20 @@
 //! Loading the guest: kernel (bzImage or ELF vmlinux, through
-//! linux-loader), initrd, command line, and boot_params with the E820 map.
+//! linux-loader), initrd, command line, and what the kernel reads at entry:
+//! boot_params with the E820 map for the 64-bit Linux boot protocol, or
+//! `hvm_start_info` with a memory map and the initrd as a module for PVH,
+//! which a vmlinux with the PVH ELF note is booted through (32-bit entry,
+//! no decompression).
 
 use super::layout::*;
 use crate::vstate::memory::{low_ram_end, GuestMemory};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info, XEN_HVM_START_MAGIC_VALUE,
+};
+use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{load_cmdline, BzImage, Cmdline, Elf, KernelLoader};
 use std::fs::File;
 use std::path::Path;
@@ -42,6 +51,9 @@ const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 pub struct LoadedKernel {
     pub entry: u64,
     pub header: Option<linux_loader::loader::bootparam::setup_header>,
+    /// Enter through PVH (32-bit, `rbx` = hvm_start_info) rather than the
+    /// 64-bit Linux boot protocol.
+    pub pvh: bool,
 }
 
 /// Loads a bzImage or an ELF vmlinux.
@@ -49,13 +61,24 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, BootE
     let shown = path.display().to_string();
     let mut f = File::open(path).map_err(|e| BootError::OpenKernel(shown.clone(), e))?;
     match Elf::load(mem, None, &mut f, Some(GuestAddress(HIMEM_START))) {
-        Ok(r) => return Ok(LoadedKernel { entry: r.kernel_load.raw_value(), header: None }),
+        Ok(r) => {
+            return Ok(match r.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(entry) => {
+                    LoadedKernel { entry: entry.raw_value(), header: None, pvh: true }
+                }
+                _ => LoadedKernel { entry: r.kernel_load.raw_value(), header: None, pvh: false },
+            })
+        }
         Err(linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::InvalidElfMagicNumber)) => {}
         Err(e) => return Err(BootError::LoadKernel(shown, e)),
     }
     let r = BzImage::load(mem, None, &mut f, Some(GuestAddress(HIMEM_START)))
         .map_err(|e| BootError::LoadKernel(shown, e))?;
-    Ok(LoadedKernel { entry: r.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET, header: r.setup_header })
+    Ok(LoadedKernel {
+        entry: r.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET,
+        header: r.setup_header,
+        pvh: false,
+    })
 }
 
 /// Copies the initrd to the top of low memory (page aligned); returns its
@@ -88,18 +111,64 @@ pub fn e820_map(mem: &GuestMemory) -> Vec<(u64, u64)> {
     map
 }
 
-/// Writes the command line and boot_params.
-pub fn write_boot_params(
+fn write_cmdline(mem: &GuestMemory, cmdline: &str) -> Result<(), BootError> {
+    let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    cl.insert_str(cmdline).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(|e| BootError::Cmdline(e.to_string()))
+}
+
+/// Writes the command line and what the kernel reads at its entry.
+pub fn write_boot_info(
     mem: &GuestMemory,
     kernel: &LoadedKernel,
     cmdline: &str,
     initrd: Option<(u64, u64)>,
     rsdp: u64,
 ) -> Result<(), BootError> {
-    let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    cl.insert_str(cmdline).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    write_cmdline(mem, cmdline)?;
+    if kernel.pvh {
+        write_pvh_start_info(mem, initrd, rsdp)
+    } else {
+        write_boot_params(mem, kernel, cmdline, initrd, rsdp)
+    }
+}
 
+/// hvm_start_info at [`PVH_INFO_START`], its memory map and the initrd as
+/// the one module (the PVH boot ABI, xen/include/public/arch-x86/hvm/start_info.h).
+fn write_pvh_start_info(mem: &GuestMemory, initrd: Option<(u64, u64)>, rsdp: u64) -> Result<(), BootError> {
+    let map: Vec<hvm_memmap_table_entry> = e820_map(mem)
+        .into_iter()
+        .map(|(addr, size)| hvm_memmap_table_entry { addr, size, type_: E820_RAM, reserved: 0 })
+        .collect();
+    let modules: Vec<hvm_modlist_entry> =
+        initrd.into_iter().map(|(paddr, size)| hvm_modlist_entry { paddr, size, ..Default::default() }).collect();
+    let info = hvm_start_info {
+        magic: XEN_HVM_START_MAGIC_VALUE,
+        version: 1,
+        cmdline_paddr: CMDLINE_START,
+        rsdp_paddr: rsdp,
+        memmap_paddr: PVH_MEMMAP_START,
+        memmap_entries: map.len() as u32,
+        nr_modules: modules.len() as u32,
+        modlist_paddr: if modules.is_empty() { 0 } else { PVH_MODLIST_START },
+        ..Default::default()
+    };
+    let mut params = BootParams::new::<hvm_start_info>(&info, GuestAddress(PVH_INFO_START));
+    params.set_sections::<hvm_memmap_table_entry>(&map, GuestAddress(PVH_MEMMAP_START));
+    if !modules.is_empty() {
+        params.set_modules::<hvm_modlist_entry>(&modules, GuestAddress(PVH_MODLIST_START));
+    }
+    PvhBootConfigurator::write_bootparams::<GuestMemory>(&params, mem).map_err(BootError::BootParams)
+}
+
+/// boot_params (the zero page) for the 64-bit Linux boot protocol.
+fn write_boot_params(
+    mem: &GuestMemory,
+    kernel: &LoadedKernel,
+    cmdline: &str,
+    initrd: Option<(u64, u64)>,
+    rsdp: u64,
+) -> Result<(), BootError> {
     let mut params = boot_params::default();
     if let Some(h) = kernel.header {
         params.hdr = h;

@@ -53,3 +53,9 @@ pub const BOOT_MARKER_PORT: u16 = 0x440;
 pub const VIRTIO_IRQ_BASE: u32 = 10;
 /// The IOAPIC's last pin.
 pub const VIRTIO_IRQ_LAST: u32 = 23;
+
+/// PVH boot: `hvm_start_info`, the module list (the initrd) after it, and
+/// the memory map in the page the zero page would use (PVH has none).
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const PVH_MODLIST_START: u64 = 0x6040;
+pub const PVH_MEMMAP_START: u64 = ZERO_PAGE_START;

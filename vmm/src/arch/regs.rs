@@ -101,6 +101,43 @@ pub fn setup_sregs<M: GuestMemoryBackend>(mem: &M, vcpu: &VcpuFd) -> Result<(), 
     Ok(())
 }
 
+/// The PVH boot GDT: null, 32-bit code, data, TSS.
+pub const PVH_GDT: [u64; 4] =
+    [gdt_entry(0, 0, 0), gdt_entry(0xc09b, 0, 0xfffff), gdt_entry(0xc093, 0, 0xfffff), gdt_entry(0x008b, 0, 0x67)];
+
+/// PVH entry state: 32-bit protected mode, flat segments, paging off.
+pub fn setup_pvh_sregs<M: GuestMemoryBackend>(mem: &M, vcpu: &VcpuFd) -> Result<(), RegsError> {
+    for (i, e) in PVH_GDT.iter().enumerate() {
+        mem.write_obj(*e, GuestAddress(BOOT_GDT_OFFSET + i as u64 * 8))?;
+    }
+    mem.write_obj(0u64, GuestAddress(BOOT_IDT_OFFSET))?;
+    let mut sregs: kvm_sregs = vcpu.get_sregs()?;
+    sregs.gdt.base = BOOT_GDT_OFFSET;
+    sregs.gdt.limit = (std::mem::size_of_val(&PVH_GDT) - 1) as u16;
+    sregs.idt.base = BOOT_IDT_OFFSET;
+    sregs.idt.limit = 7;
+    let data = segment_from_gdt(PVH_GDT[2], 2);
+    sregs.cs = segment_from_gdt(PVH_GDT[1], 1);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = segment_from_gdt(PVH_GDT[3], 3);
+    sregs.cr0 = X86_CR0_PE;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    vcpu.set_sregs(&sregs)?;
+    Ok(())
+}
+
+/// General registers at the PVH entry point: `rbx` holds hvm_start_info.
+pub fn setup_pvh_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
+    let regs = kvm_regs { rflags: 0x2, rip: entry, rbx: PVH_INFO_START, ..Default::default() };
+    vcpu.set_regs(&regs)?;
+    Ok(())
+}
+
 /// General registers at the kernel's 64-bit entry point.
 pub fn setup_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
     let regs = kvm_regs {
