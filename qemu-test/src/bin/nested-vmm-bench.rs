@@ -5,8 +5,10 @@
 //! `quiet`, with a busybox init that prints its uptime, writes the boot
 //! marker and reboots (so the VMM exits with code 3).
 //!
-//! Per run: VMM start → vCPUs started → boot marker (the VMM's own log), the
-//! L2 uptime at init, and VMM start → exit in L1 time.
+//! Each run boots the bzImage (64-bit boot protocol) and then the same
+//! kernel's vmlinux (PVH). Per boot: VMM start → vCPUs started → boot marker
+//! (the VMM's own log), the L2 uptime at init, and VMM start → exit in L1
+//! time.
 //!
 //! Usage: `cargo run -p kvmos-qemu-test --bin nested-vmm-bench -- [RUNS]`
 
@@ -29,18 +31,20 @@ fn number_after<'a>(text: &'a str, marker: &str) -> Vec<&'a str> {
 fn main() -> Result<()> {
     let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
     let script = format!(
-        "for i in $(seq {runs}); do\n\
+        "for i in $(seq {runs}); do for kernel in guest-bzImage vmlinux; do\n\
          t0=$(cut -d' ' -f1 /proc/uptime)\n\
-         ./kvmos-vmm --kernel guest-bzImage --initrd l2.cpio.zst --cmdline 'console=ttyS0 reboot=k panic=1 pci=off quiet' \
+         ./kvmos-vmm --kernel $kernel --initrd l2.cpio.zst --cmdline 'console=ttyS0 reboot=k panic=1 pci=off quiet' \
          --memory-mib 128 --vcpus 1 --serial stdio < /dev/null > out 2> err\n\
          code=$?\n\
          t1=$(cut -d' ' -f1 /proc/uptime)\n\
          cat out err\n\
-         echo \"RUN exit=$code l1_start=$t0 l1_end=$t1\"\n\
-         done\n"
+         echo \"RUN kernel=$kernel exit=$code l1_start=$t0 l1_end=$t1\"\n\
+         done; done\n"
     );
+    let vmlinux = std::fs::read(&kvmos_qemu_test::image()?.guest_vmlinux)?;
     let r = Nested::new(&script)?
         .with_vmm()?
+        .file("vmlinux", vmlinux, 0o644)?
         .file("l2.cpio.zst", guest_initramfs(L2_INIT)?, 0o644)?
         .run("nested-vmm-bench", Duration::from_secs(1800))?;
     let built = number_after(&r.output, "VM built in ");
@@ -48,8 +52,8 @@ fn main() -> Result<()> {
     let marker = number_after(&r.output, "guest boot marker: ");
     let uptime = number_after(&r.output, "L2-UPTIME ");
     println!("nested: QEMU TCG -cpu max, L1 1024 MiB; L2 guest kernel, 1 vCPU, 128 MiB, quiet; {runs} runs");
-    println!("| run | VM built (ms) | vCPUs started (ms) | boot marker (ms) | L2 uptime at init (s) | VMM start → exit, L1 time (s) | exit code |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| run | kernel (boot) | VM built (ms) | vCPUs started (ms) | boot marker (ms) | L2 uptime at init (s) | VMM start → exit, L1 time (s) | exit code |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (i, line) in r.output.lines().filter(|l| l.starts_with("RUN ")).enumerate() {
         let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or("?").to_string();
         let span = match (field("l1_start=").parse::<f64>(), field("l1_end=").parse::<f64>()) {
@@ -57,9 +61,10 @@ fn main() -> Result<()> {
             _ => "?".into(),
         };
         let get = |v: &Vec<&str>| v.get(i).copied().unwrap_or("?").to_string();
+        let kernel = if field("kernel=") == "vmlinux" { "vmlinux (PVH)" } else { "bzImage (64-bit)" };
         println!(
-            "| {} | {} | {} | {} | {} | {span} | {} |",
-            i + 1,
+            "| {} | {kernel} | {} | {} | {} | {} | {span} | {} |",
+            i / 2 + 1,
             get(&built),
             get(&vcpus),
             get(&marker),
