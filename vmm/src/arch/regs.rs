@@ -71,28 +71,33 @@ pub fn write_page_tables<M: GuestMemoryBackend>(mem: &M) -> Result<(), RegsError
     Ok(())
 }
 
-/// Long mode with paging, the boot GDT loaded and the segments flat.
-pub fn setup_sregs<M: GuestMemoryBackend>(mem: &M, vcpu: &VcpuFd) -> Result<(), RegsError> {
-    for (i, e) in BOOT_GDT.iter().enumerate() {
+/// Writes `gdt` (null, code, data, TSS) and an empty IDT, and loads them
+/// with flat segments from the GDT's entries.
+fn load_gdt<M: GuestMemoryBackend>(mem: &M, sregs: &mut kvm_sregs, gdt: &[u64; 4]) -> Result<(), RegsError> {
+    for (i, e) in gdt.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(BOOT_GDT_OFFSET + i as u64 * 8))?;
     }
     mem.write_obj(0u64, GuestAddress(BOOT_IDT_OFFSET))?;
-    write_page_tables(mem)?;
-    let mut sregs: kvm_sregs = vcpu.get_sregs()?;
     sregs.gdt.base = BOOT_GDT_OFFSET;
-    sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
+    sregs.gdt.limit = (std::mem::size_of_val(gdt) - 1) as u16;
     sregs.idt.base = BOOT_IDT_OFFSET;
     sregs.idt.limit = 7;
-    let code = segment_from_gdt(BOOT_GDT[1], 1);
-    let data = segment_from_gdt(BOOT_GDT[2], 2);
-    let tss = segment_from_gdt(BOOT_GDT[3], 3);
-    sregs.cs = code;
+    let data = segment_from_gdt(gdt[2], 2);
+    sregs.cs = segment_from_gdt(gdt[1], 1);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = tss;
+    sregs.tr = segment_from_gdt(gdt[3], 3);
+    Ok(())
+}
+
+/// Long mode with paging, the boot GDT loaded and the segments flat.
+pub fn setup_sregs<M: GuestMemoryBackend>(mem: &M, vcpu: &VcpuFd) -> Result<(), RegsError> {
+    write_page_tables(mem)?;
+    let mut sregs: kvm_sregs = vcpu.get_sregs()?;
+    load_gdt(mem, &mut sregs, &BOOT_GDT)?;
     sregs.cr3 = PML4_START;
     sregs.cr4 |= X86_CR4_PAE;
     sregs.cr0 |= X86_CR0_PE | X86_CR0_PG;
@@ -107,23 +112,8 @@ pub const PVH_GDT: [u64; 4] =
 
 /// PVH entry state: 32-bit protected mode, flat segments, paging off.
 pub fn setup_pvh_sregs<M: GuestMemoryBackend>(mem: &M, vcpu: &VcpuFd) -> Result<(), RegsError> {
-    for (i, e) in PVH_GDT.iter().enumerate() {
-        mem.write_obj(*e, GuestAddress(BOOT_GDT_OFFSET + i as u64 * 8))?;
-    }
-    mem.write_obj(0u64, GuestAddress(BOOT_IDT_OFFSET))?;
     let mut sregs: kvm_sregs = vcpu.get_sregs()?;
-    sregs.gdt.base = BOOT_GDT_OFFSET;
-    sregs.gdt.limit = (std::mem::size_of_val(&PVH_GDT) - 1) as u16;
-    sregs.idt.base = BOOT_IDT_OFFSET;
-    sregs.idt.limit = 7;
-    let data = segment_from_gdt(PVH_GDT[2], 2);
-    sregs.cs = segment_from_gdt(PVH_GDT[1], 1);
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = segment_from_gdt(PVH_GDT[3], 3);
+    load_gdt(mem, &mut sregs, &PVH_GDT)?;
     sregs.cr0 = X86_CR0_PE;
     sregs.cr4 = 0;
     sregs.efer = 0;
