@@ -80,7 +80,11 @@ pub fn write_image(dest: &Path, spec: &DiskSpec) -> Result<Layout> {
 
     let mut out = AtomicFile::create(dest)?;
     out.file().set_len(layout.total).map_err(disk_error)?;
-    write_gpt(out.file(), &layout, &seed)?;
+    let mut parts = vec![(gpt::partition_types::EFI, "esp", layout.esp, ESP_LABEL)];
+    if let Some(data) = layout.data {
+        parts.push((gpt::partition_types::LINUX_FS, "data", data, DATA_LABEL));
+    }
+    write_gpt(out.file(), layout.total, &seed, &parts)?;
     write_esp(out.file(), &layout, &kernel, &spec.extra_files, &seed)?;
     out.commit()?;
     Ok(layout)
@@ -96,31 +100,52 @@ fn guid(seed: &str, what: &str) -> uuid::Uuid {
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
-fn write_gpt(file: &mut std::fs::File, layout: &Layout, seed: &str) -> Result<()> {
+/// A partition to write: its type, a word for its GUID, (start, size) in
+/// bytes, and its GPT name.
+type PartSpec<'a> = (gpt::partition_types::Type, &'a str, (u64, u64), &'a str);
+
+fn write_gpt(file: &mut std::fs::File, total: u64, seed: &str, specs: &[PartSpec]) -> Result<()> {
     let lb = gpt::disk::LogicalBlockSize::Lb512;
-    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(layout.total / SECTOR - 1).unwrap_or(u32::MAX));
+    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total / SECTOR - 1).unwrap_or(u32::MAX));
     mbr.overwrite_lba0(file).context("cannot write the protective MBR")?;
     let mut disk = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(lb)
         .create_from_device(&mut *file, Some(guid(seed, "disk")))
         .context("cannot create the GPT")?;
-    let part = |part_type_guid, what: &str, (start, size): (u64, u64), name: &str| gpt::partition::Partition {
-        part_type_guid,
-        part_guid: guid(seed, what),
-        first_lba: start / SECTOR,
-        last_lba: (start + size) / SECTOR - 1,
-        flags: 0,
-        name: name.to_string(),
-    };
-    let mut parts = BTreeMap::new();
-    parts.insert(1, part(gpt::partition_types::EFI, "esp", layout.esp, ESP_LABEL));
-    if let Some(data) = layout.data {
-        parts.insert(2, part(gpt::partition_types::LINUX_FS, "data", data, DATA_LABEL));
-    }
+    let parts: BTreeMap<u32, gpt::partition::Partition> = specs
+        .iter()
+        .zip(1..)
+        .map(|((part_type_guid, what, (start, size), name), number)| {
+            let p = gpt::partition::Partition {
+                part_type_guid: part_type_guid.clone(),
+                part_guid: guid(seed, what),
+                first_lba: start / SECTOR,
+                last_lba: (start + size) / SECTOR - 1,
+                flags: 0,
+                name: name.to_string(),
+            };
+            (number, p)
+        })
+        .collect();
     disk.update_partitions(parts).context("cannot lay out the partitions")?;
     disk.write().context("cannot write the GPT")?;
     Ok(())
+}
+
+/// A data disk for development runs: one blank partition named
+/// `KVMOS_DATA`, which kvmos-init formats at first boot. The file is sparse.
+pub fn write_data_disk(dest: &Path, size: u64) -> Result<()> {
+    if size < MIN_DATA {
+        bail!("a data disk needs at least 64 MiB");
+    }
+    let data = (ALIGN, round_up(size, ALIGN));
+    let total = data.0 + data.1 + ALIGN;
+    let mut out = AtomicFile::create(dest)?;
+    out.file().set_len(total).map_err(disk_error)?;
+    let seed = sha256_hex(&[dest.to_string_lossy().as_bytes()]);
+    write_gpt(out.file(), total, &seed, &[(gpt::partition_types::LINUX_FS, "data", data, DATA_LABEL)])?;
+    out.commit()
 }
 
 fn write_esp(
@@ -205,6 +230,18 @@ mod tests {
         assert_eq!(parse_size("1024").unwrap(), 1024);
         assert!(parse_size("eight").is_err());
         assert!(parse_size("3X").unwrap_err().to_string().contains("512M"));
+    }
+
+    #[test]
+    fn a_development_data_disk_has_one_blank_kvmos_data_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("data.img");
+        write_data_disk(&img, 256 << 20).unwrap();
+        let disk = gpt::GptConfig::new().writable(false).open(&img).unwrap();
+        let parts = disk.partitions();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[&1].name, DATA_LABEL);
+        assert!(write_data_disk(&img, 1 << 20).is_err());
     }
 
     #[test]

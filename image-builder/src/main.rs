@@ -63,7 +63,14 @@ struct RunArgs {
     /// A raw disk file to attach as a second disk (e.g. a data disk)
     #[arg(long, value_name = "PATH")]
     disk: Vec<PathBuf>,
+    /// No data disk: VMs and settings live in RAM and are gone at exit
+    /// (by default a data disk is kept in target/kvmos/run/data.img)
+    #[arg(long)]
+    ram_only: bool,
 }
+
+/// The development data disk `run` attaches unless told otherwise.
+const DEV_DATA_SIZE: u64 = 4 << 30;
 
 fn parse_size(s: &str) -> Result<u64, String> {
     disk::parse_size(s).map_err(|e| e.to_string())
@@ -105,7 +112,24 @@ fn run(layout: &Layout, args: RunArgs) -> Result<()> {
     opts.cpus = args.cpus;
     opts.panel_host_port = Some(port);
     opts.append = args.append;
-    opts.drives = args.disk;
+    let mut drives = args.disk;
+    let image_has_data = args.uefi && args.build.data_size.is_some();
+    let dev_disk = layout.out_dir.join("run/data.img");
+    if drives.is_empty() && !args.ram_only && !image_has_data {
+        if !dev_disk.exists() {
+            std::fs::create_dir_all(layout.out_dir.join("run"))?;
+            disk::write_data_disk(&dev_disk, DEV_DATA_SIZE)?;
+        }
+        drives.push(dev_disk.clone());
+    }
+    let data_note = if drives.contains(&dev_disk) {
+        format!("{} (kept between runs; delete it to start over)", dev_disk.display())
+    } else if drives.is_empty() && !image_has_data {
+        "none: RAM only, nothing survives".to_string()
+    } else {
+        "as given".to_string()
+    };
+    opts.drives = drives;
     opts.serial = Serial::Terminal;
     let mut cmd = opts.command()?;
     eprintln!();
@@ -113,6 +137,7 @@ fn run(layout: &Layout, args: RunArgs) -> Result<()> {
     eprintln!(
         "  Panel:   https://localhost:{port}/   (forwarded to the appliance's port 443; self-signed certificate)"
     );
+    eprintln!("  Data:    {data_note}");
     eprintln!("  Console: this terminal. Ctrl-A X quits QEMU, Ctrl-A C switches to the QEMU monitor.");
     eprintln!();
     let err = cmd.exec();

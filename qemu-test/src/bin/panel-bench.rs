@@ -6,6 +6,7 @@
 //! an API token; oha keeps 50 connections and a fixed rate.
 //!
 //! Usage: `cargo run -p kvmos-qemu-test --bin panel-bench -- [RATE] [SECONDS]`
+//! (`PANEL_BENCH_PIN=1` pins the panel to CPU 0 and oha to CPU 1)
 //! (needs oha: `cargo install oha --locked`)
 
 use anyhow::{bail, Context, Result};
@@ -41,7 +42,19 @@ fn main() -> Result<()> {
     let idle = rss_kib(pid);
 
     let url = format!("https://127.0.0.1:{}/api/v1/vms", host.port);
-    let mut oha = Command::new("oha")
+    // The panel on CPU 0, oha on CPU 1: neither steals the other's core.
+    let pin = std::env::var("PANEL_BENCH_PIN").is_ok_and(|v| v == "1");
+    if pin {
+        Command::new("taskset").args(["-a", "-p", "-c", "0", &pid.to_string()]).status()?;
+    }
+    let mut oha = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1", "oha"]);
+        c
+    } else {
+        Command::new("oha")
+    };
+    let mut oha = oha
         .args(["--no-tui", "--insecure", "--output-format", "json", "-c", "50"])
         .args(["-q", &rate.to_string(), "-z", &format!("{secs}s")])
         .args(["-H", &format!("Authorization: Bearer {secret}")])
