@@ -42,11 +42,20 @@ fn start_console_stop_and_force_off() {
     let panel = logged_in(&host);
     let id = create_tiny(&panel, "tiny1");
 
-    let vm = panel.action(&id, "start").unwrap();
-    assert_eq!(vm["state"], "running");
+    // Two starts at once: exactly one wins.
+    let start = || panel.call("POST", &format!("/api/v1/vms/{id}/actions"), Some(json!({"action": "start"}))).unwrap();
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(start);
+        let b = sc.spawn(start);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "no double start: {a:?} {b:?}");
     let (status, err) =
         panel.call("POST", &format!("/api/v1/vms/{id}/actions"), Some(json!({"action": "start"}))).unwrap();
     assert_eq!(status, 409, "no double start: {err}");
+    assert_eq!(panel.ok("GET", &format!("/api/v1/vms/{id}"), None).unwrap()["state"], "running");
     assert_eq!(host.vmm_pids().len(), 1);
 
     // The console replays the boot output, then echoes what is typed.

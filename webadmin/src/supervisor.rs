@@ -29,6 +29,8 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(45);
 #[serde(rename_all = "lowercase")]
 pub enum VmState {
     Stopped,
+    /// The VMM is being started.
+    Starting,
     Running,
     Paused,
     /// A graceful shutdown was asked for and the guest has not finished.
@@ -142,22 +144,48 @@ impl Supervisor {
         }
     }
 
-    /// Starts a VM: every step either succeeds or leaves nothing behind.
+    /// Starts a VM: every step either succeeds or leaves nothing behind. The
+    /// VM is claimed first, under the lock, so two requests at once cannot
+    /// both start it.
     pub fn start(&self, state: &State, id: &str) -> ApiResult<()> {
         let record = state.vms.get(id)?;
         {
-            let running = lock(&self.running);
+            let mut running = lock(&self.running);
             if running.contains_key(id) {
                 return Err(ApiError::conflict(format!("{} is already running", record.spec.name)));
             }
+            running.insert(id.to_string(), Handle { pid: 0, state: VmState::Starting, stopping: false });
         }
+        let pid = match self.launch(state, &record) {
+            Ok(pid) => pid,
+            Err(e) => {
+                lock(&self.running).remove(id);
+                return Err(e);
+            }
+        };
+        self.set_state(id, |h| {
+            h.pid = pid;
+            h.state = VmState::Running;
+        });
+        state
+            .vms
+            .modify(id, |r| r.runs.push(Run { started: now_unix(), ended: None, exit_code: None, reason: None }))?;
+        self.watch(state.clone(), id.to_string(), pid);
+        Ok(())
+    }
+
+    /// The steps of a start: no VMM of ours already running from an earlier
+    /// panel, the configuration, the runtime directory, the tap, the VMM
+    /// process, and its control socket answering.
+    fn launch(&self, state: &State, record: &VmRecord) -> ApiResult<i32> {
+        let id = record.id.as_str();
         let dir = self.dir(id);
         if let Some(pid) = std::fs::read_to_string(dir.join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
             if is_our_vmm(pid, &dir) {
                 return Err(ApiError::conflict(format!("{} is already running (pid {pid})", record.spec.name)));
             }
         }
-        let config = self.vmm_config(state, &record)?;
+        let config = self.vmm_config(state, record)?;
         self.prepare_run_dir(&dir)?;
         if record.spec.network {
             self.create_tap(id)?;
@@ -169,19 +197,13 @@ impl Supervisor {
                 return Err(e);
             }
         };
-        lock(&self.running).insert(id.to_string(), Handle { pid, state: VmState::Running, stopping: false });
         if let Err(e) = self.wait_until_up(id, pid) {
-            lock(&self.running).remove(id);
             // SAFETY: reaps our own child, which has exited.
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
             self.clean_up(id);
             return Err(e);
         }
-        state
-            .vms
-            .modify(id, |r| r.runs.push(Run { started: now_unix(), ended: None, exit_code: None, reason: None }))?;
-        self.watch(state.clone(), id.to_string(), pid);
-        Ok(())
+        Ok(pid)
     }
 
     /// The kvmos-vmm configuration for a VM definition.
@@ -414,8 +436,9 @@ impl Supervisor {
         });
         if self.action(id, "stop").is_err() {
             // The VMM does not answer: end the process.
-            if let Some(pid) = lock(&self.running).get(id).map(|h| h.pid) {
-                // SAFETY: signals the VMM process we track.
+            if let Some(pid) = lock(&self.running).get(id).map(|h| h.pid).filter(|&p| p > 0) {
+                // SAFETY: signals the VMM process we track (never pid 0,
+                // which would be our own process group).
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
