@@ -44,6 +44,24 @@ pub fn warn(msg: &str) {
     to_kmsg(7, &format!("WARNING: {msg}"));
 }
 
+/// Waits (up to a second) until every active console has sent what was
+/// written to it. The kernel's own messages go straight to the UART and
+/// would otherwise cut into a line still in the tty's buffer, as the last
+/// line before a reboot is.
+pub fn drain() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let active = std::fs::read_to_string("/sys/class/tty/console/active").unwrap_or_default();
+        for name in active.split_whitespace() {
+            if let Ok(f) = OpenOptions::new().write(true).open(format!("/dev/{name}")) {
+                let _ = nix::sys::termios::tcdrain(&f);
+            }
+        }
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(std::time::Duration::from_secs(1));
+}
+
 /// Only in the kernel log.
 pub fn debug(msg: &str) {
     to_kmsg(7, msg);

@@ -64,6 +64,7 @@ pub fn run(m: &mut Machine, action: Action) -> ! {
     }
     nix::unistd::sync();
     console::info(&format!("kvmos-init: {action} now (shutdown took {} ms)", all.elapsed().as_millis()));
+    console::drain();
     let how = match action {
         Action::PowerOff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
         Action::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,

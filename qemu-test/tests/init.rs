@@ -58,13 +58,13 @@ fn dhcp_data_disk_survives_reboot_no_zombies_and_power_button_powers_off_cleanly
     vm.debug("write /var/lib/kvmos/persist.txt kvmos-was-here", "wrote /var/lib/kvmos/persist.txt").unwrap();
     vm.debug("reboot", "sending SIGUSR1").unwrap();
     vm.expect("shutdown: sync and unmount the data disk", BOOT_TIMEOUT).unwrap();
-    vm.expect("kvmos-init: reboot now", BOOT_TIMEOUT).unwrap();
+    vm.expect("kvmos-init: shutdown: disarm the watchdog", BOOT_TIMEOUT).unwrap();
     vm.expect("kvmos-init: ready", BOOT_TIMEOUT).unwrap();
     vm.debug("cat /var/lib/kvmos/persist.txt", "/var/lib/kvmos/persist.txt: kvmos-was-here").unwrap();
 
     vm.monitor(&monitor, "system_powerdown").unwrap();
     vm.expect("power button pressed: power off", BOOT_TIMEOUT).unwrap();
-    vm.expect("kvmos-init: power off now", BOOT_TIMEOUT).unwrap();
+    vm.expect("kvmos-init: shutdown: disarm the watchdog", BOOT_TIMEOUT).unwrap();
     let status = vm.wait_exit(Duration::from_secs(120)).unwrap();
     assert!(status.success(), "QEMU exits by itself after the power-off: {status}");
     let out = vm.output();
