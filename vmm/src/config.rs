@@ -223,20 +223,23 @@ pub struct HostLimits {
 
 /// The bytes that make a file a kernel we can boot.
 fn check_kernel(path: &std::path::Path) -> Result<(), ConfigError> {
-    use std::io::Read;
     let shown = path.display().to_string();
-    let mut f = std::fs::File::open(path).map_err(|_| ConfigError::KernelMissing(shown.clone()))?;
+    match is_kernel(path) {
+        Err(_) => Err(ConfigError::KernelMissing(shown)),
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ConfigError::NotAKernel(shown)),
+    }
+}
+
+/// Whether the file starts like a kernel kvmos-vmm boots: an ELF vmlinux,
+/// or a bzImage (the x86 boot protocol's "HdrS" magic at 0x202).
+pub fn is_kernel(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
     let mut head = vec![0u8; 0x210];
     let n = f.read(&mut head).unwrap_or(0);
     head.truncate(n);
-    let is_elf = head.starts_with(b"\x7fELF");
-    // The x86 boot protocol's "HdrS" magic at 0x202.
-    let is_bzimage = head.get(0x202..0x206) == Some(b"HdrS");
-    if is_elf || is_bzimage {
-        Ok(())
-    } else {
-        Err(ConfigError::NotAKernel(shown))
-    }
+    Ok(head.starts_with(b"\x7fELF") || head.get(0x202..0x206) == Some(b"HdrS"))
 }
 
 /// Parses `52:54:00:12:34:56`; refuses multicast addresses.

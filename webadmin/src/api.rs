@@ -9,6 +9,7 @@ use crate::app::{ApiError, ApiResult, State};
 use crate::auth::{self, Caller, TokenInfo, CSRF_HEADER, SESSION_COOKIE, SESSION_MAX};
 use crate::host::{self, HostSettings, Overview, PowerAction};
 use crate::images::{BundledGuest, Image, ImageKind};
+use crate::store::now_unix;
 use crate::supervisor::VmState;
 use crate::vms::{HostCapacity, Run, VmRecord, VmSpec};
 use axum::body::Body;
@@ -434,10 +435,6 @@ fn view(state: &State, r: VmRecord) -> VmView {
         created: r.created,
         runs: r.runs.into_iter().skip(skip).collect(),
     }
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[utoipa::path(get, path = "/api/v1/vms", responses((status = 200, body = Vec<VmView>)))]

@@ -33,7 +33,7 @@ impl AuditLog {
 
     pub fn record(&self, who: &str, from: &str, action: &str, target: &str, outcome: &str) {
         let entry = AuditEntry {
-            time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            time: crate::store::now_unix(),
             who: who.into(),
             from: from.into(),
             action: action.into(),

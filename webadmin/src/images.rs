@@ -5,7 +5,7 @@
 //! demo guest) are listed too, read-only.
 
 use crate::app::{ApiError, ApiResult};
-use crate::store;
+use crate::store::{self, now_unix};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -76,10 +76,6 @@ pub fn check_name(field: &str, name: &str, max: usize) -> ApiResult<()> {
             ),
         ))
     }
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Free bytes on the file system holding `dir`.
@@ -263,15 +259,11 @@ impl Images {
     }
 }
 
-/// The same test kvmos-vmm makes: a bzImage or an ELF vmlinux.
+/// The test kvmos-vmm itself makes: a bzImage or an ELF vmlinux.
 fn check_kernel(path: &Path) -> ApiResult<()> {
-    let mut head = [0u8; 0x210];
-    let n = std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
-    let head = &head[..n];
-    if head.starts_with(b"\x7fELF") || head.get(0x202..0x206) == Some(b"HdrS") {
-        Ok(())
-    } else {
-        Err(ApiError::bad("file", "file: this is not a Linux kernel (neither a bzImage nor an ELF vmlinux)"))
+    match kvmos_vmm::config::is_kernel(path) {
+        Ok(true) => Ok(()),
+        _ => Err(ApiError::bad("file", "file: this is not a Linux kernel (neither a bzImage nor an ELF vmlinux)")),
     }
 }
 

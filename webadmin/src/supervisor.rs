@@ -11,6 +11,7 @@
 //! the guest rebooted.
 
 use crate::app::{ApiError, ApiResult, State};
+use crate::store::{lock, now_unix};
 use crate::vms::{Boot, Run, VmRecord};
 use kvmos_vmm::config::{DiskConfig, ExitRecord, NetConfig, SerialConfig, VmConfig};
 use serde::Serialize;
@@ -50,14 +51,6 @@ pub struct Supervisor {
     vmm_bin: PathBuf,
     bridge: String,
     running: Mutex<HashMap<String, Handle>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// The tap of a VM's NIC: at most 15 bytes, stable per VM.

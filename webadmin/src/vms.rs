@@ -4,7 +4,7 @@
 
 use crate::app::{ApiError, ApiResult};
 use crate::images::{check_name, ImageKind, Images};
-use crate::store;
+use crate::store::{self, lock};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -150,10 +150,6 @@ fn expect_image(images: &Images, field: &str, name: &str, kind: ImageKind) -> Ap
 pub struct VmStore {
     dir: PathBuf,
     vms: Mutex<BTreeMap<String, VmRecord>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl VmStore {
