@@ -58,6 +58,17 @@ pub const BUILD: &[Requirement] = &[
         check: Check::StaticBinary("/bin/busybox"),
         package: "busybox-static",
     },
+    // The PC machine's firmware, shipped in the appliance.
+    Requirement {
+        what: "SeaBIOS (bios-256k.bin)",
+        check: Check::File("/usr/share/seabios/bios-256k.bin"),
+        package: "seabios",
+    },
+    Requirement {
+        what: "OVMF, UEFI firmware (OVMF_CODE_4M.fd)",
+        check: Check::File("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+        package: "ovmf",
+    },
 ];
 
 /// The default kernel source; only needed when `--kernel-source` is not given.

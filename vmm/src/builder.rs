@@ -1,25 +1,41 @@
-//! Building a VM, top to bottom, the way Firecracker's builder reads:
-//! memory, the KVM VM, the devices, the kernel and its boot data, the
-//! vCPUs. [`build_linux_vm`] is the whole story of how a VM comes to life;
-//! [`build_machine`] is the part before any guest code is chosen, which the
-//! tests share with hand-assembled guests.
+//! Building a VM, top to bottom, the way Firecracker's builder reads. There
+//! are two machines, and each has one function that tells its whole story:
+//!
+//! - [`build_linux_vm`], the direct-boot machine: memory, the KVM VM, the
+//!   legacy devices, virtio-mmio devices, the kernel and its boot data, the
+//!   vCPUs in the kernel's entry state;
+//! - [`build_pc_vm`], the PC machine (QEMU's i440FX "pc"): memory around the
+//!   VGA window, the PC's ISA devices, fw_cfg, the i440FX/PIIX chipset and
+//!   virtio-pci devices on PCI bus 0, the firmware at the top of 4 GiB, and
+//!   vCPUs left in their reset state, so the first instruction is the
+//!   firmware's reset vector.
+//!
+//! [`build_machine`] is the direct-boot machine before any guest code is
+//! chosen, which the tests share with hand-assembled guests.
 
-use crate::arch::{acpi, boot, cpuid, layout, regs};
-use crate::config::{ConfigError, SerialConfig, VmConfig};
+use crate::arch::{acpi, boot, cpuid, firmware, layout, regs};
+use crate::config::{ConfigError, FirmwareConfig, SerialConfig, VmConfig};
 use crate::console::Console;
 use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::bus::{Bus, BusDevice};
-use crate::devices::legacy::{boot_marker::BootMarker, i8042::I8042, serial::SerialDevice};
+use crate::devices::chipset::{self, i440fx::HostBridge, piix3::IsaBridge, piix4_pm::PowerManagement};
+use crate::devices::fw_cfg::{FwCfg, FwCfgError};
+use crate::devices::legacy::{boot_marker::BootMarker, cmos::Cmos, i8042::I8042, port92::Port92, serial::SerialDevice};
+use crate::devices::pci::msix::{Msix, MsixError};
+use crate::devices::pci::root::{devfn, PciRoot};
 use crate::devices::virtio::block::{Block, OpenError};
 use crate::devices::virtio::mmio::{reg, MmioTransport};
-use crate::devices::virtio::{net::Net, rng::Rng, Interrupt, VirtioDevice};
+use crate::devices::virtio::pci::VirtioPci;
+use crate::devices::virtio::{net::Net, rng::Rng, Interrupt, VirtioDevice, VirtioTransport};
 use crate::exit::ExitSignal;
+use crate::vstate::irq_routing::IrqRouting;
 use crate::vstate::memory;
 use crate::vstate::vcpu::{Vcpu, VcpuControl, VcpuCounters};
 use crate::vstate::vm::{Vm, VmError};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Debug, displaydoc::Display, thiserror::Error)]
@@ -48,6 +64,12 @@ pub enum BuildError {
     Cpuid(kvm_ioctls::Error),
     /// KVM refused the CPUID of vCPU {0}: {1}
     SetCpuid(u8, kvm_ioctls::Error),
+    /// cannot set up MSI-X: {0}
+    Msix(#[from] MsixError),
+    /// KVM refused the interrupt routing: {0}
+    Routing(kvm_ioctls::Error),
+    /// fw_cfg: {0}
+    FwCfg(#[from] FwCfgError),
 }
 
 /// A VM with its devices and vCPUs, ready to run.
@@ -68,14 +90,25 @@ pub struct Machine {
     pub virtio_cmdline: Vec<String>,
     /// The virtio devices, for the event loop.
     pub virtio: Vec<VirtioSlot>,
+    /// The PC's RTC, whose interrupt timer the event loop watches.
+    pub rtc: Option<Arc<Mutex<Cmos>>>,
 }
 
 /// One virtio device as the event loop sees it: its transport and one
 /// ioeventfd per queue, which KVM signals when the guest notifies the queue
 /// (so a notification costs no exit to this process's vCPU thread).
 pub struct VirtioSlot {
-    pub transport: Arc<Mutex<MmioTransport>>,
+    pub transport: Arc<Mutex<dyn VirtioTransport>>,
     pub queue_evts: Vec<EventFd>,
+    /// A PCI device's INTx line: KVM signals the resample fd when the
+    /// guest ends the interrupt, and the line is raised again while the
+    /// device still has an interrupt pending (level-triggered semantics).
+    pub intx: Option<IntxLine>,
+}
+
+pub struct IntxLine {
+    pub resample: EventFd,
+    pub interrupt: Arc<Interrupt>,
 }
 
 /// Everything but the guest code: memory, VM, legacy and virtio devices,
@@ -90,30 +123,17 @@ pub fn build_machine(
     let guest_memory = create_guest_memory(memory_mib)?;
     let vm = Vm::new(guest_memory)?;
     let exit = Arc::new(ExitSignal::new().map_err(BuildError::EventFd)?);
-    let mut io_bus = Bus::default();
-    let serial = attach_serial(&vm, &mut io_bus, console.clone())?;
-    attach_i8042(&mut io_bus, Arc::clone(&exit))?;
-    let boot_marker_us = attach_boot_marker(&mut io_bus, started)?;
-    let acpi_pm = attach_acpi_pm(&vm, &mut io_bus, Arc::clone(&exit))?;
-    let io_bus = Arc::new(io_bus);
-    let mut mmio_bus = Bus::default();
-    let (virtio_cmdline, virtio) = attach_virtio_devices(&vm, &mut mmio_bus, virtio)?;
-    let mmio_bus = Arc::new(mmio_bus);
+    let io_bus = Arc::new(Bus::default());
+    let mmio_bus = Arc::new(Bus::default());
+    let serial = attach_serial(&vm, &io_bus, console.clone())?;
+    attach_i8042(&io_bus, Arc::clone(&exit))?;
+    let boot_marker_us = attach_boot_marker(&io_bus, started)?;
+    let acpi_pm = new_acpi_pm(&vm, Arc::clone(&exit));
+    insert(&io_bus, u64::from(layout::PM1A_EVT_PORT), acpi_pm::LEN, acpi_pm.clone())?;
+    let (virtio_cmdline, virtio) = attach_virtio_devices(&vm, &mmio_bus, virtio)?;
     let control = Arc::new(VcpuControl::default());
     let counters = Arc::new(VcpuCounters::default());
-    let mut vcpus = Vec::new();
-    for index in 0..vcpu_count {
-        let fd = vm.fd.create_vcpu(u64::from(index)).map_err(|e| BuildError::CreateVcpu(index, e))?;
-        vcpus.push(Vcpu {
-            fd,
-            index,
-            io_bus: Arc::clone(&io_bus),
-            mmio_bus: Arc::clone(&mmio_bus),
-            exit: Arc::clone(&exit),
-            control: Arc::clone(&control),
-            counters: Arc::clone(&counters),
-        });
-    }
+    let vcpus = create_vcpus(&vm, vcpu_count, &io_bus, &mmio_bus, &exit, &control, &counters)?;
     Ok(Machine {
         vm,
         vcpus,
@@ -128,12 +148,22 @@ pub fn build_machine(
         started,
         virtio_cmdline,
         virtio,
+        rtc: None,
     })
 }
 
-/// A Linux guest per the configuration (validated by the caller).
-pub fn build_linux_vm(config: &VmConfig, started: Instant) -> Result<Machine, BuildError> {
-    let console = Console::new(matches!(config.serial, SerialConfig::Stdio));
+/// The VM the configuration asks for (validated by the caller): a PC when
+/// it names firmware, the direct-boot machine when it names a kernel.
+pub fn build_vm(config: &VmConfig, started: Instant) -> Result<Machine, BuildError> {
+    match &config.firmware {
+        Some(firmware) => build_pc_vm(config, firmware, started),
+        None => build_linux_vm(config, started),
+    }
+}
+
+/// The VM's virtio devices, in the order the guest sees them: disks, NICs,
+/// the entropy source.
+fn open_virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
     let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (index, disk) in config.disks.iter().enumerate() {
         virtio.push(Box::new(open_disk(index, disk)?));
@@ -144,10 +174,22 @@ pub fn build_linux_vm(config: &VmConfig, started: Instant) -> Result<Machine, Bu
     if config.rng {
         virtio.push(Box::new(Rng::default()));
     }
-    // validate() keeps vcpus within MAX_VCPUS, so it fits the APIC IDs.
-    let vcpus = u8::try_from(config.vcpus).unwrap_or(u8::MAX);
+    Ok(virtio)
+}
+
+/// validate() keeps vcpus within MAX_VCPUS, so it fits the APIC IDs.
+fn vcpu_count(config: &VmConfig) -> u8 {
+    u8::try_from(config.vcpus).unwrap_or(u8::MAX)
+}
+
+/// A Linux guest per the configuration (validated by the caller).
+pub fn build_linux_vm(config: &VmConfig, started: Instant) -> Result<Machine, BuildError> {
+    let console = Console::new(matches!(config.serial, SerialConfig::Stdio));
+    let virtio = open_virtio_devices(config)?;
+    let vcpus = vcpu_count(config);
     let machine = build_machine(config.memory_mib, vcpus, console, started, virtio)?;
-    let kernel = boot::load_kernel(&machine.vm.memory, &config.kernel)?;
+    let kernel_path = config.kernel.as_deref().ok_or(BuildError::Config(ConfigError::NoBoot))?;
+    let kernel = boot::load_kernel(&machine.vm.memory, kernel_path)?;
     let initrd = match &config.initrd {
         Some(p) => Some(boot::load_initrd(&machine.vm.memory, p, config.memory_mib << 20)?),
         None => None,
@@ -195,11 +237,36 @@ fn create_guest_memory(memory_mib: u64) -> Result<memory::GuestMemory, BuildErro
     memory::create(memory_mib << 20).map_err(|e| BuildError::Memory(memory_mib, e.to_string()))
 }
 
-fn insert(bus: &mut Bus, base: u64, len: u64, dev: Arc<Mutex<dyn BusDevice>>) -> Result<(), BuildError> {
+fn insert(bus: &Bus, base: u64, len: u64, dev: Arc<Mutex<dyn BusDevice>>) -> Result<(), BuildError> {
     bus.insert(base, len, dev).map_err(|e| BuildError::Bus(e.to_string()))
 }
 
-fn attach_serial(vm: &Vm, io_bus: &mut Bus, console: Console) -> Result<Arc<Mutex<SerialDevice>>, BuildError> {
+fn create_vcpus(
+    vm: &Vm,
+    count: u8,
+    io_bus: &Arc<Bus>,
+    mmio_bus: &Arc<Bus>,
+    exit: &Arc<ExitSignal>,
+    control: &Arc<VcpuControl>,
+    counters: &Arc<VcpuCounters>,
+) -> Result<Vec<Vcpu>, BuildError> {
+    (0..count)
+        .map(|index| {
+            let fd = vm.fd.create_vcpu(u64::from(index)).map_err(|e| BuildError::CreateVcpu(index, e))?;
+            Ok(Vcpu {
+                fd,
+                index,
+                io_bus: Arc::clone(io_bus),
+                mmio_bus: Arc::clone(mmio_bus),
+                exit: Arc::clone(exit),
+                control: Arc::clone(control),
+                counters: Arc::clone(counters),
+            })
+        })
+        .collect()
+}
+
+fn attach_serial(vm: &Vm, io_bus: &Bus, console: Console) -> Result<Arc<Mutex<SerialDevice>>, BuildError> {
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     vm.fd.register_irqfd(&irq, layout::COM1_IRQ).map_err(|e| BuildError::Irq(layout::COM1_IRQ, e))?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(irq, console)));
@@ -207,27 +274,26 @@ fn attach_serial(vm: &Vm, io_bus: &mut Bus, console: Console) -> Result<Arc<Mute
     Ok(serial)
 }
 
-fn attach_i8042(io_bus: &mut Bus, exit: Arc<ExitSignal>) -> Result<(), BuildError> {
+fn attach_i8042(io_bus: &Bus, exit: Arc<ExitSignal>) -> Result<(), BuildError> {
     insert(io_bus, u64::from(layout::I8042_DATA_PORT), 5, Arc::new(Mutex::new(I8042::new(exit))))
 }
 
-fn attach_boot_marker(io_bus: &mut Bus, started: Instant) -> Result<Arc<AtomicU64>, BuildError> {
+fn attach_boot_marker(io_bus: &Bus, started: Instant) -> Result<Arc<AtomicU64>, BuildError> {
     let marked = Arc::new(AtomicU64::new(0));
     let dev = BootMarker::new(started, Arc::clone(&marked));
     insert(io_bus, u64::from(layout::BOOT_MARKER_PORT), 1, Arc::new(Mutex::new(dev)))?;
     Ok(marked)
 }
 
-fn attach_acpi_pm(vm: &Vm, io_bus: &mut Bus, exit: Arc<ExitSignal>) -> Result<Arc<Mutex<AcpiPm>>, BuildError> {
+/// The ACPI registers, driving the SCI line; the caller places them.
+fn new_acpi_pm(vm: &Vm, exit: Arc<ExitSignal>) -> Arc<Mutex<AcpiPm>> {
     let fd = Arc::clone(&vm.fd);
     let set_sci = Box::new(move |level: bool| {
         if let Err(e) = fd.set_irq_line(layout::SCI_IRQ, level) {
             tracing::warn!("cannot drive the ACPI SCI: {e}");
         }
     });
-    let pm = Arc::new(Mutex::new(AcpiPm::new(set_sci, exit)));
-    insert(io_bus, u64::from(layout::PM1A_EVT_PORT), acpi_pm::LEN, pm.clone())?;
-    Ok(pm)
+    Arc::new(Mutex::new(AcpiPm::new(set_sci, exit)))
 }
 
 /// Each virtio device gets a 4 KiB MMIO window, an IRQ from
@@ -235,7 +301,7 @@ fn attach_acpi_pm(vm: &Vm, io_bus: &mut Bus, exit: Arc<ExitSignal>) -> Result<Ar
 /// of them from the command line.
 fn attach_virtio_devices(
     vm: &Vm,
-    mmio_bus: &mut Bus,
+    mmio_bus: &Bus,
     devices: Vec<Box<dyn VirtioDevice>>,
 ) -> Result<(Vec<String>, Vec<VirtioSlot>), BuildError> {
     let mut args = Vec::new();
@@ -256,7 +322,7 @@ fn attach_virtio_devices(
         let transport = Arc::new(Mutex::new(transport));
         insert(mmio_bus, base, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
         args.push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
-        slots.push(VirtioSlot { transport, queue_evts });
+        slots.push(VirtioSlot { transport, queue_evts, intx: None });
     }
     Ok((args, slots))
 }
@@ -297,6 +363,279 @@ fn configure_vcpus_for_linux(machine: &Machine, kernel: &boot::LoadedKernel) -> 
             }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// The PC machine (QEMU's i440FX "pc" as SeaBIOS and OVMF know it): the
+/// firmware finds the disks on PCI and boots them.
+pub fn build_pc_vm(config: &VmConfig, firmware: &FirmwareConfig, started: Instant) -> Result<Machine, BuildError> {
+    let console = Console::new(matches!(config.serial, SerialConfig::Stdio));
+    let vcpu_count = vcpu_count(config);
+    let ram = config.memory_mib << 20;
+    let images = load_firmware(firmware)?;
+    let guest_memory = memory::create_pc(ram).map_err(|e| BuildError::Memory(config.memory_mib, e.to_string()))?;
+    let mut vm = Vm::new(guest_memory)?;
+    let routing = Arc::new(IrqRouting::new(Arc::clone(&vm.fd)).map_err(BuildError::Routing)?);
+    let exit = Arc::new(ExitSignal::new().map_err(BuildError::EventFd)?);
+    let io_bus = Arc::new(Bus::default());
+    let mmio_bus = Arc::new(Bus::default());
+    let serial = attach_serial(&vm, &io_bus, console.clone())?;
+    attach_i8042(&io_bus, Arc::clone(&exit))?;
+    let boot_marker_us = attach_boot_marker(&io_bus, started)?;
+    attach_port92(&io_bus, Arc::clone(&exit))?;
+    attach_debugcon(&io_bus, config)?;
+    let rtc = attach_cmos(&vm, &io_bus, ram, vcpu_count)?;
+    let acpi_pm = new_acpi_pm(&vm, Arc::clone(&exit));
+    let mut root = PciRoot::new(Arc::clone(&io_bus), Arc::clone(&mmio_bus), Arc::clone(&exit));
+    let pm_function = attach_chipset(&mut root, &io_bus, &acpi_pm);
+    let virtio = attach_virtio_pci(&vm, &routing, &mut root, open_virtio_devices(config)?)?;
+    insert(
+        &io_bus,
+        u64::from(crate::devices::pci::root::CONFIG_ADDRESS_PORT),
+        crate::devices::pci::root::PORT_SPAN,
+        Arc::new(Mutex::new(root)),
+    )?;
+    attach_fw_cfg(&vm, &io_bus, config, vcpu_count, pm_function)?;
+    map_firmware(&mut vm, &images)?;
+    let control = Arc::new(VcpuControl::default());
+    let counters = Arc::new(VcpuCounters::default());
+    let vcpus = create_vcpus(&vm, vcpu_count, &io_bus, &mmio_bus, &exit, &control, &counters)?;
+    configure_vcpus_for_firmware(&vm, &vcpus)?;
+    Ok(Machine {
+        vm,
+        vcpus,
+        mmio_bus,
+        console,
+        serial,
+        acpi_pm,
+        exit,
+        control,
+        counters,
+        boot_marker_us,
+        started,
+        virtio_cmdline: Vec::new(),
+        virtio,
+        rtc: Some(rtc),
+    })
+}
+
+/// The firmware's code, and OVMF's variable store.
+struct FirmwareImages {
+    code: Vec<u8>,
+    vars: Option<Vec<u8>>,
+}
+
+fn load_firmware(firmware: &FirmwareConfig) -> Result<FirmwareImages, BuildError> {
+    let config_err = |e: ConfigError| BuildError::Config(e);
+    let code_path = firmware.code_path().map_err(config_err)?;
+    match firmware {
+        FirmwareConfig::Bios { .. } => {
+            let code = firmware::load_bios(&code_path).map_err(|e| config_err(e.into()))?;
+            Ok(FirmwareImages { code, vars: None })
+        }
+        FirmwareConfig::Uefi { vars, .. } => {
+            let code = firmware::load_uefi_code(&code_path).map_err(|e| config_err(e.into()))?;
+            firmware::check_uefi_vars(vars, code.len() as u64).map_err(|e| config_err(e.into()))?;
+            let vars = std::fs::read(vars).map_err(|e| {
+                config_err(firmware::FirmwareError::Read(vars.display().to_string(), e.to_string()).into())
+            })?;
+            Ok(FirmwareImages { code, vars: Some(vars) })
+        }
+    }
+}
+
+fn attach_port92(io_bus: &Bus, exit: Arc<ExitSignal>) -> Result<(), BuildError> {
+    let port = crate::devices::legacy::port92::PORT;
+    insert(io_bus, u64::from(port), 1, Arc::new(Mutex::new(Port92::new(exit))))
+}
+
+/// The firmware's debug console, logging to `firmware_log` if given.
+fn attach_debugcon(io_bus: &Bus, config: &VmConfig) -> Result<(), BuildError> {
+    use crate::devices::legacy::debugcon::{DebugCon, PORT};
+    let out = match &config.firmware_log {
+        Some(p) => Some(
+            std::fs::File::create(p)
+                .map_err(|e| BuildError::Config(ConfigError::FirmwareLog(p.display().to_string(), e.to_string())))?,
+        ),
+        None => None,
+    };
+    insert(io_bus, u64::from(PORT), 1, Arc::new(Mutex::new(DebugCon::new(out))))
+}
+
+/// The RTC on IRQ 8, with the memory sizes and CPU count the firmware
+/// reads there.
+fn attach_cmos(vm: &Vm, io_bus: &Bus, ram: u64, cpus: u8) -> Result<Arc<Mutex<Cmos>>, BuildError> {
+    let low = memory::low_ram_end(ram);
+    let high = ram - low;
+    let fd = Arc::clone(&vm.fd);
+    let irq = Box::new(move |level: bool| {
+        if let Err(e) = fd.set_irq_line(layout::RTC_IRQ, level) {
+            tracing::warn!("cannot drive the RTC interrupt: {e}");
+        }
+    });
+    let mut cmos = Cmos::new(Some(Cmos::new_timer().map_err(BuildError::EventFd)?), irq);
+    cmos.set_memory_and_cpus(low, high, cpus);
+    let cmos = Arc::new(Mutex::new(cmos));
+    let port = crate::devices::legacy::cmos::PORT;
+    insert(io_bus, u64::from(port), crate::devices::legacy::cmos::PORT_LEN, cmos.clone())?;
+    Ok(cmos)
+}
+
+/// The i440FX host bridge, the PIIX3 ISA bridge and the PIIX4 PM function
+/// (which places the ACPI registers where the firmware puts PMBASE).
+fn attach_chipset(root: &mut PciRoot, io_bus: &Arc<Bus>, acpi_pm: &Arc<Mutex<AcpiPm>>) -> Arc<Mutex<PowerManagement>> {
+    use chipset::{HOST_BRIDGE_SLOT, PIIX3_ISA_FUNCTION, PIIX4_PM_FUNCTION, PIIX_SLOT};
+    root.add(devfn(HOST_BRIDGE_SLOT, 0), Arc::new(Mutex::new(HostBridge::default())));
+    root.add(devfn(PIIX_SLOT, PIIX3_ISA_FUNCTION), Arc::new(Mutex::new(IsaBridge::default())));
+    let pm = Arc::new(Mutex::new(PowerManagement::new(Arc::clone(acpi_pm), Arc::clone(io_bus))));
+    root.add(devfn(PIIX_SLOT, PIIX4_PM_FUNCTION), pm.clone());
+    pm
+}
+
+/// The PCI slot of the `index`th virtio device.
+fn virtio_slot(index: usize) -> u8 {
+    chipset::FIRST_DEVICE_SLOT + index as u8
+}
+
+/// Each virtio device on its own slot from [`chipset::FIRST_DEVICE_SLOT`]:
+/// MSI-X with a vector per queue plus one for configuration changes, and
+/// INTx on the slot's PIRQ pin through a resampling irqfd.
+fn attach_virtio_pci(
+    vm: &Vm,
+    routing: &Arc<IrqRouting>,
+    root: &mut PciRoot,
+    devices: Vec<Box<dyn VirtioDevice>>,
+) -> Result<Vec<VirtioSlot>, BuildError> {
+    let max = 32 - usize::from(chipset::FIRST_DEVICE_SLOT);
+    if devices.len() > max {
+        return Err(BuildError::Bus(format!("too many PCI devices (at most {max})")));
+    }
+    let mut slots = Vec::new();
+    for (i, dev) in devices.into_iter().enumerate() {
+        let slot = virtio_slot(i);
+        let gsi = chipset::piix3::intx_gsi(slot, 1);
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        let resample = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        vm.fd.register_irqfd_with_resample(&irqfd, &resample, gsi).map_err(|e| BuildError::Irq(gsi, e))?;
+        let queues = dev.queue_max_sizes().len();
+        let queue_evts: Vec<EventFd> = (0..queues)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<Result<_, _>>()
+            .map_err(BuildError::EventFd)?;
+        let device_evts =
+            queue_evts.iter().map(EventFd::try_clone).collect::<Result<Vec<_>, _>>().map_err(BuildError::EventFd)?;
+        let msix = Msix::new(queues as u16 + 1, &vm.fd, Arc::clone(routing))?;
+        let transport = VirtioPci::new(dev, vm.memory.clone(), irqfd, msix, Arc::clone(&vm.fd), device_evts);
+        let interrupt = transport.interrupt();
+        let transport = Arc::new(Mutex::new(transport));
+        root.add(devfn(slot, 0), transport.clone());
+        slots.push(VirtioSlot { transport, queue_evts, intx: Some(IntxLine { resample, interrupt }) });
+    }
+    Ok(slots)
+}
+
+/// The firmware's view of the machine through fw_cfg: memory map, boot
+/// order, serial console, and the ACPI tables, built when the firmware
+/// reads them so that they carry the PMBASE it programmed.
+fn attach_fw_cfg(
+    vm: &Vm,
+    io_bus: &Bus,
+    config: &VmConfig,
+    cpus: u8,
+    pm: Arc<Mutex<PowerManagement>>,
+) -> Result<(), BuildError> {
+    use crate::devices::fw_cfg;
+    let ram = config.memory_mib << 20;
+    let low = memory::low_ram_end(ram);
+    let mut f = FwCfg::new(vm.memory.clone(), u16::from(cpus), ram, vm_uuid(&config.vm_id));
+    f.add_file("etc/e820", e820(ram))?;
+    f.add_file("bootorder", bootorder(config))?;
+    // Without a bootable disk, SeaBIOS tries again after this many ms.
+    f.add_file("etc/boot-fail-wait", 5000u32.to_le_bytes().to_vec())?;
+    // No display yet: SeaBIOS and OVMF print on COM1.
+    f.add_file("etc/sercon-port", layout::COM1_PORT.to_le_bytes().to_vec())?;
+    let platform = move || acpi::PcPlatform {
+        vcpus: cpus,
+        pm_base: pm.lock().unwrap_or_else(|p| p.into_inner()).pm_base().unwrap_or(0x600),
+        pci_window_start: low as u32,
+    };
+    let platform = Arc::new(platform);
+    let p = Arc::clone(&platform);
+    f.add_generated_file(acpi::FILE_RSDP, Arc::new(move || acpi::pc_tables(&p()).rsdp))?;
+    let p = Arc::clone(&platform);
+    f.add_generated_file(acpi::FILE_TABLES, Arc::new(move || acpi::pc_tables(&p()).tables))?;
+    let p = Arc::clone(&platform);
+    f.add_generated_file(acpi::FILE_LOADER, Arc::new(move || acpi::pc_tables(&p()).loader))?;
+    insert(io_bus, u64::from(fw_cfg::PORT), fw_cfg::PORT_LEN, Arc::new(Mutex::new(f)))
+}
+
+/// A stable UUID for the VM, from its ID (SMBIOS and firmware show it).
+fn vm_uuid(vm_id: &str) -> [u8; 16] {
+    let a = crate::config::derived_mac(&format!("uuid-a/{vm_id}"));
+    let b = crate::config::derived_mac(&format!("uuid-b/{vm_id}"));
+    let c = crate::config::derived_mac(&format!("uuid-c/{vm_id}"));
+    let mut u = [0u8; 16];
+    u[..5].copy_from_slice(&a[1..]);
+    u[5..10].copy_from_slice(&b[1..]);
+    u[10..15].copy_from_slice(&c[1..]);
+    u[6] = (u[6] & 0x0f) | 0x40; // version 4
+    u[8] = (u[8] & 0x3f) | 0x80; // RFC 4122 variant
+    u
+}
+
+/// `etc/e820`: RAM below the PCI hole and above 4 GiB, as QEMU lists it
+/// (the firmware carves out the legacy areas itself), and the pages KVM
+/// keeps for itself.
+fn e820(ram: u64) -> Vec<u8> {
+    const RAM: u32 = 1;
+    const RESERVED: u32 = 2;
+    let low = memory::low_ram_end(ram);
+    let mut entries = vec![(0, low, RAM)];
+    if ram > low {
+        entries.push((layout::MMIO_HOLE_END, ram - low, RAM));
+    }
+    entries.push((layout::KVM_IDENTITY_MAP_START, layout::KVM_PRIVATE_END - layout::KVM_IDENTITY_MAP_START, RESERVED));
+    entries
+        .iter()
+        .flat_map(|&(addr, len, kind): &(u64, u64, u32)| {
+            addr.to_le_bytes().into_iter().chain(len.to_le_bytes()).chain(kind.to_le_bytes())
+        })
+        .collect()
+}
+
+/// `bootorder`: OpenFirmware paths of the disks, the configured order
+/// first (all disks in order when none is given), one per line.
+fn bootorder(config: &VmConfig) -> Vec<u8> {
+    let mut order = config.boot_order.clone();
+    order.extend((0..config.disks.len()).filter(|d| !config.boot_order.contains(d)));
+    let mut text: String = order.iter().map(|&d| format!("/pci@i0cf8/scsi@{:x}/disk@0,0\n", virtio_slot(d))).collect();
+    text.push('\0');
+    text.into_bytes()
+}
+
+/// The firmware below 4 GiB (OVMF's variables right below its code), and
+/// its last 128 KiB in the legacy BIOS area as well.
+fn map_firmware(vm: &mut Vm, images: &FirmwareImages) -> Result<(), BuildError> {
+    let code_at = firmware::FLASH_END - images.code.len() as u64;
+    vm.map_rom(code_at, &images.code)?;
+    if let Some(vars) = &images.vars {
+        vm.map_rom(code_at - vars.len() as u64, vars)?;
+    }
+    let tail = images.code.len().min(firmware::BIOS_AREA_LEN as usize);
+    let at = vm_memory::GuestAddress(firmware::BIOS_AREA_START + firmware::BIOS_AREA_LEN - tail as u64);
+    vm.memory.write_slice(&images.code[images.code.len() - tail..], at).map_err(BuildError::Acpi)?;
+    Ok(())
+}
+
+/// Firmware starts every vCPU from its reset state, which KVM gives new
+/// vCPUs; only the CPUID is ours to set.
+fn configure_vcpus_for_firmware(vm: &Vm, vcpus: &[Vcpu]) -> Result<(), BuildError> {
+    let supported = vm.kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(BuildError::Cpuid)?;
+    let count = vcpus.len() as u8;
+    for v in vcpus {
+        let cpuid = cpuid::for_vcpu(&supported, v.index, count);
+        v.fd.set_cpuid2(&cpuid).map_err(|e| BuildError::SetCpuid(v.index, e))?;
     }
     Ok(())
 }

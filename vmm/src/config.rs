@@ -16,8 +16,18 @@ pub struct VmConfig {
     /// A name for logs and the default socket paths.
     #[serde(default = "default_id")]
     pub vm_id: String,
-    /// A bzImage, or an ELF vmlinux (booted through PVH when it has the note).
-    pub kernel: PathBuf,
+    /// Direct boot: a bzImage, or an ELF vmlinux (booted through PVH when it
+    /// has the note). The VM is the lean direct-boot machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    /// Firmware boot: the VM is a PC (i440FX) that runs SeaBIOS or OVMF,
+    /// which boots from the disks. Exactly one of `kernel` and `firmware`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<FirmwareConfig>,
+    /// Firmware boot: indices into `disks`, the first to try first. Disks
+    /// not listed are tried after these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot_order: Vec<usize>,
     #[serde(default)]
     pub initrd: Option<PathBuf>,
     #[serde(default = "default_cmdline")]
@@ -38,10 +48,48 @@ pub struct VmConfig {
     /// A virtio-rng device (on unless turned off).
     #[serde(default = "default_true")]
     pub rng: bool,
+    /// Firmware boot: where the firmware's debug log (QEMU's debug console,
+    /// port 0x402) goes, with the time since the VMM started on each line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_log: Option<PathBuf>,
     /// Where to write `{"code": N, "reason": "..."}` when the VMM ends, so a
     /// supervisor that is not this process's parent learns why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_file: Option<PathBuf>,
+}
+
+/// Which firmware a PC-machine VM runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum FirmwareConfig {
+    /// SeaBIOS; `path` defaults to the installed `bios-256k.bin`.
+    Bios {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathBuf>,
+    },
+    /// OVMF; `code` defaults to the installed `OVMF_CODE_4M.fd`; `vars` is
+    /// this VM's own copy of the variable store (`OVMF_VARS_4M.fd`), where
+    /// UEFI boot entries are kept.
+    Uefi {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<PathBuf>,
+        vars: PathBuf,
+    },
+}
+
+impl FirmwareConfig {
+    /// The code image: the configured one or the installed default.
+    pub fn code_path(&self) -> Result<PathBuf, ConfigError> {
+        use crate::arch::firmware::{find, OVMF_CODE_FILE, SEABIOS_FILE};
+        let (given, file, package) = match self {
+            FirmwareConfig::Bios { path } => (path, SEABIOS_FILE, "seabios"),
+            FirmwareConfig::Uefi { code, .. } => (code, OVMF_CODE_FILE, "ovmf"),
+        };
+        match given {
+            Some(p) => Ok(p.clone()),
+            None => find(file).ok_or(ConfigError::FirmwareNotInstalled { file, package }),
+        }
+    }
 }
 
 /// What [`VmConfig::exit_file`] holds.
@@ -119,6 +167,24 @@ pub enum ConfigError {
     ReadFile(String, String),
     /// the configuration file is not valid: {0}
     Parse(String),
+    /// give either kernel (direct Linux boot) or firmware ({{"type": "bios"}} or {{"type": "uefi", "vars": FILE}}) to boot from the disks
+    NoBoot,
+    /// kernel and firmware: give one of them, not both
+    TwoBoots,
+    /// {0}: only a direct kernel boot takes it; leave it out with firmware
+    KernelOnly(&'static str),
+    /// boot_order: only firmware boot has a boot order; leave it out with kernel
+    BootOrderWithKernel,
+    /// firmware: {0}
+    Firmware(#[from] crate::arch::firmware::FirmwareError),
+    /// firmware: {file} is not installed; install Debian's {package} package or give its path
+    FirmwareNotInstalled { file: &'static str, package: &'static str },
+    /// boot_order[{index}]: disk {disk} does not exist; the VM has {count} disk(s), numbered from 0
+    BootOrderNoDisk { index: usize, disk: usize, count: usize },
+    /// firmware_log: cannot create {0}: {1}
+    FirmwareLog(String, String),
+    /// boot_order[{index}]: disk {disk} is listed twice
+    BootOrderTwice { index: usize, disk: usize },
     /// kernel: {0} does not exist; give the path of a bzImage or vmlinux
     KernelMissing(String),
     /// kernel: {0} is not a Linux kernel (neither a bzImage nor an ELF vmlinux)
@@ -167,10 +233,25 @@ impl VmConfig {
     /// Locks and TAP devices are checked when they are opened, which is still
     /// before any vCPU runs.
     pub fn validate(&self, limits: &HostLimits) -> Result<(), ConfigError> {
-        check_kernel(&self.kernel)?;
-        if let Some(initrd) = &self.initrd {
-            if !initrd.is_file() {
-                return Err(ConfigError::InitrdMissing(initrd.display().to_string()));
+        match (&self.kernel, &self.firmware) {
+            (None, None) => return Err(ConfigError::NoBoot),
+            (Some(_), Some(_)) => return Err(ConfigError::TwoBoots),
+            (Some(kernel), None) => {
+                check_kernel(kernel)?;
+                if let Some(initrd) = &self.initrd {
+                    if !initrd.is_file() {
+                        return Err(ConfigError::InitrdMissing(initrd.display().to_string()));
+                    }
+                }
+                if !self.boot_order.is_empty() {
+                    return Err(ConfigError::BootOrderWithKernel);
+                }
+            }
+            (None, Some(firmware)) => {
+                if self.initrd.is_some() {
+                    return Err(ConfigError::KernelOnly("initrd"));
+                }
+                self.check_firmware(firmware)?;
             }
         }
         if self.vcpus == 0 {
@@ -204,6 +285,32 @@ impl VmConfig {
             }
             if let Some(mac) = n.mac.as_ref().filter(|m| parse_mac(m).is_none()) {
                 return Err(ConfigError::BadMac { index, mac: mac.clone() });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VmConfig {
+    fn check_firmware(&self, firmware: &FirmwareConfig) -> Result<(), ConfigError> {
+        use crate::arch::firmware;
+        let code = firmware.code_path()?;
+        match firmware {
+            FirmwareConfig::Bios { .. } => {
+                firmware::load_bios(&code)?;
+            }
+            FirmwareConfig::Uefi { vars, .. } => {
+                let image = firmware::load_uefi_code(&code)?;
+                firmware::check_uefi_vars(vars, image.len() as u64)?;
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (index, &disk) in self.boot_order.iter().enumerate() {
+            if disk >= self.disks.len() {
+                return Err(ConfigError::BootOrderNoDisk { index, disk, count: self.disks.len() });
+            }
+            if !seen.insert(disk) {
+                return Err(ConfigError::BootOrderTwice { index, disk });
             }
         }
         Ok(())
@@ -291,11 +398,11 @@ mod tests {
         assert_eq!(base.validate(&limits()), Ok(()));
 
         let mut c = base.clone();
-        c.kernel = dir.path().join("nope");
+        c.kernel = Some(dir.path().join("nope"));
         assert!(c.validate(&limits()).unwrap_err().to_string().starts_with("kernel:"));
         let not_kernel = dir.path().join("text");
         std::fs::write(&not_kernel, b"hello").unwrap();
-        c.kernel = not_kernel;
+        c.kernel = Some(not_kernel);
         assert!(matches!(c.validate(&limits()), Err(ConfigError::NotAKernel(_))));
 
         let mut c = base.clone();
@@ -318,6 +425,58 @@ mod tests {
         let mut c = base.clone();
         c.nets.push(NetConfig { tap: "tap 0".into(), mac: None });
         assert!(c.validate(&limits()).unwrap_err().to_string().starts_with("nets[0].tap:"));
+    }
+
+    fn bios(dir: &std::path::Path) -> PathBuf {
+        let mut b = vec![0u8; 64 << 10];
+        let n = b.len();
+        b[n - 16] = 0xea;
+        let p = dir.join("bios.bin");
+        std::fs::write(&p, b).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_boot_choice_is_one_of_kernel_and_firmware() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = kernel(dir.path());
+        let b = bios(dir.path());
+        let json = |s: &str| VmConfig::from_json(s).unwrap();
+        let e = json("{}").validate(&limits()).unwrap_err();
+        assert_eq!(e, ConfigError::NoBoot);
+        assert!(e.to_string().contains(r#"{"type": "bios"}"#), "{e}");
+        let both =
+            json(&format!(r#"{{"kernel":"{}","firmware":{{"type":"bios","path":"{}"}}}}"#, k.display(), b.display()));
+        assert_eq!(both.validate(&limits()), Err(ConfigError::TwoBoots));
+
+        let pc = json(&format!(r#"{{"firmware":{{"type":"bios","path":"{}"}}}}"#, b.display()));
+        assert_eq!(pc.validate(&limits()), Ok(()));
+        let mut c = pc.clone();
+        c.initrd = Some(k.clone());
+        assert_eq!(
+            c.validate(&limits()).unwrap_err().to_string(),
+            "initrd: only a direct kernel boot takes it; leave it out with firmware"
+        );
+
+        let mut c = pc.clone();
+        c.disks.push(DiskConfig { path: k.clone(), read_only: true, id: None });
+        c.boot_order = vec![0, 1];
+        assert_eq!(
+            c.validate(&limits()).unwrap_err().to_string(),
+            "boot_order[1]: disk 1 does not exist; the VM has 1 disk(s), numbered from 0"
+        );
+        c.boot_order = vec![0, 0];
+        assert!(matches!(c.validate(&limits()), Err(ConfigError::BootOrderTwice { index: 1, disk: 0 })));
+
+        let mut c = pc.clone();
+        c.firmware = Some(FirmwareConfig::Bios { path: Some(k.clone()) });
+        assert!(c.validate(&limits()).unwrap_err().to_string().starts_with("firmware: "));
+
+        let uefi = json(&format!(
+            r#"{{"firmware":{{"type":"uefi","code":"{}","vars":"/nonexistent/VARS.fd"}}}}"#,
+            b.display()
+        ));
+        assert!(uefi.validate(&limits()).unwrap_err().to_string().contains("not an OVMF code image"));
     }
 
     #[test]

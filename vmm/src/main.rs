@@ -2,7 +2,9 @@
 //! (`kvmos_vmm`) for the parts, and `exit.rs` for the exit codes.
 
 use clap::Parser;
-use kvmos_vmm::config::{ConfigError, DiskConfig, ExitRecord, HostLimits, NetConfig, SerialConfig, VmConfig};
+use kvmos_vmm::config::{
+    ConfigError, DiskConfig, ExitRecord, FirmwareConfig, HostLimits, NetConfig, SerialConfig, VmConfig,
+};
 use kvmos_vmm::exit::{EXIT_BAD_CONFIG, EXIT_INTERNAL_ERROR};
 use kvmos_vmm::{builder, runner};
 use std::path::PathBuf;
@@ -16,9 +18,21 @@ struct Args {
     /// A JSON VM configuration (see the crate docs); flags below override it
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The guest kernel (bzImage or ELF vmlinux)
+    /// The guest kernel (bzImage or ELF vmlinux), for a direct boot
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Boot a PC from its disks with firmware: bios (SeaBIOS) or uefi (OVMF)
+    #[arg(long, value_name = "bios|uefi")]
+    firmware: Option<String>,
+    /// The firmware image (SeaBIOS, or OVMF's code) instead of the installed one
+    #[arg(long, value_name = "FILE")]
+    firmware_path: Option<PathBuf>,
+    /// UEFI: this VM's copy of OVMF_VARS_4M.fd, where boot entries are kept
+    #[arg(long, value_name = "FILE")]
+    uefi_vars: Option<PathBuf>,
+    /// Disks to boot from, first first, by their index (e.g. 1,0)
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
+    boot_order: Vec<usize>,
     #[arg(long)]
     initrd: Option<PathBuf>,
     #[arg(long)]
@@ -105,13 +119,28 @@ fn flag(flag: &'static str, reason: impl Into<String>) -> ConfigError {
 fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
     let mut c = match &args.config {
         Some(p) => VmConfig::from_file(p)?,
-        None => {
-            let kernel = args.kernel.clone().ok_or_else(|| flag("kernel", "give --kernel PATH or --config FILE"))?;
-            VmConfig::from_json(&serde_json::json!({ "kernel": kernel }).to_string())?
+        None if args.kernel.is_none() && args.firmware.is_none() => {
+            return Err(flag("kernel", "give --kernel PATH, --firmware bios|uefi, or --config FILE"));
         }
+        None => VmConfig::from_json("{}")?,
     };
     if let Some(v) = args.kernel {
-        c.kernel = v;
+        c.kernel = Some(v);
+    }
+    if let Some(kind) = args.firmware.as_deref() {
+        c.firmware = Some(match kind {
+            "bios" => FirmwareConfig::Bios { path: args.firmware_path.clone() },
+            "uefi" => {
+                let vars = args.uefi_vars.clone().ok_or_else(|| {
+                    flag("uefi-vars", "UEFI needs this VM's copy of OVMF_VARS_4M.fd: give --uefi-vars FILE")
+                })?;
+                FirmwareConfig::Uefi { code: args.firmware_path.clone(), vars }
+            }
+            other => return Err(flag("firmware", format!("{other:?} is not a firmware; write bios or uefi"))),
+        });
+    }
+    if !args.boot_order.is_empty() {
+        c.boot_order = args.boot_order;
     }
     if let Some(v) = args.initrd {
         c.initrd = Some(v);
@@ -195,7 +224,7 @@ fn main() {
             std::process::exit(EXIT_BAD_CONFIG);
         }
     };
-    let machine = match builder::build_linux_vm(&config, started) {
+    let machine = match builder::build_vm(&config, started) {
         Ok(m) => m,
         Err(builder::BuildError::Config(e)) => finish(&config, EXIT_BAD_CONFIG, &e.to_string()),
         Err(e) => finish(&config, EXIT_INTERNAL_ERROR, &format!("cannot build the VM: {e}")),

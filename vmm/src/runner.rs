@@ -20,10 +20,12 @@ const TOKEN_EXIT: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
 const TOKEN_CONSOLE_LISTENER: u64 = 3;
 const TOKEN_API: u64 = 4;
+const TOKEN_RTC: u64 = 5;
 /// Virtio events: device `d`, queue `q` is `TOKEN_VIRTIO_BASE + d * 256 + q`,
-/// and the device's host file is queue slot 255.
+/// the device's host file is queue slot 255 and its INTx resample slot 254.
 const TOKEN_VIRTIO_BASE: u64 = 1 << 32;
 const VIRTIO_IO_SLOT: u64 = 255;
+const VIRTIO_RESAMPLE_SLOT: u64 = 254;
 /// Console clients get tokens from here up.
 const TOKEN_CLIENT_BASE: u64 = 1000;
 
@@ -117,6 +119,9 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
     };
 
     watch_virtio(&epoll, &machine)?;
+    if let Some(fd) = machine.rtc.as_ref().and_then(|r| lock(r).timer_fd()) {
+        add(fd, TOKEN_RTC)?;
+    }
 
     tracing::info!("starting the vCPUs {:.1} ms after VMM start", machine.started.elapsed().as_secs_f64() * 1000.0);
     let mut threads = Vec::new();
@@ -139,6 +144,11 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
             match ev.data() {
                 TOKEN_EXIT => {
                     let _ = machine.exit.evt.read();
+                }
+                TOKEN_RTC => {
+                    if let Some(rtc) = &machine.rtc {
+                        lock(rtc).tick();
+                    }
                 }
                 TOKEN_API => {
                     if let Some((rx, wake)) = &api {
@@ -220,6 +230,10 @@ fn watch_virtio(epoll: &Epoll, machine: &Machine) -> std::io::Result<()> {
             let events = EventSet::IN | EventSet::EDGE_TRIGGERED;
             epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, base + VIRTIO_IO_SLOT))?;
         }
+        if let Some(intx) = &slot.intx {
+            let token = base + VIRTIO_RESAMPLE_SLOT;
+            epoll.ctl(ControlOperation::Add, intx.resample.as_raw_fd(), EpollEvent::new(EventSet::IN, token))?;
+        }
     }
     Ok(())
 }
@@ -229,6 +243,15 @@ fn handle_virtio(machine: &Machine, event: u64) {
     let Some(slot) = machine.virtio.get(d) else { return };
     if q == VIRTIO_IO_SLOT {
         lock(&slot.transport).process_io();
+    } else if q == VIRTIO_RESAMPLE_SLOT {
+        // The guest ended the INTx interrupt; raise the line again while
+        // the device still has something pending.
+        if let Some(intx) = &slot.intx {
+            let _ = intx.resample.read();
+            if intx.interrupt.status.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+                let _ = intx.interrupt.irqfd.write(1);
+            }
+        }
     } else if let Some(evt) = slot.queue_evts.get(q as usize) {
         let _ = evt.read();
         lock(&slot.transport).notify(q as u16);
@@ -302,6 +325,6 @@ fn handle_api<T>(
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -135,3 +135,79 @@ pub fn bundle(guests_dir: &Path) -> std::io::Result<()> {
     });
     std::fs::write(dir.join("guest.json"), descriptor.to_string())
 }
+
+/// A bootable disk for the PC machine's firmware tests: a 1 MiB raw image
+/// whose MBR boot sector, once the BIOS has loaded it at 0x7C00,
+///
+/// 1. prints `message` and CR LF through the BIOS (INT 10h teletype, which
+///    SeaBIOS mirrors on its serial console), then waits 200 ms through INT
+///    15h so the BIOS has flushed that console;
+/// 2. writes `FW:` and the 4 bytes fw_cfg's signature item reads, `CMOS:`
+///    and CMOS byte 0x5F (the CPU count minus one), and `PCI:` and the
+///    vendor and device ID of PCI 00:00.0, straight to COM1;
+/// 3. writes the boot marker and resets through the i8042, so the VMM
+///    ends with the reboot code.
+pub fn boot_disk(message: &str) -> Vec<u8> {
+    // Straight-line helpers (16-bit real mode).
+    let serial_al: &[u8] = &[0xBA, 0xF8, 0x03, 0xEE]; // mov dx, 0x3f8; out dx, al
+    let serial_text = |c: &mut Vec<u8>, text: &str| {
+        for b in text.bytes() {
+            c.extend_from_slice(&[0xB0, b]); // mov al, b
+            c.extend_from_slice(serial_al);
+        }
+    };
+    const MESSAGE_AT: usize = 0x100;
+    let mut c = vec![
+        0xFA, //                   00: cli
+        0x31, 0xC0, //             01: xor ax, ax
+        0x8E, 0xD8, //             03: mov ds, ax
+        0x8E, 0xD0, //             05: mov ss, ax
+        0xBC, 0x00, 0x7C, //       07: mov sp, 0x7c00
+        0xBE, 0x00, 0x7D, //       0a: mov si, 0x7c00 + MESSAGE_AT
+        0xAC, //                   0d: lodsb
+        0x84, 0xC0, //             0e: test al, al
+        0x74, 0x09, //             10: jz 1b
+        0xB4, 0x0E, //             12: mov ah, 0x0e
+        0xBB, 0x07, 0x00, //       14: mov bx, 7
+        0xCD, 0x10, //             17: int 0x10
+        0xEB, 0xF2, //             19: jmp 0d
+        0xFB, //                   1b: sti
+        0xB4, 0x86, //             1c: mov ah, 0x86      (wait CX:DX µs)
+        0xB9, 0x03, 0x00, //       1e: mov cx, 3
+        0xBA, 0x40, 0x0D, //       21: mov dx, 0x0d40    (0x30d40 = 200,000)
+        0xCD, 0x15, //             24: int 0x15
+        0xFA, //                   26: cli
+    ];
+    // fw_cfg: select the signature item, read four bytes.
+    serial_text(&mut c, "FW:");
+    c.extend_from_slice(&[0x31, 0xC0, 0xBA, 0x10, 0x05, 0xEF]); // xor ax, ax; mov dx, 0x510; out dx, ax
+    for _ in 0..4 {
+        c.extend_from_slice(&[0xBA, 0x11, 0x05, 0xEC]); // mov dx, 0x511; in al, dx
+        c.extend_from_slice(serial_al);
+    }
+    serial_text(&mut c, "CMOS:");
+    c.extend_from_slice(&[0xB0, 0x5F, 0xE6, 0x70, 0xE4, 0x71]); // mov al, 0x5f; out 0x70, al; in al, 0x71
+    c.extend_from_slice(serial_al);
+    serial_text(&mut c, "PCI:");
+    c.extend_from_slice(&[0x66, 0xB8, 0x00, 0x00, 0x00, 0x80]); // mov eax, 0x80000000
+    c.extend_from_slice(&[0xBA, 0xF8, 0x0C, 0x66, 0xEF]); // mov dx, 0xcf8; out dx, eax
+    c.extend_from_slice(&[0xBA, 0xFC, 0x0C, 0x66, 0xED]); // mov dx, 0xcfc; in eax, dx
+    for i in 0..4 {
+        if i > 0 {
+            c.extend_from_slice(&[0x66, 0xC1, 0xE8, 0x08]); // shr eax, 8
+        }
+        c.extend_from_slice(serial_al);
+    }
+    serial_text(&mut c, "\r\n");
+    c.extend_from_slice(&[0xBA, 0x40, 0x04, 0xB0, 0x01, 0xEE]); // boot marker: mov dx, 0x440; mov al, 1; out dx, al
+    c.extend_from_slice(&[0xB0, 0xFE, 0xE6, 0x64, 0xF4, 0xEB, 0xFE]); // reset via the i8042; hlt; jmp $
+    assert!(c.len() <= MESSAGE_AT, "boot code overlaps the message");
+    let text = format!("{message}\r\n\0");
+    assert!(MESSAGE_AT + text.len() <= 446, "message too long for the boot sector");
+    let mut disk = vec![0u8; 1 << 20];
+    disk[..c.len()].copy_from_slice(&c);
+    disk[MESSAGE_AT..MESSAGE_AT + text.len()].copy_from_slice(text.as_bytes());
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk
+}

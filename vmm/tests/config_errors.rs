@@ -28,7 +28,7 @@ fn assert_bad_config(args: &[&str], message: &str) {
 #[test]
 fn kernel_problems() {
     let dir = tempfile::tempdir().unwrap();
-    assert_bad_config(&[], "--kernel: give --kernel PATH or --config FILE");
+    assert_bad_config(&[], "--kernel: give --kernel PATH, --firmware bios|uefi, or --config FILE");
     assert_bad_config(&["--kernel", "/nonexistent/bzImage"], "kernel: /nonexistent/bzImage does not exist");
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "not a kernel").unwrap();

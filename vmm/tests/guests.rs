@@ -116,12 +116,8 @@ fn mmio_hole_reads_all_ones_and_devices_get_their_accesses() {
     ]);
     let m = machine(&code);
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut mmio = (*m.mmio_bus).clone();
-    mmio.insert(0x100120, 0x10, Arc::new(Mutex::new(Probe(Arc::clone(&seen))))).unwrap();
-    let mut m = m;
-    for v in &mut m.vcpus {
-        v.mmio_bus = Arc::new(mmio.clone());
-    }
+    // The buses are shared with the vCPUs and can change under them.
+    m.mmio_bus.insert(0x100120, 0x10, Arc::new(Mutex::new(Probe(Arc::clone(&seen))))).unwrap();
     let counters = Arc::clone(&m.counters);
     let (reason, out) = run(m);
     assert_eq!(reason, ExitReason::Reboot, "the VMM survived the hole and the guest ran on");

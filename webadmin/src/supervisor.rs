@@ -238,7 +238,10 @@ impl Supervisor {
             if r.spec.network { vec![NetConfig { tap: tap_name(&r.id), mac: Some(r.mac.clone()) }] } else { vec![] };
         Ok(VmConfig {
             vm_id: r.spec.name.clone(),
-            kernel,
+            kernel: Some(kernel),
+            firmware: None,
+            boot_order: Vec::new(),
+            firmware_log: None,
             initrd,
             cmdline: r.spec.cmdline.clone().unwrap_or(default_cmdline),
             memory_mib: r.spec.memory_mib,

@@ -20,6 +20,9 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables live in the BIOS area, where Linux also scans for the RSDP.
 pub const ACPI_START: u64 = 0xe0000;
+/// The legacy VGA window: device memory on a PC, not RAM.
+pub const VGA_WINDOW_START: u64 = 0xa_0000;
+pub const VGA_WINDOW_END: u64 = 0xc_0000;
 /// Protected-mode kernels load at 1 MiB.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// The 32-bit MMIO hole: nothing but devices between here and 4 GiB, so RAM
@@ -29,6 +32,12 @@ pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
 /// virtio-mmio devices, one 4 KiB window each, from here.
 pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// Three pages KVM needs for real mode on Intel (its TSS), and the page
+/// before them for its identity-mapped page table: where QEMU puts them,
+/// below the IOAPIC and clear of any firmware flash.
+pub const KVM_IDENTITY_MAP_START: u64 = 0xfeff_c000;
+pub const KVM_TSS_START: u64 = 0xfeff_d000;
+pub const KVM_PRIVATE_END: u64 = 0xff00_0000;
 /// The in-kernel IOAPIC and the local APICs.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
@@ -36,6 +45,8 @@ pub const APIC_START: u64 = 0xfee0_0000;
 /// Legacy I/O ports.
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
+/// The RTC's interrupt (ISA IRQ 8).
+pub const RTC_IRQ: u32 = 8;
 pub const I8042_DATA_PORT: u16 = 0x60;
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 /// ACPI fixed-hardware registers (PM1a event and control blocks).

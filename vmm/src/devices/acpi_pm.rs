@@ -16,12 +16,18 @@ pub const S5_SLP_TYP: u16 = 5;
 const PWRBTN: u16 = 1 << 8;
 const SCI_EN: u16 = 1;
 const SLP_EN: u16 = 1 << 13;
-/// Offsets within the device: PM1a_STS, PM1a_EN, then PM1a_CNT.
+/// Offsets within the device: PM1a_STS, PM1a_EN, PM1a_CNT, then the PM
+/// timer (the PIIX4 layout).
 const STS: u64 = 0;
 const EN: u64 = 2;
 const CNT: u64 = 4;
-/// Bytes the device spans (event block 4, control block 2, padded).
-pub const LEN: u64 = 8;
+pub const TMR: u64 = 8;
+/// Bytes the device spans (event block 4, control block 2, padding, timer 4).
+pub const LEN: u64 = 12;
+/// The ACPI PM timer runs at 3.579545 MHz and is 24 bits wide (the FADT
+/// leaves TMR_VAL_EXT clear).
+const PM_TIMER_HZ: u128 = 3_579_545;
+const PM_TIMER_MASK: u32 = 0x00ff_ffff;
 
 pub struct AcpiPm {
     sts: u16,
@@ -29,12 +35,13 @@ pub struct AcpiPm {
     cnt: u16,
     set_sci: Box<dyn Fn(bool) + Send>,
     exit: Arc<ExitSignal>,
+    epoch: std::time::Instant,
 }
 
 impl AcpiPm {
     /// `set_sci` drives the SCI line (true = asserted).
     pub fn new(set_sci: Box<dyn Fn(bool) + Send>, exit: Arc<ExitSignal>) -> Self {
-        Self { sts: 0, en: 0, cnt: SCI_EN, set_sci, exit }
+        Self { sts: 0, en: 0, cnt: SCI_EN, set_sci, exit, epoch: std::time::Instant::now() }
     }
 
     /// A press of the power button.
@@ -46,6 +53,10 @@ impl AcpiPm {
     /// Whether the guest has armed the power button event.
     pub fn power_button_enabled(&self) -> bool {
         self.en & PWRBTN != 0
+    }
+
+    fn timer(&self) -> u32 {
+        ((self.epoch.elapsed().as_nanos() * PM_TIMER_HZ / 1_000_000_000) as u32) & PM_TIMER_MASK
     }
 
     fn update_sci(&self) {
@@ -64,9 +75,10 @@ fn word(data: &[u8]) -> u16 {
 impl BusDevice for AcpiPm {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let v = match offset {
-            STS => self.sts,
-            EN => self.en,
-            CNT => self.cnt,
+            STS => u32::from(self.sts),
+            EN => u32::from(self.en),
+            CNT => u32::from(self.cnt),
+            TMR => self.timer(),
             _ => 0,
         };
         for (i, b) in data.iter_mut().enumerate() {
@@ -123,5 +135,21 @@ mod tests {
         assert_eq!(exit.reason(), None);
         pm.write(CNT, &((S5_SLP_TYP << 10) | SLP_EN).to_le_bytes());
         assert_eq!(exit.reason(), Some(ExitReason::PowerOff));
+    }
+
+    #[test]
+    fn the_pm_timer_counts_at_3_58_mhz() {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let mut pm = AcpiPm::new(Box::new(|_| {}), exit);
+        let read = |pm: &mut AcpiPm| {
+            let mut b = [0u8; 4];
+            pm.read(TMR, &mut b);
+            u32::from_le_bytes(b)
+        };
+        let a = read(&mut pm);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let ticks = read(&mut pm).wrapping_sub(a) & PM_TIMER_MASK;
+        // 20 ms is 71,591 ticks; allow for a slow, busy machine.
+        assert!((71_000..400_000).contains(&ticks), "{ticks} ticks in 20 ms");
     }
 }

@@ -1,8 +1,12 @@
 //! The I/O-port and MMIO buses: which device answers an address a vCPU
 //! touches. Devices take the offset within their own range.
+//!
+//! Ranges can move while the VM runs: PCI firmware assigns BARs, and the
+//! PIIX4 moves its PM registers where the firmware programs PMBASE. So the
+//! map sits behind a read-write lock that vCPUs only read.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Something a vCPU can read and write.
 pub trait BusDevice: Send {
@@ -22,26 +26,35 @@ impl std::fmt::Display for OverlapError {
     }
 }
 
+type Ranges = BTreeMap<u64, (u64, Arc<Mutex<dyn BusDevice>>)>;
+
 /// A set of non-overlapping address ranges, each with its device.
-#[derive(Default, Clone)]
+#[derive(Default)]
 pub struct Bus {
-    devices: BTreeMap<u64, (u64, Arc<Mutex<dyn BusDevice>>)>,
+    devices: RwLock<Ranges>,
 }
 
 impl Bus {
-    pub fn insert(&mut self, base: u64, len: u64, dev: Arc<Mutex<dyn BusDevice>>) -> Result<(), OverlapError> {
+    pub fn insert(&self, base: u64, len: u64, dev: Arc<Mutex<dyn BusDevice>>) -> Result<(), OverlapError> {
+        let mut devices = self.devices.write().unwrap_or_else(|p| p.into_inner());
         let end = base.checked_add(len).ok_or(OverlapError { base, len })?;
-        let clash = self.devices.range(..end).next_back().is_some_and(|(&b, &(l, _))| b + l > base);
+        let clash = devices.range(..end).next_back().is_some_and(|(&b, &(l, _))| b + l > base);
         if len == 0 || clash {
             return Err(OverlapError { base, len });
         }
-        self.devices.insert(base, (len, dev));
+        devices.insert(base, (len, dev));
         Ok(())
     }
 
-    fn find(&self, addr: u64) -> Option<(u64, &Arc<Mutex<dyn BusDevice>>)> {
-        let (&base, (len, dev)) = self.devices.range(..=addr).next_back()?;
-        (addr - base < *len).then_some((addr - base, dev))
+    /// Takes the range that starts at `base` off the bus; false if none did.
+    pub fn remove(&self, base: u64) -> bool {
+        self.devices.write().unwrap_or_else(|p| p.into_inner()).remove(&base).is_some()
+    }
+
+    fn find(&self, addr: u64) -> Option<(u64, Arc<Mutex<dyn BusDevice>>)> {
+        let devices = self.devices.read().unwrap_or_else(|p| p.into_inner());
+        let (&base, (len, dev)) = devices.range(..=addr).next_back()?;
+        (addr - base < *len).then(|| (addr - base, Arc::clone(dev)))
     }
 
     /// Reads from the device at `addr`; false if there is none.
@@ -82,7 +95,7 @@ mod tests {
 
     #[test]
     fn routes_by_range_with_offsets_and_refuses_overlap() {
-        let mut bus = Bus::default();
+        let bus = Bus::default();
         bus.insert(0x3f8, 8, Arc::new(Mutex::new(Echo(0x10)))).unwrap();
         assert!(bus.insert(0x3fc, 8, Arc::new(Mutex::new(Echo(0)))).is_err());
         assert!(bus.insert(0x3f0, 9, Arc::new(Mutex::new(Echo(0)))).is_err());
@@ -95,5 +108,8 @@ mod tests {
         assert!(bus.write(0x3f8, &[0x20]));
         bus.read(0x3f8, &mut b);
         assert_eq!(b[0], 0x20);
+        assert!(bus.remove(0x3f8));
+        assert!(!bus.read(0x3f8, &mut b));
+        bus.insert(0x3f0, 9, Arc::new(Mutex::new(Echo(0)))).unwrap();
     }
 }

@@ -7,9 +7,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use std::sync::Arc;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
-/// Where KVM puts the TSS it needs for real-mode emulation on Intel: the
-/// top of the 32-bit space, inside the MMIO hole, away from any device.
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+use crate::arch::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
 
 #[derive(Debug, displaydoc::Display, thiserror::Error)]
 pub enum VmError {
@@ -23,12 +21,19 @@ pub enum VmError {
     IrqChip(kvm_ioctls::Error),
     /// KVM cannot set up the TSS: {0}
     Tss(kvm_ioctls::Error),
+    /// cannot map {0} bytes for the firmware: {1}
+    RomMemory(usize, String),
+    /// KVM refused the firmware's memory at {0:#x}: {1}
+    RomSlot(u64, kvm_ioctls::Error),
 }
 
 pub struct Vm {
     pub kvm: Kvm,
     pub fd: Arc<VmFd>,
     pub memory: GuestMemory,
+    /// Firmware images mapped read-only, kept alive with the VM.
+    roms: Vec<vm_memory::mmap::MmapRegion<()>>,
+    next_slot: u32,
 }
 
 impl Vm {
@@ -37,7 +42,8 @@ impl Vm {
     pub fn new(memory: GuestMemory) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
-        fd.set_tss_address(KVM_TSS_ADDRESS).map_err(VmError::Tss)?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_START).map_err(VmError::Tss)?;
+        fd.set_tss_address(KVM_TSS_START as usize).map_err(VmError::Tss)?;
         for (slot, region) in memory.iter().enumerate() {
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -53,6 +59,32 @@ impl Vm {
         fd.create_irq_chip().map_err(VmError::IrqChip)?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         fd.create_pit2(pit).map_err(VmError::IrqChip)?;
-        Ok(Self { kvm, fd: Arc::new(fd), memory })
+        let next_slot = memory.num_regions() as u32;
+        Ok(Self { kvm, fd: Arc::new(fd), memory, roms: Vec::new(), next_slot })
+    }
+
+    /// Maps `image` at guest address `at`, read-only where KVM supports
+    /// it (a guest write then exits to the VMM and changes nothing).
+    pub fn map_rom(&mut self, at: u64, image: &[u8]) -> Result<(), VmError> {
+        let len = image.len();
+        let region = vm_memory::mmap::MmapRegion::<()>::new(len).map_err(|e| VmError::RomMemory(len, e.to_string()))?;
+        // SAFETY: the region is a fresh private mapping of `len` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), region.as_ptr(), len) };
+        let read_only = self.kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem);
+        let r = kvm_userspace_memory_region {
+            slot: self.next_slot,
+            guest_phys_addr: at,
+            memory_size: len as u64,
+            userspace_addr: region.as_ptr() as u64,
+            flags: if read_only { kvm_bindings::KVM_MEM_READONLY } else { 0 },
+        };
+        // SAFETY: the mapping lives in `self.roms` as long as the VM.
+        unsafe { self.fd.set_user_memory_region(r) }.map_err(|e| VmError::RomSlot(at, e))?;
+        if !read_only {
+            tracing::warn!("KVM has no read-only memory here; the firmware at {at:#x} is writable by the guest");
+        }
+        self.next_slot += 1;
+        self.roms.push(region);
+        Ok(())
     }
 }

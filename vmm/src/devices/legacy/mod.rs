@@ -1,4 +1,7 @@
 //! Legacy PC devices.
 pub mod boot_marker;
+pub mod cmos;
+pub mod debugcon;
 pub mod i8042;
+pub mod port92;
 pub mod serial;

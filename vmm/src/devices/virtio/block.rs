@@ -189,7 +189,7 @@ impl VirtioDevice for Block {
             used = true;
         }
         if used && queue.needs_notification(&mem).unwrap_or(true) {
-            irq.signal_used_queue();
+            irq.signal_used_queue(0);
         }
         self.queue = Some(queue);
     }

@@ -1,6 +1,7 @@
 //! The virtio-mmio register block (virtio spec 4.2.2, version 2).
 
-use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::state::VirtioState;
+use super::{Interrupt, VirtioDevice, VirtioTransport};
 use crate::devices::bus::BusDevice;
 use crate::vstate::memory::GuestMemory;
 use std::sync::atomic::Ordering;
@@ -10,13 +11,6 @@ use virtio_queue::{Queue, QueueT};
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x4b56_4d4f; // "KVMO"
-
-// Device status bits.
-const STATUS_ACKNOWLEDGE: u32 = 1;
-const STATUS_DRIVER: u32 = 2;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_FEATURES_OK: u32 = 8;
-const STATUS_FAILED: u32 = 0x80;
 
 /// Register offsets.
 pub mod reg {
@@ -47,106 +41,47 @@ pub mod reg {
 }
 
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
-    mem: GuestMemory,
-    interrupt: Arc<Interrupt>,
-    queues: Vec<Queue>,
+    state: VirtioState,
     device_features_sel: u32,
     driver_features_sel: u32,
-    acked_features: u64,
     queue_sel: u32,
-    status: u32,
-    activated: bool,
 }
 
 impl MmioTransport {
     pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemory, interrupt: Arc<Interrupt>) -> Self {
-        let queues = Self::fresh_queues(device.as_ref());
         Self {
-            device,
-            mem,
-            interrupt,
-            queues,
+            state: VirtioState::new(device, mem, interrupt),
             device_features_sel: 0,
             driver_features_sel: 0,
-            acked_features: 0,
             queue_sel: 0,
-            status: 0,
-            activated: false,
         }
-    }
-
-    fn fresh_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
-        device.queue_max_sizes().into_iter().filter_map(|max| Queue::new(max).ok()).collect()
     }
 
     fn queue(&mut self) -> Option<&mut Queue> {
-        // Queues can only be set up before DRIVER_OK.
-        if self.activated {
-            return None;
-        }
-        self.queues.get_mut(self.queue_sel as usize)
-    }
-
-    fn reset(&mut self) {
-        self.device.reset();
-        self.queues = Self::fresh_queues(self.device.as_ref());
-        self.status = 0;
-        self.acked_features = 0;
-        self.activated = false;
-        self.interrupt.status.store(0, Ordering::SeqCst);
-    }
-
-    fn set_status(&mut self, v: u32) {
-        if v == 0 {
-            self.reset();
-            return;
-        }
-        if v & STATUS_FEATURES_OK != 0 && self.acked_features & VIRTIO_F_VERSION_1 == 0 {
-            // A legacy driver: this device is modern only.
-            self.status = v & !STATUS_FEATURES_OK;
-            return;
-        }
-        self.status = v;
-        let wanted = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
-        if !self.activated && v & wanted == wanted && v & STATUS_FAILED == 0 {
-            if !self.queues.iter().filter(|q| q.ready()).all(|q| q.is_valid(&self.mem)) {
-                tracing::warn!("virtio: the driver set up an invalid queue; device marked failed");
-                self.status |= STATUS_FAILED;
-                return;
-            }
-            self.activated = true;
-            let queues = std::mem::take(&mut self.queues);
-            self.device.activate(self.mem.clone(), queues, Arc::clone(&self.interrupt), self.acked_features);
-        }
+        self.state.queue(self.queue_sel as usize)
     }
 
     /// The device this transport carries.
     pub fn device_type(&self) -> u32 {
-        self.device.device_type()
+        self.state.device.device_type()
     }
 
     pub fn queue_count(&self) -> usize {
-        self.device.queue_max_sizes().len()
+        self.state.queue_count()
+    }
+}
+
+impl VirtioTransport for MmioTransport {
+    fn notify(&mut self, index: u16) {
+        self.state.notify(index);
     }
 
-    /// The driver notified queue `index` (by register write or through
-    /// the queue's ioeventfd).
-    pub fn notify(&mut self, index: u16) {
-        if self.activated {
-            self.device.queue_notify(index);
-        }
+    fn io_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.state.device.io_fd()
     }
 
-    pub fn io_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.device.io_fd()
-    }
-
-    /// The device's host file is readable.
-    pub fn process_io(&mut self) {
-        if self.activated {
-            self.device.process_io();
-        }
+    fn process_io(&mut self) {
+        self.state.process_io();
     }
 }
 
@@ -157,43 +92,22 @@ fn u32_of(data: &[u8]) -> u32 {
     u32::from_le_bytes(b)
 }
 
-fn set_half(v: &mut u64, high: bool, value: u32) {
-    if high {
-        *v = (*v & 0xffff_ffff) | (u64::from(value) << 32);
-    } else {
-        *v = (*v & !0xffff_ffff) | u64::from(value);
-    }
-}
-
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= reg::CONFIG {
-            self.device.read_config(offset - reg::CONFIG, data);
+            self.state.device.read_config(offset - reg::CONFIG, data);
             return;
         }
         let v: u32 = match offset {
             reg::MAGIC => MAGIC,
             reg::VERSION => VERSION,
-            reg::DEVICE_ID => self.device.device_type(),
+            reg::DEVICE_ID => self.state.device.device_type(),
             reg::VENDOR_ID => VENDOR_ID,
-            reg::DEVICE_FEATURES => {
-                let f = self.device.features();
-                match self.device_features_sel {
-                    0 => f as u32,
-                    1 => (f >> 32) as u32,
-                    _ => 0,
-                }
-            }
-            reg::QUEUE_NUM_MAX => {
-                self.device.queue_max_sizes().get(self.queue_sel as usize).map(|&m| u32::from(m)).unwrap_or(0)
-            }
-            // Once active, the queues belong to the device and are ready.
-            reg::QUEUE_READY if self.activated => {
-                u32::from((self.queue_sel as usize) < self.device.queue_max_sizes().len())
-            }
-            reg::QUEUE_READY => self.queues.get(self.queue_sel as usize).map(|q| u32::from(q.ready())).unwrap_or(0),
-            reg::INTERRUPT_STATUS => self.interrupt.status.load(Ordering::SeqCst),
-            reg::STATUS => self.status,
+            reg::DEVICE_FEATURES => self.state.device_features(self.device_features_sel),
+            reg::QUEUE_NUM_MAX => u32::from(self.state.queue_max(self.queue_sel as usize)),
+            reg::QUEUE_READY => u32::from(self.state.queue_ready(self.queue_sel as usize)),
+            reg::INTERRUPT_STATUS => self.state.interrupt.status.load(Ordering::SeqCst),
+            reg::STATUS => self.state.status(),
             reg::CONFIG_GENERATION => 0,
             _ => 0,
         };
@@ -205,25 +119,14 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= reg::CONFIG {
-            self.device.write_config(offset - reg::CONFIG, data);
+            self.state.device.write_config(offset - reg::CONFIG, data);
             return;
         }
         let v = u32_of(data);
         match offset {
             reg::DEVICE_FEATURES_SEL => self.device_features_sel = v,
             reg::DRIVER_FEATURES_SEL => self.driver_features_sel = v,
-            reg::DRIVER_FEATURES => {
-                if self.status & STATUS_FEATURES_OK == 0 {
-                    let offered = self.device.features();
-                    match self.driver_features_sel {
-                        0 => set_half(&mut self.acked_features, false, v),
-                        1 => set_half(&mut self.acked_features, true, v),
-                        _ => {}
-                    }
-                    // A driver cannot take what was not offered.
-                    self.acked_features &= offered;
-                }
-            }
+            reg::DRIVER_FEATURES => self.state.ack_features(self.driver_features_sel, v),
             reg::QUEUE_SEL => self.queue_sel = v,
             reg::QUEUE_NUM => {
                 if let Some(q) = self.queue() {
@@ -243,9 +146,9 @@ impl BusDevice for MmioTransport {
             reg::QUEUE_DEVICE_HIGH => self.queue().into_iter().for_each(|q| q.set_used_ring_address(None, Some(v))),
             reg::QUEUE_NOTIFY => self.notify(v as u16),
             reg::INTERRUPT_ACK => {
-                self.interrupt.status.fetch_and(!v, Ordering::SeqCst);
+                self.state.interrupt.status.fetch_and(!v, Ordering::SeqCst);
             }
-            reg::STATUS => self.set_status(v),
+            reg::STATUS => self.state.set_status(v),
             _ => tracing::debug!("virtio-mmio: write to read-only or unknown register {offset:#x}"),
         }
     }
@@ -255,6 +158,7 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::devices::virtio::rng::Rng;
+    use crate::devices::virtio::state::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
     use crate::devices::virtio::testing::{TestDriver, BUFFERS};
     use crate::devices::virtio::{INT_VRING, TYPE_RNG};
     use vm_memory::{Bytes, GuestAddress};

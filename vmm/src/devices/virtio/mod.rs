@@ -1,18 +1,22 @@
-//! Virtio devices over MMIO (virtio 1.x, the "modern" MMIO transport,
-//! version 2). [`mmio::MmioTransport`] is the register block a guest
-//! driver programs; each device implements [`VirtioDevice`] and processes
-//! its queues when the guest notifies them.
+//! Virtio devices (virtio 1.x) and their two transports: MMIO (version 2,
+//! for the direct-boot machine, [`mmio::MmioTransport`]) and modern PCI
+//! (for the PC machine, [`pci::VirtioPci`]). Both program the same
+//! [`state::VirtioState`]; each device implements [`VirtioDevice`] and
+//! processes its queues when the guest notifies them.
 
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod pci;
 pub mod rng;
+pub mod state;
 #[cfg(test)]
 pub mod testing;
 
+use crate::devices::pci::msix::{Msix, NO_VECTOR};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -30,25 +34,71 @@ pub const TYPE_RNG: u32 = 4;
 pub const INT_VRING: u32 = 1;
 pub const INT_CONFIG: u32 = 2;
 
-/// A device's interrupt: a status word the guest reads and acknowledges,
-/// and an irqfd that raises its IRQ line.
+/// A device's interrupt. On virtio-mmio, and on virtio-pci until the
+/// driver enables MSI-X, it is a status word the guest reads and
+/// acknowledges plus an irqfd on the device's IRQ line. With MSI-X enabled,
+/// each queue raises the vector the driver chose for it.
 pub struct Interrupt {
     pub status: AtomicU32,
     pub irqfd: EventFd,
+    msix: Option<MsixVectors>,
+}
+
+/// The MSI-X side of a virtio-pci device's interrupt: the table, and the
+/// vector the driver assigned to each queue and to config changes.
+pub struct MsixVectors {
+    pub table: Arc<Mutex<Msix>>,
+    pub queue_vectors: Vec<AtomicU16>,
+    pub config_vector: AtomicU16,
 }
 
 impl Interrupt {
     pub fn new(irqfd: EventFd) -> Self {
-        Self { status: AtomicU32::new(0), irqfd }
+        Self { status: AtomicU32::new(0), irqfd, msix: None }
     }
 
-    /// Tells the guest that used buffers are waiting.
-    pub fn signal_used_queue(&self) {
+    /// An interrupt that uses `table` once the driver enables MSI-X.
+    pub fn with_msix(irqfd: EventFd, table: Arc<Mutex<Msix>>, queues: usize) -> Self {
+        let msix = MsixVectors {
+            table,
+            queue_vectors: (0..queues).map(|_| AtomicU16::new(NO_VECTOR)).collect(),
+            config_vector: AtomicU16::new(NO_VECTOR),
+        };
+        Self { status: AtomicU32::new(0), irqfd, msix: Some(msix) }
+    }
+
+    pub fn msix(&self) -> Option<&MsixVectors> {
+        self.msix.as_ref()
+    }
+
+    /// Tells the guest that queue `queue` has used buffers waiting.
+    pub fn signal_used_queue(&self, queue: u16) {
+        if let Some(m) = &self.msix {
+            let mut table = m.table.lock().unwrap_or_else(|p| p.into_inner());
+            if table.enabled() {
+                let vector = m.queue_vectors.get(usize::from(queue)).map_or(NO_VECTOR, |v| v.load(Ordering::SeqCst));
+                if vector != NO_VECTOR {
+                    table.trigger(vector);
+                }
+                return;
+            }
+        }
         self.status.fetch_or(INT_VRING, Ordering::SeqCst);
         if let Err(e) = self.irqfd.write(1) {
             tracing::warn!("cannot raise a virtio interrupt: {e}");
         }
     }
+}
+
+/// What the event loop needs of a transport, MMIO or PCI.
+pub trait VirtioTransport: Send {
+    /// The driver notified queue `index` (by register write or through
+    /// the queue's ioeventfd).
+    fn notify(&mut self, index: u16);
+    /// The device's host file, if it has one (see [`VirtioDevice::io_fd`]).
+    fn io_fd(&self) -> Option<RawFd>;
+    /// The device's host file is readable.
+    fn process_io(&mut self);
 }
 
 /// What a virtio device does; the transport does the rest.

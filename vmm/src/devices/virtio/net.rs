@@ -159,8 +159,11 @@ impl Net {
         let notify = |q: Option<&mut Queue>| q.map(|q| q.needs_notification(&mem).unwrap_or(true)).unwrap_or(false);
         let want_tx = sent && notify(self.queues.get_mut(TX));
         let want_rx = received && notify(self.queues.get_mut(RX));
-        if want_tx || want_rx {
-            irq.signal_used_queue();
+        if want_rx {
+            irq.signal_used_queue(RX as u16);
+        }
+        if want_tx {
+            irq.signal_used_queue(TX as u16);
         }
     }
 }
@@ -219,6 +222,7 @@ mod tests {
     use crate::devices::bus::BusDevice;
     use crate::devices::virtio::mmio::reg;
     use crate::devices::virtio::testing::{TestDriver, BUFFERS};
+    use crate::devices::virtio::VirtioTransport;
     use std::os::fd::{FromRawFd, OwnedFd};
     use vm_memory::GuestAddress;
 

@@ -61,7 +61,7 @@ impl VirtioDevice for Rng {
             used = true;
         }
         if used && queue.needs_notification(mem).unwrap_or(true) {
-            irq.signal_used_queue();
+            irq.signal_used_queue(0);
         }
     }
     fn reset(&mut self) {

@@ -1,0 +1,169 @@
+//! What both virtio transports share: the device, its queues while the
+//! driver sets them up, feature negotiation and the status byte (virtio
+//! 1.x, 3.1). The MMIO and PCI register blocks are two views of this.
+
+use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::vstate::memory::GuestMemory;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use virtio_queue::{Queue, QueueT};
+
+// Device status bits.
+pub const STATUS_ACKNOWLEDGE: u32 = 1;
+pub const STATUS_DRIVER: u32 = 2;
+pub const STATUS_DRIVER_OK: u32 = 4;
+pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_FAILED: u32 = 0x80;
+
+pub struct VirtioState {
+    pub device: Box<dyn VirtioDevice>,
+    mem: GuestMemory,
+    pub interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    acked_features: u64,
+    status: u32,
+    activated: bool,
+}
+
+impl VirtioState {
+    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemory, interrupt: Arc<Interrupt>) -> Self {
+        let queues = fresh_queues(device.as_ref());
+        Self { device, mem, interrupt, queues, acked_features: 0, status: 0, activated: false }
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    pub fn activated(&self) -> bool {
+        self.activated
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.device.queue_max_sizes().len()
+    }
+
+    pub fn queue_max(&self, index: usize) -> u16 {
+        self.device.queue_max_sizes().get(index).copied().unwrap_or(0)
+    }
+
+    /// Queue `index` while the driver may still set it up (before
+    /// DRIVER_OK).
+    pub fn queue(&mut self, index: usize) -> Option<&mut Queue> {
+        if self.activated {
+            return None;
+        }
+        self.queues.get_mut(index)
+    }
+
+    /// Queue `index` as the driver has set it up so far (None once active).
+    pub fn queue_ref(&self, index: usize) -> Option<&Queue> {
+        if self.activated {
+            return None;
+        }
+        self.queues.get(index)
+    }
+
+    /// Whether queue `index` is enabled; once active, every queue belongs
+    /// to the device and counts as ready.
+    pub fn queue_ready(&self, index: usize) -> bool {
+        if self.activated {
+            return index < self.queue_count();
+        }
+        self.queues.get(index).is_some_and(|q| q.ready())
+    }
+
+    /// The queue's size as the driver set it (its maximum once active).
+    pub fn queue_size(&self, index: usize) -> u16 {
+        match self.queues.get(index) {
+            Some(q) if !self.activated => q.size(),
+            _ => self.queue_max(index),
+        }
+    }
+
+    /// Half `select` (0 low, 1 high) of the offered features.
+    pub fn device_features(&self, select: u32) -> u32 {
+        let f = self.device.features();
+        match select {
+            0 => f as u32,
+            1 => (f >> 32) as u32,
+            _ => 0,
+        }
+    }
+
+    pub fn driver_features(&self, select: u32) -> u32 {
+        match select {
+            0 => self.acked_features as u32,
+            1 => (self.acked_features >> 32) as u32,
+            _ => 0,
+        }
+    }
+
+    /// The driver wrote half `select` of its features; a driver cannot
+    /// take what was not offered, nor change them after FEATURES_OK.
+    pub fn ack_features(&mut self, select: u32, value: u32) {
+        if self.status & STATUS_FEATURES_OK != 0 {
+            return;
+        }
+        let v = &mut self.acked_features;
+        match select {
+            0 => *v = (*v & !0xffff_ffff) | u64::from(value),
+            1 => *v = (*v & 0xffff_ffff) | (u64::from(value) << 32),
+            _ => {}
+        }
+        *v &= self.device.features();
+    }
+
+    pub fn reset(&mut self) {
+        self.device.reset();
+        self.queues = fresh_queues(self.device.as_ref());
+        self.status = 0;
+        self.acked_features = 0;
+        self.activated = false;
+        self.interrupt.status.store(0, Ordering::SeqCst);
+    }
+
+    /// The driver wrote the status byte: 0 resets; ACKNOWLEDGE, DRIVER,
+    /// FEATURES_OK and DRIVER_OK together hand the queues to the device.
+    pub fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        if v & STATUS_FEATURES_OK != 0 && self.acked_features & VIRTIO_F_VERSION_1 == 0 {
+            // A legacy driver: these devices are modern only.
+            self.status = v & !STATUS_FEATURES_OK;
+            return;
+        }
+        self.status = v;
+        let wanted = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+        if !self.activated && v & wanted == wanted && v & STATUS_FAILED == 0 {
+            if !self.queues.iter().filter(|q| q.ready()).all(|q| q.is_valid(&self.mem)) {
+                tracing::warn!("virtio: the driver set up an invalid queue; device marked failed");
+                self.status |= STATUS_FAILED;
+                return;
+            }
+            self.activated = true;
+            let queues = std::mem::take(&mut self.queues);
+            self.device.activate(self.mem.clone(), queues, Arc::clone(&self.interrupt), self.acked_features);
+        }
+    }
+
+    /// The driver notified queue `index`.
+    pub fn notify(&mut self, index: u16) {
+        if self.activated {
+            self.device.queue_notify(index);
+        }
+    }
+
+    /// The device's host file is readable.
+    pub fn process_io(&mut self) {
+        if self.activated {
+            self.device.process_io();
+        }
+    }
+}
+
+fn fresh_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
+    device.queue_max_sizes().into_iter().filter_map(|max| Queue::new(max).ok()).collect()
+}
