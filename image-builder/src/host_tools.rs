@@ -95,6 +95,22 @@ pub const TEST: &[Requirement] = &[
     cmd("cargo", "cargo (install Rust with rustup)"),
     cmd("chromium", "chromium"),
     cmd("chromedriver", "chromium-driver"),
+    // The Debian test image for the PC machine (qemu-test's `debian`).
+    cmd("mmdebstrap", "mmdebstrap"),
+    cmd("sfdisk", "fdisk"),
+    cmd("mkfs.vfat", "dosfstools"),
+    cmd("mcopy", "mtools"),
+    cmd("grub-mkimage", "grub-common"),
+    Requirement {
+        what: "GRUB for BIOS (boot.img)",
+        check: Check::File("/usr/lib/grub/i386-pc/boot.img"),
+        package: "grub-pc-bin",
+    },
+    Requirement {
+        what: "GRUB for UEFI (x86_64-efi modules)",
+        check: Check::File("/usr/lib/grub/x86_64-efi/linux.mod"),
+        package: "grub-efi-amd64-bin",
+    },
 ];
 
 impl Requirement {

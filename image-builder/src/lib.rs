@@ -3,7 +3,8 @@
 //! [`pipeline::build`] is the whole build, top to bottom: check the host tools,
 //! build both kernels from `kernel-config/` ([`kernel`], checked by
 //! [`kconfig`]), build the static Rust binaries ([`binaries`]), assemble the
-//! demo guest ([`guest`]), write the reproducible initramfs ([`initramfs`]),
+//! demo guest ([`guest`]), take the PC firmware from the host's packages
+//! ([`firmware`]), write the reproducible initramfs ([`initramfs`]),
 //! relink the host kernel with it for UEFI, and lay out the flashable GPT disk
 //! image ([`disk`]). [`qemu`] boots the result; the `kvmos-image` binary and
 //! the qemu-test crate both use it, so developers and tests boot the appliance
@@ -15,6 +16,7 @@
 
 pub mod binaries;
 pub mod disk;
+pub mod firmware;
 pub mod guest;
 pub mod host_programs;
 pub mod host_tools;

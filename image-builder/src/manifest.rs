@@ -16,6 +16,9 @@ pub struct Manifest {
     /// when nothing in it changed.
     pub initramfs_cpio_sha256: String,
     pub kernel_cmdline: String,
+    /// The PC firmware inside the initramfs: package, version, checksum.
+    #[serde(default)]
+    pub firmware: Vec<crate::firmware::FirmwareEntry>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 
 use crate::binaries::{self, Binaries};
 use crate::disk::{self, DiskSpec};
+use crate::firmware;
 use crate::guest;
 use crate::host_programs;
 use crate::host_tools;
@@ -56,13 +57,16 @@ pub fn build(layout: &Layout, opts: &Options) -> Result<Outputs> {
     let guest_vmlinux = layout.out_dir.join("guest/vmlinux");
     step("copy the guest vmlinux", || copy_atomic(&guest_kernel.vmlinux(), &guest_vmlinux))?;
     let (guest_kernel, guest_initramfs) = step("assemble the demo guest", || demo_guest(layout, &guest_kernel))?;
-    let initramfs = step("write the initramfs", || write_initramfs(layout, &bins, &guest_kernel, &guest_initramfs))?;
+    let firmware = step("collect the PC firmware (SeaBIOS, OVMF)", firmware::collect)?;
+    let initramfs =
+        step("write the initramfs", || write_initramfs(layout, &bins, &guest_kernel, &guest_initramfs, &firmware))?;
     let efi_kernel = step("build the UEFI kernel with the initramfs inside", || {
         host_kernel.with_embedded_initramfs(&layout.initramfs())
     })?;
     step("copy the kernel", || copy_atomic(&host_kernel.bz_image, &layout.bz_image()))?;
     step("write the disk image", || write_disk_image(layout, &efi_kernel, opts.data_size))?;
-    let manifest = step("write the manifest", || write_manifest(layout, initramfs.cpio_sha256))?;
+    let firmware = firmware.into_iter().map(|f| f.entry).collect();
+    let manifest = step("write the manifest", || write_manifest(layout, initramfs.cpio_sha256, firmware))?;
     print_summary(&manifest, layout);
     Ok(Outputs {
         bz_image: layout.bz_image(),
@@ -116,6 +120,7 @@ fn write_initramfs(
     bins: &Binaries,
     guest_kernel: &Path,
     guest_initrd: &Path,
+    firmware: &[firmware::Firmware],
 ) -> Result<InitramfsResult> {
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let mut a = Archive::new();
@@ -127,6 +132,9 @@ fn write_initramfs(
     let mut descriptor = serde_json::to_vec_pretty(&guest::descriptor())?;
     descriptor.push(b'\n');
     a.file(&format!("{DEMO_GUEST_DIR}/guest.json"), 0o644, descriptor)?;
+    for f in firmware {
+        a.file(&format!("{}/{}", firmware::DIR, f.entry.file), 0o644, f.data.clone())?;
+    }
     let mut libs = std::collections::BTreeSet::new();
     for (name, dest) in host_programs::E2FSPROGS {
         host_programs::add(&mut a, &mut libs, &host_programs::locate(name)?, dest)?;
@@ -200,7 +208,7 @@ pub fn builtin_cmdline(layout: &Layout) -> Result<String> {
     Ok(settings.into_iter().find(|s| s.name == "CMDLINE").map(|s| s.value.to_string()).unwrap_or_default())
 }
 
-fn write_manifest(layout: &Layout, cpio_sha256: String) -> Result<Manifest> {
+fn write_manifest(layout: &Layout, cpio_sha256: String, firmware: Vec<firmware::FirmwareEntry>) -> Result<Manifest> {
     let files = [layout.bz_image(), layout.initramfs(), layout.disk_image()]
         .iter()
         .map(|p| FileEntry::of(p))
@@ -211,6 +219,7 @@ fn write_manifest(layout: &Layout, cpio_sha256: String) -> Result<Manifest> {
         files,
         initramfs_cpio_sha256: cpio_sha256,
         kernel_cmdline: builtin_cmdline(layout)?,
+        firmware,
     };
     m.write(&layout.manifest())?;
     Ok(m)

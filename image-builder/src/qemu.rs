@@ -46,6 +46,9 @@ pub struct QemuOptions {
     pub append: String,
     /// Extra raw disks, attached as virtio-blk after the boot disk.
     pub drives: Vec<PathBuf>,
+    /// Raw disks attached after those, whose writes QEMU keeps in a
+    /// temporary overlay and drops at exit (the file never changes).
+    pub snapshot_drives: Vec<PathBuf>,
     /// A Unix socket for the human monitor protocol (e.g. `system_powerdown`).
     pub monitor_socket: Option<PathBuf>,
     pub serial: Serial,
@@ -64,6 +67,7 @@ impl QemuOptions {
             panel_host_port: None,
             append: String::new(),
             drives: Vec::new(),
+            snapshot_drives: Vec::new(),
             monitor_socket: None,
             serial: Serial::Pipe,
             run_dir: run_dir.to_path_buf(),
@@ -119,8 +123,10 @@ impl QemuOptions {
         for d in &self.devices {
             c.arg("-device").arg(d);
         }
-        for (i, d) in self.drives.iter().enumerate() {
-            c.arg("-drive").arg(format!("if=none,id=disk{i},format=raw,file={}", d.display()));
+        let snapshot =
+            self.drives.iter().map(|d| (d, "")).chain(self.snapshot_drives.iter().map(|d| (d, ",snapshot=on")));
+        for (i, (d, extra)) in snapshot.enumerate() {
+            c.arg("-drive").arg(format!("if=none,id=disk{i},format=raw{extra},file={}", d.display()));
             c.arg("-device").arg(format!("virtio-blk-pci,drive=disk{i}"));
         }
         Ok(c)

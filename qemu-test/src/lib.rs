@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 pub use kvmos_image_builder::qemu::{Boot, Serial};
 
 pub mod browser;
+pub mod debian;
 pub mod nested;
 pub mod panel;
 

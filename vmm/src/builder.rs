@@ -19,6 +19,7 @@ use crate::console::Console;
 use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::chipset::{self, i440fx::HostBridge, piix3::IsaBridge, piix4_pm::PowerManagement};
+use crate::devices::flash::Flash;
 use crate::devices::fw_cfg::{FwCfg, FwCfgError};
 use crate::devices::legacy::{boot_marker::BootMarker, cmos::Cmos, i8042::I8042, port92::Port92, serial::SerialDevice};
 use crate::devices::pci::msix::{Msix, MsixError};
@@ -397,7 +398,7 @@ pub fn build_pc_vm(config: &VmConfig, firmware: &FirmwareConfig, started: Instan
         Arc::new(Mutex::new(root)),
     )?;
     attach_fw_cfg(&vm, &io_bus, config, vcpu_count, pm_function)?;
-    map_firmware(&mut vm, &images)?;
+    map_firmware(&mut vm, &mmio_bus, firmware, &images)?;
     let control = Arc::new(VcpuControl::default());
     let counters = Arc::new(VcpuCounters::default());
     let vcpus = create_vcpus(&vm, vcpu_count, &io_bus, &mmio_bus, &exit, &control, &counters)?;
@@ -614,13 +615,28 @@ fn bootorder(config: &VmConfig) -> Vec<u8> {
     text.into_bytes()
 }
 
-/// The firmware below 4 GiB (OVMF's variables right below its code), and
-/// its last 128 KiB in the legacy BIOS area as well.
-fn map_firmware(vm: &mut Vm, images: &FirmwareImages) -> Result<(), BuildError> {
+/// The firmware below 4 GiB, and its last 128 KiB in the legacy BIOS area
+/// as well. OVMF's variables sit right below its code, in a flash chip
+/// that writes them through to the VM's variable file.
+fn map_firmware(
+    vm: &mut Vm,
+    mmio_bus: &Bus,
+    config: &FirmwareConfig,
+    images: &FirmwareImages,
+) -> Result<(), BuildError> {
     let code_at = firmware::FLASH_END - images.code.len() as u64;
     vm.map_rom(code_at, &images.code)?;
-    if let Some(vars) = &images.vars {
-        vm.map_rom(code_at - vars.len() as u64, vars)?;
+    if let (Some(vars), FirmwareConfig::Uefi { vars: path, .. }) = (&images.vars, config) {
+        let at = code_at - vars.len() as u64;
+        let rom = vm.map_rom(at, vars)?;
+        let file = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| {
+            BuildError::Config(ConfigError::Firmware(firmware::FirmwareError::Read(
+                path.display().to_string(),
+                e.to_string(),
+            )))
+        })?;
+        let flash = Flash::new(rom, Arc::clone(&vm.fd), file);
+        insert(mmio_bus, at, vars.len() as u64, Arc::new(Mutex::new(flash)))?;
     }
     let tail = images.code.len().min(firmware::BIOS_AREA_LEN as usize);
     let at = vm_memory::GuestAddress(firmware::BIOS_AREA_START + firmware::BIOS_AREA_LEN - tail as u64);

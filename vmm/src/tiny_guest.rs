@@ -148,22 +148,60 @@ pub fn bundle(guests_dir: &Path) -> std::io::Result<()> {
 /// 3. writes the boot marker and resets through the i8042, so the VMM
 ///    ends with the reboot code.
 pub fn boot_disk(message: &str) -> Vec<u8> {
-    // Straight-line helpers (16-bit real mode).
-    let serial_al: &[u8] = &[0xBA, 0xF8, 0x03, 0xEE]; // mov dx, 0x3f8; out dx, al
-    let serial_text = |c: &mut Vec<u8>, text: &str| {
-        for b in text.bytes() {
-            c.extend_from_slice(&[0xB0, b]); // mov al, b
-            c.extend_from_slice(serial_al);
+    let mut c = start_boot_disk();
+    // fw_cfg: select the signature item, read four bytes.
+    serial_text(&mut c, "FW:");
+    c.extend_from_slice(&[0x31, 0xC0, 0xBA, 0x10, 0x05, 0xEF]); // xor ax, ax; mov dx, 0x510; out dx, ax
+    for _ in 0..4 {
+        c.extend_from_slice(&[0xBA, 0x11, 0x05, 0xEC]); // mov dx, 0x511; in al, dx
+        c.extend_from_slice(SERIAL_AL);
+    }
+    serial_text(&mut c, "CMOS:");
+    c.extend_from_slice(&[0xB0, 0x5F, 0xE6, 0x70, 0xE4, 0x71]); // mov al, 0x5f; out 0x70, al; in al, 0x71
+    c.extend_from_slice(SERIAL_AL);
+    serial_text(&mut c, "PCI:");
+    c.extend_from_slice(&[0x66, 0xB8, 0x00, 0x00, 0x00, 0x80]); // mov eax, 0x80000000
+    c.extend_from_slice(&[0xBA, 0xF8, 0x0C, 0x66, 0xEF]); // mov dx, 0xcf8; out dx, eax
+    c.extend_from_slice(&[0xBA, 0xFC, 0x0C, 0x66, 0xED]); // mov dx, 0xcfc; in eax, dx
+    for i in 0..4 {
+        if i > 0 {
+            c.extend_from_slice(&[0x66, 0xC1, 0xE8, 0x08]); // shr eax, 8
         }
-    };
-    const MESSAGE_AT: usize = 0x100;
-    let mut c = vec![
+        c.extend_from_slice(SERIAL_AL);
+    }
+    serial_text(&mut c, "\r\n");
+    finish_boot_disk(c, message)
+}
+
+/// The end every test boot sector shares: write the boot marker, reset
+/// through the i8042; then the message at its place, and the MBR
+/// signature, in a 1 MiB disk.
+fn finish_boot_disk(mut c: Vec<u8>, message: &str) -> Vec<u8> {
+    const MESSAGE_AT: usize = 0x180;
+    c.extend_from_slice(&[0xBA, 0x40, 0x04, 0xB0, 0x01, 0xEE]); // boot marker: mov dx, 0x440; mov al, 1; out dx, al
+    c.extend_from_slice(&[0xB0, 0xFE, 0xE6, 0x64, 0xF4, 0xEB, 0xFE]); // reset via the i8042; hlt; jmp $
+    assert!(c.len() <= MESSAGE_AT, "boot code overlaps the message");
+    let text = format!("{message}\r\n\0");
+    assert!(MESSAGE_AT + text.len() <= 446, "message too long for the boot sector");
+    let mut disk = vec![0u8; 1 << 20];
+    disk[..c.len()].copy_from_slice(&c);
+    disk[MESSAGE_AT..MESSAGE_AT + text.len()].copy_from_slice(text.as_bytes());
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk
+}
+
+/// The start every test boot sector shares: segments and stack, `message`
+/// printed through INT 10h, and a 200 ms wait through INT 15h so that the
+/// BIOS flushes its serial console.
+fn start_boot_disk() -> Vec<u8> {
+    vec![
         0xFA, //                   00: cli
         0x31, 0xC0, //             01: xor ax, ax
         0x8E, 0xD8, //             03: mov ds, ax
         0x8E, 0xD0, //             05: mov ss, ax
         0xBC, 0x00, 0x7C, //       07: mov sp, 0x7c00
-        0xBE, 0x00, 0x7D, //       0a: mov si, 0x7c00 + MESSAGE_AT
+        0xBE, 0x80, 0x7D, //       0a: mov si, 0x7c00 + 0x180 (the message)
         0xAC, //                   0d: lodsb
         0x84, 0xC0, //             0e: test al, al
         0x74, 0x09, //             10: jz 1b
@@ -177,37 +215,52 @@ pub fn boot_disk(message: &str) -> Vec<u8> {
         0xBA, 0x40, 0x0D, //       21: mov dx, 0x0d40    (0x30d40 = 200,000)
         0xCD, 0x15, //             24: int 0x15
         0xFA, //                   26: cli
+    ]
+}
+
+fn serial_text(c: &mut Vec<u8>, text: &str) {
+    for b in text.bytes() {
+        c.extend_from_slice(&[0xB0, b]); // mov al, b
+        c.extend_from_slice(SERIAL_AL);
+    }
+}
+
+/// `mov dx, 0x3f8; out dx, al`
+const SERIAL_AL: &[u8] = &[0xBA, 0xF8, 0x03, 0xEE];
+
+/// What [`garbage_disk`] prints when its loop is done.
+pub const SURVIVED: &str = "GARBAGE-SURVIVED";
+
+/// A boot sector for hostile-guest tests: after printing `message`, it
+/// writes 3000 rounds of pseudo-random values (xorshift16) to fw_cfg's
+/// selector and data ports, the CMOS index and data ports, and PCI's
+/// CONFIG_ADDRESS and CONFIG_DATA (so BARs, PMBASE, MSI-X control and
+/// chipset registers all take garbage), then prints [`SURVIVED`] and
+/// resets like [`boot_disk`].
+pub fn garbage_disk(message: &str) -> Vec<u8> {
+    let mut c = start_boot_disk();
+    c.extend_from_slice(&[0xBB, 0xE1, 0xAC]); // mov bx, 0xace1   (the xorshift state)
+    c.extend_from_slice(&[0xB9, 0xB8, 0x0B]); // mov cx, 3000
+    let body: &[u8] = &[
+        0x89, 0xD8, 0xC1, 0xE0, 0x07, 0x31, 0xC3, // mov ax, bx; shl ax, 7; xor bx, ax
+        0x89, 0xD8, 0xC1, 0xE8, 0x09, 0x31, 0xC3, // mov ax, bx; shr ax, 9; xor bx, ax
+        0x89, 0xD8, 0xC1, 0xE0, 0x08, 0x31, 0xC3, // mov ax, bx; shl ax, 8; xor bx, ax
+        0x89, 0xD8, 0xBA, 0x10, 0x05, 0xEF, // mov ax, bx; mov dx, 0x510; out dx, ax  (fw_cfg selector)
+        0xBA, 0x11, 0x05, 0xEC, 0xEE, // mov dx, 0x511; in al, dx; out dx, al       (fw_cfg data)
+        0x88, 0xD8, 0xE6, 0x70, 0x88, 0xF8, 0xE6,
+        0x71, // mov al, bl; out 0x70, al; mov al, bh; out 0x71, al (CMOS)
+        0x66, 0x0F, 0xB7, 0xC3, // movzx eax, bx
+        0x66, 0x25, 0xFC, 0xFF, 0x00, 0x00, // and eax, 0xfffc
+        0x66, 0x0D, 0x00, 0x00, 0x00, 0x80, // or eax, 0x80000000  (bus 0, any device, register)
+        0xBA, 0xF8, 0x0C, 0x66, 0xEF, // mov dx, 0xcf8; out dx, eax
+        0x66, 0x0F, 0xB7, 0xC3, // movzx eax, bx
+        0x66, 0x69, 0xC0, 0x01, 0x00, 0x01, 0x00, // imul eax, eax, 0x10001
+        0xBA, 0xFC, 0x0C, 0x66, 0xEF, // mov dx, 0xcfc; out dx, eax
     ];
-    // fw_cfg: select the signature item, read four bytes.
-    serial_text(&mut c, "FW:");
-    c.extend_from_slice(&[0x31, 0xC0, 0xBA, 0x10, 0x05, 0xEF]); // xor ax, ax; mov dx, 0x510; out dx, ax
-    for _ in 0..4 {
-        c.extend_from_slice(&[0xBA, 0x11, 0x05, 0xEC]); // mov dx, 0x511; in al, dx
-        c.extend_from_slice(serial_al);
-    }
-    serial_text(&mut c, "CMOS:");
-    c.extend_from_slice(&[0xB0, 0x5F, 0xE6, 0x70, 0xE4, 0x71]); // mov al, 0x5f; out 0x70, al; in al, 0x71
-    c.extend_from_slice(serial_al);
-    serial_text(&mut c, "PCI:");
-    c.extend_from_slice(&[0x66, 0xB8, 0x00, 0x00, 0x00, 0x80]); // mov eax, 0x80000000
-    c.extend_from_slice(&[0xBA, 0xF8, 0x0C, 0x66, 0xEF]); // mov dx, 0xcf8; out dx, eax
-    c.extend_from_slice(&[0xBA, 0xFC, 0x0C, 0x66, 0xED]); // mov dx, 0xcfc; in eax, dx
-    for i in 0..4 {
-        if i > 0 {
-            c.extend_from_slice(&[0x66, 0xC1, 0xE8, 0x08]); // shr eax, 8
-        }
-        c.extend_from_slice(serial_al);
-    }
+    c.extend_from_slice(body);
+    let back = -((body.len() + 3) as i16);
+    c.extend_from_slice(&[0x49, 0x75, back as u8]); // dec cx; jnz body
+    serial_text(&mut c, SURVIVED);
     serial_text(&mut c, "\r\n");
-    c.extend_from_slice(&[0xBA, 0x40, 0x04, 0xB0, 0x01, 0xEE]); // boot marker: mov dx, 0x440; mov al, 1; out dx, al
-    c.extend_from_slice(&[0xB0, 0xFE, 0xE6, 0x64, 0xF4, 0xEB, 0xFE]); // reset via the i8042; hlt; jmp $
-    assert!(c.len() <= MESSAGE_AT, "boot code overlaps the message");
-    let text = format!("{message}\r\n\0");
-    assert!(MESSAGE_AT + text.len() <= 446, "message too long for the boot sector");
-    let mut disk = vec![0u8; 1 << 20];
-    disk[..c.len()].copy_from_slice(&c);
-    disk[MESSAGE_AT..MESSAGE_AT + text.len()].copy_from_slice(text.as_bytes());
-    disk[510] = 0x55;
-    disk[511] = 0xAA;
-    disk
+    finish_boot_disk(c, message)
 }

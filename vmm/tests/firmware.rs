@@ -85,3 +85,21 @@ fn the_boot_order_picks_the_disk() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("booted disk A") && !text.contains("booted disk B"), "{text}\n{err}");
 }
+
+/// A hostile guest: the boot sector writes thousands of pseudo-random
+/// values to fw_cfg, CMOS and PCI configuration space (moving BARs and
+/// PMBASE, flipping MSI-X and chipset registers). The VMM keeps running,
+/// the guest gets to its end, and the VM ends the way the guest asked.
+#[test]
+fn garbage_in_fw_cfg_cmos_and_pci_config_does_not_bring_the_vmm_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("garbage.img");
+    std::fs::write(&p, tiny_guest::garbage_disk("garbage sector")).unwrap();
+    let p = p.display().to_string();
+    let (code, out, err) = run_vmm(&["--firmware", "bios", "--disk", &p]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("garbage sector"), "{text}\n{err}");
+    assert!(text.contains(tiny_guest::SURVIVED), "the guest finished its loop: {text}\n{err}");
+    assert_eq!(code, 3, "ended by the guest's reset, not by an error: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

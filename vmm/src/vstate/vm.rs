@@ -32,8 +32,33 @@ pub struct Vm {
     pub fd: Arc<VmFd>,
     pub memory: GuestMemory,
     /// Firmware images mapped read-only, kept alive with the VM.
-    roms: Vec<vm_memory::mmap::MmapRegion<()>>,
+    roms: Vec<Arc<vm_memory::mmap::MmapRegion<()>>>,
     next_slot: u32,
+}
+
+/// A read-only memory slot: where it is and what backs it, so a flash
+/// device can change the bytes behind it and take it away while reads must
+/// reach the device.
+pub struct RomSlot {
+    pub slot: u32,
+    pub guest_addr: u64,
+    pub memory: Arc<vm_memory::mmap::MmapRegion<()>>,
+    pub read_only: bool,
+}
+
+impl RomSlot {
+    /// Maps (`present`) or unmaps the slot in KVM.
+    pub fn set_present(&self, vm: &VmFd, present: bool) -> Result<(), kvm_ioctls::Error> {
+        let r = kvm_userspace_memory_region {
+            slot: self.slot,
+            guest_phys_addr: self.guest_addr,
+            memory_size: if present { self.memory.size() as u64 } else { 0 },
+            userspace_addr: self.memory.as_ptr() as u64,
+            flags: if self.read_only { kvm_bindings::KVM_MEM_READONLY } else { 0 },
+        };
+        // SAFETY: the mapping is kept alive by `self.memory` (and the Vm).
+        unsafe { vm.set_user_memory_region(r) }
+    }
 }
 
 impl Vm {
@@ -65,26 +90,19 @@ impl Vm {
 
     /// Maps `image` at guest address `at`, read-only where KVM supports
     /// it (a guest write then exits to the VMM and changes nothing).
-    pub fn map_rom(&mut self, at: u64, image: &[u8]) -> Result<(), VmError> {
+    pub fn map_rom(&mut self, at: u64, image: &[u8]) -> Result<RomSlot, VmError> {
         let len = image.len();
         let region = vm_memory::mmap::MmapRegion::<()>::new(len).map_err(|e| VmError::RomMemory(len, e.to_string()))?;
         // SAFETY: the region is a fresh private mapping of `len` bytes.
         unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), region.as_ptr(), len) };
         let read_only = self.kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem);
-        let r = kvm_userspace_memory_region {
-            slot: self.next_slot,
-            guest_phys_addr: at,
-            memory_size: len as u64,
-            userspace_addr: region.as_ptr() as u64,
-            flags: if read_only { kvm_bindings::KVM_MEM_READONLY } else { 0 },
-        };
-        // SAFETY: the mapping lives in `self.roms` as long as the VM.
-        unsafe { self.fd.set_user_memory_region(r) }.map_err(|e| VmError::RomSlot(at, e))?;
+        let rom = RomSlot { slot: self.next_slot, guest_addr: at, memory: Arc::new(region), read_only };
+        rom.set_present(&self.fd, true).map_err(|e| VmError::RomSlot(at, e))?;
         if !read_only {
             tracing::warn!("KVM has no read-only memory here; the firmware at {at:#x} is writable by the guest");
         }
         self.next_slot += 1;
-        self.roms.push(region);
-        Ok(())
+        self.roms.push(Arc::clone(&rom.memory));
+        Ok(rom)
     }
 }

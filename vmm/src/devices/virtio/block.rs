@@ -59,7 +59,8 @@ impl Block {
         if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
             return Err(OpenError::Locked);
         }
-        let len = file.metadata().map_err(OpenError::Open)?.len();
+        // The end, not the metadata: a block device's metadata says 0 bytes.
+        let len = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(OpenError::Open)?;
         let mut id_bytes = [0u8; ID_LEN];
         let n = id.len().min(ID_LEN);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
