@@ -49,6 +49,28 @@ impl Panel {
         Ok((status, json))
     }
 
+    /// Uploads `data` as the image `name` of `kind` (disk, iso, kernel,
+    /// initrd); expects a 2xx.
+    pub fn upload(&self, name: &str, kind: &str, data: Vec<u8>) -> Result<Value> {
+        let path = format!("/api/v1/images/{name}?kind={kind}");
+        let url = format!("https://127.0.0.1:{}{path}", self.port);
+        let mut req = ureq::http::Request::builder().method("PUT").uri(&url);
+        if let Some(c) = &self.cookie {
+            req = req.header("Cookie", format!("kvmos_session={c}"));
+        }
+        if let Some(c) = &self.csrf {
+            req = req.header("X-CSRF-Token", c);
+        }
+        let req = req.header("Content-Type", "application/octet-stream").body(data)?;
+        let mut resp = self.agent.run(req).with_context(|| format!("PUT {path}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        if !(200..300).contains(&status) {
+            bail!("PUT {path}: HTTP {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
     /// Calls and expects a 2xx.
     pub fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
         let (status, json) = self.call(method, path, body)?;

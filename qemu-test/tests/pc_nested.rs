@@ -64,10 +64,17 @@ grep -v 'has no device' vmm.err | tail -20
 echo "VMM-EXIT $status"
 "#;
 
-fn run_pc(name: &str, vmm: &str, guest_commands: &str, after: &str, extra: Vec<(&str, Vec<u8>)>) -> NestedResult {
+fn run_pc(
+    name: &str,
+    vmm: &str,
+    guest_commands: &str,
+    after: &str,
+    extra: Vec<(&str, Vec<u8>)>,
+    l1_cpus: u32,
+) -> NestedResult {
     let image = debian::image().unwrap();
     let script = format!("{}{guest_commands}{L1_FINISH}{after}", L1_SETUP.replace("{vmm}", vmm));
-    let mut n = Nested::new(&script).unwrap().with_vmm().unwrap().drive(&image);
+    let mut n = Nested::new(&script).unwrap().cpus(l1_cpus).with_vmm().unwrap().drive(&image);
     for (path, data) in extra {
         n = n.file(path, data, 0o644).unwrap();
     }
@@ -114,6 +121,7 @@ fn debian_boots_through_seabios_with_two_vcpus() {
         CHECKS,
         READ_BACK,
         vec![firmware_file("bios-256k.bin")],
+        2,
     );
     assert_booted_and_powered_off(&r, "SeaBIOS (version");
     assert!(r.output.contains("CPUS 2"), "both vCPUs in /proc/cpuinfo:\n{}", r.output);
@@ -129,7 +137,7 @@ fn debian_boots_through_ovmf_and_its_boot_entry_survives_a_restart() {
     );
     let second = r#"
 echo "----- second boot -----"
-{vmm} --disk /dev/vda --memory-mib 512 --serial stdio < in2 > out 2> vmm.err &
+{vmm} --disk /dev/vda --net tap=kv0,mac=52:54:00:00:00:42 --memory-mib 512 --serial stdio < in2 > out 2> vmm.err &
 "#;
     // The second boot reuses the same variable file: OVMF boots the entry.
     let vmm = "./kvmos-vmm --firmware uefi --firmware-path OVMF_CODE_4M.fd --uefi-vars vars.fd";
@@ -155,6 +163,7 @@ echo "----- second boot -----"
         &first,
         &after,
         vec![firmware_file("OVMF_CODE_4M.fd"), ("OVMF_VARS_4M.fd", vars)],
+        1,
     );
     let out = &r.output;
     assert!(out.contains("ENTRY-0"), "efibootmgr made the entry:\n{out}");

@@ -615,7 +615,7 @@ async fn create_disk(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 struct UploadQuery {
-    /// kernel, initrd or disk.
+    /// kernel, initrd, disk or iso.
     kind: String,
 }
 

@@ -1,4 +1,4 @@
-//! Images: kernels, initrds and raw disks under `images/` on the data disk,
+//! Images: kernels, initrds, raw disks and ISOs under `images/` on the data disk,
 //! each with a metadata file beside it. Uploads stream into a hidden
 //! temporary file and appear under their name only once complete (fsync,
 //! rename), so a partial upload is never an image. The bundled guests (the
@@ -16,7 +16,10 @@ use tokio::io::AsyncWriteExt;
 pub enum ImageKind {
     Kernel,
     Initrd,
+    /// A raw disk image (a whole disk with its partitions and boot loader).
     Disk,
+    /// A CD/DVD image (ISO 9660); VMs get it read-only.
+    Iso,
 }
 
 impl std::str::FromStr for ImageKind {
@@ -26,7 +29,8 @@ impl std::str::FromStr for ImageKind {
             "kernel" => Ok(Self::Kernel),
             "initrd" => Ok(Self::Initrd),
             "disk" => Ok(Self::Disk),
-            _ => Err(ApiError::bad("kind", "kind: use kernel, initrd or disk")),
+            "iso" => Ok(Self::Iso),
+            _ => Err(ApiError::bad("kind", "kind: use kernel, initrd, disk or iso")),
         }
     }
 }
@@ -230,8 +234,11 @@ impl Images {
             if size == 0 {
                 return Err(ApiError::bad("file", "file: the upload is empty"));
             }
-            if kind == ImageKind::Kernel {
-                check_kernel(&tmp)?;
+            match kind {
+                ImageKind::Kernel => check_kernel(&tmp)?,
+                ImageKind::Iso => check_iso(&tmp)?,
+                ImageKind::Disk => check_raw_disk(&tmp)?,
+                ImageKind::Initrd => {}
             }
             let image = Image {
                 name: name.into(),
@@ -265,6 +272,39 @@ fn check_kernel(path: &Path) -> ApiResult<()> {
         Ok(true) => Ok(()),
         _ => Err(ApiError::bad("file", "file: this is not a Linux kernel (neither a bzImage nor an ELF vmlinux)")),
     }
+}
+
+/// Reads `len` bytes at `offset` of `path` (fewer at its end).
+fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let n = std::fs::File::open(path).and_then(|f| f.read_at(&mut buf, offset)).unwrap_or(0);
+    buf.truncate(n);
+    buf
+}
+
+/// An ISO 9660 image has its primary volume descriptor's "CD001" at 0x8001.
+fn check_iso(path: &Path) -> ApiResult<()> {
+    if read_at(path, 0x8001, 5) == b"CD001" {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            "file",
+            "file: this is not an ISO 9660 CD/DVD image; upload it as a disk if it is a disk image",
+        ))
+    }
+}
+
+/// A raw disk is any bytes, but a qcow2 file stored as a disk would have
+/// its metadata read as sectors: refuse it and say how to convert it.
+fn check_raw_disk(path: &Path) -> ApiResult<()> {
+    if read_at(path, 0, 4) == b"QFI\xfb" {
+        return Err(ApiError::bad(
+            "file",
+            "file: this is a qcow2 image, not a raw disk; convert it first (qemu-img convert -O raw in.qcow2 out.img)",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -305,6 +345,26 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("file"));
         let e = images.upload("Bad Name", ImageKind::Disk, None, chunks(&[b"x"])).await.unwrap_err();
         assert_eq!(e.field.as_deref(), Some("name"));
+    }
+
+    #[tokio::test]
+    async fn isos_and_disks_are_recognised_by_their_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = Images::new(dir.path(), &dir.path().join("guests"), 1 << 20).unwrap();
+        let mut iso = vec![0u8; 0x8800];
+        iso[0x8001..0x8006].copy_from_slice(b"CD001");
+        let iso: &'static [u8] = Box::leak(iso.into_boxed_slice());
+        assert_eq!(
+            images.upload("rescue.iso", ImageKind::Iso, None, chunks(&[iso])).await.unwrap().kind,
+            ImageKind::Iso
+        );
+        let e = images.upload("notiso", ImageKind::Iso, None, chunks(&[b"just bytes"])).await.unwrap_err();
+        assert!(e.message.contains("not an ISO 9660"), "{}", e.message);
+        let e = images.upload("cloud.img", ImageKind::Disk, None, chunks(&[b"QFI\xfb\0\0\0\x03"])).await.unwrap_err();
+        assert!(e.message.contains("qcow2") && e.message.contains("qemu-img convert"), "{}", e.message);
+        assert!(images.get("cloud.img").is_none() && images.get("notiso").is_none(), "refused uploads leave nothing");
+        // A hybrid ISO is a disk too.
+        images.upload("hybrid.img", ImageKind::Disk, None, chunks(&[iso])).await.unwrap();
     }
 
     #[test]

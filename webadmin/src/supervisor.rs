@@ -11,9 +11,10 @@
 //! the guest rebooted.
 
 use crate::app::{ApiError, ApiResult, State};
+use crate::images::ImageKind;
 use crate::store::{lock, now_unix};
-use crate::vms::{Boot, Run, VmRecord};
-use kvmos_vmm::config::{DiskConfig, ExitRecord, NetConfig, SerialConfig, VmConfig};
+use crate::vms::{Boot, Firmware, Run, VmRecord};
+use kvmos_vmm::config::{DiskConfig, ExitRecord, FirmwareConfig, NetConfig, SerialConfig, VmConfig};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -202,29 +203,39 @@ impl Supervisor {
     /// The kvmos-vmm configuration for a VM definition.
     fn vmm_config(&self, state: &State, r: &VmRecord) -> ApiResult<VmConfig> {
         let dir = self.dir(&r.id);
-        let (kernel, initrd, default_cmdline) = match &r.spec.boot {
+        let direct_cmdline = || "console=ttyS0 reboot=k panic=1".to_string();
+        let (kernel, firmware, initrd, default_cmdline) = match &r.spec.boot {
             Boot::Guest { guest } => {
                 let g = state
                     .images
                     .guest(guest)
                     .ok_or_else(|| ApiError::bad("boot.guest", "the bundled guest is gone"))?;
                 let (k, i) = state.images.guest_files(&g);
-                (k, Some(i), g.cmdline)
+                (Some(k), None, Some(i), g.cmdline)
             }
-            Boot::Kernel { kernel, initrd } => (
-                state.images.path(kernel),
-                initrd.as_ref().map(|i| state.images.path(i)),
-                "console=ttyS0 reboot=k panic=1".to_string(),
-            ),
+            Boot::Kernel { kernel, initrd } => {
+                (Some(state.images.path(kernel)), None, initrd.as_ref().map(|i| state.images.path(i)), direct_cmdline())
+            }
+            Boot::Firmware { firmware: Firmware::Bios } => {
+                (None, Some(FirmwareConfig::Bios { path: None }), None, direct_cmdline())
+            }
+            Boot::Firmware { firmware: Firmware::Uefi } => {
+                let vars = state.vms.ensure_uefi_vars(&r.id)?;
+                (None, Some(FirmwareConfig::Uefi { code: None, vars }), None, direct_cmdline())
+            }
         };
         let disks = r
             .spec
             .disks
             .iter()
-            .map(|d| DiskConfig {
-                path: state.images.path(&d.image),
-                read_only: d.read_only,
-                id: Some(d.image.chars().take(20).collect()),
+            .map(|d| {
+                // A CD/DVD image is never written.
+                let iso = state.images.get(&d.image).is_some_and(|i| i.kind == ImageKind::Iso);
+                DiskConfig {
+                    path: state.images.path(&d.image),
+                    read_only: d.read_only || iso,
+                    id: Some(d.image.chars().take(20).collect()),
+                }
             })
             .collect();
         if r.spec.network && !Path::new("/sys/class/net").join(&self.bridge).exists() {
@@ -238,9 +249,9 @@ impl Supervisor {
             if r.spec.network { vec![NetConfig { tap: tap_name(&r.id), mac: Some(r.mac.clone()) }] } else { vec![] };
         Ok(VmConfig {
             vm_id: r.spec.name.clone(),
-            kernel: Some(kernel),
-            firmware: None,
-            boot_order: Vec::new(),
+            kernel,
+            firmware,
+            boot_order: r.spec.boot_order.clone(),
             firmware_log: None,
             initrd,
             cmdline: r.spec.cmdline.clone().unwrap_or(default_cmdline),

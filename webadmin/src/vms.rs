@@ -18,6 +18,17 @@ pub enum Boot {
     Guest { guest: String },
     /// Uploaded kernel and initrd images.
     Kernel { kernel: String, initrd: Option<String> },
+    /// A PC with firmware that boots the VM's disks (a disk image with its
+    /// own boot loader, or an ISO): SeaBIOS (`bios`) or OVMF (`uefi`).
+    Firmware { firmware: Firmware },
+}
+
+/// Which firmware a VM's PC runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Bios,
+    Uefi,
 }
 
 /// A disk of the VM: an existing disk image, or a new empty one of
@@ -45,6 +56,10 @@ pub struct VmSpec {
     pub cmdline: Option<String>,
     #[serde(default)]
     pub disks: Vec<DiskSpec>,
+    /// Firmware boot: the disks to boot from, by index, first first;
+    /// disks not listed come after them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot_order: Vec<usize>,
     /// A NIC on the host bridge (`br0`).
     #[serde(default)]
     pub network: bool,
@@ -121,7 +136,19 @@ impl VmSpec {
                     expect_image(images, "boot.initrd", i, ImageKind::Initrd)?;
                 }
             }
+            Boot::Firmware { .. } => {
+                if self.cmdline.is_some() {
+                    return Err(ApiError::bad(
+                        "cmdline",
+                        "cmdline: a firmware boot has no kernel command line (the guest's boot loader has it); leave it empty",
+                    ));
+                }
+                if self.disks.is_empty() {
+                    return Err(ApiError::bad("disks", "disks: a firmware boot needs a disk or an ISO to boot from"));
+                }
+            }
         }
+        self.validate_boot_order()?;
         if self.cmdline.as_ref().is_some_and(|c| c.len() > 2048) {
             return Err(ApiError::bad("cmdline", "cmdline: at most 2048 characters"));
         }
@@ -132,7 +159,41 @@ impl VmSpec {
             let field = format!("disks[{i}].image");
             check_name(&field, &d.image, 64)?;
             if d.size_mib.is_none() {
-                expect_image(images, &field, &d.image, ImageKind::Disk)?;
+                match images.get(&d.image) {
+                    Some(img) if img.kind == ImageKind::Iso && !matches!(self.boot, Boot::Firmware { .. }) => {
+                        return Err(ApiError::bad(
+                            &field,
+                            format!("{field}: {} is an ISO; only a firmware boot (BIOS or UEFI) reads ISOs", d.image),
+                        ));
+                    }
+                    Some(img) if img.kind == ImageKind::Iso => {}
+                    _ => expect_image(images, &field, &d.image, ImageKind::Disk)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The boot order names existing disks, each once, and only for a
+    /// firmware boot.
+    fn validate_boot_order(&self) -> ApiResult<()> {
+        if self.boot_order.is_empty() {
+            return Ok(());
+        }
+        if !matches!(self.boot, Boot::Firmware { .. }) {
+            return Err(ApiError::bad("boot_order", "boot_order: only a firmware boot has a boot order"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, &d) in self.boot_order.iter().enumerate() {
+            let field = format!("boot_order[{i}]");
+            if d >= self.disks.len() {
+                return Err(ApiError::bad(
+                    &field,
+                    format!("{field}: the VM has no disk {d} (it has {}, numbered from 0)", self.disks.len()),
+                ));
+            }
+            if !seen.insert(d) {
+                return Err(ApiError::bad(&field, format!("{field}: disk {d} is listed twice")));
             }
         }
         Ok(())
@@ -230,7 +291,33 @@ impl VmStore {
         if vms.remove(id).is_none() {
             return Err(ApiError::not_found("VM"));
         }
+        let vars = self.uefi_vars(id);
+        if vars.exists() {
+            store::remove(&vars).map_err(ApiError::from)?;
+        }
         store::remove(&self.dir.join(format!("{id}.json"))).map_err(ApiError::from)
+    }
+
+    /// Where a UEFI VM keeps its UEFI variables (boot entries): its own
+    /// copy of OVMF's variable store, beside its definition.
+    pub fn uefi_vars(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.OVMF_VARS.fd"))
+    }
+
+    /// The VM's variable store, made from the firmware's empty one the
+    /// first time the VM starts with UEFI.
+    pub fn ensure_uefi_vars(&self, id: &str) -> ApiResult<PathBuf> {
+        use kvmos_vmm::arch::firmware::{find, OVMF_VARS_FILE};
+        let path = self.uefi_vars(id);
+        if path.exists() {
+            return Ok(path);
+        }
+        let template = find(OVMF_VARS_FILE).ok_or_else(|| {
+            ApiError::field(409, "boot.firmware", "boot.firmware: UEFI firmware (OVMF) is not installed on this host")
+        })?;
+        let bytes = std::fs::read(&template).map_err(ApiError::internal)?;
+        store::write_atomic(&path, &bytes, 0o600).map_err(ApiError::from)?;
+        Ok(path)
     }
 
     /// VMs whose definition uses the image.
@@ -271,6 +358,7 @@ mod tests {
             boot: Boot::Guest { guest: "demo".into() },
             cmdline: None,
             disks: vec![],
+            boot_order: vec![],
             network: false,
             autostart: false,
         }
@@ -291,6 +379,35 @@ mod tests {
         assert_eq!(field(VmSpec { boot: Boot::Kernel { kernel: "k".into(), initrd: None }, ..spec() }), "boot.kernel");
         let disk = DiskSpec { image: "missing".into(), size_mib: None, read_only: false };
         assert_eq!(field(VmSpec { disks: vec![disk], ..spec() }), "disks[0].image");
+    }
+
+    #[tokio::test]
+    async fn firmware_boots_take_disks_isos_and_a_boot_order() {
+        let (_dir, images) = setup();
+        let host = HostCapacity { cpus: 2, mem_available_mib: 1024 };
+        let mut iso = vec![0u8; 0x8800];
+        iso[0x8001..0x8006].copy_from_slice(b"CD001");
+        let body = futures_util::stream::iter(vec![Ok::<_, String>(bytes::Bytes::from(iso))]);
+        images.upload("installer.iso", ImageKind::Iso, None, body).await.unwrap();
+        let new_disk = DiskSpec { image: "web1-disk".into(), size_mib: Some(64), read_only: false };
+        let iso_disk = DiskSpec { image: "installer.iso".into(), size_mib: None, read_only: true };
+        let pc = VmSpec {
+            boot: Boot::Firmware { firmware: Firmware::Uefi },
+            disks: vec![new_disk, iso_disk.clone()],
+            boot_order: vec![1, 0],
+            ..spec()
+        };
+        assert!(pc.validate(&images, host).is_ok());
+        let err = |s: VmSpec| s.validate(&images, host).unwrap_err();
+        let e = err(VmSpec { boot_order: vec![2], ..pc.clone() });
+        assert_eq!(e.field.as_deref(), Some("boot_order[0]"));
+        assert!(e.message.contains("no disk 2"), "{}", e.message);
+        assert_eq!(err(VmSpec { boot_order: vec![0, 0], ..pc.clone() }).field.as_deref(), Some("boot_order[1]"));
+        assert_eq!(err(VmSpec { cmdline: Some("quiet".into()), ..pc.clone() }).field.as_deref(), Some("cmdline"));
+        assert_eq!(err(VmSpec { disks: vec![], boot_order: vec![], ..pc.clone() }).field.as_deref(), Some("disks"));
+        // An ISO is for firmware boots; a boot order too.
+        assert_eq!(err(VmSpec { disks: vec![iso_disk], ..spec() }).field.as_deref(), Some("disks[0].image"));
+        assert_eq!(err(VmSpec { boot_order: vec![0], ..spec() }).field.as_deref(), Some("boot_order"));
     }
 
     #[test]

@@ -172,8 +172,12 @@ async function newVm() {
   const kernels = images.images.filter((i) => i.kind === 'kernel');
   const initrds = images.images.filter((i) => i.kind === 'initrd');
   const disks = images.images.filter((i) => i.kind === 'disk');
+  const isos = images.images.filter((i) => i.kind === 'iso');
   const opt = (v, label) => `<option value="${esc(v)}">${esc(label)}</option>`;
-  const sources = images.guests.map((g) => opt(`guest:${g.name}`, `Bundled: ${g.name} — ${g.description}`)).join('') + kernels.map((k) => opt(`kernel:${k.name}`, `Kernel image: ${k.name}`)).join('');
+  const sources = images.guests.map((g) => opt(`guest:${g.name}`, `Bundled: ${g.name} — ${g.description}`)).join('')
+    + kernels.map((k) => opt(`kernel:${k.name}`, `Kernel image: ${k.name}`)).join('')
+    + opt('firmware:bios', 'Boot from a disk image or ISO — BIOS (SeaBIOS)')
+    + opt('firmware:uefi', 'Boot from a disk image or ISO — UEFI (OVMF)');
   app.innerHTML = `
     <h1>New virtual machine</h1>
     <form id="vm-form" class="card">
@@ -184,12 +188,16 @@ async function newVm() {
       </div>
       <div class="row"><label for="source">Boot</label><select id="source">${sources}</select><div class="err" data-err="boot"></div></div>
       <div class="row" id="initrd-row" hidden><label for="initrd">Initrd</label><select id="initrd">${opt('', 'none')}${initrds.map((i) => opt(i.name, i.name)).join('')}</select></div>
-      <div class="row"><label for="cmdline">Kernel command line</label><input id="cmdline" placeholder="(the guest's default)"><div class="err" data-err="cmdline"></div></div>
+      <div class="row" id="cmdline-row"><label for="cmdline">Kernel command line</label><input id="cmdline" placeholder="(the guest's default)"><div class="err" data-err="cmdline"></div></div>
       <div class="row"><label for="disk-mode">Disk</label>
         <select id="disk-mode">${opt('none', 'No disk')}${opt('new', 'New empty disk')}${disks.length ? opt('existing', 'Existing disk image') : ''}</select>
         <div class="inline" id="disk-new" hidden><div class="row"><label for="disk-name">Disk name</label><input id="disk-name"></div><div class="row"><label for="disk-size">Size (MiB)</label><input id="disk-size" type="number" min="1" value="64"></div></div>
         <select id="disk-existing" hidden>${disks.map((d) => opt(d.name, `${d.name} (${mib(d.size)})`)).join('')}</select>
         <div class="err" data-err="disks"></div></div>
+      <div class="row" id="iso-row" hidden><label for="iso">CD/DVD (ISO)</label>
+        <select id="iso">${opt('', isos.length ? 'none' : 'none (upload an ISO in Images)')}${isos.map((i) => opt(i.name, `${i.name} (${mib(i.size)})`)).join('')}</select>
+        <div class="hint">Attached read-only; hybrid ISOs (most Linux installers and rescue ISOs) boot from it.</div></div>
+      <div class="row" id="first-row" hidden><label for="first">Boot first from</label><select id="first">${opt('disk', 'the disk')}${opt('iso', 'the ISO')}</select><div class="err" data-err="boot_order"></div></div>
       <div class="row"><label class="check"><input id="network" type="checkbox" checked> Network: a NIC on br0, the host's network</label><div class="err" data-err="network"></div></div>
       <div class="row"><label class="check"><input id="autostart" type="checkbox"> Start when kvmos boots</label></div>
       <div class="actions"><button id="create" type="submit">Create</button><button id="create-start" type="button" class="secondary">Create and start</button></div>
@@ -197,22 +205,35 @@ async function newVm() {
   const f = document.getElementById('vm-form');
   const $ = (s) => f.querySelector(s);
   const sync = () => {
+    const firmware = $('#source').value.startsWith('firmware:');
     $('#initrd-row').hidden = !$('#source').value.startsWith('kernel:');
+    $('#cmdline-row').hidden = firmware;
+    $('#iso-row').hidden = !firmware;
+    $('#first-row').hidden = !firmware || !$('#iso').value || $('#disk-mode').value === 'none';
     $('#disk-new').hidden = $('#disk-mode').value !== 'new';
     $('#disk-existing').hidden = $('#disk-mode').value !== 'existing';
     if (!$('#disk-name').value && $('#name').value) $('#disk-name').placeholder = `${$('#name').value}-disk`;
   };
-  ['#source', '#disk-mode', '#name'].forEach((s) => $(s).addEventListener('input', sync));
+  ['#source', '#disk-mode', '#name', '#iso'].forEach((s) => $(s).addEventListener('input', sync));
   sync();
   const submit = async (start) => {
     const [kind, ref] = $('#source').value.split(/:(.*)/);
+    const boots = {
+      guest: () => ({ type: 'guest', guest: ref }),
+      kernel: () => ({ type: 'kernel', kernel: ref, initrd: $('#initrd').value || null }),
+      firmware: () => ({ type: 'firmware', firmware: ref }),
+    };
     const spec = {
       name: $('#name').value.trim(), vcpus: Number($('#vcpus').value), memory_mib: Number($('#memory').value),
-      boot: kind === 'guest' ? { type: 'guest', guest: ref } : { type: 'kernel', kernel: ref, initrd: $('#initrd').value || null },
-      cmdline: $('#cmdline').value.trim() || null, disks: [], network: $('#network').checked, autostart: $('#autostart').checked,
+      boot: boots[kind](), cmdline: kind === 'firmware' ? null : ($('#cmdline').value.trim() || null),
+      disks: [], network: $('#network').checked, autostart: $('#autostart').checked,
     };
     if ($('#disk-mode').value === 'new') spec.disks.push({ image: $('#disk-name').value.trim() || `${spec.name}-disk`, size_mib: Number($('#disk-size').value) });
     if ($('#disk-mode').value === 'existing') spec.disks.push({ image: $('#disk-existing').value });
+    if (kind === 'firmware' && $('#iso').value) {
+      spec.disks.push({ image: $('#iso').value, read_only: true });
+      if ($('#first').value === 'iso' && spec.disks.length === 2) spec.boot_order = [1, 0];
+    }
     try {
       const vm = await api('POST', '/api/v1/vms', spec);
       if (start) await api('POST', `/api/v1/vms/${vm.id}/actions`, { action: 'start' });
@@ -242,7 +263,13 @@ function openConsole(id) {
 async function vmDetail(id) {
   const vm = await api('GET', `/api/v1/vms/${id}`);
   const s = vm.spec;
-  const boot = s.boot.type === 'guest' ? `bundled guest ${s.boot.guest}` : `kernel ${s.boot.kernel}${s.boot.initrd ? ` + ${s.boot.initrd}` : ''}`;
+  const boot = {
+    guest: () => `bundled guest ${s.boot.guest}`,
+    kernel: () => `kernel ${s.boot.kernel}${s.boot.initrd ? ` + ${s.boot.initrd}` : ''}`,
+    firmware: () => `${s.boot.firmware === 'uefi' ? 'UEFI (OVMF)' : 'BIOS (SeaBIOS)'} from the disks`,
+  }[s.boot.type]();
+  // Firmware boots: the disks in boot order, the configured ones first.
+  const order = (s.boot_order || []).concat(s.disks.map((_, i) => i).filter((i) => !(s.boot_order || []).includes(i)));
   app.innerHTML = `
     <h1>${esc(vm.name)} <span id="vm-state">${stateBadge(vm.state)}</span></h1>
     <div class="card"><div class="actions" id="vm-actions">${vmButtons(vm)}
@@ -252,7 +279,8 @@ async function vmDetail(id) {
     <div class="grid">
       <div class="card"><h2>Configuration</h2><table>
         <tr><th>vCPUs</th><td>${s.vcpus}</td></tr><tr><th>Memory</th><td>${s.memory_mib} MiB</td></tr>
-        <tr><th>Boot</th><td>${esc(boot)}</td></tr><tr><th>Command line</th><td class="mono">${esc(s.cmdline || '(default)')}</td></tr>
+        <tr><th>Boot</th><td>${esc(boot)}</td></tr>
+        ${s.boot.type === 'firmware' ? `<tr><th>Boot order</th><td><ol id="boot-order">${order.map((i, n) => `<li>${esc(s.disks[i].image)}${s.disks[i].read_only ? ' <span class="muted">(read-only)</span>' : ''}${n > 0 && vm.state === 'stopped' ? ` <button class="secondary small" data-first="${i}">Boot first</button>` : ''}</li>`).join('')}</ol></td></tr>` : `<tr><th>Command line</th><td class="mono">${esc(s.cmdline || '(default)')}</td></tr>`}
         <tr><th>Disks</th><td>${esc(s.disks.map((d) => d.image).join(', ') || 'none')}</td></tr>
         <tr><th>Network</th><td>${s.network ? `br0 · <span class="mono">${esc(vm.mac)}</span>` : 'none'}</td></tr>
         <tr><th>Autostart</th><td><label class="check"><input type="checkbox" id="autostart" ${s.autostart ? 'checked' : ''} ${vm.state !== 'stopped' ? 'disabled title="Stop the VM to change it"' : ''}> at boot</label></td></tr>
@@ -267,6 +295,12 @@ async function vmDetail(id) {
     if (!confirm(`Delete ${vm.name}? Its disk images stay in Images.`)) return;
     try { await api('DELETE', `/api/v1/vms/${id}`); go('#/'); } catch (e) { toast(e.message, true); }
   };
+  app.querySelectorAll('[data-first]').forEach((b) => {
+    b.onclick = async () => {
+      const first = Number(b.dataset.first);
+      try { await api('PUT', `/api/v1/vms/${id}`, { ...s, boot_order: [first, ...order.filter((i) => i !== first)] }); route(); } catch (e) { toast(e.message, true); }
+    };
+  });
   const auto = app.querySelector('#autostart');
   auto.onchange = async () => {
     try { await api('PUT', `/api/v1/vms/${id}`, { ...s, autostart: auto.checked }); toast('Saved'); } catch (e) { toast(e.message, true); auto.checked = !auto.checked; }
@@ -289,7 +323,7 @@ async function imagesPage() {
       <div class="inline">
         <div class="row"><label for="file">File</label><input id="file" type="file" required><div class="err" data-err="file"></div></div>
         <div class="row"><label for="up-name">Name</label><input id="up-name" required><div class="err" data-err="name"></div></div>
-        <div class="row"><label for="kind">Kind</label><select id="kind"><option value="disk">Disk (raw)</option><option value="kernel">Kernel</option><option value="initrd">Initrd</option></select><div class="err" data-err="kind"></div></div>
+        <div class="row"><label for="kind">Kind</label><select id="kind"><option value="disk">Disk (raw)</option><option value="iso">ISO (CD/DVD image)</option><option value="kernel">Kernel</option><option value="initrd">Initrd</option></select><div class="err" data-err="kind"></div></div>
       </div>
       <progress id="progress" value="0" max="100" hidden></progress>
       <div class="hint" id="upload-status">Up to ${mib(list.max_upload)}.</div>
