@@ -123,33 +123,63 @@ pub fn build_machine(
 ) -> Result<Machine, BuildError> {
     let guest_memory = create_guest_memory(memory_mib)?;
     let vm = Vm::new(guest_memory)?;
+    let base = attach_base_devices(&vm, console, started)?;
+    insert(&base.io_bus, u64::from(layout::PM1A_EVT_PORT), acpi_pm::LEN, base.acpi_pm.clone())?;
+    let (virtio_cmdline, virtio) = attach_virtio_devices(&vm, &base.mmio_bus, virtio)?;
+    assemble(vm, vcpu_count, base, virtio_cmdline, virtio, None)
+}
+
+/// What both machines have: the buses, the exit signal, COM1, the i8042,
+/// the boot marker, and the ACPI registers (placed by the caller).
+struct BaseDevices {
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    exit: Arc<ExitSignal>,
+    console: Console,
+    serial: Arc<Mutex<SerialDevice>>,
+    boot_marker_us: Arc<AtomicU64>,
+    acpi_pm: Arc<Mutex<AcpiPm>>,
+    started: Instant,
+}
+
+fn attach_base_devices(vm: &Vm, console: Console, started: Instant) -> Result<BaseDevices, BuildError> {
     let exit = Arc::new(ExitSignal::new().map_err(BuildError::EventFd)?);
     let io_bus = Arc::new(Bus::default());
     let mmio_bus = Arc::new(Bus::default());
-    let serial = attach_serial(&vm, &io_bus, console.clone())?;
+    let serial = attach_serial(vm, &io_bus, console.clone())?;
     attach_i8042(&io_bus, Arc::clone(&exit))?;
     let boot_marker_us = attach_boot_marker(&io_bus, started)?;
-    let acpi_pm = new_acpi_pm(&vm, Arc::clone(&exit));
-    insert(&io_bus, u64::from(layout::PM1A_EVT_PORT), acpi_pm::LEN, acpi_pm.clone())?;
-    let (virtio_cmdline, virtio) = attach_virtio_devices(&vm, &mmio_bus, virtio)?;
+    let acpi_pm = new_acpi_pm(vm, Arc::clone(&exit));
+    Ok(BaseDevices { io_bus, mmio_bus, exit, console, serial, boot_marker_us, acpi_pm, started })
+}
+
+/// Creates the vCPUs on the buses and puts the machine together.
+fn assemble(
+    vm: Vm,
+    vcpu_count: u8,
+    base: BaseDevices,
+    virtio_cmdline: Vec<String>,
+    virtio: Vec<VirtioSlot>,
+    rtc: Option<Arc<Mutex<Cmos>>>,
+) -> Result<Machine, BuildError> {
     let control = Arc::new(VcpuControl::default());
     let counters = Arc::new(VcpuCounters::default());
-    let vcpus = create_vcpus(&vm, vcpu_count, &io_bus, &mmio_bus, &exit, &control, &counters)?;
+    let vcpus = create_vcpus(&vm, vcpu_count, &base.io_bus, &base.mmio_bus, &base.exit, &control, &counters)?;
     Ok(Machine {
         vm,
         vcpus,
-        mmio_bus,
-        console,
-        serial,
-        acpi_pm,
-        exit,
+        mmio_bus: base.mmio_bus,
+        console: base.console,
+        serial: base.serial,
+        acpi_pm: base.acpi_pm,
+        exit: base.exit,
         control,
         counters,
-        boot_marker_us,
-        started,
+        boot_marker_us: base.boot_marker_us,
+        started: base.started,
         virtio_cmdline,
         virtio,
-        rtc: None,
+        rtc,
     })
 }
 
@@ -378,47 +408,26 @@ pub fn build_pc_vm(config: &VmConfig, firmware: &FirmwareConfig, started: Instan
     let guest_memory = memory::create_pc(ram).map_err(|e| BuildError::Memory(config.memory_mib, e.to_string()))?;
     let mut vm = Vm::new(guest_memory)?;
     let routing = Arc::new(IrqRouting::new(Arc::clone(&vm.fd)).map_err(BuildError::Routing)?);
-    let exit = Arc::new(ExitSignal::new().map_err(BuildError::EventFd)?);
-    let io_bus = Arc::new(Bus::default());
-    let mmio_bus = Arc::new(Bus::default());
-    let serial = attach_serial(&vm, &io_bus, console.clone())?;
-    attach_i8042(&io_bus, Arc::clone(&exit))?;
-    let boot_marker_us = attach_boot_marker(&io_bus, started)?;
-    attach_port92(&io_bus, Arc::clone(&exit))?;
+    let base = attach_base_devices(&vm, console, started)?;
+    let (io_bus, mmio_bus) = (Arc::clone(&base.io_bus), Arc::clone(&base.mmio_bus));
+    attach_port92(&io_bus, Arc::clone(&base.exit))?;
     attach_debugcon(&io_bus, config)?;
     let rtc = attach_cmos(&vm, &io_bus, ram, vcpu_count)?;
-    let acpi_pm = new_acpi_pm(&vm, Arc::clone(&exit));
-    let mut root = PciRoot::new(Arc::clone(&io_bus), Arc::clone(&mmio_bus), Arc::clone(&exit));
-    let pm_function = attach_chipset(&mut root, &io_bus, &acpi_pm);
+    let mut root = PciRoot::new(Arc::clone(&io_bus), Arc::clone(&mmio_bus), Arc::clone(&base.exit));
+    let pm_function = attach_chipset(&mut root, &io_bus, &base.acpi_pm);
     let virtio = attach_virtio_pci(&vm, &routing, &mut root, open_virtio_devices(config)?)?;
-    insert(
-        &io_bus,
-        u64::from(crate::devices::pci::root::CONFIG_ADDRESS_PORT),
-        crate::devices::pci::root::PORT_SPAN,
-        Arc::new(Mutex::new(root)),
-    )?;
+    attach_pci_root(&io_bus, root)?;
     attach_fw_cfg(&vm, &io_bus, config, vcpu_count, pm_function)?;
     map_firmware(&mut vm, &mmio_bus, firmware, &images)?;
-    let control = Arc::new(VcpuControl::default());
-    let counters = Arc::new(VcpuCounters::default());
-    let vcpus = create_vcpus(&vm, vcpu_count, &io_bus, &mmio_bus, &exit, &control, &counters)?;
-    configure_vcpus_for_firmware(&vm, &vcpus)?;
-    Ok(Machine {
-        vm,
-        vcpus,
-        mmio_bus,
-        console,
-        serial,
-        acpi_pm,
-        exit,
-        control,
-        counters,
-        boot_marker_us,
-        started,
-        virtio_cmdline: Vec::new(),
-        virtio,
-        rtc: Some(rtc),
-    })
+    let machine = assemble(vm, vcpu_count, base, Vec::new(), virtio, Some(rtc))?;
+    configure_vcpus_for_firmware(&machine.vm, &machine.vcpus)?;
+    Ok(machine)
+}
+
+/// PCI configuration mechanism #1 and the reset control register.
+fn attach_pci_root(io_bus: &Bus, root: PciRoot) -> Result<(), BuildError> {
+    use crate::devices::pci::root::{CONFIG_ADDRESS_PORT, PORT_SPAN};
+    insert(io_bus, u64::from(CONFIG_ADDRESS_PORT), PORT_SPAN, Arc::new(Mutex::new(root)))
 }
 
 /// The firmware's code, and OVMF's variable store.

@@ -479,6 +479,27 @@ mod tests {
         assert!(uefi.validate(&limits()).unwrap_err().to_string().contains("not an OVMF code image"));
     }
 
+    /// `openapi.yaml` lists exactly the fields a configuration has.
+    #[test]
+    fn the_openapi_contract_names_every_field() {
+        let yaml = include_str!("../openapi.yaml");
+        let section = yaml.split("    VmConfig:").nth(1).unwrap().split("\n    Firmware:").next().unwrap();
+        let props = section.split_once("\n      properties:\n").unwrap().1;
+        let documented: std::collections::BTreeSet<&str> = props
+            .lines()
+            .filter(|l| l.starts_with("        ") && !l.starts_with("         "))
+            .filter_map(|l| l.trim().split(':').next())
+            .collect();
+        let mut c = VmConfig::from_json(
+            r#"{"kernel":"/k","initrd":"/i","exit_file":"/e","firmware_log":"/f","api_socket":"/a","boot_order":[0]}"#,
+        )
+        .unwrap();
+        c.firmware = Some(FirmwareConfig::Bios { path: None });
+        let json = serde_json::to_value(&c).unwrap();
+        let fields: std::collections::BTreeSet<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(documented, fields);
+    }
+
     #[test]
     fn derived_macs_are_stable_unicast_and_differ_by_seed() {
         let a = derived_mac("web1/0");

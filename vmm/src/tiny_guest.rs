@@ -264,3 +264,18 @@ pub fn garbage_disk(message: &str) -> Vec<u8> {
     serial_text(&mut c, "\r\n");
     finish_boot_disk(c, message)
 }
+
+/// Deterministic bytes that look random (xorshift32, high bits, 7-bit so
+/// that no far-jump opcode 0xEA appears): test input for "a file that is
+/// not a firmware or a kernel".
+pub fn noise(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8 & 0x7f
+        })
+        .collect()
+}

@@ -88,3 +88,47 @@ fn config_file_problems() {
     // `lo` exists and is not a TAP device, so opening it fails.
     assert_bad_config(&["--kernel", &k, "--net", "tap=lo"], "nets[0].tap: cannot open the TAP device lo");
 }
+
+#[test]
+fn firmware_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let disk = p("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let k = fake_kernel(dir.path());
+    assert_bad_config(
+        &["--kernel", &k, "--firmware", "bios", "--disk", &disk],
+        "kernel and firmware: give one of them, not both",
+    );
+    assert_bad_config(&["--firmware", "coreboot"], "--firmware: \"coreboot\" is not a firmware; write bios or uefi");
+    assert_bad_config(
+        &["--firmware", "uefi", "--disk", &disk],
+        "--uefi-vars: UEFI needs this VM's copy of OVMF_VARS_4M.fd",
+    );
+    assert_bad_config(
+        &["--firmware", "bios", "--firmware-path", "/nonexistent/bios.bin"],
+        "firmware: cannot read /nonexistent/bios.bin",
+    );
+    // Truncated, and random bytes of a firmware's size.
+    let bios = std::fs::read("/usr/share/seabios/bios-256k.bin").expect("seabios is installed by the host tools");
+    std::fs::write(p("cut.bin"), &bios[..100_000]).unwrap();
+    assert_bad_config(&["--firmware", "bios", "--firmware-path", &p("cut.bin")], "is 100000 bytes; a BIOS image is");
+    let random = kvmos_vmm::tiny_guest::noise(0x2545_f491, bios.len());
+    std::fs::write(p("random.bin"), random).unwrap();
+    assert_bad_config(&["--firmware", "bios", "--firmware-path", &p("random.bin")], "has no x86 reset vector");
+    assert_bad_config(
+        &["--firmware", "uefi", "--firmware-path", &p("random.bin"), "--uefi-vars", &disk],
+        "is not an OVMF code image",
+    );
+    // A variable store that does not go with the code.
+    let code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+    assert_bad_config(
+        &["--firmware", "uefi", "--firmware-path", code, "--uefi-vars", &disk, "--disk", &disk],
+        "but with this OVMF code (3653632 bytes) the variable store must be 540672 bytes",
+    );
+    assert_bad_config(
+        &["--firmware", "bios", "--disk", &disk, "--boot-order", "1"],
+        "boot_order[0]: disk 1 does not exist; the VM has 1 disk(s), numbered from 0",
+    );
+    assert_bad_config(&["--kernel", &k, "--boot-order", "0"], "boot_order: only firmware boot has a boot order");
+}

@@ -2,9 +2,10 @@
 //! the kvmos host kernel with busybox under QEMU TCG `-cpu max`, 1536 MiB,
 //! 2 vCPUs). Both boot the same Debian 12 image (`kvmos_qemu_test::debian`,
 //! on the L1's /dev/vda) with the same SeaBIOS, 1 vCPU, 512 MiB, virtio-blk
-//! and virtio-rng, no NIC, the serial console on stdout; QEMU is Debian's
-//! `qemu-system-x86_64 -accel kvm -M pc`, copied into the L1 with its
-//! libraries. The two alternate, RUNS times each. Per boot, in L1 time from
+//! and virtio-rng, no NIC, the serial console on stdout; QEMU is the host's
+//! `qemu-system-x86_64 -accel kvm -M pc -nographic` (so SeaBIOS shows its
+//! screen on the serial port, as kvmos-vmm has it), copied into the L1
+//! with its libraries. The two alternate, RUNS times each. Per boot, in L1 time from
 //! the VMM's start: the firmware's first output, GRUB, the login prompt;
 //! and at the login prompt the VMM's memory overhead: its RSS less the RSS
 //! of the guest RAM mappings (the mappings of 100 MiB or more).
@@ -40,7 +41,7 @@ boot() {
 }
 for i in $(seq RUNS); do
   boot kvmos ./kvmos-vmm --firmware bios --firmware-path bios-256k.bin --disk /dev/vda --memory-mib 512 --vcpus 1 --serial stdio
-  boot qemu /usr/bin/qemu-system-x86_64 -accel kvm -M pc -cpu host -m 512 -smp 1 -nodefaults -display none \
+  boot qemu /usr/bin/qemu-system-x86_64 -accel kvm -M pc -cpu host -m 512 -smp 1 -nodefaults -nographic \
     -serial stdio -monitor none -bios bios-256k.bin -L /usr/share/qemu -global kvm-apic.vapic=false \
     -drive file=/dev/vda,format=raw,if=none,id=d0 -device virtio-blk-pci,drive=d0 -device virtio-rng-pci
 done

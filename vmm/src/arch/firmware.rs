@@ -139,15 +139,7 @@ mod tests {
         let truncated = &good[..100_000];
         assert!(matches!(load_bios(&write(dir.path(), "t.bin", truncated)), Err(FirmwareError::BiosSize(_, 100_000))));
         // Random bytes of the right size: no reset vector.
-        let mut x = 0x1234_5678u32;
-        let random: Vec<u8> = (0..256 << 10)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 24) as u8 & 0x7f
-            })
-            .collect();
+        let random = crate::tiny_guest::noise(0x1234_5678, 256 << 10);
         assert!(matches!(load_bios(&write(dir.path(), "r.bin", &random)), Err(FirmwareError::NoResetVector(_))));
         assert!(matches!(load_bios(&dir.path().join("missing")), Err(FirmwareError::Read(..))));
     }

@@ -72,16 +72,11 @@ impl MmioTransport {
 }
 
 impl VirtioTransport for MmioTransport {
-    fn notify(&mut self, index: u16) {
-        self.state.notify(index);
+    fn state(&self) -> &VirtioState {
+        &self.state
     }
-
-    fn io_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.state.device.io_fd()
-    }
-
-    fn process_io(&mut self) {
-        self.state.process_io();
+    fn state_mut(&mut self) -> &mut VirtioState {
+        &mut self.state
     }
 }
 

@@ -90,15 +90,24 @@ impl Interrupt {
     }
 }
 
-/// What the event loop needs of a transport, MMIO or PCI.
+/// What the event loop needs of a transport, MMIO or PCI: both keep a
+/// [`state::VirtioState`], which does the work.
 pub trait VirtioTransport: Send {
+    fn state(&self) -> &state::VirtioState;
+    fn state_mut(&mut self) -> &mut state::VirtioState;
     /// The driver notified queue `index` (by register write or through
     /// the queue's ioeventfd).
-    fn notify(&mut self, index: u16);
+    fn notify(&mut self, index: u16) {
+        self.state_mut().notify(index);
+    }
     /// The device's host file, if it has one (see [`VirtioDevice::io_fd`]).
-    fn io_fd(&self) -> Option<RawFd>;
+    fn io_fd(&self) -> Option<RawFd> {
+        self.state().device.io_fd()
+    }
     /// The device's host file is readable.
-    fn process_io(&mut self);
+    fn process_io(&mut self) {
+        self.state_mut().process_io();
+    }
 }
 
 /// What a virtio device does; the transport does the rest.
