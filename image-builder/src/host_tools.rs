@@ -116,6 +116,8 @@ pub const TEST: &[Requirement] = &[
     cmd("sfdisk", "fdisk"),
     cmd("mkfs.vfat", "dosfstools"),
     cmd("mcopy", "mtools"),
+    // Hybrid ISOs for the firmware tests.
+    cmd("xorriso", "xorriso"),
     cmd("grub-mkimage", "grub-common"),
     Requirement {
         what: "GRUB for BIOS (boot.img)",

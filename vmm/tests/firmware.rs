@@ -103,3 +103,37 @@ fn garbage_in_fw_cfg_cmos_and_pci_config_does_not_bring_the_vmm_down() {
     assert_eq!(code, 3, "ended by the guest's reset, not by an error: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A hybrid ISO (an ISO 9660 image whose system area holds an MBR boot
+/// sector, as most Linux installers are made) attached read-only as a disk
+/// boots through SeaBIOS. The ISO is made here with xorriso.
+#[test]
+fn a_hybrid_iso_attached_read_only_boots() {
+    let dir = tempfile::tempdir().unwrap();
+    let mbr = dir.path().join("mbr.bin");
+    std::fs::write(&mbr, &tiny_guest::boot_disk("booted from the hybrid ISO")[..512]).unwrap();
+    let content = dir.path().join("content");
+    std::fs::create_dir(&content).unwrap();
+    std::fs::write(content.join("README.TXT"), "kvmos test medium\n").unwrap();
+    // A medium of a few MiB, as real ones are: BIOS disk geometry needs at
+    // least one whole cylinder (1008 sectors) to read a tiny disk by CHS.
+    std::fs::write(content.join("FILLER.BIN"), vec![0u8; 2 << 20]).unwrap();
+    let iso = dir.path().join("hybrid.iso");
+    let out = std::process::Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-V", "KVMOSTEST", "-G"])
+        .arg(&mbr)
+        .arg("-o")
+        .arg(&iso)
+        .arg(&content)
+        .output()
+        .expect("xorriso is installed by the host tools");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&iso).unwrap();
+    assert_eq!(&bytes[0x8001..0x8006], b"CD001", "an ISO 9660 image");
+    let disk = format!("{},ro", iso.display());
+    let (code, out, err) = run_vmm(&["--firmware", "bios", "--disk", &disk]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("booted from the hybrid ISO"), "{text}\n{err}");
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(std::fs::read(&iso).unwrap(), bytes, "a read-only medium is never written");
+}
