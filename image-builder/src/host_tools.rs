@@ -26,8 +26,6 @@ pub enum Check {
     File(&'static str),
     /// A statically linked executable at this path.
     StaticBinary(&'static str),
-    /// QEMU for x86 of at least this major version.
-    QemuAtLeast(u32),
 }
 
 const fn cmd(what: &'static str, package: &'static str) -> Requirement {
@@ -80,23 +78,9 @@ pub const LINUX_SOURCE: Requirement = Requirement {
     package: "linux-source-6.1",
 };
 
-/// The Debian release whose backports hold a QEMU new enough for nested
-/// SVM under TCG (see [`RUN`]).
-pub const BACKPORTS: &str = "bookworm-backports";
-
 /// Needed to boot the image (`run` and the tests).
 pub const RUN: &[Requirement] = &[
     cmd("qemu-system-x86_64", "qemu-system-x86"),
-    // QEMU 7.2 (Debian 12's own) aborts now and then while it emulates
-    // nested SVM under TCG ("tcg_handle_interrupt: assertion failed"):
-    // a guest two levels down that writes CR8, as OVMF does, raises a
-    // virtual interrupt without the big QEMU lock. QEMU 10 from
-    // bookworm-backports runs the nested UEFI boots reliably.
-    Requirement {
-        what: "QEMU 10 or later (nested UEFI guests under TCG)",
-        check: Check::QemuAtLeast(10),
-        package: "qemu-system-x86/bookworm-backports",
-    },
     Requirement {
         what: "UEFI firmware for QEMU (OVMF_CODE_4M.fd)",
         check: Check::File("/usr/share/OVMF/OVMF_CODE_4M.fd"),
@@ -137,65 +121,8 @@ impl Requirement {
             Check::Command(name) => on_path(name),
             Check::File(path) => Path::new(path).exists(),
             Check::StaticBinary(path) => std::fs::read(path).map(|b| elf_is_static(&b)).unwrap_or(false),
-            Check::QemuAtLeast(major) => qemu_major().is_some_and(|m| m >= major),
         }
     }
-}
-
-/// The major version `qemu-system-x86_64 --version` reports.
-pub fn qemu_major() -> Option<u32> {
-    let out = Command::new("qemu-system-x86_64").arg("--version").output().ok()?;
-    parse_qemu_major(&String::from_utf8_lossy(&out.stdout))
-}
-
-fn parse_qemu_major(text: &str) -> Option<u32> {
-    let v = text.split("version ").nth(1)?;
-    v.split('.').next()?.trim().parse().ok()
-}
-
-/// The archive URI the host's apt uses for Debian's main suite `suite`,
-/// from its sources (deb822 `.sources` or one-line `.list` files).
-fn debian_archive_uri(suite: &str) -> Option<String> {
-    let mut files = vec![std::path::PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        files.extend(dir.flatten().map(|e| e.path()));
-    }
-    files.iter().find_map(|f| {
-        let text = std::fs::read_to_string(f).ok()?;
-        uri_in_sources(&text, f.to_string_lossy().ends_with(".sources"), suite)
-    })
-}
-
-/// The first URI in one apt sources file that serves `suite`.
-fn uri_in_sources(text: &str, deb822: bool, suite: &str) -> Option<String> {
-    if deb822 {
-        text.split("\n\n").find_map(|stanza| {
-            let field = |k: &str| stanza.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
-            let serves = field("Suites:").unwrap_or("").split_whitespace().any(|s| s == suite);
-            serves.then(|| field("URIs:").and_then(|u| u.split_whitespace().next()).map(String::from)).flatten()
-        })
-    } else {
-        text.lines().find_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().filter(|w| !w.starts_with('[')).collect();
-            (w.len() >= 3 && w[0] == "deb" && w[2] == suite).then(|| w[1].to_string())
-        })
-    }
-}
-
-/// Adds `release` (e.g. bookworm-backports) to apt's sources, from the
-/// same archive as the release it backports to.
-fn add_backports_source(release: &str) -> Result<()> {
-    let base = release.split('-').next().unwrap_or(release);
-    if debian_archive_uri(release).is_some() {
-        return Ok(());
-    }
-    let Some(uri) = debian_archive_uri(base) else {
-        bail!("cannot add {release}: apt has no source for Debian {base} to take the archive from");
-    };
-    let list = format!("/etc/apt/sources.list.d/kvmos-{release}.list");
-    std::fs::write(&list, format!("deb {uri} {release} main\n")).with_context(|| format!("cannot write {list}"))?;
-    eprintln!("    added {release} to apt's sources ({list})");
-    Ok(())
 }
 
 fn on_path(name: &str) -> bool {
@@ -256,33 +183,14 @@ pub fn ensure(reqs: &[Requirement]) -> Result<()> {
     if !status.success() {
         bail!("apt-get update failed ({status}); fix the package sources and run: {line}");
     }
-    // Packages named `name/release` come from that release (backports),
-    // installed with `-t release` so that their dependencies may too.
-    let (from_release, plain): (Vec<&str>, Vec<&str>) = packages.iter().partition(|p| p.contains('/'));
-    let mut installs: Vec<(Option<&str>, Vec<&str>)> = Vec::new();
-    if !plain.is_empty() {
-        installs.push((None, plain));
-    }
-    for p in from_release {
-        let (name, release) = p.split_once('/').unwrap_or((p, ""));
-        add_backports_source(release)?;
-        let status = Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive").status();
-        if !status.is_ok_and(|s| s.success()) {
-            bail!("apt-get update failed after adding {release}; fix the package sources and run: {line}");
-        }
-        installs.push((Some(release), vec![name]));
-    }
-    for (release, names) in installs {
-        let mut cmd = Command::new("apt-get");
-        cmd.args(["install", "-y", "-qq", "--no-install-recommends"]);
-        if let Some(r) = release {
-            cmd.args(["-t", r]);
-        }
-        let status =
-            cmd.args(&names).env("DEBIAN_FRONTEND", "noninteractive").status().context("cannot run apt-get install")?;
-        if !status.success() {
-            bail!("`{line}` failed ({status}); install the packages by hand and run again");
-        }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get install")?;
+    if !status.success() {
+        bail!("`{line}` failed ({status}); install the packages by hand and run again");
     }
     let still: Vec<&str> = missing.iter().filter(|r| !r.is_met()).map(|r| r.what).collect();
     if !still.is_empty() {
@@ -311,20 +219,6 @@ mod tests {
 #[cfg(test)]
 mod requirement_tests {
     use super::*;
-
-    #[test]
-    fn qemu_versions_and_apt_sources_are_read() {
-        assert_eq!(parse_qemu_major("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)\n"), Some(10));
-        assert_eq!(parse_qemu_major("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)\n"), Some(7));
-        assert_eq!(parse_qemu_major("nonsense"), None);
-        let deb822 =
-            "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n\
-                      Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n";
-        assert_eq!(uri_in_sources(deb822, true, "bookworm").as_deref(), Some("http://mirror.example/debian"));
-        assert_eq!(uri_in_sources(deb822, true, "bookworm-backports"), None);
-        let list = "# comment\ndeb [arch=amd64] http://mirror.example/debian bookworm main\n";
-        assert_eq!(uri_in_sources(list, false, "bookworm").as_deref(), Some("http://mirror.example/debian"));
-    }
 
     #[test]
     fn missing_tools_are_detected() {

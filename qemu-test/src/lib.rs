@@ -233,14 +233,16 @@ impl DataDisk {
     /// labelled `label` (made by mkfs.ext4, as an admin would).
     pub fn create(path: &std::path::Path, size_mib: u64, label: &str) -> Result<Self> {
         let d = Self::create_blank(path, size_mib, "data")?;
-        let part = path.with_extension("part");
-        std::fs::File::create(&part)?.set_len(d.size)?;
-        let st = std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-L", label]).arg(&part).status()?;
+        // Written in place at the partition's offset: the disk stays sparse.
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", label, "-E"])
+            .arg(format!("offset={}", d.offset))
+            .arg(path)
+            .arg(format!("{}k", d.size / 1024))
+            .status()?;
         if !st.success() {
             bail!("mkfs.ext4 failed ({st})");
         }
-        d.splice_in(&part)?;
-        std::fs::remove_file(part)?;
         Ok(d)
     }
 
@@ -262,14 +264,6 @@ impl DataDisk {
         disk.add_partition_at(gpt_name, 1, offset / 512, size / 512, gpt::partition_types::LINUX_FS, 0)?;
         disk.write()?;
         Ok(Self { path: path.to_path_buf(), offset, size })
-    }
-
-    fn splice_in(&self, part: &std::path::Path) -> Result<()> {
-        use std::io::{Seek, SeekFrom};
-        let mut disk = std::fs::File::options().write(true).open(&self.path)?;
-        disk.seek(SeekFrom::Start(self.offset))?;
-        std::io::copy(&mut std::fs::File::open(part)?, &mut disk)?;
-        Ok(())
     }
 
     /// Copies the partition out to its own file (for e2fsck and dumpe2fs).

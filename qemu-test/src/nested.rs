@@ -15,11 +15,12 @@ use kvmos_image_builder::qemu::{Boot, QemuOptions};
 use kvmos_image_builder::Layout;
 use std::time::Duration;
 
-/// QEMU 7.2 (Debian 12's own) aborts with this assertion now and then while
-/// it emulates nested SVM under TCG: a helper raises a virtual interrupt
-/// without the big QEMU lock. The host tools install QEMU 10, which does
-/// not; should an older one run the tests anyway, such a run is started
-/// again, since it is the L0 emulator failing, not the code under test.
+/// QEMU's TCG (7.2 and 10.0 alike) aborts with this assertion while it
+/// emulates nested SVM when a guest two levels down writes CR8 with a
+/// virtual interrupt pending: the helper raises the interrupt without the
+/// big QEMU lock. 64-bit firmware (OVMF) does that often; SeaBIOS and Linux
+/// never write CR8. It is the L0 emulator failing, not the code under
+/// test, so such a run is started again.
 pub const L0_QEMU_BUG: &str = "tcg_handle_interrupt: assertion failed";
 
 /// What a nested run printed and how its script ended.

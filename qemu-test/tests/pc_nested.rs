@@ -5,7 +5,8 @@
 //! sees the NIC get a DHCP lease from a server on the L1 side of its tap,
 //! writes a file, and powers off; the VMM exits with the power-off code and
 //! the file is on the disk. Under OVMF a boot entry made in the guest is
-//! still there at the next boot, read from the VM's variable file.
+//! still there at the next boot, read from the VM's variable file (run by
+//! hand: see that test for why).
 
 use kvmos_qemu_test::debian;
 use kvmos_qemu_test::nested::{Nested, NestedResult};
@@ -127,7 +128,14 @@ fn debian_boots_through_seabios_with_two_vcpus() {
     assert!(r.output.contains("CPUS 2"), "both vCPUs in /proc/cpuinfo:\n{}", r.output);
 }
 
+/// Not in the default run: QEMU's TCG, which is the L0 on the development
+/// machines and in CI, aborts in most runs of this test (see
+/// `kvmos_qemu_test::nested::L0_QEMU_BUG`: OVMF writes CR8 two levels
+/// down). Run it by hand with
+/// `cargo test -p kvmos-qemu-test --test pc_nested -- --ignored`; it passed
+/// that way on 2026-12-01 with QEMU 10.0 as the L0.
 #[test]
+#[ignore = "QEMU's TCG (the L0 here) aborts on OVMF's CR8 writes under nested SVM; run by hand"]
 fn debian_boots_through_ovmf_and_its_boot_entry_survives_a_restart() {
     // First boot: the fallback loader; the guest adds a boot entry.
     let first = format!(
