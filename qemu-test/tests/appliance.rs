@@ -177,3 +177,57 @@ async fn day_one_in_chromium() {
     b.screenshot("03-guest-shell").await.unwrap();
     b.close().await.unwrap();
 }
+
+/// A real operating system through the panel, in the appliance: the Debian
+/// 12 test image uploaded as a disk image (2 GiB, about 110 s), a VM that
+/// boots it with BIOS firmware (SeaBIOS from the appliance's own firmware),
+/// and a login on its serial console over the console WebSocket.
+///
+/// Not in the default run yet: it passed 1 of 3 runs on 2026-12-01; in the
+/// others the console never showed GRUB's line after the VM started (the
+/// same image and firmware pass every time in `pc_nested.rs`). Run it with
+/// `cargo test -p kvmos-qemu-test --test appliance -- --ignored`.
+#[test]
+#[ignore = "passes 1 run in 3: the console never shows GRUB in the others; under investigation"]
+fn firmware_vm_boots_an_uploaded_debian_image() {
+    let debian = kvmos_qemu_test::debian::image().unwrap();
+    let img = image().unwrap();
+    let dir = work_dir("appliance-firmware-debian").unwrap();
+    let disk = DataDisk::create(&dir.join("data.img"), 4096, "KVMOS_DATA").unwrap();
+    let mut opts = QemuOptions::new(Boot::Direct { kernel: img.bz_image.clone(), initrd: img.initramfs.clone() }, &dir);
+    opts.drives = vec![disk.path.clone()];
+    let port = free_port().unwrap();
+    opts.panel_host_port = Some(port);
+    let mut vm = Appliance::boot("appliance-firmware-debian", opts).unwrap();
+    let code = setup_code(&mut vm);
+    wait_https(port, "/api/v1/health", BOOT_TIMEOUT).unwrap();
+    let mut panel = Panel::new(port);
+    panel.setup(&code, PASSWORD).unwrap();
+
+    let uploaded = panel.upload_file("debian12.img", "disk", &debian).unwrap();
+    assert_eq!(uploaded["size"], std::fs::metadata(&debian).unwrap().len(), "{uploaded}");
+    let created = panel
+        .ok(
+            "POST",
+            "/api/v1/vms",
+            Some(json!({"name": "deb1", "vcpus": 1, "memory_mib": 512,
+                        "boot": {"type": "firmware", "firmware": "bios"},
+                        "disks": [{"image": "debian12.img"}], "network": true})),
+        )
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    panel.action(&id, "start").unwrap();
+
+    let boot = Duration::from_secs(300);
+    let mut console = panel.console(&id).unwrap();
+    let mut at = console.expect(kvmos_qemu_test::debian::GRUB_MARKER, boot).unwrap();
+    at = console.expect_after(at, "debian-test login:", boot).unwrap();
+    console.send("root\n").unwrap();
+    at = console.expect_after(at, "Password:", GUEST_TIMEOUT).unwrap();
+    console.send(&format!("{}\n", kvmos_qemu_test::debian::ROOT_PASSWORD)).unwrap();
+    at = console.expect_after(at, "root@debian-test", GUEST_TIMEOUT).unwrap();
+    console.send("echo booted-$((6*7)) from $(grep -o 'root=[^ ]*' /proc/cmdline)\n").unwrap();
+    console.expect_after(at, "booted-42 from root=LABEL=debroot", GUEST_TIMEOUT).unwrap();
+    panel.action(&id, "force-off").unwrap();
+    panel.wait_state(&id, "stopped", GUEST_TIMEOUT).unwrap();
+}
