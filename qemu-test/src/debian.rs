@@ -24,8 +24,13 @@ use std::process::Command;
 pub const ROOT_PASSWORD: &str = "kvmos";
 /// Its host name, which the login prompt shows.
 pub const HOSTNAME: &str = "debian-test";
-/// What GRUB prints before it loads the kernel, so tests can see it ran.
+/// What GRUB prints before it loads the kernel. Under SeaBIOS it reaches
+/// the serial port through SeaBIOS's serial console, which may put cursor
+/// escapes inside it: tests look for [`KERNEL_MARKER`] instead.
 pub const GRUB_MARKER: &str = "GRUB: loading the Debian kernel";
+/// What the Debian kernel prints first when GRUB started it with this
+/// image's configuration (Linux writes to the serial port itself).
+pub const KERNEL_MARKER: &str = "Command line: BOOT_IMAGE=/vmlinuz root=LABEL=debroot";
 
 const PACKAGES: &str = "linux-image-amd64,systemd-sysv,udev,ifupdown,isc-dhcp-client,iproute2,efibootmgr,kmod";
 const DISK_MIB: u64 = 2048;

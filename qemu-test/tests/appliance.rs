@@ -182,13 +182,7 @@ async fn day_one_in_chromium() {
 /// 12 test image uploaded as a disk image (2 GiB, about 110 s), a VM that
 /// boots it with BIOS firmware (SeaBIOS from the appliance's own firmware),
 /// and a login on its serial console over the console WebSocket.
-///
-/// Not in the default run yet: it passed 1 of 3 runs on 2026-12-01; in the
-/// others the console never showed GRUB's line after the VM started (the
-/// same image and firmware pass every time in `pc_nested.rs`). Run it with
-/// `cargo test -p kvmos-qemu-test --test appliance -- --ignored`.
 #[test]
-#[ignore = "passes 1 run in 3: the console never shows GRUB in the others; under investigation"]
 fn firmware_vm_boots_an_uploaded_debian_image() {
     let debian = kvmos_qemu_test::debian::image().unwrap();
     let img = image().unwrap();
@@ -220,7 +214,7 @@ fn firmware_vm_boots_an_uploaded_debian_image() {
 
     let boot = Duration::from_secs(300);
     let mut console = panel.console(&id).unwrap();
-    let mut at = console.expect(kvmos_qemu_test::debian::GRUB_MARKER, boot).unwrap();
+    let mut at = console.expect(kvmos_qemu_test::debian::KERNEL_MARKER, boot).unwrap();
     at = console.expect_after(at, "debian-test login:", boot).unwrap();
     console.send("root\n").unwrap();
     at = console.expect_after(at, "Password:", GUEST_TIMEOUT).unwrap();
