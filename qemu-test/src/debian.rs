@@ -101,12 +101,7 @@ pub fn image() -> Result<PathBuf> {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot run {shown}"))?;
-    if !status.success() {
-        bail!("{shown} failed ({status})");
-    }
-    Ok(())
+    kvmos_image_builder::util::run(cmd).map(drop)
 }
 
 fn build(work: &Path, out: &Path) -> Result<()> {

@@ -17,20 +17,24 @@ pub struct Panel {
     csrf: Option<String>,
 }
 
+/// An HTTPS client for the panel's self-signed certificate.
+fn agent(timeout: Duration) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder().disable_verification(true).build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
 impl Panel {
     pub fn new(port: u16) -> Self {
-        let tls = ureq::tls::TlsConfig::builder().disable_verification(true).build();
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Self { port, agent, cookie: None, csrf: None }
+        Self { port, agent: agent(Duration::from_secs(60)), cookie: None, csrf: None }
     }
 
-    /// One API call; returns the status and the JSON body (Null if none).
-    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+    /// A request to `path` with the session cookie and CSRF token.
+    fn request(&self, method: &str, path: &str) -> ureq::http::request::Builder {
         let url = format!("https://127.0.0.1:{}{path}", self.port);
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(c) = &self.cookie {
@@ -39,6 +43,12 @@ impl Panel {
         if let Some(c) = &self.csrf {
             req = req.header("X-CSRF-Token", c);
         }
+        req
+    }
+
+    /// One API call; returns the status and the JSON body (Null if none).
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+        let req = self.request(method, path);
         let text = body.map(|b| b.to_string()).unwrap_or_default();
         let req = req.header("Content-Type", "application/json").body(text)?;
         let mut resp = self.agent.run(req).with_context(|| format!("{method} {path}"))?;
@@ -63,24 +73,10 @@ impl Panel {
 
     fn upload_body(&self, name: &str, kind: &str, data: impl ureq::AsSendBody) -> Result<Value> {
         let path = format!("/api/v1/images/{name}?kind={kind}");
-        let url = format!("https://127.0.0.1:{}{path}", self.port);
-        let mut req = ureq::http::Request::builder().method("PUT").uri(&url);
-        if let Some(c) = &self.cookie {
-            req = req.header("Cookie", format!("kvmos_session={c}"));
-        }
-        if let Some(c) = &self.csrf {
-            req = req.header("X-CSRF-Token", c);
-        }
-        let req = req.header("Content-Type", "application/octet-stream").body(data)?;
+        let req = self.request("PUT", &path).header("Content-Type", "application/octet-stream").body(data)?;
         // An upload of gigabytes into a TCG guest takes minutes, not the
         // minute the API calls get.
-        let tls = ureq::tls::TlsConfig::builder().disable_verification(true).build();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .timeout_global(Some(Duration::from_secs(1800)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = agent(Duration::from_secs(1800));
         let started = Instant::now();
         let mut resp = agent.run(req).with_context(|| format!("PUT {path}"))?;
         eprintln!("PUT {path}: {:.1} s", started.elapsed().as_secs_f64());

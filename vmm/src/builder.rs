@@ -570,25 +570,24 @@ fn attach_fw_cfg(
         pm_base: pm.lock().unwrap_or_else(|p| p.into_inner()).pm_base().unwrap_or(0x600),
         pci_window_start: low as u32,
     };
+    // One generator per file, each picking its part of the same tables.
     let platform = Arc::new(platform);
-    let p = Arc::clone(&platform);
-    f.add_generated_file(acpi::FILE_RSDP, Arc::new(move || acpi::pc_tables(&p()).rsdp))?;
-    let p = Arc::clone(&platform);
-    f.add_generated_file(acpi::FILE_TABLES, Arc::new(move || acpi::pc_tables(&p()).tables))?;
-    let p = Arc::clone(&platform);
-    f.add_generated_file(acpi::FILE_LOADER, Arc::new(move || acpi::pc_tables(&p()).loader))?;
+    type Part = fn(acpi::PcAcpi) -> Vec<u8>;
+    let parts: [(&str, Part); 3] =
+        [(acpi::FILE_RSDP, |t| t.rsdp), (acpi::FILE_TABLES, |t| t.tables), (acpi::FILE_LOADER, |t| t.loader)];
+    for (name, part) in parts {
+        let p = Arc::clone(&platform);
+        f.add_generated_file(name, Arc::new(move || part(acpi::pc_tables(&p()))))?;
+    }
     insert(io_bus, u64::from(fw_cfg::PORT), fw_cfg::PORT_LEN, Arc::new(Mutex::new(f)))
 }
 
 /// A stable UUID for the VM, from its ID (SMBIOS and firmware show it).
 fn vm_uuid(vm_id: &str) -> [u8; 16] {
-    let a = crate::config::derived_mac(&format!("uuid-a/{vm_id}"));
-    let b = crate::config::derived_mac(&format!("uuid-b/{vm_id}"));
-    let c = crate::config::derived_mac(&format!("uuid-c/{vm_id}"));
+    let fnv = crate::config::fnv1a;
     let mut u = [0u8; 16];
-    u[..5].copy_from_slice(&a[1..]);
-    u[5..10].copy_from_slice(&b[1..]);
-    u[10..15].copy_from_slice(&c[1..]);
+    u[..8].copy_from_slice(&fnv(&format!("uuid-a/{vm_id}")).to_le_bytes());
+    u[8..].copy_from_slice(&fnv(&format!("uuid-b/{vm_id}")).to_le_bytes());
     u[6] = (u[6] & 0x0f) | 0x40; // version 4
     u[8] = (u[8] & 0x3f) | 0x80; // RFC 4122 variant
     u

@@ -355,11 +355,15 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     (mac[0] & 1 == 0).then_some(mac)
 }
 
+/// FNV-1a of `seed`: a stable hash for IDs derived from names.
+pub fn fnv1a(seed: &str) -> u64 {
+    seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
 /// A locally administered unicast MAC derived from `seed` (FNV-1a), the
 /// same for the same seed on every host and every run.
 pub fn derived_mac(seed: &str) -> [u8; 6] {
-    let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    let b = h.to_le_bytes();
+    let b = fnv1a(seed).to_le_bytes();
     [0x52, 0x54, 0x00, b[0], b[1], b[2]]
 }
 
