@@ -3,7 +3,9 @@
 //!
 //! - `GET /vm`: state, configuration, uptime, exit reason and counters;
 //! - `PUT /actions` with `{"action": "pause" | "resume" | "power_off" |
-//!   "reset" | "stop"}`.
+//!   "reset" | "stop"}`;
+//! - `GET /screenshot`: the screen as a PNG (firmware-booted VMs, which
+//!   have a display).
 //!
 //! A thread accepts connections and parses requests (httparse); each request
 //! is handed to the VMM's event loop, which owns the VM, and the answer
@@ -42,18 +44,28 @@ struct ActionBody {
 pub enum Request {
     GetVm,
     Act(Action),
+    Screenshot,
 }
 
 /// An HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
-    pub body: String,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
 }
 
 impl Response {
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
-        Self { status, body: value.to_string() }
+        Self { status, content_type: "application/json", body: value.to_string().into_bytes() }
+    }
+
+    pub fn no_content() -> Self {
+        Self { status: 204, content_type: "application/json", body: Vec::new() }
+    }
+
+    pub fn png(body: Vec<u8>) -> Self {
+        Self { status: 200, content_type: "image/png", body }
     }
 
     pub fn error(status: u16, message: &str) -> Self {
@@ -91,6 +103,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, Response> {
     let body = &buf[header_len..header_len + content_length];
     match (req.method.unwrap_or(""), req.path.unwrap_or("")) {
         ("GET", "/vm") => Ok(Some(Request::GetVm)),
+        ("GET", "/screenshot") => Ok(Some(Request::Screenshot)),
         ("PUT", "/actions") => match serde_json::from_slice::<ActionBody>(body) {
             Ok(b) => Ok(Some(Request::Act(b.action))),
             Err(e) => Err(Response::error(
@@ -98,8 +111,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, Response> {
                 &format!("{e}; send {{\"action\": \"pause\" | \"resume\" | \"power_off\" | \"reset\" | \"stop\"}}"),
             )),
         },
-        (_, "/vm") | (_, "/actions") => Err(Response::error(405, "method not allowed: GET /vm, PUT /actions")),
-        (_, path) => Err(Response::error(404, &format!("no such resource {path}: GET /vm, PUT /actions"))),
+        (_, "/vm") | (_, "/actions") | (_, "/screenshot") => {
+            Err(Response::error(405, "method not allowed: GET /vm, PUT /actions, GET /screenshot"))
+        }
+        (_, path) => {
+            Err(Response::error(404, &format!("no such resource {path}: GET /vm, PUT /actions, GET /screenshot")))
+        }
     }
 }
 
@@ -118,13 +135,14 @@ fn reason(status: u16) -> &'static str {
 
 fn write_response(stream: &mut UnixStream, r: &Response) {
     let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         r.status,
         reason(r.status),
+        r.content_type,
         r.body.len()
     );
     let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(r.body.as_bytes());
+    let _ = stream.write_all(&r.body);
 }
 
 fn serve_connection(mut stream: UnixStream, to_vmm: &Sender<Pending>, wake: &EventFd) {
@@ -200,7 +218,9 @@ mod tests {
         assert_eq!(parse(partial), Ok(None), "waits for the body");
         let bad = parse(b"PUT /actions HTTP/1.1\r\nContent-Length: 18\r\n\r\n{\"action\":\"dance\"}").unwrap_err();
         assert_eq!(bad.status, 400);
-        assert!(bad.body.contains("power_off"), "{}", bad.body);
+        let text = String::from_utf8_lossy(&bad.body);
+        assert!(text.contains("power_off"), "{text}");
+        assert_eq!(parse(b"GET /screenshot HTTP/1.1\r\n\r\n"), Ok(Some(Request::Screenshot)));
         assert_eq!(parse(b"DELETE /vm HTTP/1.1\r\n\r\n").unwrap_err().status, 405);
         assert_eq!(parse(b"GET /nope HTTP/1.1\r\n\r\n").unwrap_err().status, 404);
         assert_eq!(parse(b"\x00\x01garbage\r\n\r\n").unwrap_err().status, 400);

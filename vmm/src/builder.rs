@@ -19,6 +19,7 @@ use crate::console::Console;
 use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::chipset::{self, i440fx::HostBridge, piix3::IsaBridge, piix4_pm::PowerManagement};
+use crate::devices::display::stdvga::StdVga;
 use crate::devices::flash::Flash;
 use crate::devices::fw_cfg::{FwCfg, FwCfgError};
 use crate::devices::legacy::{boot_marker::BootMarker, cmos::Cmos, i8042::I8042, port92::Port92, serial::SerialDevice};
@@ -81,6 +82,8 @@ pub struct Machine {
     pub console: Console,
     pub serial: Arc<Mutex<SerialDevice>>,
     pub acpi_pm: Arc<Mutex<AcpiPm>>,
+    /// The keyboard controller, which VNC clients type into.
+    pub i8042: Arc<Mutex<I8042>>,
     pub exit: Arc<ExitSignal>,
     pub control: Arc<VcpuControl>,
     pub counters: Arc<VcpuCounters>,
@@ -93,6 +96,8 @@ pub struct Machine {
     pub virtio: Vec<VirtioSlot>,
     /// The PC's RTC, whose interrupt timer the event loop watches.
     pub rtc: Option<Arc<Mutex<Cmos>>>,
+    /// The PC's display adapter, which the VNC server and screenshots show.
+    pub display: Option<Arc<Mutex<StdVga>>>,
 }
 
 /// One virtio device as the event loop sees it: its transport and one
@@ -123,14 +128,15 @@ pub fn build_machine(
 ) -> Result<Machine, BuildError> {
     let guest_memory = create_guest_memory(memory_mib)?;
     let vm = Vm::new(guest_memory)?;
-    let base = attach_base_devices(&vm, console, started)?;
+    let base = attach_base_devices(&vm, console, started, false)?;
     insert(&base.io_bus, u64::from(layout::PM1A_EVT_PORT), acpi_pm::LEN, base.acpi_pm.clone())?;
     let (virtio_cmdline, virtio) = attach_virtio_devices(&vm, &base.mmio_bus, virtio)?;
     assemble(vm, vcpu_count, base, virtio_cmdline, virtio, None)
 }
 
-/// What both machines have: the buses, the exit signal, COM1, the i8042,
-/// the boot marker, and the ACPI registers (placed by the caller).
+/// What both machines have: the buses, the exit signal, COM1, the i8042
+/// (with a PS/2 mouse on the PC), the boot marker, and the ACPI registers
+/// (placed by the caller).
 struct BaseDevices {
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
@@ -139,18 +145,19 @@ struct BaseDevices {
     serial: Arc<Mutex<SerialDevice>>,
     boot_marker_us: Arc<AtomicU64>,
     acpi_pm: Arc<Mutex<AcpiPm>>,
+    i8042: Arc<Mutex<I8042>>,
     started: Instant,
 }
 
-fn attach_base_devices(vm: &Vm, console: Console, started: Instant) -> Result<BaseDevices, BuildError> {
+fn attach_base_devices(vm: &Vm, console: Console, started: Instant, mouse: bool) -> Result<BaseDevices, BuildError> {
     let exit = Arc::new(ExitSignal::new().map_err(BuildError::EventFd)?);
     let io_bus = Arc::new(Bus::default());
     let mmio_bus = Arc::new(Bus::default());
     let serial = attach_serial(vm, &io_bus, console.clone())?;
-    attach_i8042(&io_bus, Arc::clone(&exit))?;
+    let i8042 = attach_i8042(vm, &io_bus, Arc::clone(&exit), mouse)?;
     let boot_marker_us = attach_boot_marker(&io_bus, started)?;
     let acpi_pm = new_acpi_pm(vm, Arc::clone(&exit));
-    Ok(BaseDevices { io_bus, mmio_bus, exit, console, serial, boot_marker_us, acpi_pm, started })
+    Ok(BaseDevices { io_bus, mmio_bus, exit, console, serial, boot_marker_us, acpi_pm, i8042, started })
 }
 
 /// Creates the vCPUs on the buses and puts the machine together.
@@ -172,6 +179,7 @@ fn assemble(
         console: base.console,
         serial: base.serial,
         acpi_pm: base.acpi_pm,
+        i8042: base.i8042,
         exit: base.exit,
         control,
         counters,
@@ -180,6 +188,7 @@ fn assemble(
         virtio_cmdline,
         virtio,
         rtc,
+        display: None,
     })
 }
 
@@ -305,8 +314,17 @@ fn attach_serial(vm: &Vm, io_bus: &Bus, console: Console) -> Result<Arc<Mutex<Se
     Ok(serial)
 }
 
-fn attach_i8042(io_bus: &Bus, exit: Arc<ExitSignal>) -> Result<(), BuildError> {
-    insert(io_bus, u64::from(layout::I8042_DATA_PORT), 5, Arc::new(Mutex::new(I8042::new(exit))))
+/// The keyboard controller on IRQ 1 (and 12 for the mouse).
+fn attach_i8042(vm: &Vm, io_bus: &Bus, exit: Arc<ExitSignal>, mouse: bool) -> Result<Arc<Mutex<I8042>>, BuildError> {
+    let fd = Arc::clone(&vm.fd);
+    let irq = Box::new(move |line: u32, level: bool| {
+        if let Err(e) = fd.set_irq_line(line, level) {
+            tracing::warn!("cannot drive IRQ {line} of the i8042: {e}");
+        }
+    });
+    let i8042 = Arc::new(Mutex::new(I8042::new(exit, irq, mouse)));
+    insert(io_bus, u64::from(layout::I8042_DATA_PORT), 5, i8042.clone())?;
+    Ok(i8042)
 }
 
 fn attach_boot_marker(io_bus: &Bus, started: Instant) -> Result<Arc<AtomicU64>, BuildError> {
@@ -408,18 +426,20 @@ pub fn build_pc_vm(config: &VmConfig, firmware: &FirmwareConfig, started: Instan
     let guest_memory = memory::create_pc(ram).map_err(|e| BuildError::Memory(config.memory_mib, e.to_string()))?;
     let mut vm = Vm::new(guest_memory)?;
     let routing = Arc::new(IrqRouting::new(Arc::clone(&vm.fd)).map_err(BuildError::Routing)?);
-    let base = attach_base_devices(&vm, console, started)?;
+    let base = attach_base_devices(&vm, console, started, true)?;
     let (io_bus, mmio_bus) = (Arc::clone(&base.io_bus), Arc::clone(&base.mmio_bus));
     attach_port92(&io_bus, Arc::clone(&base.exit))?;
     attach_debugcon(&io_bus, config)?;
     let rtc = attach_cmos(&vm, &io_bus, ram, vcpu_count)?;
     let mut root = PciRoot::new(Arc::clone(&io_bus), Arc::clone(&mmio_bus), Arc::clone(&base.exit));
     let pm_function = attach_chipset(&mut root, &io_bus, &base.acpi_pm);
+    let display = attach_display(&mut vm, &io_bus, &mmio_bus, &mut root)?;
     let virtio = attach_virtio_pci(&vm, &routing, &mut root, open_virtio_devices(config)?)?;
     attach_pci_root(&io_bus, root)?;
     attach_fw_cfg(&vm, &io_bus, config, vcpu_count, pm_function)?;
     map_firmware(&mut vm, &mmio_bus, firmware, &images)?;
-    let machine = assemble(vm, vcpu_count, base, Vec::new(), virtio, Some(rtc))?;
+    let mut machine = assemble(vm, vcpu_count, base, Vec::new(), virtio, Some(rtc))?;
+    machine.display = Some(display);
     configure_vcpus_for_firmware(&machine.vm, &machine.vcpus)?;
     Ok(machine)
 }
@@ -503,6 +523,28 @@ fn attach_chipset(root: &mut PciRoot, io_bus: &Arc<Bus>, acpi_pm: &Arc<Mutex<Acp
     pm
 }
 
+/// The standard VGA at 00:02.0 (where QEMU has it), with its legacy
+/// ports and memory window; its framebuffer gets a memory slot of its own.
+fn attach_display(
+    vm: &mut Vm,
+    io_bus: &Bus,
+    mmio_bus: &Bus,
+    root: &mut PciRoot,
+) -> Result<Arc<Mutex<StdVga>>, BuildError> {
+    use crate::devices::display::stdvga::{Legacy, LegacyRange};
+    let slot = vm.new_slot();
+    let vga = StdVga::new(Some(Arc::clone(&vm.fd)), slot)
+        .map_err(|e| BuildError::Memory(crate::devices::display::stdvga::VRAM_SIZE as u64 >> 20, e.to_string()))?;
+    let vga = Arc::new(Mutex::new(vga));
+    for range in [LegacyRange::VgaPorts, LegacyRange::DispiPorts, LegacyRange::Window] {
+        let (base, len) = range.span();
+        let bus = if range == LegacyRange::Window { mmio_bus } else { io_bus };
+        insert(bus, base, len, Arc::new(Mutex::new(Legacy { vga: Arc::clone(&vga), range })))?;
+    }
+    root.add(devfn(chipset::VGA_SLOT, 0), vga.clone());
+    Ok(vga)
+}
+
 /// The PCI slot of the `index`th virtio device.
 fn virtio_slot(index: usize) -> u8 {
     chipset::FIRST_DEVICE_SLOT + index as u8
@@ -563,8 +605,9 @@ fn attach_fw_cfg(
     f.add_file("bootorder", bootorder(config))?;
     // Without a bootable disk, SeaBIOS tries again after this many ms.
     f.add_file("etc/boot-fail-wait", 5000u32.to_le_bytes().to_vec())?;
-    // No display yet: SeaBIOS and OVMF print on COM1.
+    // SeaBIOS prints on COM1 as well as the screen (its "split mode").
     f.add_file("etc/sercon-port", layout::COM1_PORT.to_le_bytes().to_vec())?;
+    add_vga_rom(&mut f)?;
     let platform = move || acpi::PcPlatform {
         vcpus: cpus,
         pm_base: pm.lock().unwrap_or_else(|p| p.into_inner()).pm_base().unwrap_or(0x600),
@@ -580,6 +623,22 @@ fn attach_fw_cfg(
         f.add_generated_file(name, Arc::new(move || part(acpi::pc_tables(&p()))))?;
     }
     insert(io_bus, u64::from(fw_cfg::PORT), fw_cfg::PORT_LEN, Arc::new(Mutex::new(f)))
+}
+
+/// The standard VGA's option ROM, which SeaBIOS runs to get a screen: the
+/// one Debian's seabios package ships. Without it the VM still runs, on the
+/// serial console only.
+fn add_vga_rom(f: &mut FwCfg) -> Result<(), BuildError> {
+    use crate::devices::display::stdvga::{ROM_FILE, VGABIOS_FILE};
+    let Some(path) = firmware::find(VGABIOS_FILE) else {
+        tracing::warn!("no {VGABIOS_FILE} found (install Debian's seabios package): the BIOS will not draw on the screen");
+        return Ok(());
+    };
+    match std::fs::read(&path) {
+        Ok(rom) => f.add_file(ROM_FILE, rom)?,
+        Err(e) => tracing::warn!("cannot read {}: {e}; the BIOS will not draw on the screen", path.display()),
+    }
+    Ok(())
 }
 
 /// A stable UUID for the VM, from its ID (SMBIOS and firmware show it).

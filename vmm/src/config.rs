@@ -45,6 +45,10 @@ pub struct VmConfig {
     /// The control API's Unix socket.
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
+    /// Firmware boot: the VNC server's Unix socket (the screen, keyboard
+    /// and mouse); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc_socket: Option<PathBuf>,
     /// A virtio-rng device (on unless turned off).
     #[serde(default = "default_true")]
     pub rng: bool,
@@ -175,6 +179,8 @@ pub enum ConfigError {
     KernelOnly(&'static str),
     /// boot_order: only firmware boot has a boot order; leave it out with kernel
     BootOrderWithKernel,
+    /// vnc_socket: only a firmware-booted VM has a display; leave it out with kernel
+    VncWithKernel,
     /// firmware: {0}
     Firmware(#[from] crate::arch::firmware::FirmwareError),
     /// firmware: {file} is not installed; install Debian's {package} package or give its path
@@ -245,6 +251,9 @@ impl VmConfig {
                 }
                 if !self.boot_order.is_empty() {
                     return Err(ConfigError::BootOrderWithKernel);
+                }
+                if self.vnc_socket.is_some() {
+                    return Err(ConfigError::VncWithKernel);
                 }
             }
             (None, Some(firmware)) => {
@@ -495,7 +504,7 @@ mod tests {
             .filter_map(|l| l.trim().split(':').next())
             .collect();
         let mut c = VmConfig::from_json(
-            r#"{"kernel":"/k","initrd":"/i","exit_file":"/e","firmware_log":"/f","api_socket":"/a","boot_order":[0]}"#,
+            r#"{"kernel":"/k","initrd":"/i","exit_file":"/e","firmware_log":"/f","api_socket":"/a","vnc_socket":"/v","boot_order":[0]}"#,
         )
         .unwrap();
         c.firmware = Some(FirmwareConfig::Bios { path: None });

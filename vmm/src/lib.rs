@@ -6,12 +6,14 @@
 //!   loading and ACPI tables;
 //! - [`vstate`]: guest memory, the KVM VM and its vCPUs;
 //! - [`devices`]: the I/O and MMIO buses, the legacy PC devices (serial,
-//!   i8042, boot marker), ACPI power management;
+//!   i8042 with PS/2 keyboard and mouse, boot marker), ACPI power
+//!   management, the display;
 //! - [`console`]: the serial console's ring buffer and clients;
 //! - [`exit`]: why a VM stopped, and the exit codes;
 //! - [`tap`]: TAP devices, the host end of a VM's NIC;
 //! - [`tiny_guest`]: a hand-assembled guest for tests where Linux cannot run;
 //! - [`api`]: the control API on a Unix socket;
+//! - [`vnc`]: the VNC server for the screen, keyboard and mouse;
 //! - [`builder`] builds a VM top to bottom and [`runner`] runs it.
 
 pub mod api;
@@ -24,4 +26,5 @@ pub mod exit;
 pub mod runner;
 pub mod tap;
 pub mod tiny_guest;
+pub mod vnc;
 pub mod vstate;

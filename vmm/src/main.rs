@@ -53,6 +53,10 @@ struct Args {
     /// The control API's Unix socket
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// Firmware boot: serve the VM's screen, keyboard and mouse over VNC
+    /// on this Unix socket
+    #[arg(long, value_name = "PATH")]
+    vnc_socket: Option<PathBuf>,
     /// A name for logs
     #[arg(long)]
     vm_id: Option<String>,
@@ -159,6 +163,9 @@ fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
     }
     if let Some(v) = args.api_socket {
         c.api_socket = Some(v);
+    }
+    if let Some(v) = args.vnc_socket {
+        c.vnc_socket = Some(v);
     }
     for d in args.disk {
         let (path, ro) = match d.strip_suffix(",ro") {

@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::Arc;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 const TOKEN_EXIT: u64 = 1;
@@ -118,6 +119,10 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
         None => None,
     };
 
+    if let (Some(path), Some(display)) = (&config.vnc_socket, &machine.display) {
+        let devices = crate::vnc::Devices { display: Arc::clone(display), i8042: Arc::clone(&machine.i8042) };
+        crate::vnc::spawn(bind_private_socket(path)?, devices, config.vm_id.clone())?;
+    }
     watch_virtio(&epoll, &machine)?;
     if let Some(fd) = machine.rtc.as_ref().and_then(|r| lock(r).timer_fd()) {
         add(fd, TOKEN_RTC)?;
@@ -211,7 +216,7 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
     if let (SerialConfig::Socket { path }, Some(_)) = (serial, &listener) {
         let _ = std::fs::remove_file(path);
     }
-    if let Some(path) = &config.api_socket {
+    for path in [&config.api_socket, &config.vnc_socket].into_iter().flatten() {
         let _ = std::fs::remove_file(path);
     }
     Ok(machine.exit.reason().unwrap_or(ExitReason::Stopped))
@@ -291,14 +296,18 @@ fn handle_api<T>(
                 }),
             )
         }
+        Request::Screenshot => match &machine.display {
+            Some(display) => Response::png(lock(display).render().to_png()),
+            None => Response::error(404, "this VM has no display (direct kernel boot); boot it with firmware"),
+        },
         Request::Act(Action::Pause) => {
             machine.control.pause();
             kick_until(threads, || machine.control.parked() >= running);
-            Response { status: 204, body: String::new() }
+            Response::no_content()
         }
         Request::Act(Action::Resume) => {
             machine.control.resume();
-            Response { status: 204, body: String::new() }
+            Response::no_content()
         }
         Request::Act(Action::PowerOff) => {
             if machine.control.is_paused() {
@@ -312,15 +321,15 @@ fn handle_api<T>(
                 );
             }
             pm.press_power_button();
-            Response { status: 204, body: String::new() }
+            Response::no_content()
         }
         Request::Act(Action::Reset) => {
             machine.exit.request(ExitReason::Reboot);
-            Response { status: 204, body: String::new() }
+            Response::no_content()
         }
         Request::Act(Action::Stop) => {
             machine.exit.request(ExitReason::Stopped);
-            Response { status: 204, body: String::new() }
+            Response::no_content()
         }
     }
 }

@@ -2,6 +2,7 @@
 pub mod acpi_pm;
 pub mod bus;
 pub mod chipset;
+pub mod display;
 pub mod flash;
 pub mod fw_cfg;
 pub mod legacy;

@@ -88,6 +88,13 @@ impl Vm {
         Ok(Self { kvm, fd: Arc::new(fd), memory, roms: Vec::new(), next_slot })
     }
 
+    /// A memory slot number for a region the caller maps itself (the
+    /// framebuffer, which moves with its BAR).
+    pub fn new_slot(&mut self) -> u32 {
+        self.next_slot += 1;
+        self.next_slot - 1
+    }
+
     /// Maps `image` at guest address `at`, read-only where KVM supports
     /// it (a guest write then exits to the VMM and changes nothing).
     pub fn map_rom(&mut self, at: u64, image: &[u8]) -> Result<RomSlot, VmError> {

@@ -21,5 +21,7 @@ pub const HOST_BRIDGE_SLOT: u8 = 0;
 pub const PIIX_SLOT: u8 = 1;
 pub const PIIX3_ISA_FUNCTION: u8 = 0;
 pub const PIIX4_PM_FUNCTION: u8 = 3;
-/// The first slot free for devices.
-pub const FIRST_DEVICE_SLOT: u8 = 2;
+/// The standard VGA, where QEMU puts it.
+pub const VGA_SLOT: u8 = 2;
+/// The first slot free for the other devices.
+pub const FIRST_DEVICE_SLOT: u8 = 3;

@@ -1,0 +1,570 @@
+//! The VM's screen, keyboard and mouse over VNC: an RFB 3.8 server on a
+//! Unix socket (mode 0600) in the VM's run directory, on a thread of its
+//! own, for any number of clients at once.
+//!
+//! - Updates: a client's request is answered with what changed since its
+//!   last update, in 64×64 tiles. The display says what may have changed
+//!   (register and trapped writes, or KVM's dirty log of the framebuffer);
+//!   only then is the screen rendered and compared with what clients were
+//!   sent. An idle screen costs one dirty-log ioctl per tick (30 Hz, only
+//!   while a client waits for an update) and sends nothing.
+//! - Encodings: Raw and ZRLE, DesktopSize for mode changes, and QEMU's
+//!   extended key event, so scancodes pass through whatever the browser's
+//!   keyboard layout.
+//! - Input: keys to the PS/2 keyboard; the pointer to the PS/2 mouse as
+//!   relative movement.
+//!
+//! A client that sends garbage or goes away mid-message is dropped; the VM
+//! and the other clients do not notice.
+
+pub mod keysym;
+pub mod rfb;
+
+use crate::devices::display::stdvga::StdVga;
+use crate::devices::display::{Change, Frame};
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::ps2_mouse::{BUTTON_LEFT, BUTTON_MIDDLE, BUTTON_RIGHT};
+use rfb::{ClientMessage, PixelFormat, Zrle, TILE};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
+
+const TOKEN_LISTENER: u64 = 1;
+const TOKEN_TIMER: u64 = 2;
+const TOKEN_CLIENT_BASE: u64 = 16;
+/// How often the display is looked at while a client waits.
+const REFRESH: Duration = Duration::from_millis(33);
+/// A client with this much unsent output gets no new updates until it
+/// has read some (its tiles stay dirty meanwhile).
+const MAX_BACKLOG: usize = 8 << 20;
+/// Bytes a client may send before the server has parsed them.
+const MAX_INPUT: usize = 2 << 20;
+
+/// What the server drives.
+#[derive(Clone)]
+pub struct Devices {
+    pub display: Arc<Mutex<StdVga>>,
+    pub i8042: Arc<Mutex<I8042>>,
+}
+
+/// Starts the server on `listener`; it runs until the process ends.
+pub fn spawn(listener: UnixListener, devices: Devices, name: String) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let mut server = Server::new(listener, devices, name)?;
+    std::thread::Builder::new().name("vnc".into()).spawn(move || server.run())?;
+    Ok(())
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Version,
+    Security,
+    Init,
+    Normal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V3_3,
+    V3_7,
+    V3_8,
+}
+
+struct Client {
+    stream: UnixStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    stage: Stage,
+    version: Version,
+    format: PixelFormat,
+    zrle_on: bool,
+    desktop_size: bool,
+    extended_keys: bool,
+    announce_extended_keys: bool,
+    zrle: Zrle,
+    /// Tiles changed since this client's last update.
+    dirty: Vec<bool>,
+    size_changed: bool,
+    waiting: bool,
+    pointer: Option<(u16, u16)>,
+    buttons: u8,
+    /// Whether EPOLLOUT is being watched.
+    want_write: bool,
+}
+
+struct Server {
+    listener: UnixListener,
+    epoll: Epoll,
+    timer: TimerFd,
+    timer_armed: bool,
+    devices: Devices,
+    name: String,
+    shown: Frame,
+    clients: HashMap<u64, Client>,
+    next_token: u64,
+}
+
+fn tiles(frame: &Frame) -> (u32, u32) {
+    (frame.width.div_ceil(TILE), frame.height.div_ceil(TILE))
+}
+
+impl Server {
+    fn new(listener: UnixListener, devices: Devices, name: String) -> std::io::Result<Self> {
+        let epoll = Epoll::new()?;
+        let timer = TimerFd::new().map_err(std::io::Error::from)?;
+        epoll.ctl(ControlOperation::Add, listener.as_raw_fd(), EpollEvent::new(EventSet::IN, TOKEN_LISTENER))?;
+        epoll.ctl(ControlOperation::Add, timer.as_raw_fd(), EpollEvent::new(EventSet::IN, TOKEN_TIMER))?;
+        Ok(Self {
+            listener,
+            epoll,
+            timer,
+            timer_armed: false,
+            devices,
+            name,
+            shown: Frame::default(),
+            clients: HashMap::new(),
+            next_token: TOKEN_CLIENT_BASE,
+        })
+    }
+
+    fn run(&mut self) {
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!("VNC server stopped: {e}");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_LISTENER => self.accept(),
+                    TOKEN_TIMER => {
+                        let _ = self.timer.wait();
+                        self.refresh();
+                    }
+                    token => {
+                        let set = ev.event_set();
+                        if set.contains(EventSet::OUT) {
+                            self.flush(token);
+                        }
+                        if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
+                            self.readable(token);
+                        }
+                    }
+                }
+            }
+            self.arm_timer();
+        }
+    }
+
+    /// The timer runs only while some client waits for an update.
+    fn arm_timer(&mut self) {
+        let want = self.clients.values().any(|c| c.waiting);
+        if want != self.timer_armed {
+            let r = if want { self.timer.reset(REFRESH, Some(REFRESH)) } else { self.timer.clear() };
+            if let Err(e) = r {
+                tracing::warn!("VNC refresh timer: {e}");
+            }
+            self.timer_armed = want;
+        }
+    }
+
+    fn accept(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let token = self.next_token;
+            self.next_token += 1;
+            let ev = EpollEvent::new(EventSet::IN, token);
+            if self.epoll.ctl(ControlOperation::Add, stream.as_raw_fd(), ev).is_err() {
+                continue;
+            }
+            let mut client = Client {
+                stream,
+                input: Vec::new(),
+                output: rfb::VERSION.to_vec(),
+                stage: Stage::Version,
+                version: Version::V3_8,
+                format: PixelFormat::NATIVE,
+                zrle_on: false,
+                desktop_size: false,
+                extended_keys: false,
+                announce_extended_keys: false,
+                zrle: Zrle::default(),
+                dirty: Vec::new(),
+                size_changed: false,
+                waiting: false,
+                pointer: None,
+                buttons: 0,
+                want_write: false,
+            };
+            let _ = client.write_out();
+            self.clients.insert(token, client);
+            self.flush(token);
+        }
+    }
+
+    fn drop_client(&mut self, token: u64, why: &str) {
+        if let Some(c) = self.clients.remove(&token) {
+            tracing::debug!("VNC client {token} gone: {why}");
+            let _ = self.epoll.ctl(ControlOperation::Delete, c.stream.as_raw_fd(), EpollEvent::default());
+        }
+    }
+
+    fn readable(&mut self, token: u64) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let Some(c) = self.clients.get_mut(&token) else { return };
+            match c.stream.read(&mut buf) {
+                Ok(0) => return self.drop_client(token, "closed"),
+                Ok(n) => {
+                    c.input.extend_from_slice(&buf[..n]);
+                    if c.input.len() > MAX_INPUT {
+                        return self.drop_client(token, "too much unparsed input");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.drop_client(token, &e.to_string()),
+            }
+        }
+        if let Err(why) = self.process(token) {
+            return self.drop_client(token, &why);
+        }
+        self.flush(token);
+    }
+
+    /// Handles every complete message the client has sent.
+    fn process(&mut self, token: u64) -> Result<(), String> {
+        loop {
+            let Some(c) = self.clients.get_mut(&token) else { return Ok(()) };
+            match c.stage {
+                Stage::Version => {
+                    if c.input.len() < 12 {
+                        return Ok(());
+                    }
+                    let v: Vec<u8> = c.input.drain(..12).collect();
+                    if &v[..8] != b"RFB 003." || v[11] != b'\n' {
+                        return Err("not an RFB client".into());
+                    }
+                    let minor: u32 = std::str::from_utf8(&v[8..11]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    c.version = match minor {
+                        0..=6 => Version::V3_3,
+                        7 => Version::V3_7,
+                        _ => Version::V3_8,
+                    };
+                    if c.version == Version::V3_3 {
+                        c.output.extend_from_slice(&u32::from(rfb::SECURITY_NONE).to_be_bytes());
+                        c.stage = Stage::Init;
+                    } else {
+                        c.output.extend_from_slice(&[1, rfb::SECURITY_NONE]);
+                        c.stage = Stage::Security;
+                    }
+                }
+                Stage::Security => {
+                    let Some(&choice) = c.input.first() else { return Ok(()) };
+                    c.input.drain(..1);
+                    if choice != rfb::SECURITY_NONE {
+                        if c.version == Version::V3_8 {
+                            let reason = b"only security type None is offered";
+                            c.output.extend_from_slice(&1u32.to_be_bytes());
+                            c.output.extend_from_slice(&(reason.len() as u32).to_be_bytes());
+                            c.output.extend_from_slice(reason);
+                            let _ = c.write_out();
+                        }
+                        return Err(format!("asked for security type {choice}"));
+                    }
+                    if c.version == Version::V3_8 {
+                        c.output.extend_from_slice(&0u32.to_be_bytes());
+                    }
+                    c.stage = Stage::Init;
+                }
+                Stage::Init => {
+                    if c.input.is_empty() {
+                        return Ok(());
+                    }
+                    c.input.drain(..1);
+                    self.server_init(token);
+                }
+                Stage::Normal => {
+                    let parsed = rfb::parse(&c.input).map_err(|e| e.to_string())?;
+                    let Some((msg, used)) = parsed else { return Ok(()) };
+                    c.input.drain(..used);
+                    self.message(token, msg)?;
+                }
+            }
+        }
+    }
+
+    /// ServerInit: the screen's size, our pixel format and the VM's name.
+    fn server_init(&mut self, token: u64) {
+        if self.shown.pixels.is_empty() {
+            self.shown = lock(&self.devices.display).render();
+        }
+        let (tx, ty) = tiles(&self.shown);
+        let (w, h) = (self.shown.width, self.shown.height);
+        let Some(c) = self.clients.get_mut(&token) else { return };
+        c.output.extend_from_slice(&(w as u16).to_be_bytes());
+        c.output.extend_from_slice(&(h as u16).to_be_bytes());
+        c.output.extend_from_slice(&PixelFormat::NATIVE.to_bytes());
+        c.output.extend_from_slice(&(self.name.len() as u32).to_be_bytes());
+        c.output.extend_from_slice(self.name.as_bytes());
+        c.dirty = vec![true; (tx * ty) as usize];
+        c.stage = Stage::Normal;
+    }
+
+    fn message(&mut self, token: u64, msg: ClientMessage) -> Result<(), String> {
+        let Some(c) = self.clients.get_mut(&token) else { return Ok(()) };
+        match msg {
+            ClientMessage::SetPixelFormat(f) => {
+                if !f.supported() {
+                    return Err(format!("unsupported pixel format {f:?}"));
+                }
+                c.format = f;
+                c.dirty.fill(true);
+            }
+            ClientMessage::SetEncodings(list) => {
+                c.zrle_on = list.iter().take_while(|&&e| e != rfb::ENCODING_RAW).any(|&e| e == rfb::ENCODING_ZRLE);
+                c.desktop_size = list.contains(&rfb::ENCODING_DESKTOP_SIZE);
+                let ext = list.contains(&rfb::ENCODING_QEMU_EXTENDED_KEY);
+                c.announce_extended_keys = ext && !c.extended_keys;
+                c.extended_keys = ext;
+            }
+            ClientMessage::UpdateRequest { incremental, .. } => {
+                // As QEMU does, the area asked for is not honoured: the
+                // client gets whatever changed on the whole screen.
+                if !incremental {
+                    c.dirty.fill(true);
+                }
+                c.waiting = true;
+                self.send_update(token);
+            }
+            ClientMessage::Key { down, keysym } => {
+                if let Some(xt) = keysym::to_xt(keysym) {
+                    lock(&self.devices.i8042).key(xt, down);
+                }
+            }
+            ClientMessage::ExtendedKey { down, keysym, keycode } => {
+                let xt = match keycode {
+                    1..=0xFF => Some(keycode as u8),
+                    _ => keysym::to_xt(keysym),
+                };
+                if let Some(xt) = xt {
+                    lock(&self.devices.i8042).key(xt, down);
+                }
+            }
+            ClientMessage::Pointer { buttons, x, y } => {
+                let (dx, dy) = match c.pointer {
+                    Some((px, py)) => (i32::from(x) - i32::from(px), i32::from(y) - i32::from(py)),
+                    None => (0, 0),
+                };
+                c.pointer = Some((x, y));
+                // Wheel "buttons" 4 and 5 count once, when pressed.
+                let pressed = buttons & !c.buttons;
+                c.buttons = buttons;
+                let dz = i32::from(pressed & 0x10 != 0) - i32::from(pressed & 0x08 != 0);
+                let mut ps2 = 0;
+                for (rfb_bit, ps2_bit) in [(1, BUTTON_LEFT), (2, BUTTON_MIDDLE), (4, BUTTON_RIGHT)] {
+                    if buttons & rfb_bit != 0 {
+                        ps2 |= ps2_bit;
+                    }
+                }
+                lock(&self.devices.i8042).mouse_movement(dx, dy, dz, ps2);
+            }
+            ClientMessage::CutText => {}
+        }
+        Ok(())
+    }
+
+    /// Looks at the display; marks changed tiles dirty for every client;
+    /// answers the clients that wait.
+    fn refresh(&mut self) {
+        if !self.clients.values().any(|c| c.waiting) {
+            return;
+        }
+        let (change, frame) = {
+            let mut display = lock(&self.devices.display);
+            match display.take_change() {
+                Change::None => return,
+                change => (change, display.render()),
+            }
+        };
+        if (frame.width, frame.height) != (self.shown.width, self.shown.height) {
+            let (tx, ty) = tiles(&frame);
+            for c in self.clients.values_mut() {
+                c.dirty = vec![true; (tx * ty) as usize];
+                c.size_changed = true;
+            }
+            self.shown = frame;
+        } else {
+            let rows = match change {
+                Change::Rows(first, count) => first..(first + count).min(frame.height),
+                _ => 0..frame.height,
+            };
+            let changed = changed_tiles(&self.shown, &frame, rows);
+            if changed.is_empty() {
+                return;
+            }
+            let (tx, _) = tiles(&frame);
+            for c in self.clients.values_mut() {
+                for &(x, y) in &changed {
+                    if let Some(d) = c.dirty.get_mut((y * tx + x) as usize) {
+                        *d = true;
+                    }
+                }
+            }
+            self.shown = frame;
+        }
+        let tokens: Vec<u64> = self.clients.keys().copied().collect();
+        for t in tokens {
+            self.send_update(t);
+            self.flush(t);
+        }
+    }
+
+    /// Sends a waiting client what is dirty for it, if anything is.
+    fn send_update(&mut self, token: u64) {
+        let frame = &self.shown;
+        let Some(c) = self.clients.get_mut(&token) else { return };
+        if !c.waiting || c.output.len() > MAX_BACKLOG {
+            return;
+        }
+        let (tx, ty) = tiles(frame);
+        let mut rects: Vec<(u32, u32, u32, u32)> = Vec::new();
+        for y in 0..ty {
+            let mut x = 0;
+            while x < tx {
+                if !c.dirty.get((y * tx + x) as usize).copied().unwrap_or(false) {
+                    x += 1;
+                    continue;
+                }
+                let start = x;
+                while x < tx && c.dirty.get((y * tx + x) as usize).copied().unwrap_or(false) {
+                    x += 1;
+                }
+                let (px, py) = (start * TILE, y * TILE);
+                rects.push((px, py, (x * TILE).min(frame.width) - px, TILE.min(frame.height - py)));
+            }
+        }
+        let resize = c.size_changed && c.desktop_size;
+        let announce = c.announce_extended_keys;
+        let count = rects.len() + usize::from(resize) + usize::from(announce);
+        if count == 0 {
+            return;
+        }
+        let mut out = vec![0u8, 0];
+        out.extend_from_slice(&(count.min(usize::from(u16::MAX)) as u16).to_be_bytes());
+        if announce {
+            rfb::rect_header(&mut out, 0, 0, frame.width, frame.height, rfb::ENCODING_QEMU_EXTENDED_KEY);
+        }
+        if resize {
+            rfb::rect_header(&mut out, 0, 0, frame.width, frame.height, rfb::ENCODING_DESKTOP_SIZE);
+        }
+        for (x, y, w, h) in rects {
+            if c.zrle_on {
+                rfb::rect_header(&mut out, x, y, w, h, rfb::ENCODING_ZRLE);
+                c.zrle.encode(&mut out, frame, &c.format, x, y, w, h);
+            } else {
+                rfb::rect_header(&mut out, x, y, w, h, rfb::ENCODING_RAW);
+                rfb::encode_raw(&mut out, frame, &c.format, x, y, w, h);
+            }
+        }
+        c.output.extend_from_slice(&out);
+        c.dirty.fill(false);
+        c.size_changed = false;
+        c.announce_extended_keys = false;
+        c.waiting = false;
+    }
+
+    /// Writes what the client can take; watches for writability while
+    /// output is left.
+    fn flush(&mut self, token: u64) {
+        let Some(c) = self.clients.get_mut(&token) else { return };
+        if let Err(e) = c.write_out() {
+            return self.drop_client(token, &e.to_string());
+        }
+        let want = !c.output.is_empty();
+        if want != c.want_write {
+            let set = if want { EventSet::IN | EventSet::OUT } else { EventSet::IN };
+            let _ = self.epoll.ctl(ControlOperation::Modify, c.stream.as_raw_fd(), EpollEvent::new(set, token));
+            c.want_write = want;
+        }
+        if !want && c.waiting {
+            self.send_update(token);
+            if let Some(c) = self.clients.get_mut(&token) {
+                if let Err(e) = c.write_out() {
+                    self.drop_client(token, &e.to_string());
+                }
+            }
+        }
+    }
+}
+
+impl Client {
+    fn write_out(&mut self) -> std::io::Result<()> {
+        while !self.output.is_empty() {
+            match self.stream.write(&self.output) {
+                Ok(0) => return Err(std::io::Error::other("connection closed")),
+                Ok(n) => {
+                    self.output.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tiles (column, row) where `new` differs from `old` within `rows`.
+fn changed_tiles(old: &Frame, new: &Frame, rows: std::ops::Range<u32>) -> Vec<(u32, u32)> {
+    let (tx, _) = tiles(new);
+    let mut out = Vec::new();
+    let w = new.width as usize;
+    let mut ty = rows.start / TILE;
+    while ty * TILE < rows.end {
+        for x in 0..tx {
+            let (x0, x1) = ((x * TILE) as usize, ((x + 1) * TILE).min(new.width) as usize);
+            let y0 = (ty * TILE).max(rows.start);
+            let y1 = ((ty + 1) * TILE).min(rows.end);
+            let differs = (y0..y1).any(|y| {
+                let line = y as usize * w;
+                old.pixels[line + x0..line + x1] != new.pixels[line + x0..line + x1]
+            });
+            if differs {
+                out.push((x, ty));
+            }
+        }
+        ty += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_tiles_are_found_within_the_dirty_rows() {
+        let old = Frame::new(200, 130);
+        let mut new = old.clone();
+        new.pixels[(70 * 200 + 150) as usize] = 1;
+        new.pixels[(5 * 200 + 5) as usize] = 1;
+        assert_eq!(changed_tiles(&old, &new, 0..130), [(0, 0), (2, 1)]);
+        assert_eq!(changed_tiles(&old, &new, 64..128), [(2, 1)], "rows outside are not looked at");
+    }
+}
