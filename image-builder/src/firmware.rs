@@ -13,8 +13,10 @@ use std::process::Command;
 pub const DIR: &str = "/usr/share/kvmos/firmware";
 
 /// Each file: its name in [`DIR`], where the package installs it, the package.
-pub const FILES: [(&str, &str, &str); 3] = [
+pub const FILES: [(&str, &str, &str); 4] = [
     ("bios-256k.bin", "/usr/share/seabios/bios-256k.bin", "seabios"),
+    // The standard VGA's option ROM, which SeaBIOS runs for a screen.
+    ("vgabios-stdvga.bin", "/usr/share/seabios/vgabios-stdvga.bin", "seabios"),
     ("OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
     ("OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd", "ovmf"),
 ];

@@ -631,7 +631,9 @@ fn attach_fw_cfg(
 fn add_vga_rom(f: &mut FwCfg) -> Result<(), BuildError> {
     use crate::devices::display::stdvga::{ROM_FILE, VGABIOS_FILE};
     let Some(path) = firmware::find(VGABIOS_FILE) else {
-        tracing::warn!("no {VGABIOS_FILE} found (install Debian's seabios package): the BIOS will not draw on the screen");
+        tracing::warn!(
+            "no {VGABIOS_FILE} found (install Debian's seabios package): the BIOS will not draw on the screen"
+        );
         return Ok(());
     };
     match std::fs::read(&path) {

@@ -247,6 +247,7 @@ impl Supervisor {
         }
         let nets =
             if r.spec.network { vec![NetConfig { tap: tap_name(&r.id), mac: Some(r.mac.clone()) }] } else { vec![] };
+        let firmware_boot = firmware.is_some();
         Ok(VmConfig {
             vm_id: r.spec.name.clone(),
             kernel,
@@ -261,6 +262,8 @@ impl Supervisor {
             nets,
             serial: SerialConfig::Socket { path: dir.join("console.sock") },
             api_socket: Some(dir.join("control.sock")),
+            // Firmware-booted VMs have a screen, served over VNC.
+            vnc_socket: firmware_boot.then(|| dir.join("vnc.sock")),
             rng: true,
             exit_file: Some(dir.join("exit.json")),
         })

@@ -65,18 +65,18 @@ pub fn to_xt(keysym: u32) -> Option<u8> {
         0xFFAF => 0xB5, // KP_Divide
         0xFFB0..=0xFFB9 => [0x52, 0x4F, 0x50, 0x51, 0x4B, 0x4C, 0x4D, 0x47, 0x48, 0x49][(keysym - 0xFFB0) as usize],
         0xFFBE..=0xFFC7 => (keysym - 0xFFBE + 0x3B) as u8, // F1-F10
-        0xFFC8 => 0x57,                                     // F11
-        0xFFC9 => 0x58,                                     // F12
-        0xFFE1 => 0x2A,                                     // Shift_L
-        0xFFE2 => 0x36,                                     // Shift_R
-        0xFFE3 => 0x1D,                                     // Control_L
-        0xFFE4 => 0x9D,                                     // Control_R
-        0xFFE5 => 0x3A,                                     // Caps_Lock
-        0xFFE7 | 0xFFEB => 0xDB,                            // Meta_L, Super_L
-        0xFFE8 | 0xFFEC => 0xDC,                            // Meta_R, Super_R
-        0xFFE9 => 0x38,                                     // Alt_L
-        0xFFEA | 0xFE03 => 0xB8,                            // Alt_R, AltGr
-        0xFFFF => 0xD3,                                     // Delete
+        0xFFC8 => 0x57,                                    // F11
+        0xFFC9 => 0x58,                                    // F12
+        0xFFE1 => 0x2A,                                    // Shift_L
+        0xFFE2 => 0x36,                                    // Shift_R
+        0xFFE3 => 0x1D,                                    // Control_L
+        0xFFE4 => 0x9D,                                    // Control_R
+        0xFFE5 => 0x3A,                                    // Caps_Lock
+        0xFFE7 | 0xFFEB => 0xDB,                           // Meta_L, Super_L
+        0xFFE8 | 0xFFEC => 0xDC,                           // Meta_R, Super_R
+        0xFFE9 => 0x38,                                    // Alt_L
+        0xFFEA | 0xFE03 => 0xB8,                           // Alt_R, AltGr
+        0xFFFF => 0xD3,                                    // Delete
         _ => return None,
     };
     Some(code)

@@ -24,7 +24,7 @@ use crate::devices::display::stdvga::StdVga;
 use crate::devices::display::{Change, Frame};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::ps2_mouse::{BUTTON_LEFT, BUTTON_MIDDLE, BUTTON_RIGHT};
-use rfb::{ClientMessage, PixelFormat, Zrle, TILE};
+use rfb::{ClientMessage, PixelFormat, Rect, Zrle, TILE};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -443,7 +443,7 @@ impl Server {
             return;
         }
         let (tx, ty) = tiles(frame);
-        let mut rects: Vec<(u32, u32, u32, u32)> = Vec::new();
+        let mut rects: Vec<Rect> = Vec::new();
         for y in 0..ty {
             let mut x = 0;
             while x < tx {
@@ -456,7 +456,7 @@ impl Server {
                     x += 1;
                 }
                 let (px, py) = (start * TILE, y * TILE);
-                rects.push((px, py, (x * TILE).min(frame.width) - px, TILE.min(frame.height - py)));
+                rects.push(Rect { x: px, y: py, w: (x * TILE).min(frame.width) - px, h: TILE.min(frame.height - py) });
             }
         }
         let resize = c.size_changed && c.desktop_size;
@@ -467,19 +467,20 @@ impl Server {
         }
         let mut out = vec![0u8, 0];
         out.extend_from_slice(&(count.min(usize::from(u16::MAX)) as u16).to_be_bytes());
+        let screen = Rect { x: 0, y: 0, w: frame.width, h: frame.height };
         if announce {
-            rfb::rect_header(&mut out, 0, 0, frame.width, frame.height, rfb::ENCODING_QEMU_EXTENDED_KEY);
+            rfb::rect_header(&mut out, screen, rfb::ENCODING_QEMU_EXTENDED_KEY);
         }
         if resize {
-            rfb::rect_header(&mut out, 0, 0, frame.width, frame.height, rfb::ENCODING_DESKTOP_SIZE);
+            rfb::rect_header(&mut out, screen, rfb::ENCODING_DESKTOP_SIZE);
         }
-        for (x, y, w, h) in rects {
+        for r in rects {
             if c.zrle_on {
-                rfb::rect_header(&mut out, x, y, w, h, rfb::ENCODING_ZRLE);
-                c.zrle.encode(&mut out, frame, &c.format, x, y, w, h);
+                rfb::rect_header(&mut out, r, rfb::ENCODING_ZRLE);
+                c.zrle.encode(&mut out, frame, &c.format, r);
             } else {
-                rfb::rect_header(&mut out, x, y, w, h, rfb::ENCODING_RAW);
-                rfb::encode_raw(&mut out, frame, &c.format, x, y, w, h);
+                rfb::rect_header(&mut out, r, rfb::ENCODING_RAW);
+                rfb::encode_raw(&mut out, frame, &c.format, r);
             }
         }
         c.output.extend_from_slice(&out);

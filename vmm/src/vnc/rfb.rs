@@ -137,12 +137,29 @@ impl PixelFormat {
 pub enum ClientMessage {
     SetPixelFormat(PixelFormat),
     SetEncodings(Vec<i32>),
-    UpdateRequest { incremental: bool, x: u16, y: u16, w: u16, h: u16 },
-    Key { down: bool, keysym: u32 },
-    Pointer { buttons: u8, x: u16, y: u16 },
+    UpdateRequest {
+        incremental: bool,
+        x: u16,
+        y: u16,
+        w: u16,
+        h: u16,
+    },
+    Key {
+        down: bool,
+        keysym: u32,
+    },
+    Pointer {
+        buttons: u8,
+        x: u16,
+        y: u16,
+    },
     CutText,
     /// QEMU's extended key event: the XT scancode (0xE0 keys with 0x80).
-    ExtendedKey { down: bool, keysym: u32, keycode: u32 },
+    ExtendedKey {
+        down: bool,
+        keysym: u32,
+        keycode: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, displaydoc::Display)]
@@ -204,7 +221,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ClientMessage, usize)>, ProtocolError
         }
         255 if need(2) => match buf[1] {
             0 if need(12) => Some((
-                ClientMessage::ExtendedKey { down: be16(&buf[2..]) != 0, keysym: be32(&buf[4..]), keycode: be32(&buf[8..]) },
+                ClientMessage::ExtendedKey {
+                    down: be16(&buf[2..]) != 0,
+                    keysym: be32(&buf[4..]),
+                    keycode: be32(&buf[8..]),
+                },
                 12,
             )),
             0 => None,
@@ -215,16 +236,26 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ClientMessage, usize)>, ProtocolError
     })
 }
 
-/// One rectangle of a FramebufferUpdate, header and data.
-pub fn rect_header(out: &mut Vec<u8>, x: u32, y: u32, w: u32, h: u32, encoding: i32) {
-    for v in [x, y, w, h] {
+/// A screen area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    pub x: u32,
+    pub y: u32,
+    pub w: u32,
+    pub h: u32,
+}
+
+/// The header of one rectangle of a FramebufferUpdate.
+pub fn rect_header(out: &mut Vec<u8>, r: Rect, encoding: i32) {
+    for v in [r.x, r.y, r.w, r.h] {
         out.extend_from_slice(&(v as u16).to_be_bytes());
     }
     out.extend_from_slice(&encoding.to_be_bytes());
 }
 
 /// The pixels of a rectangle in the client's format, row by row.
-pub fn encode_raw(out: &mut Vec<u8>, frame: &Frame, format: &PixelFormat, x: u32, y: u32, w: u32, h: u32) {
+pub fn encode_raw(out: &mut Vec<u8>, frame: &Frame, format: &PixelFormat, r: Rect) {
+    let Rect { x, y, w, h } = r;
     for row in y..y + h {
         let start = (row * frame.width + x) as usize;
         for &p in &frame.pixels[start..start + w as usize] {
@@ -248,7 +279,8 @@ impl Default for Zrle {
 
 impl Zrle {
     /// Appends a rectangle's ZRLE data (length and zlib bytes).
-    pub fn encode(&mut self, out: &mut Vec<u8>, frame: &Frame, format: &PixelFormat, x: u32, y: u32, w: u32, h: u32) {
+    pub fn encode(&mut self, out: &mut Vec<u8>, frame: &Frame, format: &PixelFormat, r: Rect) {
+        let Rect { x, y, w, h } = r;
         self.scratch.clear();
         let mut ty = y;
         while ty < y + h {
@@ -256,7 +288,7 @@ impl Zrle {
             let mut tx = x;
             while tx < x + w {
                 let tw = TILE.min(x + w - tx);
-                encode_tile(&mut self.scratch, frame, format, tx, ty, tw, th);
+                encode_tile(&mut self.scratch, frame, format, Rect { x: tx, y: ty, w: tw, h: th });
                 tx += tw;
             }
             ty += th;
@@ -281,7 +313,8 @@ impl Zrle {
 
 /// One ZRLE tile: solid when it has one colour, a packed palette for up to
 /// 16 colours (text screens need two), raw otherwise.
-fn encode_tile(out: &mut Vec<u8>, frame: &Frame, format: &PixelFormat, x: u32, y: u32, w: u32, h: u32) {
+fn encode_tile(out: &mut Vec<u8>, frame: &Frame, format: &PixelFormat, r: Rect) {
+    let Rect { x, y, w, h } = r;
     let mut palette: Vec<u32> = Vec::with_capacity(16);
     'scan: for row in y..y + h {
         let start = (row * frame.width + x) as usize;
@@ -429,7 +462,13 @@ mod tests {
                     n => {
                         let pal: Vec<u32> = (0..n as usize).map(|i| cpixel(&plain[at + 3 * i..])).collect();
                         at += 3 * n as usize;
-                        let bits = if n == 2 { 1 } else if n <= 4 { 2 } else { 4 };
+                        let bits = if n == 2 {
+                            1
+                        } else if n <= 4 {
+                            2
+                        } else {
+                            4
+                        };
                         for r in 0..th {
                             let row_bytes = (tw * bits).div_ceil(8) as usize;
                             for c in 0..tw {
@@ -456,18 +495,24 @@ mod tests {
             for x in 0..150 {
                 f.pixels[(y * 150 + x) as usize] = match x {
                     0..64 => 0x203040,
-                    64..128 => if (x + y) % 3 == 0 { 0xFFFFFF } else { 0x000080 },
+                    64..128 => {
+                        if (x + y) % 3 == 0 {
+                            0xFFFFFF
+                        } else {
+                            0x000080
+                        }
+                    }
                     _ => (x * 7919 + y * 104729) & 0xFFFFFF,
                 };
             }
         }
         let mut z = Zrle::default();
         let mut out = Vec::new();
-        z.encode(&mut out, &f, &PixelFormat::NATIVE, 0, 0, 150, 70);
+        z.encode(&mut out, &f, &PixelFormat::NATIVE, Rect { x: 0, y: 0, w: 150, h: 70 });
         assert_eq!(decode_zrle(&out, 150, 70), f.pixels);
         // The stream goes on: a second rectangle compresses against the first.
         let mut again = Vec::new();
-        z.encode(&mut again, &f, &PixelFormat::NATIVE, 0, 0, 150, 70);
+        z.encode(&mut again, &f, &PixelFormat::NATIVE, Rect { x: 0, y: 0, w: 150, h: 70 });
         assert!(again.len() < out.len(), "{} vs {}", again.len(), out.len());
     }
 }

@@ -168,7 +168,7 @@ impl StdVga {
         let index = usize::from(index);
         match index {
             DISPI_ID if (0xB0C0..=DISPI_ID5).contains(&value) => self.dispi[DISPI_ID] = value,
-            DISPI_XRES if value > 0 && value <= MAX_XRES && value % 8 == 0 => self.dispi[index] = value,
+            DISPI_XRES if value > 0 && value <= MAX_XRES && value.is_multiple_of(8) => self.dispi[index] = value,
             DISPI_YRES if value > 0 && value <= MAX_YRES => self.dispi[index] = value,
             DISPI_BPP => {
                 let bpp = if value == 0 { 8 } else { value };
@@ -327,7 +327,8 @@ impl StdVga {
         let dac_8bit = self.dispi[DISPI_ENABLE] & DAC_8BIT != 0;
         let palette: Vec<u32> = (0..256)
             .map(|i| {
-                let c = |v: u8| if dac_8bit { u32::from(v) } else { (u32::from(v & 0x3F) << 2) | (u32::from(v) >> 4 & 3) };
+                let c =
+                    |v: u8| if dac_8bit { u32::from(v) } else { (u32::from(v & 0x3F) << 2) | (u32::from(v) >> 4 & 3) };
                 let p = &self.vga.palette[i * 3..i * 3 + 3];
                 (c(p[0]) << 16) | (c(p[1]) << 8) | c(p[2])
             })

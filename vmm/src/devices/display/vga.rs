@@ -532,8 +532,7 @@ mod tests {
         for (i, val) in [(5, 0x10), (6, 0x0E)] {
             set(&mut v, 0x3CE, i, val);
         }
-        for (i, val) in
-            [(0x01, 79), (0x07, 0x1F), (0x09, 0x4F), (0x0A, 0x0D), (0x0B, 0x0E), (0x12, 0x8F), (0x13, 0x28)]
+        for (i, val) in [(0x01, 79), (0x07, 0x1F), (0x09, 0x4F), (0x0A, 0x0D), (0x0B, 0x0E), (0x12, 0x8F), (0x13, 0x28)]
         {
             set(&mut v, 0x3D4, i, val);
         }
@@ -695,7 +694,7 @@ mod tests {
                     v.mem_read(&mem, u64::from(x >> 8) % WINDOW_LEN);
                 }
             }
-            if x % 5000 == 0 {
+            if x.is_multiple_of(5000) {
                 let f = v.render(&mem);
                 assert_eq!(f.pixels.len(), (f.width * f.height) as usize);
             }

@@ -11,8 +11,8 @@
 
 use super::ps2_keyboard::Ps2Keyboard;
 use super::ps2_mouse::Ps2Mouse;
-use crate::exit::{ExitReason, ExitSignal};
 use crate::devices::bus::BusDevice;
+use crate::exit::{ExitReason, ExitSignal};
 use std::sync::Arc;
 
 /// Offset of the command/status port (0x64) from the data port (0x60).
@@ -300,7 +300,8 @@ mod tests {
         let lines: Lines = Arc::default();
         let l = Arc::clone(&lines);
         let exit = Arc::new(ExitSignal::new().unwrap());
-        let c = I8042::new(Arc::clone(&exit), Box::new(move |irq, level| l.lock().unwrap().push((irq, level))), with_mouse);
+        let c =
+            I8042::new(Arc::clone(&exit), Box::new(move |irq, level| l.lock().unwrap().push((irq, level))), with_mouse);
         (c, lines, exit)
     }
 
