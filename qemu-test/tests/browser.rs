@@ -8,8 +8,9 @@
 //! end-to-end tests.
 
 use kvmos_qemu_test::browser::Browser;
-use kvmos_qemu_test::panel::HostPanel;
+use kvmos_qemu_test::panel::{HostPanel, Panel};
 use kvmos_vmm::tiny_guest::READY_LINE;
+use serde_json::json;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -65,7 +66,7 @@ async fn setup_login_create_start_console_and_stop_in_chromium() {
     b.wait_text(".xterm-rows", READY_LINE, T).await.unwrap();
     let input = b.wait_for(".xterm-helper-textarea", T).await.unwrap();
     input.send_keys("typed-in-chromium").await.unwrap();
-    b.wait_text(".xterm-rows", "typed-in-chromium", T).await.unwrap();
+    wait_js(&b, "typed-in-chromium on the console", &console_has("typed-in-chromium"), T).await;
     b.screenshot("04-console").await.unwrap();
 
     // Graceful shutdown from the page.
@@ -81,6 +82,119 @@ async fn setup_login_create_start_console_and_stop_in_chromium() {
     b.screenshot("06-phone-dashboard").await.unwrap();
     b.close().await.unwrap();
     for shot in ["01-setup-wrong-code", "02-dashboard", "04-console", "05-stopped", "06-phone-dashboard"] {
+        let len = std::fs::metadata(shots.join(format!("{shot}.png"))).unwrap().len();
+        assert!(len > 1000, "{shot}.png was saved");
+    }
+    drop(host);
+}
+
+/// Runs `script` (a JavaScript expression) in the page until it is true.
+async fn wait_js(b: &Browser, what: &str, script: &str, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let v = b.client.execute(&format!("return !!({script});"), vec![]).await.unwrap();
+        if v.as_bool() == Some(true) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the page never showed {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Whether the serial console's terminal holds `needle` (read from
+/// xterm's buffer: the terminal may be scrolled out of view below the
+/// screen, where xterm does not render).
+fn console_has(needle: &str) -> String {
+    format!(
+        "(() => {{ if (!term) return false; const b = term.buffer.active; let s = '';
+           for (let i = 0; i < b.length; i++) s += b.getLine(i).translateToString(true) + '\\n';
+           return s.includes({needle:?}); }})()"
+    )
+}
+
+/// Whether the screen's canvas has a pixel of this colour (sampled on a
+/// grid).
+fn canvas_has(rgb: (u8, u8, u8)) -> String {
+    format!(
+        "(() => {{ const c = document.querySelector('#screen canvas'); if (!c || !c.width) return false;
+           const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+           for (let i = 0; i < d.length; i += 4 * 7) if (d[i] === {} && d[i + 1] === {} && d[i + 2] === {}) return true;
+           return false; }})()",
+        rgb.0, rgb.1, rgb.2
+    )
+}
+
+/// The Screen view against a panel running real VMMs: SeaBIOS and the
+/// display test guest (`tiny_guest::display_disk`), whose text screen shows
+/// in the noVNC canvas; keys typed into the canvas, the Ctrl-Alt-Del
+/// button and the "type text" box reach the guest's i8042 (it echoes the
+/// scancodes on the serial console, which the page shows too); the VBE mode
+/// it then sets resizes the canvas; the dashboard shows a live thumbnail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_screen_view_shows_the_guest_and_types_into_it() {
+    let host = tokio::task::spawn_blocking(|| HostPanel::start("browser-screen")).await.unwrap().unwrap();
+    let port = host.port;
+    let code = host.setup_code().unwrap();
+    let id = tokio::task::spawn_blocking(move || {
+        let mut panel = Panel::new(port);
+        panel.setup(&code, PASSWORD).unwrap();
+        panel.upload("display.img", "disk", kvmos_vmm::tiny_guest::display_disk()).unwrap();
+        let vm = panel
+            .ok(
+                "POST",
+                "/api/v1/vms",
+                Some(json!({"name": "screen1", "vcpus": 1, "memory_mib": 64,
+                    "boot": {"type": "firmware", "firmware": "bios"}, "disks": [{"image": "display.img"}]})),
+            )
+            .unwrap();
+        let id = vm["id"].as_str().unwrap().to_string();
+        panel.action(&id, "start").unwrap();
+        id
+    })
+    .await
+    .unwrap();
+    let shots = host.dir.join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let b = Browser::start(&shots).await.unwrap();
+    let url = format!("https://127.0.0.1:{port}/");
+    b.client.goto(&url).await.unwrap();
+    b.fill("#password", PASSWORD).await.unwrap();
+    b.click("#login-submit").await.unwrap();
+    b.wait_for("#vm-table", T).await.unwrap();
+
+    // The dashboard's thumbnail of the running VM.
+    wait_js(&b, "the thumbnail", "(() => { const i = document.querySelector('img[data-thumb=screen1]'); return i && i.complete && i.naturalWidth === 720; })()", T).await;
+    b.screenshot("01-dashboard-thumbnail").await.unwrap();
+
+    // The VM page: the text screen in the canvas (the guest's line is white
+    // on blue).
+    b.client.goto(&format!("{url}#/vms/{id}")).await.unwrap();
+    b.wait_for("#screen[data-state=connected]", T).await.unwrap();
+    wait_js(&b, "the guest's text in the canvas", &canvas_has((0, 0, 0xAA)), T).await;
+    b.screenshot("02-screen-text").await.unwrap();
+    wait_js(&b, "TEXT on the console", &console_has("TEXT"), T).await;
+
+    // Keys typed into the canvas reach the guest as scancodes.
+    let canvas = b.wait_for("#screen canvas", T).await.unwrap();
+    canvas.click().await.unwrap();
+    canvas.send_keys("a").await.unwrap();
+    wait_js(&b, "K1E on the console", &console_has("K1E"), T).await;
+    b.click("#screen-cad").await.unwrap();
+    wait_js(&b, "K53 on the console", &console_has("K53"), T).await; // Delete: E0 53
+    b.click("#screen-type").await.unwrap();
+    b.fill("#type-text", "b").await.unwrap();
+    b.click("#type-send").await.unwrap();
+    wait_js(&b, "K30 on the console", &console_has("K30"), T).await;
+    b.screenshot("03-screen-typed").await.unwrap();
+
+    // Enter: the guest sets 640×480 and draws orange over blue.
+    canvas.send_keys("\u{E007}").await.unwrap();
+    wait_js(&b, "VBE on the console", &console_has("VBE"), T).await;
+    wait_js(&b, "the 640×480 mode", "document.querySelector('#screen canvas').width === 640", T).await;
+    wait_js(&b, "the orange half", &canvas_has((0xFF, 0x80, 0)), T).await;
+    b.screenshot("04-screen-vbe").await.unwrap();
+    b.close().await.unwrap();
+    for shot in ["01-dashboard-thumbnail", "02-screen-text", "03-screen-typed", "04-screen-vbe"] {
         let len = std::fs::metadata(shots.join(format!("{shot}.png"))).unwrap().len();
         assert!(len > 1000, "{shot}.png was saved");
     }

@@ -192,16 +192,27 @@ pub fn spawn(listener: UnixListener) -> std::io::Result<(Receiver<Pending>, Even
 /// A small client for the API (`kvmos-vmm ctl`): sends one request and
 /// returns the status and body.
 pub fn call(socket: &std::path::Path, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+    let (status, body) = call_raw(socket, method, path, body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// [`call`] for bodies that are not text (the screenshot's PNG).
+pub fn call_raw(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = UnixStream::connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
     let body = body.unwrap_or("");
     write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
-    let text = String::from_utf8_lossy(&out);
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((status, body))
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(out.len());
+    let head = String::from_utf8_lossy(&out[..head_end]);
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, out[head_end..].to_vec()))
 }
 
 #[cfg(test)]

@@ -50,6 +50,8 @@ pub fn routes(state: State) -> (axum::Router<State>, utoipa::openapi::OpenApi) {
         .routes(routes!(get_vm, update_vm, delete_vm))
         .routes(routes!(vm_action))
         .routes(routes!(crate::console::console))
+        .routes(routes!(crate::console::screen))
+        .routes(routes!(vm_screenshot))
         .routes(routes!(list_images))
         .routes(routes!(create_disk))
         .routes(routes!(upload_image, delete_image))
@@ -483,6 +485,23 @@ async fn get_vm(
     Path(id): Path<String>,
 ) -> ApiResult<Json<VmView>> {
     Ok(Json(view(&state, state.vms.get(&id)?)))
+}
+
+/// The screen of a running firmware-booted VM, as a PNG (for thumbnails).
+#[utoipa::path(get, path = "/api/v1/vms/{id}/screenshot", params(("id" = String, Path)),
+    responses((status = 200, content_type = "image/png", description = "The screen as the guest shows it"),
+              (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn vm_screenshot(
+    axum::extract::State(state): axum::extract::State<State>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    state.vms.get(&id)?;
+    let s = state.clone();
+    let png = tokio::task::spawn_blocking(move || s.supervisor.screenshot(&id))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(([(axum::http::header::CONTENT_TYPE, "image/png"), (axum::http::header::CACHE_CONTROL, "no-store")], png)
+        .into_response())
 }
 
 /// Changes a stopped VM's definition.

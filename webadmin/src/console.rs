@@ -1,8 +1,12 @@
-//! The serial console in the browser: a WebSocket bridged to the VMM's
-//! console socket. The VMM replays its recent output to every new client,
-//! so a page opened late still shows the boot and the prompt. Bytes from
-//! the VMM go out as binary messages; text or binary messages from the
-//! browser are typed into the guest.
+//! The VM's consoles in the browser, each a WebSocket bridged to one of
+//! the VMM's Unix sockets, with the same session, CSRF and Origin rules:
+//!
+//! - the serial console: the VMM replays its recent output to every new
+//!   client, so a page opened late still shows the boot and the prompt.
+//!   Bytes from the VMM go out as binary messages; text or binary messages
+//!   from the browser are typed into the guest;
+//! - the screen: the VMM's VNC server (RFB), which noVNC speaks in binary
+//!   messages.
 
 use crate::app::{ApiError, State};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -39,6 +43,34 @@ pub async fn console(
     let stream = match tokio::net::UnixStream::connect(&path).await {
         Ok(s) => s,
         Err(_) => return ApiError::conflict("the VM is not running; start it to see its console").into_response(),
+    };
+    ws.on_upgrade(move |socket| bridge(socket, stream))
+}
+
+/// The VM's screen, keyboard and mouse: its VNC server as a WebSocket.
+#[utoipa::path(get, path = "/api/v1/vms/{id}/screen", params(("id" = String, Path)),
+    responses((status = 101, description = "WebSocket: the RFB protocol in binary messages (noVNC speaks it)"),
+              (status = 403, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn screen(
+    axum::extract::State(state): axum::extract::State<State>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !same_origin(&headers) {
+        return ApiError::new(403, "the screen opens only from the panel's own pages").into_response();
+    }
+    let vm = match state.vms.get(&id) {
+        Ok(vm) => vm,
+        Err(e) => return e.into_response(),
+    };
+    if !matches!(vm.spec.boot, crate::vms::Boot::Firmware { .. }) {
+        return ApiError::conflict("this VM boots a kernel directly and has no screen; use its serial console")
+            .into_response();
+    }
+    let stream = match tokio::net::UnixStream::connect(state.supervisor.vnc_socket(&id)).await {
+        Ok(s) => s,
+        Err(_) => return ApiError::conflict("the VM is not running; start it to see its screen").into_response(),
     };
     ws.on_upgrade(move |socket| bridge(socket, stream))
 }

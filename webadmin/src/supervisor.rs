@@ -98,6 +98,27 @@ impl Supervisor {
         self.dir(id).join("console.sock")
     }
 
+    /// The VNC server of a firmware-booted VM.
+    pub fn vnc_socket(&self, id: &str) -> PathBuf {
+        self.dir(id).join("vnc.sock")
+    }
+
+    /// The VM's screen as a PNG, from its VMM.
+    pub fn screenshot(&self, id: &str) -> ApiResult<Vec<u8>> {
+        if !lock(&self.running).contains_key(id) {
+            return Err(ApiError::conflict("the VM is not running; start it to see its screen"));
+        }
+        match kvmos_vmm::api::call_raw(&self.control_socket(id), "GET", "/screenshot", None) {
+            Ok((200, png)) => Ok(png),
+            Ok((404, _)) => Err(ApiError::conflict("this VM boots a kernel directly and has no screen")),
+            Ok((status, body)) => Err(ApiError::internal(format!(
+                "the VMM answered {status} to the screenshot: {}",
+                String::from_utf8_lossy(&body)
+            ))),
+            Err(e) => Err(ApiError::internal(format!("cannot reach the VMM: {e}"))),
+        }
+    }
+
     fn control_socket(&self, id: &str) -> PathBuf {
         self.dir(id).join("control.sock")
     }
@@ -263,7 +284,7 @@ impl Supervisor {
             serial: SerialConfig::Socket { path: dir.join("console.sock") },
             api_socket: Some(dir.join("control.sock")),
             // Firmware-booted VMs have a screen, served over VNC.
-            vnc_socket: firmware_boot.then(|| dir.join("vnc.sock")),
+            vnc_socket: firmware_boot.then(|| self.vnc_socket(&r.id)),
             rng: true,
             exit_file: Some(dir.join("exit.json")),
         })

@@ -8,6 +8,7 @@ let csrf = null;
 let timer = null;
 let term = null;
 let socket = null;
+let screen = null;
 
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 const mib = (bytes) => `${Math.round(bytes / 1048576).toLocaleString()} MiB`;
@@ -50,6 +51,7 @@ function stopLive() {
   clearInterval(timer); timer = null;
   if (socket) { socket.close(); socket = null; }
   if (term) { term.dispose(); term = null; }
+  if (screen) { screen.close(); screen = null; }
 }
 
 async function route() {
@@ -152,19 +154,25 @@ async function dashboard() {
     </div>
     <div class="card">
       <div style="display:flex;justify-content:space-between;align-items:center"><h2>Virtual machines</h2><a class="button" href="#/vms/new" id="new-vm">New VM</a></div>
-      <div class="table-wrap"><table id="vm-table"><thead><tr><th>Name</th><th>State</th><th class="hide-narrow">vCPUs</th><th class="hide-narrow">Memory</th><th></th></tr></thead><tbody></tbody></table></div>
+      <div class="table-wrap"><table id="vm-table"><thead><tr><th>Name</th><th>State</th><th class="hide-narrow">vCPUs</th><th class="hide-narrow">Memory</th><th class="hide-narrow">Screen</th><th></th></tr></thead><tbody></tbody></table></div>
       <p class="muted" id="no-vms" hidden>No VMs yet. Create one from the demo guest to try kvmos.</p>
     </div>`;
   const render = (list) => {
     const tb = app.querySelector('#vm-table tbody');
     if (!tb) return;
-    tb.innerHTML = list.map((vm) => `<tr data-vm-row="${esc(vm.name)}"><td><a href="#/vms/${esc(vm.id)}">${esc(vm.name)}</a>${vm.spec.autostart ? ' <span class="muted">· autostart</span>' : ''}</td><td>${stateBadge(vm.state)}</td><td class="hide-narrow">${vm.spec.vcpus}</td><td class="hide-narrow">${vm.spec.memory_mib} MiB</td><td><div class="actions">${vmButtons(vm)}</div></td></tr>`).join('');
+    tb.innerHTML = list.map((vm) => `<tr data-vm-row="${esc(vm.name)}"><td><a href="#/vms/${esc(vm.id)}">${esc(vm.name)}</a>${vm.spec.autostart ? ' <span class="muted">· autostart</span>' : ''}</td><td>${stateBadge(vm.state)}</td><td class="hide-narrow">${vm.spec.vcpus}</td><td class="hide-narrow">${vm.spec.memory_mib} MiB</td><td class="hide-narrow">${thumbnail(vm)}</td><td><div class="actions">${vmButtons(vm)}</div></td></tr>`).join('');
     app.querySelector('#no-vms').hidden = list.length > 0;
     wireActions(tb);
   };
   render(vms);
   // Live state without a reload.
   timer = setInterval(async () => { try { render(await api('GET', '/api/v1/vms')); } catch (e) { /* shown on next navigation */ } }, 2000);
+}
+
+// A running firmware VM's screen, refreshed with the table.
+function thumbnail(vm) {
+  if (vm.spec.boot.type !== 'firmware' || vm.state !== 'running') return '<span class="muted">—</span>';
+  return `<a href="#/vms/${esc(vm.id)}"><img class="thumb" data-thumb="${esc(vm.name)}" alt="screen of ${esc(vm.name)}" src="/api/v1/vms/${esc(vm.id)}/screenshot?t=${Date.now()}"></a>`;
 }
 
 async function newVm() {
@@ -260,6 +268,32 @@ function openConsole(id) {
   term.focus();
 }
 
+function openScreen(id, tries = 0) {
+  const box = document.getElementById('screen');
+  if (!box) return;
+  // screen.js is a module, which runs once the page is parsed.
+  if (!window.kvmosScreen) {
+    if (tries < 50) setTimeout(() => { if (document.getElementById('screen') === box) openScreen(id, tries + 1); }, 100);
+    else box.textContent = 'The screen viewer did not load.';
+    return;
+  }
+  const state = document.getElementById('screen-state');
+  screen = window.kvmosScreen(box, id, (s) => { state.textContent = s; box.dataset.state = s; });
+  const form = document.getElementById('type-form');
+  document.getElementById('screen-cad').onclick = () => { screen.ctrlAltDel(); screen.focus(); };
+  document.getElementById('screen-full').onclick = () => screen.fullscreen();
+  document.getElementById('screen-scale').onclick = (ev) => { ev.target.textContent = screen.toggleScale() ? 'Actual size' : 'Fit to window'; };
+  document.getElementById('screen-type').onclick = () => { form.hidden = false; document.getElementById('type-text').focus(); };
+  document.getElementById('type-cancel').onclick = () => { form.hidden = true; };
+  form.onsubmit = (ev) => {
+    ev.preventDefault();
+    screen.type(document.getElementById('type-text').value);
+    document.getElementById('type-text').value = '';
+    form.hidden = true;
+    screen.focus();
+  };
+}
+
 async function vmDetail(id) {
   const vm = await api('GET', `/api/v1/vms/${id}`);
   const s = vm.spec;
@@ -275,6 +309,17 @@ async function vmDetail(id) {
     <div class="card"><div class="actions" id="vm-actions">${vmButtons(vm)}
       ${vm.state === 'running' ? `<button class="secondary" data-action="reboot" data-vm="${esc(id)}">Reboot</button><button class="secondary" data-action="pause" data-vm="${esc(id)}">Pause</button>` : ''}
       ${vm.state === 'stopped' ? `<button class="danger" id="delete-vm">Delete</button>` : ''}</div></div>
+    ${s.boot.type === 'firmware' ? `<div class="card"><h2>Screen</h2>${vm.state === 'stopped' ? '<p class="muted">Start the VM to see its screen.</p>' : `
+      <div class="actions screen-tools">
+        <button class="secondary small" id="screen-cad">Ctrl-Alt-Del</button>
+        <button class="secondary small" id="screen-type">Type text…</button>
+        <button class="secondary small" id="screen-full">Full screen</button>
+        <button class="secondary small" id="screen-scale">Actual size</button>
+        <span class="muted" id="screen-state">connecting…</span>
+      </div>
+      <div id="screen" class="screen"></div>
+      <form id="type-form" hidden><textarea id="type-text" rows="3" placeholder="Text to type into the VM"></textarea>
+        <div class="actions"><button type="submit" id="type-send">Type it</button><button type="button" class="ghost" id="type-cancel">Cancel</button></div></form>`}</div>` : ''}
     <div class="card"><h2>Console</h2><div id="console-area">${vm.state === 'stopped' ? '<p class="muted">Start the VM to see its serial console.</p>' : '<div id="terminal" class="terminal"></div>'}</div></div>
     <div class="grid">
       <div class="card"><h2>Configuration</h2><table>
@@ -306,6 +351,7 @@ async function vmDetail(id) {
     try { await api('PUT', `/api/v1/vms/${id}`, { ...s, autostart: auto.checked }); toast('Saved'); } catch (e) { toast(e.message, true); auto.checked = !auto.checked; }
   };
   if (vm.state !== 'stopped') openConsole(id);
+  if (vm.state !== 'stopped' && s.boot.type === 'firmware') openScreen(id);
   let last = vm.state;
   timer = setInterval(async () => {
     try {
