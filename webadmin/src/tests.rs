@@ -393,6 +393,26 @@ async fn the_ui_is_served_with_xterm_and_strict_headers() {
     let xterm = h.raw(Request::get("/assets/vendor/xterm.js").body(Body::empty()).unwrap()).await;
     assert_eq!(xterm.status, StatusCode::OK);
     assert!(xterm.headers[header::CONTENT_TYPE].to_str().unwrap().contains("javascript"));
+    // noVNC's ES modules, and what they import, for the Screen view.
+    for js in ["/assets/screen.js", "/assets/vendor/novnc/core/rfb.js", "/assets/vendor/novnc/vendor/pako/lib/zlib/inflate.js"] {
+        let r = h.raw(Request::get(js).body(Body::empty()).unwrap()).await;
+        assert_eq!(r.status, StatusCode::OK, "{js}");
+        assert!(r.headers[header::CONTENT_TYPE].to_str().unwrap().contains("javascript"), "{js}");
+    }
+}
+
+#[tokio::test]
+async fn screenshots_need_a_running_vm() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    let spec = json!({"name": "shot1", "vcpus": 1, "memory_mib": 32, "boot": {"type": "guest", "guest": "tiny"}});
+    let vm = h.call(Method::POST, "/api/v1/vms", Some(spec)).await;
+    let id = vm.body["id"].as_str().unwrap().to_string();
+    let shot = h.call(Method::GET, &format!("/api/v1/vms/{id}/screenshot"), None).await;
+    assert_eq!(shot.status, StatusCode::CONFLICT);
+    assert!(shot.body["error"].as_str().unwrap().contains("not running"), "{:?}", shot.body);
+    let none = h.call(Method::GET, "/api/v1/vms/nope/screenshot", None).await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
