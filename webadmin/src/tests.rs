@@ -394,7 +394,11 @@ async fn the_ui_is_served_with_xterm_and_strict_headers() {
     assert_eq!(xterm.status, StatusCode::OK);
     assert!(xterm.headers[header::CONTENT_TYPE].to_str().unwrap().contains("javascript"));
     // noVNC's ES modules, and what they import, for the Screen view.
-    for js in ["/assets/screen.js", "/assets/vendor/novnc/core/rfb.js", "/assets/vendor/novnc/vendor/pako/lib/zlib/inflate.js"] {
+    for js in [
+        "/assets/screen.js",
+        "/assets/vendor/novnc/core/rfb.js",
+        "/assets/vendor/novnc/vendor/pako/lib/zlib/inflate.js",
+    ] {
         let r = h.raw(Request::get(js).body(Body::empty()).unwrap()).await;
         assert_eq!(r.status, StatusCode::OK, "{js}");
         assert!(r.headers[header::CONTENT_TYPE].to_str().unwrap().contains("javascript"), "{js}");

@@ -17,6 +17,7 @@
 //! A client that sends garbage or goes away mid-message is dropped; the VM
 //! and the other clients do not notice.
 
+pub mod client;
 pub mod keysym;
 pub mod rfb;
 

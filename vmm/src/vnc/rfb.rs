@@ -427,65 +427,14 @@ mod tests {
         assert_eq!(PixelFormat::from_bytes(&PixelFormat::NATIVE.to_bytes()), PixelFormat::NATIVE);
     }
 
-    /// Decodes ZRLE tiles of solid, packed-palette and raw kinds with
-    /// 3-byte native cpixels, as a client would.
+    /// Inflates one rectangle's ZRLE data and decodes its tiles, as the
+    /// test viewer does.
     fn decode_zrle(data: &[u8], w: u32, h: u32) -> Vec<u32> {
         let len = be32(data) as usize;
         let mut plain = Vec::with_capacity(1 << 20);
         let mut z = flate2::Decompress::new(true);
         z.decompress_vec(&data[4..4 + len], &mut plain, flate2::FlushDecompress::Sync).unwrap();
-        let mut px = vec![0u32; (w * h) as usize];
-        let mut at = 0;
-        let cpixel = |b: &[u8]| u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16;
-        let mut ty = 0;
-        while ty < h {
-            let th = TILE.min(h - ty);
-            let mut tx = 0;
-            while tx < w {
-                let tw = TILE.min(w - tx);
-                let sub = plain[at];
-                at += 1;
-                match sub {
-                    0 => {
-                        for i in 0..tw * th {
-                            px[((ty + i / tw) * w + tx + i % tw) as usize] = cpixel(&plain[at..]);
-                            at += 3;
-                        }
-                    }
-                    1 => {
-                        let c = cpixel(&plain[at..]);
-                        at += 3;
-                        for i in 0..tw * th {
-                            px[((ty + i / tw) * w + tx + i % tw) as usize] = c;
-                        }
-                    }
-                    n => {
-                        let pal: Vec<u32> = (0..n as usize).map(|i| cpixel(&plain[at + 3 * i..])).collect();
-                        at += 3 * n as usize;
-                        let bits = if n == 2 {
-                            1
-                        } else if n <= 4 {
-                            2
-                        } else {
-                            4
-                        };
-                        for r in 0..th {
-                            let row_bytes = (tw * bits).div_ceil(8) as usize;
-                            for c in 0..tw {
-                                let bit = c * bits;
-                                let byte = plain[at + (bit / 8) as usize];
-                                let index = (byte >> (8 - bits - bit % 8)) & ((1 << bits) - 1);
-                                px[((ty + r) * w + tx + c) as usize] = pal[index as usize];
-                            }
-                            at += row_bytes;
-                        }
-                    }
-                }
-                tx += tw;
-            }
-            ty += th;
-        }
-        px
+        crate::vnc::client::decode_zrle(&plain, w, h).unwrap()
     }
 
     #[test]
