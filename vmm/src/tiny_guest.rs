@@ -190,6 +190,32 @@ pub fn boot_disk(message: &str) -> Vec<u8> {
 /// 4. waits for the next key press, fills the screen green (0x00FF00),
 ///    writes `FILL`, and halts with interrupts off.
 pub fn display_disk() -> Vec<u8> {
+    display_disk_sized(640, 480)
+}
+
+/// [`display_disk`] with another VBE mode (`width` a multiple of 8, an even
+/// `height`): the benchmarks draw 1024×768. The mode's numbers are patched
+/// into the code's immediates.
+pub fn display_disk_sized(width: u16, height: u16) -> Vec<u8> {
+    let mut disk = display_disk_code();
+    let half = u32::from(width) * u32::from(height) / 2;
+    patch(&mut disk, &[0x66, 0xB9, 0x80, 0x02], &[&[0x66, 0xB9], &width.to_le_bytes()[..]].concat(), 1);
+    patch(&mut disk, &[0x66, 0xB9, 0xE0, 0x01], &[&[0x66, 0xB9], &height.to_le_bytes()[..]].concat(), 1);
+    patch(&mut disk, &[0xB9, 0x00, 0x58, 0x02, 0x00], &[&[0xB9], &half.to_le_bytes()[..]].concat(), 2);
+    patch(&mut disk, &[0xB9, 0x00, 0xB0, 0x04, 0x00], &[&[0xB9], &(2 * half).to_le_bytes()[..]].concat(), 1);
+    disk
+}
+
+/// Replaces the `count` occurrences of `from` in the boot sector's code.
+fn patch(disk: &mut [u8], from: &[u8], to: &[u8], count: usize) {
+    let at: Vec<usize> = (0..0x152 - from.len()).filter(|&i| &disk[i..i + from.len()] == from).collect();
+    assert_eq!(at.len(), count, "the immediate {from:x?} in the display guest");
+    for i in at {
+        disk[i..i + to.len()].copy_from_slice(to);
+    }
+}
+
+fn display_disk_code() -> Vec<u8> {
     #[rustfmt::skip]
     let mut c: Vec<u8> = vec![
         0xFA, // 000: cli

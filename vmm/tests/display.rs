@@ -1,7 +1,7 @@
 //! The screen, keyboard and mouse on this host's /dev/kvm: SeaBIOS with
 //! Debian's VGA BIOS boots `tiny_guest::display_disk`, which writes the
 //! text buffer, echoes the scancodes it reads from the i8042 on COM1, sets
-//! a VBE mode and fills the framebuffer. A small RFB client (below) checks
+//! a VBE mode and fills the framebuffer. An RFB client (`kvmos_vmm::vnc::client`) checks
 //! over the VNC socket what a viewer would see and sends keys.
 
 use kvmos_vmm::tiny_guest;
