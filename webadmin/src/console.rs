@@ -33,18 +33,7 @@ pub async fn console(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !same_origin(&headers) {
-        return ApiError::new(403, "the console opens only from the panel's own pages").into_response();
-    }
-    if let Err(e) = state.vms.get(&id) {
-        return e.into_response();
-    }
-    let path = state.supervisor.console_socket(&id);
-    let stream = match tokio::net::UnixStream::connect(&path).await {
-        Ok(s) => s,
-        Err(_) => return ApiError::conflict("the VM is not running; start it to see its console").into_response(),
-    };
-    ws.on_upgrade(move |socket| bridge(socket, stream))
+    open(&state, &id, &headers, ws, Socket::Console).await
 }
 
 /// The VM's screen, keyboard and mouse: its VNC server as a WebSocket.
@@ -57,20 +46,39 @@ pub async fn screen(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !same_origin(&headers) {
-        return ApiError::new(403, "the screen opens only from the panel's own pages").into_response();
+    open(&state, &id, &headers, ws, Socket::Screen).await
+}
+
+/// Which of the VMM's sockets a WebSocket bridges to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Socket {
+    Console,
+    Screen,
+}
+
+/// The checks both consoles share (Origin, the VM exists, it has this
+/// console, it runs), then the bridge.
+async fn open(state: &State, id: &str, headers: &HeaderMap, ws: WebSocketUpgrade, which: Socket) -> Response {
+    let (name, path) = match which {
+        Socket::Console => ("console", state.supervisor.console_socket(id)),
+        Socket::Screen => ("screen", state.supervisor.vnc_socket(id)),
+    };
+    if !same_origin(headers) {
+        return ApiError::new(403, format!("the {name} opens only from the panel's own pages")).into_response();
     }
-    let vm = match state.vms.get(&id) {
+    let vm = match state.vms.get(id) {
         Ok(vm) => vm,
         Err(e) => return e.into_response(),
     };
-    if !matches!(vm.spec.boot, crate::vms::Boot::Firmware { .. }) {
+    if which == Socket::Screen && !matches!(vm.spec.boot, crate::vms::Boot::Firmware { .. }) {
         return ApiError::conflict("this VM boots a kernel directly and has no screen; use its serial console")
             .into_response();
     }
-    let stream = match tokio::net::UnixStream::connect(state.supervisor.vnc_socket(&id)).await {
+    let stream = match tokio::net::UnixStream::connect(&path).await {
         Ok(s) => s,
-        Err(_) => return ApiError::conflict("the VM is not running; start it to see its screen").into_response(),
+        Err(_) => {
+            return ApiError::conflict(format!("the VM is not running; start it to see its {name}")).into_response()
+        }
     };
     ws.on_upgrade(move |socket| bridge(socket, stream))
 }

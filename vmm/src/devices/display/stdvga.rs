@@ -325,14 +325,7 @@ impl StdVga {
         let bytes = usize::from(m.bpp.div_ceil(8));
         let mut line = vec![0u8; w as usize * bytes];
         let dac_8bit = self.dispi[DISPI_ENABLE] & DAC_8BIT != 0;
-        let palette: Vec<u32> = (0..256)
-            .map(|i| {
-                let c =
-                    |v: u8| if dac_8bit { u32::from(v) } else { (u32::from(v & 0x3F) << 2) | (u32::from(v) >> 4 & 3) };
-                let p = &self.vga.palette[i * 3..i * 3 + 3];
-                (c(p[0]) << 16) | (c(p[1]) << 8) | c(p[2])
-            })
-            .collect();
+        let palette: Vec<u32> = (0..=255u8).map(|i| self.vga.dac_colour(i, dac_8bit)).collect();
         for y in 0..h as usize {
             self.vram.read(m.start + y * m.line_bytes, &mut line);
             let out = &mut frame.pixels[y * w as usize..(y + 1) * w as usize];

@@ -355,8 +355,15 @@ impl Vga {
 
     /// The DAC colour of palette entry `index`.
     fn dac(&self, index: u8) -> u32 {
+        self.dac_colour(index, false)
+    }
+
+    /// The DAC colour of palette entry `index`, whose values are 6 bits
+    /// wide, or 8 (the Bochs VBE 8-bit DAC).
+    pub fn dac_colour(&self, index: u8, eight_bit: bool) -> u32 {
         let at = usize::from(index) * 3;
-        (c6_to_8(self.palette[at]) << 16) | (c6_to_8(self.palette[at + 1]) << 8) | c6_to_8(self.palette[at + 2])
+        let c = |v: u8| if eight_bit { u32::from(v) } else { c6_to_8(v) };
+        (c(self.palette[at]) << 16) | (c(self.palette[at + 1]) << 8) | c(self.palette[at + 2])
     }
 
     /// The 16 text/planar colours, through the attribute controller's
