@@ -1,11 +1,13 @@
 //! A client for the panel as an admin's script would use it: HTTPS with
 //! the session cookie and CSRF token, JSON in and out, and the serial
-//! console over its WebSocket. The panel's certificate is self-signed, so
+//! console and the screen over their WebSockets. The panel's certificate is self-signed, so
 //! the client does not verify it (the tests check the panel, not PKI).
 
 use anyhow::{anyhow, bail, Context, Result};
+use kvmos_vmm::vnc::client::Viewer;
+use kvmos_vmm::vnc::rfb;
 use serde_json::Value;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -148,6 +150,22 @@ impl Panel {
 
     /// Opens a VM's serial console (the WebSocket the browser uses).
     pub fn console(&self, id: &str) -> Result<Console> {
+        let ws = self.websocket(&format!("/api/v1/vms/{id}/console"))?;
+        Ok(Console { ws, seen: String::new() })
+    }
+
+    /// Opens a VM's screen (the WebSocket noVNC uses) and shakes hands
+    /// with its VNC server, asking for ZRLE, DesktopSize and QEMU's
+    /// extended key event.
+    pub fn screen(&self, id: &str) -> Result<Viewer<Screen>> {
+        let ws = self.websocket(&format!("/api/v1/vms/{id}/screen"))?;
+        let encodings = [rfb::ENCODING_ZRLE, rfb::ENCODING_DESKTOP_SIZE, rfb::ENCODING_QEMU_EXTENDED_KEY];
+        Viewer::over(Screen { ws, unread: Vec::new() }, &encodings).map_err(|e| anyhow!("VNC over the screen WebSocket: {e}"))
+    }
+
+    /// A WebSocket to the panel at `path`, logged in, whose reads time out
+    /// after 200 ms.
+    fn websocket(&self, path: &str) -> Result<PanelSocket> {
         let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
@@ -156,22 +174,61 @@ impl Panel {
             .with_no_client_auth();
         let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into()?)?;
         let tls = rustls::StreamOwned::new(conn, tcp);
-        let request = tungstenite::client::IntoClientRequest::into_client_request(format!(
-            "wss://127.0.0.1:{}/api/v1/vms/{id}/console",
-            self.port
-        ))?;
-        let mut request = request;
+        let mut request =
+            tungstenite::client::IntoClientRequest::into_client_request(format!("wss://127.0.0.1:{}{path}", self.port))?;
         if let Some(c) = &self.cookie {
             request.headers_mut().insert("Cookie", format!("kvmos_session={c}").parse()?);
         }
-        let (ws, _) = tungstenite::client::client(request, tls).map_err(|e| anyhow!("console WebSocket: {e}"))?;
+        let (ws, _) = tungstenite::client::client(request, tls).map_err(|e| anyhow!("WebSocket {path}: {e}"))?;
         ws.get_ref().sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-        Ok(Console { ws, seen: String::new() })
+        Ok(ws)
+    }
+}
+
+type PanelSocket = tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
+/// The screen WebSocket as the byte stream RFB runs over: binary
+/// messages in both directions. A read waits up to 20 s for data.
+pub struct Screen {
+    ws: PanelSocket,
+    unread: Vec<u8>,
+}
+
+impl Read for Screen {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.unread.is_empty() {
+            match self.ws.read() {
+                Ok(tungstenite::Message::Binary(b)) => self.unread.extend_from_slice(&b),
+                Ok(tungstenite::Message::Close(_)) => return Ok(0),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if Instant::now() > deadline {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(self.unread.len());
+        buf[..n].copy_from_slice(&self.unread[..n]);
+        self.unread.drain(..n);
+        Ok(n)
+    }
+}
+
+impl Write for Screen {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.ws.send(tungstenite::Message::Binary(buf.to_vec().into())).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.ws.flush().map_err(std::io::Error::other)
     }
 }
 
 pub struct Console {
-    ws: tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+    ws: PanelSocket,
     /// Everything received so far.
     pub seen: String,
 }

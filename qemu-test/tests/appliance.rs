@@ -12,7 +12,8 @@
 use kvmos_image_builder::guest::READY_LINE;
 use kvmos_image_builder::qemu::{free_port, QemuOptions};
 use kvmos_qemu_test::browser::Browser;
-use kvmos_qemu_test::panel::Panel;
+use kvmos_qemu_test::panel::{Console, Panel, Screen};
+use kvmos_vmm::vnc::client::Viewer;
 use kvmos_qemu_test::{image, wait_https, work_dir, Appliance, Boot, DataDisk, BOOT_TIMEOUT};
 use serde_json::json;
 use std::time::Duration;
@@ -181,7 +182,9 @@ async fn day_one_in_chromium() {
 /// A real operating system through the panel, in the appliance: the Debian
 /// 12 test image uploaded as a disk image (2 GiB, about 110 s), a VM that
 /// boots it with BIOS firmware (SeaBIOS from the appliance's own firmware),
-/// and a login on its serial console over the console WebSocket.
+/// and a login on its serial console over the console WebSocket; then its
+/// screen, keyboard and mouse through the panel's screen WebSocket (see
+/// [`screen_keyboard_and_tablet`]).
 #[test]
 fn firmware_vm_boots_an_uploaded_debian_image() {
     let debian = kvmos_qemu_test::debian::image().unwrap();
@@ -221,7 +224,73 @@ fn firmware_vm_boots_an_uploaded_debian_image() {
     console.send(&format!("{}\n", kvmos_qemu_test::debian::ROOT_PASSWORD)).unwrap();
     at = console.expect_after(at, "root@debian-test", GUEST_TIMEOUT).unwrap();
     console.send("echo booted-$((6*7)) from $(grep -o 'root=[^ ]*' /proc/cmdline)\n").unwrap();
-    console.expect_after(at, "booted-42 from root=LABEL=debroot", GUEST_TIMEOUT).unwrap();
+    at = console.expect_after(at, "booted-42 from root=LABEL=debroot", GUEST_TIMEOUT).unwrap();
+    screen_keyboard_and_tablet(&panel, &id, &mut console, at);
     panel.action(&id, "force-off").unwrap();
     panel.wait_state(&id, "stopped", GUEST_TIMEOUT).unwrap();
+}
+
+/// Linux drives the VM's display, keyboard and mouse, and they work over
+/// the panel's screen WebSocket (the VMM's VNC server behind it):
+/// - the guest kernel binds its bochs DRM driver to the standard VGA, the
+///   AT keyboard and the PS/2 mouse to the i8042, and `virtio_input` to
+///   the tablet;
+/// - the screen (tty1's login prompt) comes through, and a login typed on
+///   it over VNC gets a shell there, which writes to the serial console;
+/// - the pointer reaches the tablet as absolute coordinates and a click.
+///
+/// Probes echo `$((40+2))` so that the tty's echo of the command does not
+/// match what the test waits for.
+fn screen_keyboard_and_tablet(panel: &Panel, id: &str, console: &mut Console, mut at: usize) {
+    console
+        .send(
+            "echo \"FB-$((40+2)) $(cat /proc/fb)\"; grep -o 'Name=.*' /proc/bus/input/devices; \
+             ev=$(grep -l 'Virtio Tablet' /sys/class/input/event*/device/name | cut -d/ -f5); \
+             (timeout 600 cat /dev/input/$ev > /tmp/ev &); echo \"TABLET-$((40+2)) $ev\"\n",
+        )
+        .unwrap();
+    at = console.expect_after(at, "TABLET-42 event", GUEST_TIMEOUT).unwrap();
+    let seen = console.seen.clone();
+    assert!(seen.contains("bochs-drmdrmfb"), "Linux's bochs DRM driver runs the standard VGA:\n{seen}");
+    assert!(seen.contains("Name=\"AT Translated Set 2 keyboard\""), "the PS/2 keyboard:\n{seen}");
+    assert!(seen.contains("PS/2 Generic"), "the PS/2 mouse:\n{seen}");
+    assert!(seen.contains("Name=\"kvmos Virtio Tablet\""), "the tablet:\n{seen}");
+
+    let mut screen = panel.screen(id).unwrap();
+    screen.request(false).unwrap();
+    screen.update().unwrap();
+    let shown = |v: &Viewer<Screen>| {
+        v.pixels.iter().any(|&p| p != v.pixels[0]) && v.width >= 640 && v.height >= 400
+    };
+    screen.until(GUEST_TIMEOUT, shown).unwrap();
+    let (width, height) = (screen.width, screen.height);
+    eprintln!("the guest's screen is {width}x{height}");
+
+    // Log in on tty1 by typing on the screen; the serial shell watches.
+    screen.type_text("root\n").unwrap();
+    console.send("until ps -t tty1 -o comm= | grep -q login; do sleep 1; done; sleep 3; echo TTY1-$((40+2))\n").unwrap();
+    at = console.expect_after(at, "TTY1-42", GUEST_TIMEOUT).unwrap();
+    screen.type_text(&format!("{}\n", kvmos_qemu_test::debian::ROOT_PASSWORD)).unwrap();
+    console.send("until ps -t tty1 -o comm= | grep -q bash; do sleep 1; done; echo SHELL-$((40+2))\n").unwrap();
+    at = console.expect_after(at, "SHELL-42", GUEST_TIMEOUT).unwrap();
+    let before = screen.pixels.clone();
+    screen.type_text("echo \"Typed over VNC: $((6*7))\" > /dev/ttyS0\n").unwrap();
+    at = console.expect_after(at, "Typed over VNC: 42", GUEST_TIMEOUT).unwrap();
+    screen.until(GUEST_TIMEOUT, |v| v.pixels != before).unwrap();
+
+    // The pointer: to three quarters across and half-way down, a click.
+    let (x, y) = (width * 3 / 4, height / 2);
+    for buttons in [0, 1, 0] {
+        screen.pointer(x as u16, y as u16, buttons).unwrap();
+    }
+    console.send("sleep 2; od -An -v -td4 -w24 /tmp/ev | awk '{print \"EV\", $5, $6}' | tail -12; echo EVENTS-$((40+2))\n").unwrap();
+    console.expect_after(at, "EVENTS-42", GUEST_TIMEOUT).unwrap();
+    let seen = console.seen.clone();
+    // input_event: type in the low half of the fifth word, code in the high.
+    let abs_x = x * 0x7fff / (width - 1);
+    let abs_y = y * 0x7fff / (height - 1);
+    assert!(seen.contains(&format!("EV 3 {abs_x}\r\n")), "ABS_X {abs_x}:\n{seen}");
+    assert!(seen.contains(&format!("EV {} {abs_y}\r\n", 3 + (1 << 16))), "ABS_Y {abs_y}:\n{seen}");
+    assert!(seen.contains(&format!("EV {} 1\r\n", 1 + (0x110 << 16))), "BTN_LEFT pressed:\n{seen}");
+    assert!(seen.contains(&format!("EV {} 0\r\n", 1 + (0x110 << 16))), "and released:\n{seen}");
 }

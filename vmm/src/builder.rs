@@ -26,6 +26,7 @@ use crate::devices::legacy::{boot_marker::BootMarker, cmos::Cmos, i8042::I8042, 
 use crate::devices::pci::msix::{Msix, MsixError};
 use crate::devices::pci::root::{devfn, PciRoot};
 use crate::devices::virtio::block::{Block, OpenError};
+use crate::devices::virtio::input::{Tablet, TabletHandle};
 use crate::devices::virtio::mmio::{reg, MmioTransport};
 use crate::devices::virtio::pci::VirtioPci;
 use crate::devices::virtio::{net::Net, rng::Rng, Interrupt, VirtioDevice, VirtioTransport};
@@ -98,6 +99,9 @@ pub struct Machine {
     pub rtc: Option<Arc<Mutex<Cmos>>>,
     /// The PC's display adapter, which the VNC server and screenshots show.
     pub display: Option<Arc<Mutex<StdVga>>>,
+    /// The PC's virtio tablet, which gets the VNC pointer once the guest
+    /// drives it.
+    pub tablet: Option<TabletHandle>,
 }
 
 /// One virtio device as the event loop sees it: its transport and one
@@ -189,6 +193,7 @@ fn assemble(
         virtio,
         rtc,
         display: None,
+        tablet: None,
     })
 }
 
@@ -434,12 +439,16 @@ pub fn build_pc_vm(config: &VmConfig, firmware: &FirmwareConfig, started: Instan
     let mut root = PciRoot::new(Arc::clone(&io_bus), Arc::clone(&mmio_bus), Arc::clone(&base.exit));
     let pm_function = attach_chipset(&mut root, &io_bus, &base.acpi_pm);
     let display = attach_display(&mut vm, &io_bus, &mmio_bus, &mut root)?;
-    let virtio = attach_virtio_pci(&vm, &routing, &mut root, open_virtio_devices(config)?)?;
+    let (tablet, tablet_handle) = Tablet::new();
+    let mut devices = open_virtio_devices(config)?;
+    devices.push(Box::new(tablet));
+    let virtio = attach_virtio_pci(&vm, &routing, &mut root, devices)?;
     attach_pci_root(&io_bus, root)?;
     attach_fw_cfg(&vm, &io_bus, config, vcpu_count, pm_function)?;
     map_firmware(&mut vm, &mmio_bus, firmware, &images)?;
     let mut machine = assemble(vm, vcpu_count, base, Vec::new(), virtio, Some(rtc))?;
     machine.display = Some(display);
+    machine.tablet = Some(tablet_handle);
     configure_vcpus_for_firmware(&machine.vm, &machine.vcpus)?;
     Ok(machine)
 }

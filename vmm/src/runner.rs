@@ -120,7 +120,11 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
     };
 
     if let (Some(path), Some(display)) = (&config.vnc_socket, &machine.display) {
-        let devices = crate::vnc::Devices { display: Arc::clone(display), i8042: Arc::clone(&machine.i8042) };
+        let devices = crate::vnc::Devices {
+            display: Arc::clone(display),
+            i8042: Arc::clone(&machine.i8042),
+            tablet: machine.tablet.clone(),
+        };
         crate::vnc::spawn(bind_private_socket(path)?, devices, config.vm_id.clone())?;
     }
     watch_virtio(&epoll, &machine)?;

@@ -195,7 +195,8 @@ fn pc_fadt(p: &PcPlatform, dsdt: u32, facs: u32) -> Vec<u8> {
 
 /// The PC's DSDT: the PCI root bridge with its windows and interrupt
 /// routing (`_PRT`, fixed IOAPIC pins per [`crate::devices::chipset::piix3::intx_gsi`]),
-/// the ISA devices Windows needs to see described (RTC, keyboard, COM1),
+/// the ISA devices Windows needs to see described (RTC, keyboard, PS/2
+/// mouse, COM1),
 /// and `\_S5`.
 fn pc_dsdt(p: &PcPlatform) -> Vec<u8> {
     use crate::devices::chipset::piix3::intx_gsi;
@@ -236,15 +237,20 @@ fn pc_dsdt(p: &PcPlatform) -> Vec<u8> {
     let kbd_cmd = aml::IO::new(0x64, 0x64, 1, 1);
     let kbd_irq = aml::Interrupt::new(true, true, false, false, 1);
     let kbd_crs = aml::ResourceTemplate::new(vec![&kbd_data, &kbd_cmd, &kbd_irq]);
+    // The PS/2 mouse port of the same controller: without it Linux's
+    // i8042 driver leaves the aux port alone.
+    let mou_irq = aml::Interrupt::new(true, true, false, false, 12);
+    let mou_crs = aml::ResourceTemplate::new(vec![&mou_irq]);
     let com_io = aml::IO::new(COM1_PORT, COM1_PORT, 1, 8);
     let com_irq = aml::Interrupt::new(true, true, false, false, COM1_IRQ);
     let com_crs = aml::ResourceTemplate::new(vec![&com_io, &com_irq]);
     let isa_adr = 0x0001_0000u32;
     let rtc = isa_device("RTC_", "PNP0B00", None, &rtc_crs);
     let kbd = isa_device("KBD_", "PNP0303", None, &kbd_crs);
+    let mou = isa_device("MOU_", "PNP0F13", None, &mou_crs);
     let com1 = isa_device("COM1", "PNP0501", Some(1), &com_crs);
     let adr = aml::Name::new("_ADR".into(), &isa_adr);
-    let isa = aml::Device::new("ISA_".into(), vec![&adr, &rtc, &kbd, &com1]);
+    let isa = aml::Device::new("ISA_".into(), vec![&adr, &rtc, &kbd, &mou, &com1]);
     let pnp0a03 = aml::EISAName::new("PNP0A03");
     let hid = aml::Name::new("_HID".into(), &pnp0a03);
     let adr = aml::Name::new("_ADR".into(), &zero);

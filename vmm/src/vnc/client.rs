@@ -1,7 +1,9 @@
 //! A small RFB 3.8 viewer, for the tests and the benchmarks that compare
 //! this server with QEMU's: the handshake, update requests, Raw pixels in
-//! the native 32-bit format, ZRLE (decoded), DesktopSize, and keys. It
-//! counts the bytes it receives.
+//! the native 32-bit format, ZRLE (decoded), DesktopSize, keys, text typed
+//! on a US layout, and the pointer. It counts the bytes it receives. It
+//! speaks over a Unix socket, or over any byte stream (the panel's screen
+//! WebSocket, in the appliance tests).
 
 use super::rfb::{self, TILE};
 use std::io::{Read, Write};
@@ -13,8 +15,8 @@ fn bad(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
 }
 
-pub struct Viewer {
-    pub stream: UnixStream,
+pub struct Viewer<S = UnixStream> {
+    pub stream: S,
     pub width: u32,
     pub height: u32,
     /// 0x00RRGGBB, row by row.
@@ -28,12 +30,12 @@ pub struct Viewer {
     zlib: flate2::Decompress,
 }
 
-impl Viewer {
+impl Viewer<UnixStream> {
     /// Connects (retrying for up to 10 s while the socket appears), shakes
     /// hands and asks for `encodings`.
     pub fn connect(path: &Path, encodings: &[i32]) -> std::io::Result<Self> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut s = loop {
+        let s = loop {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
                 Err(e) if Instant::now() > deadline => return Err(e),
@@ -41,6 +43,18 @@ impl Viewer {
             }
         };
         s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Self::over(s, encodings)
+    }
+}
+
+/// The keysym of Shift_L, and the characters a US layout makes with it.
+const SHIFT: u32 = 0xFFE1;
+const SHIFTED: &str = "~!@#$%^&*()_+{}|:\"<>?";
+
+impl<S: Read + Write> Viewer<S> {
+    /// Shakes hands over `s` (which must time out its reads) and asks for
+    /// `encodings`.
+    pub fn over(mut s: S, encodings: &[i32]) -> std::io::Result<Self> {
         let mut version = [0u8; 12];
         s.read_exact(&mut version)?;
         if &version[..8] != b"RFB 003." {
@@ -173,7 +187,7 @@ impl Viewer {
 
     /// Requests and applies updates until `check` holds, for at most
     /// `timeout`.
-    pub fn until(&mut self, timeout: Duration, check: impl Fn(&Viewer) -> bool) -> std::io::Result<()> {
+    pub fn until(&mut self, timeout: Duration, check: impl Fn(&Self) -> bool) -> std::io::Result<()> {
         let deadline = Instant::now() + timeout;
         while !check(self) {
             if Instant::now() > deadline {
@@ -203,12 +217,40 @@ impl Viewer {
 
     /// A plain key event: press and release of an X keysym.
     pub fn tap_keysym(&mut self, keysym: u32) -> std::io::Result<()> {
-        for down in [1u8, 0] {
-            let mut msg = vec![4, down, 0, 0];
-            msg.extend_from_slice(&keysym.to_be_bytes());
-            self.stream.write_all(&msg)?;
+        self.key(keysym, true)?;
+        self.key(keysym, false)
+    }
+
+    fn key(&mut self, keysym: u32, down: bool) -> std::io::Result<()> {
+        let mut msg = vec![4, u8::from(down), 0, 0];
+        msg.extend_from_slice(&keysym.to_be_bytes());
+        self.stream.write_all(&msg)
+    }
+
+    /// Types `text` as a person on a US keyboard would: Shift held for
+    /// capitals and shifted symbols, Return for a newline.
+    pub fn type_text(&mut self, text: &str) -> std::io::Result<()> {
+        for ch in text.chars() {
+            let keysym = if ch == '\n' { 0xFF0D } else { u32::from(ch) };
+            let shift = ch.is_ascii_uppercase() || SHIFTED.contains(ch);
+            if shift {
+                self.key(SHIFT, true)?;
+            }
+            self.tap_keysym(keysym)?;
+            if shift {
+                self.key(SHIFT, false)?;
+            }
         }
         Ok(())
+    }
+
+    /// Moves the pointer to (`x`, `y`) with `buttons` held (bit 0 left,
+    /// 1 middle, 2 right, 3 and 4 the wheel).
+    pub fn pointer(&mut self, x: u16, y: u16, buttons: u8) -> std::io::Result<()> {
+        let mut msg = vec![5, buttons];
+        msg.extend_from_slice(&x.to_be_bytes());
+        msg.extend_from_slice(&y.to_be_bytes());
+        self.stream.write_all(&msg)
     }
 }
 

@@ -11,8 +11,10 @@
 //! - Encodings: Raw and ZRLE, DesktopSize for mode changes, and QEMU's
 //!   extended key event, so scancodes pass through whatever the browser's
 //!   keyboard layout.
-//! - Input: keys to the PS/2 keyboard; the pointer to the PS/2 mouse as
-//!   relative movement.
+//! - Input: keys to the PS/2 keyboard; the pointer to the virtio tablet
+//!   as an absolute position once the guest's driver runs it, and to the
+//!   PS/2 mouse as relative movement before that (firmware, boot loaders,
+//!   guests without virtio-input).
 //!
 //! A client that sends garbage or goes away mid-message is dropped; the VM
 //! and the other clients do not notice.
@@ -24,6 +26,7 @@ pub mod rfb;
 use crate::devices::display::stdvga::StdVga;
 use crate::devices::display::{Change, Frame};
 use crate::devices::legacy::i8042::I8042;
+use crate::devices::virtio::input::TabletHandle;
 use crate::devices::legacy::ps2_mouse::{BUTTON_LEFT, BUTTON_MIDDLE, BUTTON_RIGHT};
 use rfb::{ClientMessage, PixelFormat, Rect, Zrle, TILE};
 use std::collections::HashMap;
@@ -51,6 +54,8 @@ const MAX_INPUT: usize = 2 << 20;
 pub struct Devices {
     pub display: Arc<Mutex<StdVga>>,
     pub i8042: Arc<Mutex<I8042>>,
+    /// The virtio tablet, where the pointer goes once the guest drives it.
+    pub tablet: Option<TabletHandle>,
 }
 
 /// Starts the server on `listener`; it runs until the process ends.
@@ -377,6 +382,12 @@ impl Server {
                 let pressed = buttons & !c.buttons;
                 c.buttons = buttons;
                 let dz = i32::from(pressed & 0x10 != 0) - i32::from(pressed & 0x08 != 0);
+                if let Some(tablet) = self.devices.tablet.as_ref().filter(|t| t.driven()) {
+                    let held = buttons & 0x07;
+                    let (w, h) = (self.shown.width, self.shown.height);
+                    tablet.pointer(u32::from(x), u32::from(y), w, h, held, -dz);
+                    return Ok(());
+                }
                 let mut ps2 = 0;
                 for (rfb_bit, ps2_bit) in [(1, BUTTON_LEFT), (2, BUTTON_MIDDLE), (4, BUTTON_RIGHT)] {
                     if buttons & rfb_bit != 0 {

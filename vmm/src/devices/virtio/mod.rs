@@ -5,6 +5,7 @@
 //! processes its queues when the guest notifies them.
 
 pub mod block;
+pub mod input;
 pub mod mmio;
 pub mod net;
 pub mod pci;
@@ -29,6 +30,7 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
+pub const TYPE_INPUT: u32 = 18;
 
 /// InterruptStatus bits.
 pub const INT_VRING: u32 = 1;

@@ -13,7 +13,7 @@
 //! INTx line (level-triggered, through a resampling irqfd) before that.
 
 use super::state::VirtioState;
-use super::{Interrupt, VirtioDevice, VirtioTransport, TYPE_BLOCK, TYPE_NET};
+use super::{Interrupt, VirtioDevice, VirtioTransport, TYPE_BLOCK, TYPE_INPUT, TYPE_NET};
 use crate::devices::pci::config_space::{ConfigSpace, Identity};
 use crate::devices::pci::msix::{Msix, NO_VECTOR};
 use crate::devices::pci::{BarKind, PciDevice, CAP_MSIX, CAP_VENDOR, SUBSYSTEM_QEMU, VENDOR_REDHAT_QUMRANET};
@@ -105,6 +105,8 @@ fn identity(device_type: u32) -> Identity {
     let class = match device_type {
         TYPE_NET => [0x02, 0x00, 0x00],
         TYPE_BLOCK => [0x01, 0x00, 0x00],
+        // Input device, other (as QEMU's virtio-input-pci).
+        TYPE_INPUT => [0x09, 0x80, 0x00],
         _ => [0xff, 0x00, 0x00],
     };
     Identity {
