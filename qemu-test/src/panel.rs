@@ -160,7 +160,8 @@ impl Panel {
     pub fn screen(&self, id: &str) -> Result<Viewer<Screen>> {
         let ws = self.websocket(&format!("/api/v1/vms/{id}/screen"))?;
         let encodings = [rfb::ENCODING_ZRLE, rfb::ENCODING_DESKTOP_SIZE, rfb::ENCODING_QEMU_EXTENDED_KEY];
-        Viewer::over(Screen { ws, unread: Vec::new() }, &encodings).map_err(|e| anyhow!("VNC over the screen WebSocket: {e}"))
+        Viewer::over(Screen { ws, unread: Vec::new() }, &encodings)
+            .map_err(|e| anyhow!("VNC over the screen WebSocket: {e}"))
     }
 
     /// A WebSocket to the panel at `path`, logged in, whose reads time out
@@ -174,8 +175,10 @@ impl Panel {
             .with_no_client_auth();
         let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into()?)?;
         let tls = rustls::StreamOwned::new(conn, tcp);
-        let mut request =
-            tungstenite::client::IntoClientRequest::into_client_request(format!("wss://127.0.0.1:{}{path}", self.port))?;
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "wss://127.0.0.1:{}{path}",
+            self.port
+        ))?;
         if let Some(c) = &self.cookie {
             request.headers_mut().insert("Cookie", format!("kvmos_session={c}").parse()?);
         }

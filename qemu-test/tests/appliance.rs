@@ -13,8 +13,8 @@ use kvmos_image_builder::guest::READY_LINE;
 use kvmos_image_builder::qemu::{free_port, QemuOptions};
 use kvmos_qemu_test::browser::Browser;
 use kvmos_qemu_test::panel::{Console, Panel, Screen};
-use kvmos_vmm::vnc::client::Viewer;
 use kvmos_qemu_test::{image, wait_https, work_dir, Appliance, Boot, DataDisk, BOOT_TIMEOUT};
+use kvmos_vmm::vnc::client::Viewer;
 use serde_json::json;
 use std::time::Duration;
 
@@ -259,16 +259,16 @@ fn screen_keyboard_and_tablet(panel: &Panel, id: &str, console: &mut Console, mu
     let mut screen = panel.screen(id).unwrap();
     screen.request(false).unwrap();
     screen.update().unwrap();
-    let shown = |v: &Viewer<Screen>| {
-        v.pixels.iter().any(|&p| p != v.pixels[0]) && v.width >= 640 && v.height >= 400
-    };
+    let shown = |v: &Viewer<Screen>| v.pixels.iter().any(|&p| p != v.pixels[0]) && v.width >= 640 && v.height >= 400;
     screen.until(GUEST_TIMEOUT, shown).unwrap();
     let (width, height) = (screen.width, screen.height);
     eprintln!("the guest's screen is {width}x{height}");
 
     // Log in on tty1 by typing on the screen; the serial shell watches.
     screen.type_text("root\n").unwrap();
-    console.send("until ps -t tty1 -o comm= | grep -q login; do sleep 1; done; sleep 3; echo TTY1-$((40+2))\n").unwrap();
+    console
+        .send("until ps -t tty1 -o comm= | grep -q login; do sleep 1; done; sleep 3; echo TTY1-$((40+2))\n")
+        .unwrap();
     at = console.expect_after(at, "TTY1-42", GUEST_TIMEOUT).unwrap();
     screen.type_text(&format!("{}\n", kvmos_qemu_test::debian::ROOT_PASSWORD)).unwrap();
     console.send("until ps -t tty1 -o comm= | grep -q bash; do sleep 1; done; echo SHELL-$((40+2))\n").unwrap();
@@ -283,7 +283,9 @@ fn screen_keyboard_and_tablet(panel: &Panel, id: &str, console: &mut Console, mu
     for buttons in [0, 1, 0] {
         screen.pointer(x as u16, y as u16, buttons).unwrap();
     }
-    console.send("sleep 2; od -An -v -td4 -w24 /tmp/ev | awk '{print \"EV\", $5, $6}' | tail -12; echo EVENTS-$((40+2))\n").unwrap();
+    console
+        .send("sleep 2; od -An -v -td4 -w24 /tmp/ev | awk '{print \"EV\", $5, $6}' | tail -12; echo EVENTS-$((40+2))\n")
+        .unwrap();
     console.expect_after(at, "EVENTS-42", GUEST_TIMEOUT).unwrap();
     let seen = console.seen.clone();
     // input_event: type in the low half of the fifth word, code in the high.
