@@ -5,7 +5,8 @@
 //! - `PUT /actions` with `{"action": "pause" | "resume" | "power_off" |
 //!   "reset" | "stop"}`;
 //! - `GET /screenshot`: the screen as a PNG (firmware-booted VMs, which
-//!   have a display).
+//!   have a display); `?scale=N` shrinks it N times (1 to 16);
+//! - `GET /screen/text`: a text-mode screen's characters, row by row.
 //!
 //! A thread accepts connections and parses requests (httparse); each request
 //! is handed to the VMM's event loop, which owns the VM, and the answer
@@ -44,8 +45,15 @@ struct ActionBody {
 pub enum Request {
     GetVm,
     Act(Action),
-    Screenshot,
+    /// The screen shrunk by this factor (1: full size).
+    Screenshot {
+        scale: u32,
+    },
+    ScreenText,
 }
+
+/// The resources and their methods, for the errors that list them.
+const RESOURCES: &str = "GET /vm, PUT /actions, GET /screenshot, GET /screen/text";
 
 /// An HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,16 +102,20 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, Response> {
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
         .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
         .unwrap_or(0);
-    if header_len + content_length > MAX_REQUEST {
-        return Err(Response::error(413, "request too large"));
-    }
-    if buf.len() < header_len + content_length {
+    // A huge Content-Length must not overflow the sum.
+    let total = header_len.checked_add(content_length).filter(|&t| t <= MAX_REQUEST);
+    let Some(total) = total else {
+        return Err(Response::error(413, &format!("request too large: the API takes at most {MAX_REQUEST} bytes")));
+    };
+    if buf.len() < total {
         return Ok(None);
     }
-    let body = &buf[header_len..header_len + content_length];
-    match (req.method.unwrap_or(""), req.path.unwrap_or("")) {
+    let body = &buf[header_len..total];
+    let (path, query) = req.path.unwrap_or("").split_once('?').unwrap_or((req.path.unwrap_or(""), ""));
+    match (req.method.unwrap_or(""), path) {
         ("GET", "/vm") => Ok(Some(Request::GetVm)),
-        ("GET", "/screenshot") => Ok(Some(Request::Screenshot)),
+        ("GET", "/screenshot") => Ok(Some(Request::Screenshot { scale: scale_param(query)? })),
+        ("GET", "/screen/text") => Ok(Some(Request::ScreenText)),
         ("PUT", "/actions") => match serde_json::from_slice::<ActionBody>(body) {
             Ok(b) => Ok(Some(Request::Act(b.action))),
             Err(e) => Err(Response::error(
@@ -111,12 +123,19 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, Response> {
                 &format!("{e}; send {{\"action\": \"pause\" | \"resume\" | \"power_off\" | \"reset\" | \"stop\"}}"),
             )),
         },
-        (_, "/vm") | (_, "/actions") | (_, "/screenshot") => {
-            Err(Response::error(405, "method not allowed: GET /vm, PUT /actions, GET /screenshot"))
+        (_, "/vm" | "/actions" | "/screenshot" | "/screen/text") => {
+            Err(Response::error(405, &format!("method not allowed: {RESOURCES}")))
         }
-        (_, path) => {
-            Err(Response::error(404, &format!("no such resource {path}: GET /vm, PUT /actions, GET /screenshot")))
-        }
+        (_, path) => Err(Response::error(404, &format!("no such resource {path}: {RESOURCES}"))),
+    }
+}
+
+/// The `scale` of a screenshot's query (`scale=N`, 1 to 16; 1 without).
+fn scale_param(query: &str) -> Result<u32, Response> {
+    let Some(v) = query.split('&').find_map(|kv| kv.strip_prefix("scale=")) else { return Ok(1) };
+    match v.parse::<u32>() {
+        Ok(n @ 1..=16) => Ok(n),
+        _ => Err(Response::error(400, &format!("scale={v}: give a whole number from 1 (full size) to 16"))),
     }
 }
 
@@ -231,9 +250,22 @@ mod tests {
         assert_eq!(bad.status, 400);
         let text = String::from_utf8_lossy(&bad.body);
         assert!(text.contains("power_off"), "{text}");
-        assert_eq!(parse(b"GET /screenshot HTTP/1.1\r\n\r\n"), Ok(Some(Request::Screenshot)));
+        assert_eq!(parse(b"GET /screenshot HTTP/1.1\r\n\r\n"), Ok(Some(Request::Screenshot { scale: 1 })));
+        assert_eq!(parse(b"GET /screenshot?scale=4 HTTP/1.1\r\n\r\n"), Ok(Some(Request::Screenshot { scale: 4 })));
+        assert_eq!(parse(b"GET /screenshot?scale=0 HTTP/1.1\r\n\r\n").unwrap_err().status, 400);
+        assert_eq!(parse(b"GET /screen/text HTTP/1.1\r\n\r\n"), Ok(Some(Request::ScreenText)));
         assert_eq!(parse(b"DELETE /vm HTTP/1.1\r\n\r\n").unwrap_err().status, 405);
         assert_eq!(parse(b"GET /nope HTTP/1.1\r\n\r\n").unwrap_err().status, 404);
         assert_eq!(parse(b"\x00\x01garbage\r\n\r\n").unwrap_err().status, 400);
+    }
+
+    /// A Content-Length near usize::MAX once overflowed the header length
+    /// plus it, and the API thread panicked on the slice.
+    #[test]
+    fn a_huge_content_length_is_refused_not_a_panic() {
+        let req = format!("PUT /actions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{{}}", usize::MAX);
+        let err = parse(req.as_bytes()).unwrap_err();
+        assert_eq!(err.status, 413);
+        assert!(String::from_utf8_lossy(&err.body).contains("at most 65536 bytes"));
     }
 }

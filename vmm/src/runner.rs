@@ -13,6 +13,8 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+
+const NO_DISPLAY: &str = "this VM has no display (direct kernel boot); boot it with firmware";
 use std::path::Path;
 use std::sync::Arc;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -300,9 +302,22 @@ fn handle_api<T>(
                 }),
             )
         }
-        Request::Screenshot => match &machine.display {
-            Some(display) => Response::png(lock(display).render().to_png()),
-            None => Response::error(404, "this VM has no display (direct kernel boot); boot it with firmware"),
+        Request::Screenshot { scale } => match &machine.display {
+            Some(display) => {
+                let frame = lock(display).render();
+                Response::png(if scale > 1 { frame.shrunk(scale) } else { frame }.to_png())
+            }
+            None => Response::error(404, NO_DISPLAY),
+        },
+        Request::ScreenText => match &machine.display {
+            Some(display) => {
+                let vga = lock(display);
+                match vga.text() {
+                    Some(lines) => Response::json(200, &serde_json::json!({ "mode": "text", "rows": lines })),
+                    None => Response::error(409, "the screen is in a graphics mode, not text; take a GET /screenshot"),
+                }
+            }
+            None => Response::error(404, NO_DISPLAY),
         },
         Request::Act(Action::Pause) => {
             machine.control.pause();

@@ -359,6 +359,190 @@ fn display_disk_code() -> Vec<u8> {
     disk
 }
 
+/// A bootable disk for the KVM switch's tests and benchmarks: a real-mode
+/// boot sector (source: `vmm/tiny_guest/switch.S`, assembled with GNU as
+/// and kept here with its disassembly; a unit test checks the two agree)
+/// that takes the keyboard's IRQ 1 itself and halts between interrupts, so
+/// sixteen of them cost the host nothing while idle. SeaBIOS's VGA BIOS has
+/// set text mode 3. It
+///
+/// 1. clears the screen, writes [`SWITCH_TITLE`] and `label` in white on
+///    blue on row 0, and `READY <label>` on COM1;
+/// 2. for every byte the i8042 gives on IRQ 1 (make and break codes,
+///    modifiers too), writes `K` and two hex digits and a newline on COM1,
+///    and the two digits on the screen from row 2 on;
+/// 3. with `animate`, counts the timer's ticks (18.2 Hz) in hex on row 24,
+///    so its screen never stops changing.
+pub fn switch_disk(label: &str, animate: bool) -> Vec<u8> {
+    assert!(label.len() < 24 && label.is_ascii(), "a short ASCII label");
+    let mut c = switch_disk_code();
+    c[SWITCH_LABEL_AT..SWITCH_LABEL_AT + label.len()].copy_from_slice(label.as_bytes());
+    c[SWITCH_ANIMATE_AT] = u8::from(animate);
+    let mut disk = vec![0u8; 1 << 20];
+    disk[..c.len()].copy_from_slice(&c);
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk
+}
+
+/// What [`switch_disk`] writes before its label on row 0.
+pub const SWITCH_TITLE: &str = " kvmos switch guest ";
+const SWITCH_LABEL_AT: usize = 0x1A0;
+const SWITCH_ANIMATE_AT: usize = 0x1B8;
+
+/// The switch guest's boot sector up to its label (zeroes from the end of
+/// its strings).
+fn switch_disk_code() -> Vec<u8> {
+    #[rustfmt::skip]
+    let mut c: Vec<u8> = vec![
+        0xFA, // 000: cli
+        0x31, 0xC0, // 001: xor %ax,%ax
+        0x8E, 0xD8, // 003: mov %ax,%ds
+        0x8E, 0xD0, // 005: mov %ax,%ss
+        0xBC, 0x00, 0x7C, // 007: mov $0x7c00,%sp
+        0xC7, 0x06, 0x24, 0x00, 0x0E, 0x7D, // 00a: movw $0x7d0e,0x24
+        0xC7, 0x06, 0x26, 0x00, 0x00, 0x00, // 010: movw $0x0,0x26
+        0xC7, 0x06, 0x40, 0x7E, 0x00, 0x00, // 016: movw $0x0,0x7e40
+        0xC7, 0x06, 0x42, 0x7E, 0x00, 0x00, // 01c: movw $0x0,0x7e42
+        0xC7, 0x06, 0x44, 0x7E, 0x00, 0x00, // 022: movw $0x0,0x7e44
+        0xC7, 0x06, 0x46, 0x7E, 0x40, 0x01, // 028: movw $0x140,0x7e46
+        0xB8, 0x00, 0xB8, // 02e: mov $0xb800,%ax
+        0x8E, 0xC0, // 031: mov %ax,%es
+        0x31, 0xFF, // 033: xor %di,%di
+        0xB9, 0xD0, 0x07, // 035: mov $0x7d0,%cx
+        0xB8, 0x20, 0x07, // 038: mov $0x720,%ax
+        0xF3, 0xAB, // 03b: rep stos %ax,%es:(%di)
+        0x31, 0xFF, // 03d: xor %di,%di
+        0xBE, 0x35, 0x7D, // 03f: mov $0x7d35,%si
+        0xE8, 0xBE, 0x00, // 042: call 0x103
+        0xBE, 0xA0, 0x7D, // 045: mov $0x7da0,%si
+        0xE8, 0xB8, 0x00, // 048: call 0x103
+        0xBE, 0x4A, 0x7D, // 04b: mov $0x7d4a,%si
+        0xE8, 0xA7, 0x00, // 04e: call 0xf8
+        0xBE, 0xA0, 0x7D, // 051: mov $0x7da0,%si
+        0xE8, 0xA1, 0x00, // 054: call 0xf8
+        0xB0, 0x0A, // 057: mov $0xa,%al
+        0xE8, 0x97, 0x00, // 059: call 0xf3
+        0xFB, // 05c: sti
+        // main:
+        0xF4, // 05d: hlt
+        // drain:
+        0xFA, // 05e: cli
+        0x8B, 0x1E, 0x40, 0x7E, // 05f: mov 0x7e40,%bx
+        0x3B, 0x1E, 0x42, 0x7E, // 063: cmp 0x7e42,%bx
+        0x74, 0x12, // 067: je 0x7b
+        0x8A, 0x87, 0x00, 0x7E, // 069: mov 0x7e00(%bx),%al
+        0x43, // 06d: inc %bx
+        0x83, 0xE3, 0x3F, // 06e: and $0x3f,%bx
+        0x89, 0x1E, 0x40, 0x7E, // 071: mov %bx,0x7e40
+        0xFB, // 075: sti
+        0xE8, 0x1F, 0x00, // 076: call 0x98
+        0xEB, 0xE3, // 079: jmp 0x5e
+        // drained:
+        0xFB, // 07b: sti
+        0x80, 0x3E, 0xB8, 0x7D, 0x00, // 07c: cmpb $0x0,0x7db8
+        0x74, 0xDA, // 081: je 0x5d
+        0xFF, 0x06, 0x44, 0x7E, // 083: incw 0x7e44
+        0xBF, 0x00, 0x0F, // 087: mov $0xf00,%di
+        0xA0, 0x45, 0x7E, // 08a: mov 0x7e45,%al
+        0xE8, 0x46, 0x00, // 08d: call 0xd6
+        0xA0, 0x44, 0x7E, // 090: mov 0x7e44,%al
+        0xE8, 0x40, 0x00, // 093: call 0xd6
+        0xEB, 0xC5, // 096: jmp 0x5d
+        // show_key:
+        0x50, // 098: push %ax
+        0xB0, 0x4B, // 099: mov $0x4b,%al
+        0xE8, 0x55, 0x00, // 09b: call 0xf3
+        0x58, // 09e: pop %ax
+        0x50, // 09f: push %ax
+        0xE8, 0x23, 0x00, // 0a0: call 0xc6
+        0xB0, 0x0A, // 0a3: mov $0xa,%al
+        0xE8, 0x4B, 0x00, // 0a5: call 0xf3
+        0x8B, 0x3E, 0x46, 0x7E, // 0a8: mov 0x7e46,%di
+        0x81, 0xFF, 0x00, 0x0F, // 0ac: cmp $0xf00,%di
+        0x72, 0x03, // 0b0: jb 0xb5
+        0xBF, 0x40, 0x01, // 0b2: mov $0x140,%di
+        0x58, // 0b5: pop %ax
+        0xE8, 0x1D, 0x00, // 0b6: call 0xd6
+        0x26, 0xC7, 0x05, 0x20, 0x0F, // 0b9: movw $0xf20,%es:(%di)
+        0x83, 0xC7, 0x02, // 0be: add $0x2,%di
+        0x89, 0x3E, 0x46, 0x7E, // 0c1: mov %di,0x7e46
+        0xC3, // 0c5: ret
+        // hex_serial:
+        0x50, // 0c6: push %ax
+        0xC0, 0xE8, 0x04, // 0c7: shr $0x4,%al
+        0xE8, 0x1B, 0x00, // 0ca: call 0xe8
+        0xE8, 0x23, 0x00, // 0cd: call 0xf3
+        0x58, // 0d0: pop %ax
+        0xE8, 0x14, 0x00, // 0d1: call 0xe8
+        0xEB, 0x1D, // 0d4: jmp 0xf3
+        // hex_screen:
+        0x50, // 0d6: push %ax
+        0xC0, 0xE8, 0x04, // 0d7: shr $0x4,%al
+        0xE8, 0x0B, 0x00, // 0da: call 0xe8
+        0xB4, 0x0F, // 0dd: mov $0xf,%ah
+        0xAB, // 0df: stos %ax,%es:(%di)
+        0x58, // 0e0: pop %ax
+        0xE8, 0x04, 0x00, // 0e1: call 0xe8
+        0xB4, 0x0F, // 0e4: mov $0xf,%ah
+        0xAB, // 0e6: stos %ax,%es:(%di)
+        0xC3, // 0e7: ret
+        // nibble:
+        0x24, 0x0F, // 0e8: and $0xf,%al
+        0x04, 0x30, // 0ea: add $0x30,%al
+        0x3C, 0x39, // 0ec: cmp $0x39,%al
+        0x76, 0x02, // 0ee: jbe 0xf2
+        0x04, 0x07, // 0f0: add $0x7,%al
+        0xC3, // 0f2: ret
+        // serial_ch:
+        0xBA, 0xF8, 0x03, // 0f3: mov $0x3f8,%dx
+        0xEE, // 0f6: out %al,(%dx)
+        0xC3, // 0f7: ret
+        // serial_str:
+        0xAC, // 0f8: lods %ds:(%si),%al
+        0x84, 0xC0, // 0f9: test %al,%al
+        0x74, 0x05, // 0fb: je 0x102
+        0xE8, 0xF3, 0xFF, // 0fd: call 0xf3
+        0xEB, 0xF6, // 100: jmp 0xf8
+        0xC3, // 102: ret
+        // screen_str:
+        0xAC, // 103: lods %ds:(%si),%al
+        0x84, 0xC0, // 104: test %al,%al
+        0x74, 0x05, // 106: je 0x10d
+        0xB4, 0x1F, // 108: mov $0x1f,%ah
+        0xAB, // 10a: stos %ax,%es:(%di)
+        0xEB, 0xF6, // 10b: jmp 0x103
+        0xC3, // 10d: ret
+        // irq1:
+        0x50, // 10e: push %ax
+        0x53, // 10f: push %bx
+        0x1E, // 110: push %ds
+        0x31, 0xC0, // 111: xor %ax,%ax
+        0x8E, 0xD8, // 113: mov %ax,%ds
+        0xE4, 0x64, // 115: in $0x64,%al
+        0xA8, 0x01, // 117: test $0x1,%al
+        0x74, 0x12, // 119: je 0x12d
+        0xE4, 0x60, // 11b: in $0x60,%al
+        0x8B, 0x1E, 0x42, 0x7E, // 11d: mov 0x7e42,%bx
+        0x88, 0x87, 0x00, 0x7E, // 121: mov %al,0x7e00(%bx)
+        0x43, // 125: inc %bx
+        0x83, 0xE3, 0x3F, // 126: and $0x3f,%bx
+        0x89, 0x1E, 0x42, 0x7E, // 129: mov %bx,0x7e42
+        0xB0, 0x20, // 12d: mov $0x20,%al
+        0xE6, 0x20, // 12f: out %al,$0x20
+        0x1F, // 131: pop %ds
+        0x5B, // 132: pop %bx
+        0x58, // 133: pop %ax
+        0xCF, // 134: iret
+    ];
+    for s in [SWITCH_TITLE, "READY "] {
+        c.extend_from_slice(s.as_bytes());
+        c.push(0);
+    }
+    c.resize(SWITCH_ANIMATE_AT + 1, 0);
+    c
+}
+
 /// What [`display_disk`] writes in the text buffer.
 pub const DISPLAY_TEXT: &str = "KVMOS TEXT";
 
@@ -467,4 +651,36 @@ pub fn noise(seed: u32, len: usize) -> Vec<u8> {
             (x >> 24) as u8 & 0x7f
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// The switch guest's bytes are its source, assembled: GNU as and ld
+    /// (binutils, which the C compiler the build needs brings along) make
+    /// them again from `vmm/tiny_guest/switch.S`.
+    #[test]
+    fn the_switch_guest_is_its_source_assembled() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tiny_guest/switch.S");
+        let (obj, bin) = (dir.path().join("switch.o"), dir.path().join("switch.bin"));
+        let ok = Command::new("as").args(["--32", "-o"]).arg(&obj).arg(src).status().unwrap();
+        assert!(ok.success(), "as failed");
+        let ok = Command::new("ld")
+            .args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"])
+            .arg(&bin)
+            .arg(&obj)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ld failed");
+        let assembled = std::fs::read(&bin).unwrap();
+        let ours = switch_disk_code();
+        assert_eq!(&ours[..assembled.len()], &assembled[..], "switch.S and the bytes in tiny_guest.rs differ");
+        let disk = switch_disk("vm-7", true);
+        assert_eq!(&disk[SWITCH_LABEL_AT..SWITCH_LABEL_AT + 5], b"vm-7\0");
+        assert_eq!(disk[SWITCH_ANIMATE_AT], 1);
+        assert_eq!(&disk[510..512], &[0x55, 0xAA]);
+    }
 }

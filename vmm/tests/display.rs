@@ -28,9 +28,13 @@ struct Vm {
 
 impl Vm {
     fn start() -> Self {
+        Self::with_disk(&tiny_guest::display_disk())
+    }
+
+    fn with_disk(image: &[u8]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("display.img");
-        std::fs::write(&disk, tiny_guest::display_disk()).unwrap();
+        std::fs::write(&disk, image).unwrap();
         let child = Command::new(VMM)
             .args(["--firmware", "bios", "--memory-mib", "64", "--serial", "stdio"])
             .arg("--disk")
@@ -177,14 +181,74 @@ fn a_vnc_viewer_sees_text_and_vbe_modes_and_types_into_the_i8042() {
     assert!(a.pixels.iter().all(|&p| p == 0x00FF00));
 }
 
+/// The switch guest (`tiny_guest::switch_disk`) echoes every i8042 byte
+/// on its screen and COM1 and animates a counter; the text API reads its
+/// screen; a viewer that asked for SetScale 2 holds the half-size screen,
+/// kept up to date, and its keys arrive as they do at full size; a scaled
+/// screenshot is the same picture.
+#[test]
+fn a_scaled_viewer_follows_the_switch_guest_and_the_text_api_reads_it() {
+    let vm = Vm::with_disk(&tiny_guest::switch_disk("vm-a", true));
+    vm.wait_console("READY vm-a\n", 1);
+    let api = vm.path("api.sock");
+    let rows = screen_text(&api);
+    assert_eq!(rows[0], format!("{}vm-a", tiny_guest::SWITCH_TITLE).trim_end(), "{rows:?}");
+
+    let mut full = Viewer::connect(&vm.path("vnc.sock"), &[ZRLE, DESKTOP_SIZE, QEMU_EXTENDED_KEY]).unwrap();
+    let mut half = Viewer::connect(&vm.path("vnc.sock"), &[ZRLE, DESKTOP_SIZE, QEMU_EXTENDED_KEY]).unwrap();
+    half.set_scale(2).unwrap();
+    half.request(false).unwrap();
+    half.until(T, |v| (v.width, v.height) == (360, 200)).unwrap();
+    full.request(false).unwrap();
+    full.update().unwrap();
+    // Row 0's blue, at half size: the title's cells are blue around grey
+    // strokes.
+    half.until(T, |v| (0..8).any(|y| (0..180).any(|x| v.pixel(x, y) == 0x0000AA))).unwrap();
+    let blue = |v: &Viewer, w: u32, h: u32| (0..h).any(|y| (0..w).any(|x| v.pixel(x, y) == 0x0000AA));
+    assert!(blue(&full, 720, 16));
+
+    // The counter on row 24 keeps changing: both viewers keep getting it.
+    let before = half.pixels.clone();
+    half.until(T, |v| v.pixels != before).unwrap();
+    let before = full.pixels.clone();
+    full.until(T, |v| v.pixels != before).unwrap();
+
+    // Keys from the scaled viewer: COM1, and the screen's row 2.
+    half.tap_scancode(0x1E).unwrap();
+    vm.wait_console("K1E\nK9E\n", 1);
+    let deadline = Instant::now() + T;
+    while !screen_text(&api)[2].starts_with("1E 9E") {
+        assert!(Instant::now() < deadline, "row 2: {:?}", screen_text(&api)[2]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, png) = get(&api, "/screenshot?scale=4", "image/png");
+    assert_eq!(status, 200);
+    let info = png::Decoder::new(std::io::Cursor::new(png)).read_info().unwrap().info().clone();
+    assert_eq!((info.width, info.height), (180, 100));
+    assert_eq!(get(&api, "/screenshot?scale=99", "application/json").0, 400);
+}
+
+/// The rows of the text screen, from `GET /screen/text`.
+fn screen_text(api: &Path) -> Vec<String> {
+    let (status, body) = get(api, "/screen/text", "application/json");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["mode"], "text");
+    v["rows"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect()
+}
+
 fn screenshot(api: &Path) -> (u16, Vec<u8>) {
+    get(api, "/screenshot", "image/png")
+}
+
+fn get(api: &Path, path: &str, content_type: &str) -> (u16, Vec<u8>) {
     let mut s = UnixStream::connect(api).unwrap();
-    s.write_all(b"GET /screenshot HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
     let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&out[..at]).into_owned();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(head.contains("Content-Type: image/png"), "{head}");
+    assert!(head.contains(&format!("Content-Type: {content_type}")), "{head}");
     (status, out[at + 4..].to_vec())
 }

@@ -203,16 +203,26 @@ impl<S: Read + Write> Viewer<S> {
         self.pixels[(y * self.width + x) as usize]
     }
 
+    /// UltraVNC's SetScale: from now on the screen comes shrunk `scale`
+    /// times (the server answers with a DesktopSize).
+    pub fn set_scale(&mut self, scale: u8) -> std::io::Result<()> {
+        self.stream.write_all(&[8, scale, 0, 0])
+    }
+
+    /// QEMU's extended key event: a press or release of an XT scancode
+    /// (0xE0-prefixed keys with 0x80 added, as QEMU numbers them).
+    pub fn scancode(&mut self, keycode: u32, down: bool) -> std::io::Result<()> {
+        let mut msg = vec![255, 0];
+        msg.extend_from_slice(&u16::from(down).to_be_bytes());
+        msg.extend_from_slice(&0u32.to_be_bytes());
+        msg.extend_from_slice(&keycode.to_be_bytes());
+        self.stream.write_all(&msg)
+    }
+
     /// QEMU's extended key event: press and release of an XT scancode.
     pub fn tap_scancode(&mut self, keycode: u32) -> std::io::Result<()> {
-        for down in [1u16, 0] {
-            let mut msg = vec![255, 0];
-            msg.extend_from_slice(&down.to_be_bytes());
-            msg.extend_from_slice(&0u32.to_be_bytes());
-            msg.extend_from_slice(&keycode.to_be_bytes());
-            self.stream.write_all(&msg)?;
-        }
-        Ok(())
+        self.scancode(keycode, true)?;
+        self.scancode(keycode, false)
     }
 
     /// A plain key event: press and release of an X keysym.

@@ -11,6 +11,12 @@
 //! - Encodings: Raw and ZRLE, DesktopSize for mode changes, and QEMU's
 //!   extended key event, so scancodes pass through whatever the browser's
 //!   keyboard layout.
+//! - Scaling: a client that sends UltraVNC's SetScale gets the screen
+//!   shrunk by that factor (each pixel the mean of its block), with
+//!   DesktopSize, and its pointer scaled back up. The panel's multiviewer
+//!   uses it, so a thumbnail costs the bytes of its own size.
+//! - The refresh tick slows from 30 Hz to 4 Hz after a second of an
+//!   unchanged screen, and speeds up again on any change or input.
 //! - Input: keys to the PS/2 keyboard; the pointer to the virtio tablet
 //!   as an absolute position once the guest's driver runs it, and to the
 //!   PS/2 mouse as relative movement before that (firmware, boot loaders,
@@ -41,8 +47,13 @@ use vmm_sys_util::timerfd::TimerFd;
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_TIMER: u64 = 2;
 const TOKEN_CLIENT_BASE: u64 = 16;
-/// How often the display is looked at while a client waits.
+/// How often the display is looked at while a client waits...
 const REFRESH: Duration = Duration::from_millis(33);
+/// ...and, after this many looks found nothing new, how often instead.
+const IDLE_AFTER: u32 = 30;
+const REFRESH_IDLE: Duration = Duration::from_millis(250);
+/// The largest SetScale factor honoured.
+const MAX_SCALE: u8 = 16;
 /// A client with this much unsent output gets no new updates until it
 /// has read some (its tiles stay dirty meanwhile).
 const MAX_BACKLOG: usize = 8 << 20;
@@ -103,6 +114,9 @@ struct Client {
     waiting: bool,
     pointer: Option<(u16, u16)>,
     buttons: u8,
+    /// The SetScale factor (1: full size), and the shrunk screen it sees.
+    scale: u32,
+    view: Frame,
     /// Whether EPOLLOUT is being watched.
     want_write: bool,
 }
@@ -111,7 +125,10 @@ struct Server {
     listener: UnixListener,
     epoll: Epoll,
     timer: TimerFd,
-    timer_armed: bool,
+    /// The period the timer runs at, if it runs.
+    timer_armed: Option<Duration>,
+    /// Looks at the display in a row that found nothing new.
+    idle_looks: u32,
     devices: Devices,
     name: String,
     shown: Frame,
@@ -133,7 +150,8 @@ impl Server {
             listener,
             epoll,
             timer,
-            timer_armed: false,
+            timer_armed: None,
+            idle_looks: 0,
             devices,
             name,
             shown: Frame::default(),
@@ -175,11 +193,16 @@ impl Server {
         }
     }
 
-    /// The timer runs only while some client waits for an update.
+    /// The timer runs only while some client waits for an update, and
+    /// slower while the screen stays the same.
     fn arm_timer(&mut self) {
-        let want = self.clients.values().any(|c| c.waiting);
+        let period = if self.idle_looks >= IDLE_AFTER { REFRESH_IDLE } else { REFRESH };
+        let want = self.clients.values().any(|c| c.waiting).then_some(period);
         if want != self.timer_armed {
-            let r = if want { self.timer.reset(REFRESH, Some(REFRESH)) } else { self.timer.clear() };
+            let r = match want {
+                Some(p) => self.timer.reset(p, Some(p)),
+                None => self.timer.clear(),
+            };
             if let Err(e) = r {
                 tracing::warn!("VNC refresh timer: {e}");
             }
@@ -215,6 +238,8 @@ impl Server {
                 waiting: false,
                 pointer: None,
                 buttons: 0,
+                scale: 1,
+                view: Frame::default(),
                 want_write: false,
             };
             let _ = client.write_out();
@@ -358,12 +383,23 @@ impl Server {
                 c.waiting = true;
                 self.send_update(token);
             }
+            ClientMessage::SetScale(scale) => {
+                let scale = u32::from(scale.clamp(1, MAX_SCALE));
+                if scale != c.scale {
+                    c.scale = scale;
+                    c.view = shrunk(&self.shown, scale);
+                    c.dirty.fill(true);
+                    c.size_changed = true;
+                }
+            }
             ClientMessage::Key { down, keysym } => {
+                self.idle_looks = 0;
                 if let Some(xt) = keysym::to_xt(keysym) {
                     lock(&self.devices.i8042).key(xt, down);
                 }
             }
             ClientMessage::ExtendedKey { down, keysym, keycode } => {
+                self.idle_looks = 0;
                 let xt = match keycode {
                     1..=0xFF => Some(keycode as u8),
                     _ => keysym::to_xt(keysym),
@@ -373,6 +409,14 @@ impl Server {
                 }
             }
             ClientMessage::Pointer { buttons, x, y } => {
+                self.idle_looks = 0;
+                // A scaled client points into its shrunk screen: the
+                // middle of the block it points at.
+                let up = |v: u16, size: u32| {
+                    let v = u32::from(v) * c.scale + c.scale / 2;
+                    v.min(size.saturating_sub(1)).min(u32::from(u16::MAX)) as u16
+                };
+                let (x, y) = if c.scale > 1 { (up(x, self.shown.width), up(y, self.shown.height)) } else { (x, y) };
                 let (dx, dy) = match c.pointer {
                     Some((px, py)) => (i32::from(x) - i32::from(px), i32::from(y) - i32::from(py)),
                     None => (0, 0),
@@ -410,7 +454,10 @@ impl Server {
         let (change, frame) = {
             let mut display = lock(&self.devices.display);
             match display.take_change() {
-                Change::None => return,
+                Change::None => {
+                    self.idle_looks = self.idle_looks.saturating_add(1);
+                    return;
+                }
                 change => (change, display.render()),
             }
         };
@@ -419,6 +466,7 @@ impl Server {
             for c in self.clients.values_mut() {
                 c.dirty = vec![true; (tx * ty) as usize];
                 c.size_changed = true;
+                c.view = shrunk(&frame, c.scale);
             }
             self.shown = frame;
         } else {
@@ -428,6 +476,7 @@ impl Server {
             };
             let changed = changed_tiles(&self.shown, &frame, rows);
             if changed.is_empty() {
+                self.idle_looks = self.idle_looks.saturating_add(1);
                 return;
             }
             let (tx, _) = tiles(&frame);
@@ -440,6 +489,7 @@ impl Server {
             }
             self.shown = frame;
         }
+        self.idle_looks = 0;
         let tokens: Vec<u64> = self.clients.keys().copied().collect();
         for t in tokens {
             self.send_update(t);
@@ -454,23 +504,20 @@ impl Server {
         if !c.waiting || c.output.len() > MAX_BACKLOG {
             return;
         }
-        let (tx, ty) = tiles(frame);
-        let mut rects: Vec<Rect> = Vec::new();
-        for y in 0..ty {
-            let mut x = 0;
-            while x < tx {
-                if !c.dirty.get((y * tx + x) as usize).copied().unwrap_or(false) {
-                    x += 1;
-                    continue;
-                }
-                let start = x;
-                while x < tx && c.dirty.get((y * tx + x) as usize).copied().unwrap_or(false) {
-                    x += 1;
-                }
-                let (px, py) = (start * TILE, y * TILE);
-                rects.push(Rect { x: px, y: py, w: (x * TILE).min(frame.width) - px, h: TILE.min(frame.height - py) });
+        let mut rects = dirty_rects(&c.dirty, frame);
+        // A scaled client: the dirty areas of its shrunk screen, brought
+        // up to date from the full one.
+        if c.scale > 1 {
+            let s = c.scale;
+            for r in &mut rects {
+                let (x0, y0) = (r.x / s, r.y / s);
+                let (x1, y1) = ((r.x + r.w).div_ceil(s).min(c.view.width), (r.y + r.h).div_ceil(s).min(c.view.height));
+                *r = Rect { x: x0, y: y0, w: x1.saturating_sub(x0), h: y1.saturating_sub(y0) };
+                frame.shrink_into(&mut c.view, s, (r.x, r.y, r.w, r.h));
             }
+            rects.retain(|r| r.w > 0 && r.h > 0);
         }
+        let source = if c.scale > 1 { &c.view } else { frame };
         let resize = c.size_changed && c.desktop_size;
         let announce = c.announce_extended_keys;
         let count = rects.len() + usize::from(resize) + usize::from(announce);
@@ -479,7 +526,7 @@ impl Server {
         }
         let mut out = vec![0u8, 0];
         out.extend_from_slice(&(count.min(usize::from(u16::MAX)) as u16).to_be_bytes());
-        let screen = Rect { x: 0, y: 0, w: frame.width, h: frame.height };
+        let screen = Rect { x: 0, y: 0, w: source.width, h: source.height };
         if announce {
             rfb::rect_header(&mut out, screen, rfb::ENCODING_QEMU_EXTENDED_KEY);
         }
@@ -489,10 +536,10 @@ impl Server {
         for r in rects {
             if c.zrle_on {
                 rfb::rect_header(&mut out, r, rfb::ENCODING_ZRLE);
-                c.zrle.encode(&mut out, frame, &c.format, r);
+                c.zrle.encode(&mut out, source, &c.format, r);
             } else {
                 rfb::rect_header(&mut out, r, rfb::ENCODING_RAW);
-                rfb::encode_raw(&mut out, frame, &c.format, r);
+                rfb::encode_raw(&mut out, source, &c.format, r);
             }
         }
         c.output.extend_from_slice(&out);
@@ -541,6 +588,39 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// The dirty tiles as rectangles of the screen: runs of dirty tiles in
+/// each row of tiles.
+fn dirty_rects(dirty: &[bool], frame: &Frame) -> Vec<Rect> {
+    let (tx, ty) = tiles(frame);
+    let is_dirty = |x: u32, y: u32| dirty.get((y * tx + x) as usize).copied().unwrap_or(false);
+    let mut rects = Vec::new();
+    for y in 0..ty {
+        let mut x = 0;
+        while x < tx {
+            if !is_dirty(x, y) {
+                x += 1;
+                continue;
+            }
+            let start = x;
+            while x < tx && is_dirty(x, y) {
+                x += 1;
+            }
+            let (px, py) = (start * TILE, y * TILE);
+            rects.push(Rect { x: px, y: py, w: (x * TILE).min(frame.width) - px, h: TILE.min(frame.height - py) });
+        }
+    }
+    rects
+}
+
+/// An empty screen the size of `frame` shrunk by `scale` (none at 1).
+fn shrunk(frame: &Frame, scale: u32) -> Frame {
+    if scale <= 1 {
+        return Frame::default();
+    }
+    let (w, h) = frame.scaled_size(scale);
+    Frame::new(w, h)
 }
 
 /// The tiles (column, row) where `new` differs from `old` within `rows`.

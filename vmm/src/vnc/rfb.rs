@@ -160,6 +160,9 @@ pub enum ClientMessage {
         keysym: u32,
         keycode: u32,
     },
+    /// UltraVNC's SetScale: the client wants the screen shrunk by this
+    /// whole factor (1 is full size), for thumbnails and multiviewers.
+    SetScale(u8),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, displaydoc::Display)]
@@ -219,6 +222,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ClientMessage, usize)>, ProtocolError
             }
             need(8 + len as usize).then_some((ClientMessage::CutText, 8 + len as usize))
         }
+        8 if need(4) => Some((ClientMessage::SetScale(buf[1]), 4)),
         255 if need(2) => match buf[1] {
             0 if need(12) => Some((
                 ClientMessage::ExtendedKey {
@@ -231,7 +235,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ClientMessage, usize)>, ProtocolError
             0 => None,
             other => return Err(ProtocolError::UnknownQemuMessage(other)),
         },
-        0 | 2..=6 | 255 => None,
+        0 | 2..=6 | 8 | 255 => None,
         other => return Err(ProtocolError::UnknownMessage(other)),
     })
 }
@@ -391,6 +395,8 @@ mod tests {
         assert_eq!(parse(&[6, 0, 0, 0, 0, 0, 0, 2, b'h']), Ok(None));
         assert_eq!(parse(&[6, 0, 0, 0, 0, 0, 0, 2, b'h', b'i']), Ok(Some((ClientMessage::CutText, 10))));
         assert_eq!(parse(&[6, 0, 0, 0, 0xFF, 0, 0, 0]), Err(ProtocolError::CutTextTooLong(0xFF00_0000)));
+        assert_eq!(parse(&[8, 4, 0]), Ok(None));
+        assert_eq!(parse(&[8, 4, 0, 0]), Ok(Some((ClientMessage::SetScale(4), 4))));
         assert_eq!(parse(&[9]), Err(ProtocolError::UnknownMessage(9)));
         assert_eq!(parse(&[255, 7]), Err(ProtocolError::UnknownQemuMessage(7)));
     }

@@ -312,6 +312,15 @@ impl StdVga {
     }
 
     /// The screen as the guest set it up.
+    /// The text-mode screen's rows ([`Vga::text`]); `None` in a
+    /// graphics or VBE mode.
+    pub fn text(&self) -> Option<Vec<String>> {
+        match self.linear_mode() {
+            Some(_) => None,
+            None => self.vga.text(&self.vram),
+        }
+    }
+
     pub fn render(&self) -> Frame {
         match self.linear_mode() {
             Some(mode) => self.render_linear(&mode),

@@ -408,12 +408,38 @@ impl Vga {
         }
     }
 
-    fn render_text(&self, vram: &Vram) -> Frame {
+    /// The characters of a text-mode screen, one string per row, with the
+    /// code page 437 box and block characters as their Unicode twins and
+    /// other non-ASCII cells as spaces; `None` outside text mode. For
+    /// scripts and tests that read firmware and boot loader screens.
+    pub fn text(&self, vram: &Vram) -> Option<Vec<String>> {
+        if self.mode() != Mode::Text {
+            return None;
+        }
+        let (cols, rows, _, _) = self.text_geometry();
+        let mut line_base = self.start_address() * 4;
+        let mut lines = Vec::with_capacity(rows as usize);
+        for _ in 0..rows {
+            let mut cells = vec![0u8; cols as usize * 4];
+            vram.read(line_base, &mut cells);
+            let line: String = cells.chunks(4).map(|cell| cp437(cell[0])).collect();
+            lines.push(line.trim_end().to_string());
+            line_base += self.line_offset();
+        }
+        Some(lines)
+    }
+
+    /// Columns, rows, character height and width of the text mode.
+    fn text_geometry(&self) -> (u32, u32, u32, u32) {
         let cols = u32::from(self.cr[CR_H_DISPLAY_END]) + 1;
         let char_height = u32::from(self.cr[CR_MAX_SCAN] & 0x1F) + 1;
         let rows = (self.scanlines() / char_height).max(1);
         let char_width = if self.sr[SR_CLOCKING] & SR01_8DOT != 0 { 8 } else { 9 };
-        let (cols, rows) = (cols.min(200), rows.min(100));
+        (cols.min(200), rows.min(100), char_height, char_width)
+    }
+
+    fn render_text(&self, vram: &Vram) -> Frame {
+        let (cols, rows, char_height, char_width) = self.text_geometry();
         let mut frame = Frame::new(cols * char_width, rows * char_height);
         let colours = self.palette16();
         // The character map from SR3 (the one attribute bit 3 clear
@@ -515,6 +541,18 @@ impl Vga {
     }
 }
 
+/// A text cell's character as Unicode: ASCII as it is, code page 437's
+/// line and block characters (what firmware menus and boot loaders draw
+/// boxes with) as their Unicode forms, anything else as a space.
+fn cp437(ch: u8) -> char {
+    const BOXES: &str = "░▒▓│┤╡╢╖╕╣║╗╝╜╛┐└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀";
+    match ch {
+        0x20..=0x7E => char::from(ch),
+        0xB0..=0xDF => BOXES.chars().nth(usize::from(ch - 0xB0)).unwrap_or(' '),
+        _ => ' ',
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,6 +633,13 @@ mod tests {
         assert_eq!(f.pixel(16, 0), 0xFFFFFF, "right pixel");
         assert_eq!(f.pixel(17, 0), 0, "ninth column stays background for letters");
         assert_eq!(f.pixel(9, 1), 0);
+        // The same screen as text: 80×25, NUL cells as spaces, a box
+        // corner from code page 437.
+        v.mem_write(&mem, 0x1_8004, 0xC9);
+        let text = v.text(&mem).unwrap();
+        assert_eq!(text.len(), 25);
+        assert_eq!(text[0], " A╔");
+        assert_eq!(text[1], "");
     }
 
     #[test]
