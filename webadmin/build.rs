@@ -15,6 +15,7 @@ const FILES: &[(&str, &str)] = &[
     ("app.css", "app.css"),
     ("favicon.svg", "favicon.svg"),
     ("screen.js", "screen.js"),
+    ("switch.js", "switch.js"),
     ("node_modules/@xterm/xterm/lib/xterm.js", "vendor/xterm.js"),
     ("node_modules/@xterm/xterm/css/xterm.css", "vendor/xterm.css"),
     ("node_modules/@xterm/addon-fit/lib/addon-fit.js", "vendor/addon-fit.js"),
@@ -29,7 +30,16 @@ const DIRS: &[(&str, &str)] = &[
 
 fn main() {
     let ui = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("ui");
-    for f in ["package.json", "package-lock.json", "index.html", "app.js", "app.css", "favicon.svg", "screen.js"] {
+    for f in [
+        "package.json",
+        "package-lock.json",
+        "index.html",
+        "app.js",
+        "app.css",
+        "favicon.svg",
+        "screen.js",
+        "switch.js",
+    ] {
         println!("cargo:rerun-if-changed=ui/{f}");
     }
     if !installed(&ui) {

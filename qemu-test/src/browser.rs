@@ -108,6 +108,64 @@ impl Browser {
         }
     }
 
+    /// Presses `keys` (characters, or WebDriver's key code points such as
+    /// `\u{e009}` for Control) in order, then releases them in reverse, on
+    /// whatever has the focus: a chord like Ctrl+Alt+2.
+    pub async fn chord(&self, keys: &[char]) -> Result<()> {
+        use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+        let mut seq = KeyActions::new("keyboard".into());
+        for &k in keys {
+            seq = seq.then(KeyAction::Down { value: k });
+        }
+        for &k in keys.iter().rev() {
+            seq = seq.then(KeyAction::Up { value: k });
+        }
+        self.client.perform_actions(seq).await?;
+        self.client.release_actions().await?;
+        Ok(())
+    }
+
+    /// Types `text`, a key press and release per character.
+    pub async fn type_keys(&self, text: &str) -> Result<()> {
+        for c in text.chars() {
+            self.chord(&[c]).await?;
+        }
+        Ok(())
+    }
+
+    /// Moves the mouse to the middle of `css`.
+    pub async fn hover(&self, css: &str) -> Result<()> {
+        use fantoccini::actions::{InputSource, MouseActions, PointerAction};
+        let element = self.wait_for(css, Duration::from_secs(20)).await?;
+        let seq = MouseActions::new("mouse".into()).then(PointerAction::MoveToElement {
+            element,
+            duration: Some(Duration::from_millis(50)),
+            x: 0.0,
+            y: 0.0,
+        });
+        self.client.perform_actions(seq).await?;
+        Ok(())
+    }
+
+    /// Evaluates a JavaScript expression in the page.
+    pub async fn eval(&self, expr: &str) -> Result<serde_json::Value> {
+        Ok(self.client.execute(&format!("return ({expr});"), vec![]).await?)
+    }
+
+    /// Evaluates `expr` until it is true, for at most `timeout`.
+    pub async fn wait_js(&self, what: &str, expr: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.eval(&format!("!!({expr})")).await?.as_bool() == Some(true) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the page never showed {what} ({expr})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn close(mut self) -> Result<()> {
         self.client.clone().close().await?;
         let _ = self.driver.kill();

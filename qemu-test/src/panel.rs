@@ -369,6 +369,19 @@ impl HostPanel {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// What the VM's serial console has shown (the VMM replays its recent
+    /// output to every client that attaches).
+    pub fn serial(&self, id: &str) -> Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(self.dir.join("run").join(id).join("console.sock"))?;
+        s.set_read_timeout(Some(Duration::from_millis(300)))?;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            out.extend_from_slice(&buf[..n]);
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
     /// The pids of the VMMs in the run directory.
     pub fn vmm_pids(&self) -> Vec<i32> {
         std::fs::read_dir(self.dir.join("run"))

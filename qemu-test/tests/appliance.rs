@@ -215,6 +215,11 @@ fn firmware_vm_boots_an_uploaded_debian_image() {
     let id = created["id"].as_str().unwrap().to_string();
     panel.action(&id, "start").unwrap();
 
+    // The firmware's and then GRUB's text screens, read through the
+    // panel's screen text API while they show.
+    wait_screen_text(&panel, &id, "SeaBIOS", BOOT_TIMEOUT);
+    wait_screen_text(&panel, &id, "GRUB", BOOT_TIMEOUT);
+
     let boot = Duration::from_secs(300);
     let mut console = panel.console(&id).unwrap();
     let mut at = console.expect(kvmos_qemu_test::debian::KERNEL_MARKER, boot).unwrap();
@@ -228,6 +233,22 @@ fn firmware_vm_boots_an_uploaded_debian_image() {
     screen_keyboard_and_tablet(&panel, &id, &mut console, at);
     panel.action(&id, "force-off").unwrap();
     panel.wait_state(&id, "stopped", GUEST_TIMEOUT).unwrap();
+}
+
+/// Polls the VM's text screen until a row has `needle`; returns the rows.
+fn wait_screen_text(panel: &Panel, id: &str, needle: &str, timeout: Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = Vec::new();
+    loop {
+        if let Ok((200, v)) = panel.call("GET", &format!("/api/v1/vms/{id}/screen/text"), None) {
+            last = v["rows"].as_array().unwrap().iter().map(|r| r.as_str().unwrap_or("").to_string()).collect();
+            if last.iter().any(|r| r.contains(needle)) {
+                return last;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the screen never showed {needle:?}; last text screen: {last:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Linux drives the VM's display, keyboard and mouse, and they work over

@@ -6,7 +6,7 @@
 #  - every byte the i8042 gives on IRQ 1: "Kxx\n" on COM1 and "xx " on the
 #    screen from row 2, wrapping back to row 2 after row 23;
 #  - if the animate flag is set, at every timer tick (IRQ 0, 18.2 Hz) a
-#    16-bit counter in hex on row 24.
+#    16-bit counter in hex on row 24; F12 (make code 0x58) flips the flag.
         .code16
         .set RING,    0x7e00      # 64 bytes
         .set HEAD,    0x7e40
@@ -87,7 +87,10 @@ show_key:
         jb 1f
         mov $(2*160), %di
 1:      pop %ax
-        call hex_screen
+        cmp $0x58, %al            # F12: the counter on or off
+        jne 2f
+        xorb $1, (ANIMATE)
+2:      call hex_screen
         movw $0x0f20, %es:(%di)
         add $2, %di
         mov %di, (CURSOR)

@@ -52,6 +52,11 @@ pub fn routes(state: State) -> (axum::Router<State>, utoipa::openapi::OpenApi) {
         .routes(routes!(crate::console::console))
         .routes(routes!(crate::console::screen))
         .routes(routes!(vm_screenshot))
+        .routes(routes!(vm_screen_text))
+        .routes(routes!(crate::switch::list_screens))
+        .routes(routes!(crate::switch::send_keys))
+        .routes(routes!(crate::switch::get_settings, crate::switch::put_settings))
+        .routes(routes!(crate::switch::switch_ws))
         .routes(routes!(list_images))
         .routes(routes!(create_disk))
         .routes(routes!(upload_image, delete_image))
@@ -502,6 +507,31 @@ async fn vm_screenshot(
         .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(([(axum::http::header::CONTENT_TYPE, "image/png"), (axum::http::header::CACHE_CONTROL, "no-store")], png)
         .into_response())
+}
+
+/// The characters on a running firmware-booted VM's screen while it is in
+/// a text mode (firmware menus, boot loaders, text consoles), row by row.
+#[utoipa::path(get, path = "/api/v1/vms/{id}/screen/text", params(("id" = String, Path)),
+    responses((status = 200, body = ScreenText), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn vm_screen_text(
+    axum::extract::State(state): axum::extract::State<State>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ScreenText>> {
+    state.vms.get(&id)?;
+    let s = state.clone();
+    let text = tokio::task::spawn_blocking(move || s.supervisor.screen_text(&id))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(text))
+}
+
+/// A text-mode screen.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScreenText {
+    /// Always `text`.
+    pub mode: String,
+    /// One string per row; code page 437's box characters as Unicode.
+    pub rows: Vec<String>,
 }
 
 /// Changes a stopped VM's definition.

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The browser's origin must be this panel (cookies alone would let any
 /// site open the socket).
-fn same_origin(headers: &HeaderMap) -> bool {
+pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) else { return true };
     let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("");
     origin.split_once("://").map(|(_, rest)| rest) == Some(host)

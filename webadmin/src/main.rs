@@ -5,7 +5,8 @@
 //! - [`api`]: the REST API and its OpenAPI document; [`ui`]: the web pages;
 //! - [`auth`]: setup code, password, sessions, CSRF, API tokens;
 //! - [`vms`]: VM definitions; [`supervisor`]: the kvmos-vmm processes;
-//!   [`console`]: the serial console over WebSocket;
+//!   [`console`]: the serial console and the screen over WebSocket;
+//!   [`switch`]: the KVM switch (every screen on one page) and [`keys`];
 //! - [`images`]: kernels, initrds and disks; [`host`]: the host overview,
 //!   settings and power; [`audit`]: the audit log;
 //! - [`store`]: atomic files; [`tls`]: the certificate.
@@ -17,9 +18,11 @@ mod auth;
 mod console;
 mod host;
 mod images;
+mod keys;
 mod server;
 mod store;
 mod supervisor;
+mod switch;
 #[cfg(test)]
 mod tests;
 mod tls;

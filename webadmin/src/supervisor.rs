@@ -105,14 +105,27 @@ impl Supervisor {
 
     /// The VM's screen as a PNG, from its VMM.
     pub fn screenshot(&self, id: &str) -> ApiResult<Vec<u8>> {
+        self.screen_call(id, "/screenshot")
+    }
+
+    /// The VM's text-mode screen, from its VMM.
+    pub fn screen_text(&self, id: &str) -> ApiResult<crate::api::ScreenText> {
+        let body = self.screen_call(id, "/screen/text")?;
+        serde_json::from_slice(&body).map_err(|e| ApiError::internal(format!("the VMM's screen text: {e}")))
+    }
+
+    /// A GET of the VMM's screen resources, with their errors as the
+    /// panel's.
+    fn screen_call(&self, id: &str, path: &str) -> ApiResult<Vec<u8>> {
         if !lock(&self.running).contains_key(id) {
             return Err(ApiError::conflict("the VM is not running; start it to see its screen"));
         }
-        match kvmos_vmm::api::call_raw(&self.control_socket(id), "GET", "/screenshot", None) {
-            Ok((200, png)) => Ok(png),
+        match kvmos_vmm::api::call_raw(&self.control_socket(id), "GET", path, None) {
+            Ok((200, body)) => Ok(body),
             Ok((404, _)) => Err(ApiError::conflict("this VM boots a kernel directly and has no screen")),
+            Ok((409, _)) => Err(ApiError::conflict("the screen is in a graphics mode, not text; take a screenshot")),
             Ok((status, body)) => Err(ApiError::internal(format!(
-                "the VMM answered {status} to the screenshot: {}",
+                "the VMM answered {status} to GET {path}: {}",
                 String::from_utf8_lossy(&body)
             ))),
             Err(e) => Err(ApiError::internal(format!("cannot reach the VMM: {e}"))),

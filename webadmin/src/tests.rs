@@ -396,7 +396,9 @@ async fn the_ui_is_served_with_xterm_and_strict_headers() {
     // noVNC's ES modules, and what they import, for the Screen view.
     for js in [
         "/assets/screen.js",
+        "/assets/switch.js",
         "/assets/vendor/novnc/core/rfb.js",
+        "/assets/vendor/novnc/core/input/xtscancodes.js",
         "/assets/vendor/novnc/vendor/pako/lib/zlib/inflate.js",
     ] {
         let r = h.raw(Request::get(js).body(Body::empty()).unwrap()).await;
@@ -439,4 +441,45 @@ async fn the_admin_can_install_their_own_certificate() {
     let on_disk = std::fs::read_to_string(h.dir.path().join("data/tls/cert.pem")).unwrap();
     assert_eq!(on_disk, mine.cert.pem());
     assert!(!h.dir.path().join("data/tls/self-signed.json").exists(), "never replaced by a self-signed one");
+}
+
+#[tokio::test]
+async fn switch_settings_are_remembered_and_checked() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    let first = h.call(Method::GET, "/api/v1/switch/settings", None).await;
+    assert_eq!(
+        first.body,
+        json!({"layout": "auto", "modifiers": "ctrl+alt", "double_tap": "scrolllock", "roaming": false})
+    );
+    let bad = json!({"layout": "5x5", "modifiers": "ctrl+alt", "double_tap": "off", "roaming": true});
+    let a = h.call(Method::PUT, "/api/v1/switch/settings", Some(bad)).await;
+    assert_eq!((a.status, a.body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("layout")));
+    let good = json!({"layout": "3x3", "modifiers": "ctrl+shift", "double_tap": "pause", "roaming": true});
+    assert_eq!(h.call(Method::PUT, "/api/v1/switch/settings", Some(good.clone())).await.status, StatusCode::OK);
+    assert_eq!(h.call(Method::GET, "/api/v1/switch/settings", None).await.body, good);
+    assert!(h.dir.path().join("data/switch.json").exists(), "kept on the data disk");
+}
+
+#[tokio::test]
+async fn keys_for_scripts_are_checked_before_any_is_sent() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    assert_eq!(h.call(Method::GET, "/api/v1/screens", None).await.body, json!([]));
+    let spec = json!({"name": "keys1", "vcpus": 1, "memory_mib": 32, "boot": {"type": "guest", "guest": "tiny"}});
+    let id = h.call(Method::POST, "/api/v1/vms", Some(spec)).await.body["id"].as_str().unwrap().to_string();
+    let cases = [
+        (json!({"vms": [], "text": "x"}), StatusCode::BAD_REQUEST, "vms", "at least one VM"),
+        (json!({"vms": [id]}), StatusCode::BAD_REQUEST, "text", "\"keys\" to press"),
+        (json!({"vms": ["nope"], "text": "x"}), StatusCode::NOT_FOUND, "vms[0]", "no VM nope"),
+        (json!({"vms": [id], "text": "x"}), StatusCode::CONFLICT, "vms[0]", "keys1 is not running"),
+    ];
+    for (body, status, field, says) in cases {
+        let a = h.call(Method::POST, "/api/v1/screens/keys", Some(body.clone())).await;
+        assert_eq!(a.status, status, "{body}: {:?}", a.body);
+        assert_eq!(a.body["field"], field, "{body}");
+        assert!(a.body["error"].as_str().unwrap().contains(says), "{body}: {:?}", a.body);
+    }
+    let text = h.call(Method::GET, &format!("/api/v1/vms/{id}/screen/text"), None).await;
+    assert_eq!(text.status, StatusCode::CONFLICT);
 }

@@ -9,6 +9,7 @@ let timer = null;
 let term = null;
 let socket = null;
 let screen = null;
+let switchView = null;
 
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 const mib = (bytes) => `${Math.round(bytes / 1048576).toLocaleString()} MiB`;
@@ -52,6 +53,7 @@ function stopLive() {
   if (socket) { socket.close(); socket = null; }
   if (term) { term.dispose(); term = null; }
   if (screen) { screen.close(); screen = null; }
+  if (switchView) { switchView.close(); switchView = null; }
 }
 
 async function route() {
@@ -70,6 +72,7 @@ async function route() {
   try {
     if (h === '#/') return await dashboard();
     if (h === '#/vms/new') return await newVm();
+    if (h === '#/switch') return await switchPage();
     if (h.startsWith('#/vms/')) return await vmDetail(h.slice(6));
     if (h === '#/images') return await imagesPage();
     if (h === '#/audit') return await auditPage();
@@ -361,6 +364,18 @@ async function vmDetail(id) {
   }, 2000);
 }
 
+// The KVM switch (switch.js, a module that hands over one function).
+async function switchPage(tries = 0) {
+  if (!window.kvmosSwitch) {
+    if (tries > 50) { app.innerHTML = '<div class="card err">The switch did not load.</div>'; return; }
+    await new Promise((r) => setTimeout(r, 100));
+    return switchPage(tries + 1);
+  }
+  const settings = await api('GET', '/api/v1/switch/settings');
+  if (location.hash !== '#/switch') return;
+  switchView = window.kvmosSwitch(app, { settings, api, toast });
+}
+
 async function imagesPage() {
   const list = await api('GET', '/api/v1/images');
   app.innerHTML = `
@@ -423,7 +438,7 @@ async function auditPage() {
 }
 
 async function settingsPage() {
-  const [settings, tokens] = await Promise.all([api('GET', '/api/v1/host/settings'), api('GET', '/api/v1/tokens')]);
+  const [settings, tokens, sw] = await Promise.all([api('GET', '/api/v1/host/settings'), api('GET', '/api/v1/tokens'), api('GET', '/api/v1/switch/settings')]);
   const net = settings.network;
   const st = net.mode === 'static' ? net : { address: '', prefix: 24, gateway: '', dns: '' };
   app.innerHTML = `
@@ -437,6 +452,10 @@ async function settingsPage() {
         <div class="row"><label for="gateway">Gateway</label><input id="gateway" value="${esc(st.gateway)}"><div class="err" data-err="network.gateway"></div></div>
         <div class="row"><label for="dns">DNS</label><input id="dns" value="${esc(st.dns || '')}"><div class="err" data-err="network.dns"></div></div></div>
       <button type="submit">Save</button></form></div>
+    <div class="card"><h2>KVM switch</h2><p class="hint">The hotkeys of the Switch page. They never reach a guest.</p><form id="switch-form" class="inline">
+      <div class="row"><label for="sw-mods">Hotkey modifiers</label><select id="sw-mods">${['ctrl+alt', 'ctrl+shift', 'alt+shift', 'ctrl+alt+shift'].map((m) => `<option value="${m}" ${sw.modifiers === m ? 'selected' : ''}>${m.split('+').map((k) => k[0].toUpperCase() + k.slice(1)).join('+')} + 1…9, ←, →</option>`).join('')}</select><div class="err" data-err="modifiers"></div></div>
+      <div class="row"><label for="sw-tap">Next tile</label><select id="sw-tap">${[['scrolllock', 'Scroll Lock twice'], ['pause', 'Pause twice'], ['off', 'no double tap']].map(([v, l]) => `<option value="${v}" ${sw.double_tap === v ? 'selected' : ''}>${l}</option>`).join('')}</select><div class="err" data-err="double_tap"></div></div>
+      <div class="row" style="justify-content:flex-end"><button type="submit" id="switch-save">Save</button></div></form></div>
     <div class="card"><h2>Password</h2><form id="pw-form" class="inline">
       <div class="row"><label for="current">Current password</label><input id="current" type="password" autocomplete="current-password" required><div class="err" data-err="current"></div></div>
       <div class="row"><label for="new">New password</label><input id="new" type="password" autocomplete="new-password" required minlength="10"><div class="err" data-err="password"></div></div>
@@ -458,6 +477,11 @@ async function settingsPage() {
     ev.preventDefault();
     const network = $('#mode').value === 'dhcp' ? { mode: 'dhcp' } : { mode: 'static', address: $('#address').value.trim(), prefix: Number($('#prefix').value), gateway: $('#gateway').value.trim(), dns: $('#dns').value.trim() || null };
     try { await api('PUT', '/api/v1/host/settings', { hostname: $('#hostname').value.trim() || null, network, ntp: $('#ntp').value.trim() || null }); toast('Saved; applied at the next boot'); } catch (e) { showError(h, e); }
+  };
+  const swf = document.getElementById('switch-form');
+  swf.onsubmit = async (ev) => {
+    ev.preventDefault();
+    try { await api('PUT', '/api/v1/switch/settings', { ...sw, modifiers: swf.querySelector('#sw-mods').value, double_tap: swf.querySelector('#sw-tap').value }); toast('Saved'); } catch (e) { showError(swf, e); }
   };
   const pw = document.getElementById('pw-form');
   pw.onsubmit = async (ev) => {

@@ -23,8 +23,10 @@ pub struct Viewer<S = UnixStream> {
     pub pixels: Vec<u32>,
     /// The server announced QEMU's extended key event.
     pub extended_keys: bool,
-    /// The encoding of every rectangle received.
+    /// Every encoding a rectangle came in, once each.
     pub encodings_seen: Vec<i32>,
+    /// The screen areas (x, y, w, h) the last update changed.
+    pub changed: Vec<(u32, u32, u32, u32)>,
     /// Bytes received since the handshake.
     pub bytes: usize,
     zlib: flate2::Decompress,
@@ -98,6 +100,7 @@ impl<S: Read + Write> Viewer<S> {
             pixels: vec![0; (width * height) as usize],
             extended_keys: false,
             encodings_seen: Vec::new(),
+            changed: Vec::new(),
             bytes: 0,
             zlib: flate2::Decompress::new(true),
         })
@@ -140,12 +143,18 @@ impl<S: Read + Write> Viewer<S> {
         }
         let head = self.read_exact(3)?;
         let rects = u16::from_be_bytes([head[1], head[2]]);
+        self.changed.clear();
         for _ in 0..rects {
             let r = self.read_exact(12)?;
             let v = |i: usize| u32::from(u16::from_be_bytes([r[i], r[i + 1]]));
             let (x, y, w, h) = (v(0), v(2), v(4), v(6));
             let encoding = i32::from_be_bytes([r[8], r[9], r[10], r[11]]);
-            self.encodings_seen.push(encoding);
+            if !self.encodings_seen.contains(&encoding) {
+                self.encodings_seen.push(encoding);
+            }
+            if encoding >= 0 {
+                self.changed.push((x, y, w, h));
+            }
             if encoding >= 0 && (x + w > self.width || y + h > self.height) {
                 return Err(bad(format!("rectangle {x},{y} {w}×{h} outside the screen")));
             }
@@ -175,6 +184,7 @@ impl<S: Read + Write> Viewer<S> {
                     self.width = w;
                     self.height = h;
                     self.pixels = vec![0; (w * h) as usize];
+                    self.changed.push((0, 0, w, h));
                 }
                 rfb::ENCODING_QEMU_EXTENDED_KEY => self.extended_keys = true,
                 // QEMU's other pseudo-encodings (LED state, audio...).

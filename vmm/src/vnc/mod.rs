@@ -260,7 +260,12 @@ impl Server {
         loop {
             let Some(c) = self.clients.get_mut(&token) else { return };
             match c.stream.read(&mut buf) {
-                Ok(0) => return self.drop_client(token, "closed"),
+                Ok(0) => {
+                    // What came before the close still counts (a script
+                    // that types and hangs up).
+                    let _ = self.process(token);
+                    return self.drop_client(token, "closed");
+                }
                 Ok(n) => {
                     c.input.extend_from_slice(&buf[..n]);
                     if c.input.len() > MAX_INPUT {

@@ -261,6 +261,10 @@ impl BusDevice for I8042 {
         } else if offset == 0 {
             match self.output.take() {
                 Some((byte, _)) => {
+                    // The read drops the line; the next byte raises it
+                    // again. An edge per byte: Linux (IOAPIC, edge) would
+                    // otherwise see one interrupt for a burst of answers.
+                    self.update_irqs();
                     self.refill();
                     byte
                 }
@@ -373,6 +377,27 @@ mod tests {
         c.mouse_movement(1, 1, 0, 0);
         assert_eq!(lines.lock().unwrap().as_slice(), [(MOUSE_IRQ, true)]);
         assert_eq!(drain(&mut c), [(0x28, true), (1, true), (0xFF, true)]);
+    }
+
+    /// Linux's atkbd asks for the keyboard's ID and waits for three bytes
+    /// (ACK, 0xAB, 0x83) on IRQ 1, which its IOAPIC pin takes as edges: the
+    /// line must fall at each read and rise again for the next byte. (It
+    /// once stayed high through the burst, and Linux found no keyboard.)
+    #[test]
+    fn each_byte_of_a_burst_is_a_rising_edge_on_irq1() {
+        let (mut c, lines, _) = controller(true);
+        c.write(0, &[0xF2]);
+        let mut bytes = Vec::new();
+        while c.status() & STATUS_OUTPUT_FULL != 0 {
+            bytes.push(data(&mut c));
+        }
+        assert_eq!(bytes, [0xFA, 0xAB, 0x41], "ACK and the ID, translated");
+        let edges: Vec<(u32, bool)> = lines.lock().unwrap().clone();
+        assert_eq!(
+            edges,
+            [(1, true), (1, false), (1, true), (1, false), (1, true), (1, false)],
+            "up and down once per byte"
+        );
     }
 
     #[test]

@@ -1,0 +1,259 @@
+//! The KVM switch at scale: a panel on this host with 16 VMMs on its
+//! /dev/kvm, each booting SeaBIOS and the switch guest
+//! (`tiny_guest::switch_disk`), and the Switch page open in headless
+//! Chromium (4×4 grid). It measures, over windows of `SECS` seconds each:
+//!
+//! - idle: all screens still; the host CPU of the 16 VMMs and the panel
+//!   (from /proc/PID/stat) and the bytes the panel sends to the browser
+//!   (its TCP connections' `bytes_sent`, from `ss -ti`);
+//! - one unfocused tile changing: F12 starts the guest's counter (18.2
+//!   changes a second) on a tile without the focus;
+//! - the same screen changing with the focus (full-size noVNC view);
+//! - the time from a hotkey press (Ctrl+Alt+N, then a key, in one
+//!   WebDriver action) to the key's echo on the newly focused VM's serial
+//!   console, beside the same key without a switch.
+//!
+//! `cargo run --release -p kvmos-qemu-test --bin switch-bench -- [SECS] [ROUNDS]`
+
+use anyhow::{bail, Context, Result};
+use kvmos_qemu_test::browser::Browser;
+use kvmos_qemu_test::panel::{HostPanel, Panel};
+use kvmos_vmm::tiny_guest;
+use serde_json::json;
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const VMS: usize = 16;
+const PASSWORD: &str = "switch bench password";
+const CTRL: char = '\u{e009}';
+const ALT: char = '\u{e00a}';
+
+fn cpu_ms(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1000 / hz
+}
+
+/// Bytes the panel has sent on its established connections (port `port`).
+fn bytes_sent(port: u16) -> Result<u64> {
+    let out = std::process::Command::new("ss")
+        .args(["-tinH", "state", "established", &format!("( sport = :{port} )")])
+        .output()
+        .context("ss (iproute2)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("bytes_sent:"))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum())
+}
+
+struct Window {
+    cpu_ms_per_s: f64,
+    bytes_per_s: f64,
+}
+
+fn measure(pids: &[u32], port: u16, secs: u64) -> Result<Window> {
+    let cpu = || pids.iter().map(|&p| cpu_ms(p)).sum::<u64>();
+    let (c0, b0, t0) = (cpu(), bytes_sent(port)?, Instant::now());
+    std::thread::sleep(Duration::from_secs(secs));
+    let (c1, b1, dt) = (cpu(), bytes_sent(port)?, t0.elapsed().as_secs_f64());
+    Ok(Window { cpu_ms_per_s: (c1 - c0) as f64 / dt, bytes_per_s: b1.saturating_sub(b0) as f64 / dt })
+}
+
+/// A VM's serial console, read as it comes, with when each byte came.
+struct Serial {
+    seen: Arc<Mutex<(String, Vec<Instant>)>>,
+}
+
+impl Serial {
+    fn attach(path: &std::path::Path) -> Result<Self> {
+        let mut s = UnixStream::connect(path)?;
+        let seen = Arc::new(Mutex::new((String::new(), Vec::new())));
+        let into = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                let now = Instant::now();
+                let mut g = into.lock().unwrap();
+                for &b in &buf[..n] {
+                    g.0.push(char::from(b));
+                    g.1.push(now);
+                }
+            }
+        });
+        Ok(Self { seen })
+    }
+
+    fn len(&self) -> usize {
+        self.seen.lock().unwrap().0.len()
+    }
+
+    /// When `needle` first appeared after byte `from`, waiting up to 10 s.
+    fn when(&self, from: usize, needle: &str) -> Result<Instant> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            {
+                let g = self.seen.lock().unwrap();
+                if let Some(at) = g.0.get(from..).and_then(|s| s.find(needle)) {
+                    return Ok(g.1[from + at]);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no {needle:?} on the serial console");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let secs: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(10);
+    let rounds: usize = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(10);
+    let host = tokio::task::spawn_blocking(|| HostPanel::start("switch-bench")).await??;
+    let port = host.port;
+    let code = host.setup_code()?;
+    let ids = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let mut panel = Panel::new(port);
+        panel.setup(&code, PASSWORD)?;
+        panel.ok(
+            "PUT",
+            "/api/v1/switch/settings",
+            Some(json!({"layout": "4x4", "modifiers": "ctrl+alt", "double_tap": "scrolllock", "roaming": false})),
+        )?;
+        let mut ids = Vec::new();
+        for i in 1..=VMS {
+            panel.upload(&format!("b{i:02}.img"), "disk", tiny_guest::switch_disk(&format!("vm-{i:02}"), false))?;
+            let vm = panel.ok(
+                "POST",
+                "/api/v1/vms",
+                Some(json!({"name": format!("b{i:02}"), "vcpus": 1, "memory_mib": 16,
+                    "boot": {"type": "firmware", "firmware": "bios"}, "disks": [{"image": format!("b{i:02}.img")}]})),
+            )?;
+            let id = vm["id"].as_str().context("id")?.to_string();
+            panel.action(&id, "start")?;
+            ids.push(id);
+        }
+        Ok(ids)
+    })
+    .await??;
+    let serials: Vec<Serial> = ids
+        .iter()
+        .map(|id| Serial::attach(&host.dir.join("run").join(id).join("console.sock")))
+        .collect::<Result<_>>()?;
+    for (i, s) in serials.iter().enumerate() {
+        s.when(0, &format!("READY vm-{:02}", i + 1))?;
+    }
+    let mut pids: Vec<u32> = host.vmm_pids().into_iter().map(|p| p as u32).collect();
+    if pids.len() != VMS {
+        bail!("{} VMMs running, not {VMS}", pids.len());
+    }
+    pids.push(host.pid().context("the panel's pid")?);
+
+    let shots = host.dir.join("screenshots");
+    std::fs::create_dir_all(&shots)?;
+    let b = Browser::start(&shots).await?;
+    b.client.goto(&format!("https://127.0.0.1:{port}/")).await?;
+    b.fill("#password", PASSWORD).await?;
+    b.click("#login-submit").await?;
+    b.wait_for("#vm-table", Duration::from_secs(30)).await?;
+    b.client.goto(&format!("https://127.0.0.1:{port}/#/switch")).await?;
+    b.wait_js(
+        "16 live tiles",
+        "document.querySelectorAll('.tile[data-stream=live]').length === 15",
+        Duration::from_secs(120),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    b.screenshot("grid").await?;
+
+    println!("switch-bench: {VMS} VMMs (SeaBIOS + switch guest) and the panel on this host, the Switch page in headless Chromium (4x4), {secs} s windows");
+    let idle = measure(&pids, port, secs)?;
+    println!(
+        "idle:                     {:7.2} ms CPU/s  {:9.1} B/s to the browser",
+        idle.cpu_ms_per_s, idle.bytes_per_s
+    );
+
+    // One unfocused tile changes: tile 5's counter, started with F12
+    // through the REST API (the focus stays on tile 1).
+    let changing = 4;
+    let mut api = Panel::new(port);
+    let id = ids[changing].clone();
+    let api = tokio::task::spawn_blocking(move || -> Result<Panel> {
+        api.login(PASSWORD)?;
+        api.ok("POST", "/api/v1/screens/keys", Some(json!({"vms": [id], "keys": ["f12"]})))?;
+        Ok(api)
+    })
+    .await??;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let unfocused = measure(&pids, port, secs)?;
+    println!(
+        "one unfocused tile moving: {:7.2} ms CPU/s  {:9.1} B/s  (above idle: {:.2} ms/s, {:.1} B/s)",
+        unfocused.cpu_ms_per_s,
+        unfocused.bytes_per_s,
+        unfocused.cpu_ms_per_s - idle.cpu_ms_per_s,
+        unfocused.bytes_per_s - idle.bytes_per_s
+    );
+    b.chord(&[CTRL, ALT, char::from(b'1' + changing as u8)]).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let focused = measure(&pids, port, secs)?;
+    println!(
+        "the same tile focused:     {:7.2} ms CPU/s  {:9.1} B/s  (above idle: {:.2} ms/s, {:.1} B/s)",
+        focused.cpu_ms_per_s,
+        focused.bytes_per_s,
+        focused.cpu_ms_per_s - idle.cpu_ms_per_s,
+        focused.bytes_per_s - idle.bytes_per_s
+    );
+    let ratio = |u: f64, f: f64| if f > 0.0 { u / f } else { f64::NAN };
+    println!(
+        "unfocused / focused, above idle: CPU {:.3}, bytes {:.3}",
+        ratio(unfocused.cpu_ms_per_s - idle.cpu_ms_per_s, focused.cpu_ms_per_s - idle.cpu_ms_per_s),
+        ratio(unfocused.bytes_per_s - idle.bytes_per_s, focused.bytes_per_s - idle.bytes_per_s)
+    );
+    let id = ids[changing].clone();
+    tokio::task::spawn_blocking(move || {
+        api.ok("POST", "/api/v1/screens/keys", Some(json!({"vms": [id], "keys": ["f12"]})))
+    })
+    .await??;
+
+    // Hotkey → the first key on the newly focused VM, against the same key
+    // with no switch. Tiles 1..9 in turn; 'a' is echoed as K1E.
+    let (mut switched, mut direct) = (Vec::new(), Vec::new());
+    let mut at = changing;
+    for r in 0..rounds {
+        let next = (at + 1 + r % 3) % 9;
+        let from = serials[next].len();
+        let t0 = Instant::now();
+        b.chord(&[CTRL, ALT, char::from(b'1' + next as u8)]).await?;
+        b.chord(&['a']).await?;
+        switched.push(serials[next].when(from, "K1E\n")?.duration_since(t0).as_secs_f64() * 1000.0);
+        let from = serials[next].len();
+        let t0 = Instant::now();
+        b.chord(&['a']).await?;
+        direct.push(serials[next].when(from, "K1E\n")?.duration_since(t0).as_secs_f64() * 1000.0);
+        at = next;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "hotkey + key → echo on the new VM: median {:.1} ms (min {:.1}, max {:.1}) of {rounds}; the key alone: median {:.1} ms",
+        median(switched.clone()),
+        switched.iter().cloned().fold(f64::INFINITY, f64::min),
+        switched.iter().cloned().fold(0.0, f64::max),
+        median(direct.clone())
+    );
+    b.close().await?;
+    drop(host);
+    Ok(())
+}
