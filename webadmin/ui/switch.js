@@ -123,7 +123,7 @@ window.kvmosSwitch = function open(root, ctx) {
         <span class="tile-kbd" title="keyboard and mouse">⌨ focus</span>
         <span class="tile-tools">
           <label class="check" title="Mark for broadcast"><input type="checkbox" class="tile-mark"> mark</label>
-          <button class="secondary small" data-do="full" title="Full screen">⛶</button>
+          <button class="secondary small" data-do="full" title="Full screen (hotkey: ${prefix}+Enter)">Full</button>
           <button class="secondary small" data-do="shutdown">Shut down</button>
           <button class="danger small" data-do="force-off">Force off</button>
         </span>
@@ -180,6 +180,7 @@ window.kvmosSwitch = function open(root, ctx) {
     const rfb = new RFB(box, `wss://${location.host}/api/v1/vms/${encodeURIComponent(t.id)}/screen`);
     rfb.scaleViewport = true;
     rfb.focusOnClick = false;
+    rfb.background = '#000';
     rfb.addEventListener('connect', () => { t.el.dataset.view = 'connected'; });
     rfb.addEventListener('disconnect', () => { t.el.dataset.view = 'closed'; });
     t.rfb = rfb;
@@ -242,6 +243,13 @@ window.kvmosSwitch = function open(root, ctx) {
     const cols = one ? 1 : COLUMNS[settings.layout] || Math.max(1, Math.ceil(Math.sqrt(list.length)));
     grid.style.gridTemplateColumns = `repeat(${cols}, minmax(0, 1fr))`;
     grid.classList.toggle('single', !!one);
+    // Every row fits in the window: the tiles share its height.
+    const rows = one ? 1 : Math.max(1, Math.ceil(list.length / cols));
+    const top = grid.getBoundingClientRect().top + window.scrollY;
+    const head = 30;
+    const gap = 10;
+    const h = Math.max(120, (window.innerHeight - top - 16 - gap * (rows - 1)) / rows - head);
+    grid.style.setProperty('--tile-h', `${Math.floor(h)}px`);
     list.forEach((t, i) => {
       t.el.querySelector('.tile-index').textContent = i < 9 ? `${i + 1}` : '';
       t.el.hidden = !!one && t.id !== one;
