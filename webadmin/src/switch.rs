@@ -12,7 +12,10 @@
 //!   screen shrunk to fit (UltraVNC's SetScale, done in the VMM), requests
 //!   updates at most [`TILE_FPS`] times a second, and sends the page only
 //!   the area that changed, as a PNG. An idle screen sends nothing: the
-//!   request waits in the VMM until the guest draws. Keys from the page go
+//!   request waits in the VMM until the guest draws. The list of screens
+//!   comes on the same connection when it changes (VMs started, stopped,
+//!   paused), looked at once a second in the panel, so an idle page costs
+//!   no bytes at all. Keys from the page go
 //!   to the VMs it names through the same connections (serial consoles get
 //!   the terminal's bytes), so a switch of focus needs no new connection.
 //!   The focused tile itself is a full-size noVNC view on the screen
@@ -43,7 +46,7 @@ use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
 /// The most updates a second an unfocused tile gets.
-pub const TILE_FPS: f64 = 2.0;
+pub const TILE_FPS: f64 = 1.0;
 /// The smallest and largest shrink factors a tile asks for.
 const MAX_SCALE: u32 = 16;
 /// Binary messages to the page: a tile's changed area.
@@ -58,7 +61,7 @@ pub enum ScreenKind {
     Serial,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Screen {
     pub id: String,
     pub name: String,
@@ -363,8 +366,18 @@ async fn session(state: State, mut ws: WebSocket) {
     let (tx, mut rx) = mpsc::channel::<Message>(32);
     let mut tiles: HashMap<String, Tile> = HashMap::new();
     let mut consoles: HashMap<String, tokio::net::unix::OwnedWriteHalf> = HashMap::new();
+    let mut listed: Option<Vec<Screen>> = None;
+    let mut look = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
+            _ = look.tick() => {
+                let now = screens(&state);
+                if listed.as_ref() != Some(&now) {
+                    let m = serde_json::json!({ "screens": now }).to_string();
+                    if ws.send(Message::Text(m.into())).await.is_err() { break }
+                    listed = Some(now);
+                }
+            },
             out = rx.recv() => match out {
                 Some(m) => if ws.send(m).await.is_err() { break },
                 None => break,
@@ -601,6 +614,8 @@ fn run_tile(
     lock(&shared.state).full = (v.width, v.height);
     let period = Duration::from_secs_f64(1.0 / TILE_FPS);
     let mut shown = (v.width, v.height);
+    // What the page holds: patches are cut to the pixels that differ.
+    let mut last: Vec<u32> = Vec::new();
     let mut incremental = false;
     loop {
         {
@@ -623,7 +638,7 @@ fn run_tile(
             let mut st = lock(&shared.state);
             st.full = (v.width * st.scale, v.height * st.scale);
         }
-        if let Some(patch) = patch(id, &v) {
+        if let Some(patch) = patch(id, &v, &mut last) {
             if out.blocking_send(Message::Binary(patch.into())).is_err() {
                 return Ok(());
             }
@@ -634,13 +649,26 @@ fn run_tile(
 
 /// The area the last update changed, as a message to the page: kind, the
 /// VM's id, the tile's screen size, the area's place, then the area as a
-/// PNG. `None` when nothing changed.
-fn patch<S: Read + Write>(id: &str, v: &Viewer<S>) -> Option<Vec<u8>> {
+/// PNG. The area is cut down to the pixels that differ from `last` (what
+/// the page holds, updated here): the VMM sends whole 64-pixel tiles.
+/// `None` when nothing changed.
+fn patch<S: Read + Write>(id: &str, v: &Viewer<S>, last: &mut Vec<u32>) -> Option<Vec<u8>> {
+    let fresh = last.len() != v.pixels.len();
     let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
-    for &(x, y, w, h) in &v.changed {
-        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x + w), y1.max(y + h));
+    for &(rx, ry, rw, rh) in &v.changed {
+        for y in ry..(ry + rh).min(v.height) {
+            for x in rx..(rx + rw).min(v.width) {
+                let i = (y * v.width + x) as usize;
+                if fresh || last[i] != v.pixels[i] {
+                    (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1));
+                }
+            }
+        }
     }
-    let (x1, y1) = (x1.min(v.width), y1.min(v.height));
+    if fresh {
+        (x0, y0, x1, y1) = (0, 0, v.width, v.height);
+        *last = v.pixels.clone();
+    }
     if x0 >= x1 || y0 >= y1 {
         return None;
     }
@@ -648,7 +676,9 @@ fn patch<S: Read + Write>(id: &str, v: &Viewer<S>) -> Option<Vec<u8>> {
     for row in y0..y1 {
         let from = (row * v.width + x0) as usize;
         let to = ((row - y0) * area.width) as usize;
-        area.pixels[to..to + area.width as usize].copy_from_slice(&v.pixels[from..from + area.width as usize]);
+        let n = area.width as usize;
+        area.pixels[to..to + n].copy_from_slice(&v.pixels[from..from + n]);
+        last[from..from + n].copy_from_slice(&v.pixels[from..from + n]);
     }
     let mut msg = vec![FRAME_PATCH, id.len() as u8];
     msg.extend_from_slice(id.as_bytes());

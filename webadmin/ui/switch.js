@@ -3,7 +3,9 @@
 // frames a second, only what changed) on one WebSocket, and takes the
 // page's keys on it for the VM with the focus, or for the marked VMs when
 // broadcasting. The focused display tile is a full-size noVNC view (its
-// mouse goes to the VM); serial-only VMs are terminals. Hotkeys move the
+// mouse goes to the VM); serial-only VMs are terminals. An idle page
+// receives nothing: the list of VMs comes on the same socket when it
+// changes. Hotkeys move the
 // focus and never reach a guest: the modifiers they start with are held
 // back until it is clear the key is not a hotkey.
 import RFB from './vendor/novnc/core/rfb.js';
@@ -81,6 +83,7 @@ window.kvmosSwitch = function open(root, ctx) {
   function onText(m) {
     if (m.error) ctx.toast(m.error, true);
     if (m.tile_ended) { const t = tiles.get(m.tile_ended.id); if (t) t.el.dataset.stream = 'ended'; }
+    if (m.screens) show(m.screens);
   }
   async function onPatch(buf) {
     stats.bytes += buf.byteLength; stats.patches += 1;
@@ -260,10 +263,14 @@ window.kvmosSwitch = function open(root, ctx) {
     requestAnimationFrame(watch);
   }
 
-  // The running VMs, polled: started ones appear, stopped ones leave.
+  // The running VMs, pushed by the panel when they change (and fetched
+  // after an action): started ones appear, stopped ones leave.
   async function refresh() {
     let list;
     try { list = await ctx.api('GET', '/api/v1/screens'); } catch (e) { return; }
+    show(list);
+  }
+  function show(list) {
     if (closed) return;
     screens = list;
     const ids = new Set(list.map((s) => s.id));
@@ -359,12 +366,9 @@ window.kvmosSwitch = function open(root, ctx) {
   window.addEventListener('resize', onResize);
 
   connect();
-  refresh();
-  const poll = setInterval(refresh, 2000);
   return {
     close() {
       closed = true;
-      clearInterval(poll);
       onBlur();
       window.removeEventListener('keydown', onKeyDown, true);
       window.removeEventListener('keyup', onKeyUp, true);

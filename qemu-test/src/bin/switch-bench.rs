@@ -4,7 +4,8 @@
 //! Chromium (4×4 grid). It measures, over windows of `SECS` seconds each:
 //!
 //! - idle: all screens still; the host CPU of the 16 VMMs and the panel
-//!   (from /proc/PID/stat) and the bytes the panel sends to the browser
+//!   (/proc/PID/stat; the VMMs' VNC threads from the scheduler's
+//!   nanosecond counts in /proc/PID/task/*/schedstat) and the bytes the panel sends to the browser
 //!   (its TCP connections' `bytes_sent`, from `ss -ti`);
 //! - one unfocused tile changing: F12 starts the guest's counter (18.2
 //!   changes a second) on a tile without the focus;
@@ -30,16 +31,6 @@ const PASSWORD: &str = "switch bench password";
 const CTRL: char = '\u{e009}';
 const ALT: char = '\u{e00a}';
 
-fn cpu_ms(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    let Some((_, rest)) = stat.rsplit_once(')') else { return 0 };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks * 1000 / hz
-}
-
 /// Bytes the panel has sent on its established connections (port `port`).
 fn bytes_sent(port: u16) -> Result<u64> {
     let out = std::process::Command::new("ss")
@@ -54,17 +45,58 @@ fn bytes_sent(port: u16) -> Result<u64> {
         .sum())
 }
 
+/// CPU time (ms, from the scheduler's nanosecond counts) of the threads
+/// of `pid` that `which` picks by name.
+fn threads_ms(pid: u32, which: impl Fn(&str) -> bool) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| which(c.trim())))
+        .filter_map(|t| {
+            std::fs::read_to_string(t.path().join("schedstat")).ok()?.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum::<u64>() as f64
+        / 1e6
+}
+
+/// A process's CPU time in ms (/proc/PID/stat: threads that ended count
+/// too; clock ticks of 10 ms, so windows must be long).
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat.rsplit_once(')').map(|r| r.1).unwrap_or("").split_whitespace().collect();
+    let ticks: u64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0u64) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0u64);
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 * 1000.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// The VMM threads that serve the screens.
+fn vnc_ms(pid: u32) -> f64 {
+    threads_ms(pid, |name| name == "vnc")
+}
+
 struct Window {
     cpu_ms_per_s: f64,
+    /// Of which the panel's (the last pid).
+    panel_ms_per_s: f64,
+    /// Of which the VMMs' VNC threads'.
+    vnc_ms_per_s: f64,
     bytes_per_s: f64,
 }
 
 fn measure(pids: &[u32], port: u16, secs: u64) -> Result<Window> {
-    let cpu = || pids.iter().map(|&p| cpu_ms(p)).sum::<u64>();
-    let (c0, b0, t0) = (cpu(), bytes_sent(port)?, Instant::now());
+    let cpu = || pids.iter().map(|&p| cpu_ms(p)).sum::<f64>();
+    let panel = || pids.last().map(|&p| cpu_ms(p)).unwrap_or(0.0);
+    let vnc = || pids.iter().map(|&p| vnc_ms(p)).sum::<f64>();
+    let (c0, p0, v0, b0, t0) = (cpu(), panel(), vnc(), bytes_sent(port)?, Instant::now());
     std::thread::sleep(Duration::from_secs(secs));
-    let (c1, b1, dt) = (cpu(), bytes_sent(port)?, t0.elapsed().as_secs_f64());
-    Ok(Window { cpu_ms_per_s: (c1 - c0) as f64 / dt, bytes_per_s: b1.saturating_sub(b0) as f64 / dt })
+    let (c1, p1, v1, b1, dt) = (cpu(), panel(), vnc(), bytes_sent(port)?, t0.elapsed().as_secs_f64());
+    Ok(Window {
+        cpu_ms_per_s: (c1 - c0) / dt,
+        panel_ms_per_s: (p1 - p0) / dt,
+        vnc_ms_per_s: (v1 - v0) / dt,
+        bytes_per_s: b1.saturating_sub(b0) as f64 / dt,
+    })
 }
 
 /// A VM's serial console, read as it comes, with when each byte came.
@@ -95,9 +127,10 @@ impl Serial {
         self.seen.lock().unwrap().0.len()
     }
 
-    /// When `needle` first appeared after byte `from`, waiting up to 10 s.
-    fn when(&self, from: usize, needle: &str) -> Result<Instant> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    /// When `needle` first appeared after byte `from`, waiting up to
+    /// `timeout`.
+    fn when(&self, from: usize, needle: &str, timeout: Duration) -> Result<Instant> {
+        let deadline = Instant::now() + timeout;
         loop {
             {
                 let g = self.seen.lock().unwrap();
@@ -154,13 +187,17 @@ async fn main() -> Result<()> {
         .map(|id| Serial::attach(&host.dir.join("run").join(id).join("console.sock")))
         .collect::<Result<_>>()?;
     for (i, s) in serials.iter().enumerate() {
-        s.when(0, &format!("READY vm-{:02}", i + 1))?;
+        s.when(0, &format!("READY vm-{:02}", i + 1), Duration::from_secs(300))?;
     }
     let mut pids: Vec<u32> = host.vmm_pids().into_iter().map(|p| p as u32).collect();
     if pids.len() != VMS {
         bail!("{} VMMs running, not {VMS}", pids.len());
     }
     pids.push(host.pid().context("the panel's pid")?);
+
+    // The VMs alone, before the page opens: their guests' timer ticks.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alone = measure(&pids, port, secs)?;
 
     let shots = host.dir.join("screenshots");
     std::fs::create_dir_all(&shots)?;
@@ -180,11 +217,17 @@ async fn main() -> Result<()> {
     b.screenshot("grid").await?;
 
     println!("switch-bench: {VMS} VMMs (SeaBIOS + switch guest) and the panel on this host, the Switch page in headless Chromium (4x4), {secs} s windows");
+    let row = |what: &str, w: &Window| {
+        let screens = w.panel_ms_per_s + w.vnc_ms_per_s;
+        println!(
+            "{what:27} panel + VNC threads {screens:6.2} ms CPU/s (panel {:5.2}, VNC {:5.2}); all VMM threads {:7.2} ms/s; {:7.1} B/s to the browser",
+            w.panel_ms_per_s, w.vnc_ms_per_s, w.cpu_ms_per_s - w.panel_ms_per_s, w.bytes_per_s
+        );
+        screens
+    };
+    row("no page open:", &alone);
     let idle = measure(&pids, port, secs)?;
-    println!(
-        "idle:                     {:7.2} ms CPU/s  {:9.1} B/s to the browser",
-        idle.cpu_ms_per_s, idle.bytes_per_s
-    );
+    let idle_cpu = row("page open, screens idle:", &idle);
 
     // One unfocused tile changes: tile 5's counter, started with F12
     // through the REST API (the focus stays on tile 1).
@@ -199,28 +242,20 @@ async fn main() -> Result<()> {
     .await??;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let unfocused = measure(&pids, port, secs)?;
-    println!(
-        "one unfocused tile moving: {:7.2} ms CPU/s  {:9.1} B/s  (above idle: {:.2} ms/s, {:.1} B/s)",
-        unfocused.cpu_ms_per_s,
-        unfocused.bytes_per_s,
-        unfocused.cpu_ms_per_s - idle.cpu_ms_per_s,
-        unfocused.bytes_per_s - idle.bytes_per_s
-    );
+    let unfocused_cpu = row("one unfocused tile moving:", &unfocused);
     b.chord(&[CTRL, ALT, char::from(b'1' + changing as u8)]).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let focused = measure(&pids, port, secs)?;
-    println!(
-        "the same tile focused:     {:7.2} ms CPU/s  {:9.1} B/s  (above idle: {:.2} ms/s, {:.1} B/s)",
-        focused.cpu_ms_per_s,
-        focused.bytes_per_s,
-        focused.cpu_ms_per_s - idle.cpu_ms_per_s,
-        focused.bytes_per_s - idle.bytes_per_s
-    );
+    let focused_cpu = row("the same tile focused:", &focused);
     let ratio = |u: f64, f: f64| if f > 0.0 { u / f } else { f64::NAN };
     println!(
-        "unfocused / focused, above idle: CPU {:.3}, bytes {:.3}",
-        ratio(unfocused.cpu_ms_per_s - idle.cpu_ms_per_s, focused.cpu_ms_per_s - idle.cpu_ms_per_s),
-        ratio(unfocused.bytes_per_s - idle.bytes_per_s, focused.bytes_per_s - idle.bytes_per_s)
+        "a moving tile above idle, unfocused / focused: CPU {:.3} ({:.2} / {:.2} ms/s), bytes {:.3} ({:.1} / {:.1} B/s)",
+        ratio(unfocused_cpu - idle_cpu, focused_cpu - idle_cpu),
+        unfocused_cpu - idle_cpu,
+        focused_cpu - idle_cpu,
+        ratio(unfocused.bytes_per_s - idle.bytes_per_s, focused.bytes_per_s - idle.bytes_per_s),
+        unfocused.bytes_per_s - idle.bytes_per_s,
+        focused.bytes_per_s - idle.bytes_per_s
     );
     let id = ids[changing].clone();
     tokio::task::spawn_blocking(move || {
@@ -238,11 +273,15 @@ async fn main() -> Result<()> {
         let t0 = Instant::now();
         b.chord(&[CTRL, ALT, char::from(b'1' + next as u8)]).await?;
         b.chord(&['a']).await?;
-        switched.push(serials[next].when(from, "K1E\n")?.duration_since(t0).as_secs_f64() * 1000.0);
+        switched.push(
+            serials[next].when(from, "K1E\n", Duration::from_secs(10))?.duration_since(t0).as_secs_f64() * 1000.0,
+        );
         let from = serials[next].len();
         let t0 = Instant::now();
         b.chord(&['a']).await?;
-        direct.push(serials[next].when(from, "K1E\n")?.duration_since(t0).as_secs_f64() * 1000.0);
+        direct.push(
+            serials[next].when(from, "K1E\n", Duration::from_secs(10))?.duration_since(t0).as_secs_f64() * 1000.0,
+        );
         at = next;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

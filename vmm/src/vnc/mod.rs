@@ -15,8 +15,12 @@
 //!   shrunk by that factor (each pixel the mean of its block), with
 //!   DesktopSize, and its pointer scaled back up. The panel's multiviewer
 //!   uses it, so a thumbnail costs the bytes of its own size.
-//! - The refresh tick slows from 30 Hz to 4 Hz after a second of an
-//!   unchanged screen, and speeds up again on any change or input.
+//! - No polling where the guest's writes trap (text and VGA modes): the
+//!   display signals an event at the first change after each look. In a
+//!   linear (VBE) mode, whose framebuffer the guest writes directly, a
+//!   tick reads KVM's dirty log while a client waits: 30 Hz, slowing to
+//!   4 Hz after a second of an unchanged screen, and back on any change
+//!   or input.
 //! - Input: keys to the PS/2 keyboard; the pointer to the virtio tablet
 //!   as an absolute position once the guest's driver runs it, and to the
 //!   PS/2 mouse as relative movement before that (firmware, boot loaders,
@@ -46,6 +50,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_TIMER: u64 = 2;
+const TOKEN_CHANGED: u64 = 3;
 const TOKEN_CLIENT_BASE: u64 = 16;
 /// How often the display is looked at while a client waits...
 const REFRESH: Duration = Duration::from_millis(33);
@@ -125,6 +130,8 @@ struct Server {
     listener: UnixListener,
     epoll: Epoll,
     timer: TimerFd,
+    /// The display's change event.
+    changed: vmm_sys_util::eventfd::EventFd,
     /// The period the timer runs at, if it runs.
     timer_armed: Option<Duration>,
     /// Looks at the display in a row that found nothing new.
@@ -144,12 +151,15 @@ impl Server {
     fn new(listener: UnixListener, devices: Devices, name: String) -> std::io::Result<Self> {
         let epoll = Epoll::new()?;
         let timer = TimerFd::new().map_err(std::io::Error::from)?;
+        let changed = lock(&devices.display).watch()?;
+        epoll.ctl(ControlOperation::Add, changed.as_raw_fd(), EpollEvent::new(EventSet::IN, TOKEN_CHANGED))?;
         epoll.ctl(ControlOperation::Add, listener.as_raw_fd(), EpollEvent::new(EventSet::IN, TOKEN_LISTENER))?;
         epoll.ctl(ControlOperation::Add, timer.as_raw_fd(), EpollEvent::new(EventSet::IN, TOKEN_TIMER))?;
         Ok(Self {
             listener,
             epoll,
             timer,
+            changed,
             timer_armed: None,
             idle_looks: 0,
             devices,
@@ -178,6 +188,10 @@ impl Server {
                         let _ = self.timer.wait();
                         self.refresh();
                     }
+                    TOKEN_CHANGED => {
+                        let _ = self.changed.read();
+                        self.refresh();
+                    }
                     token => {
                         let set = ev.event_set();
                         if set.contains(EventSet::OUT) {
@@ -193,11 +207,18 @@ impl Server {
         }
     }
 
-    /// The timer runs only while some client waits for an update, and
-    /// slower while the screen stays the same.
+    /// While some client waits for an update: the display's change event
+    /// is armed, and in a linear mode the timer runs, slower while the
+    /// screen stays the same.
     fn arm_timer(&mut self) {
         let period = if self.idle_looks >= IDLE_AFTER { REFRESH_IDLE } else { REFRESH };
-        let want = self.clients.values().any(|c| c.waiting).then_some(period);
+        let waiting = self.clients.values().any(|c| c.waiting);
+        let linear = waiting && {
+            let mut display = lock(&self.devices.display);
+            display.arm_watch();
+            display.linear_mode().is_some()
+        };
+        let want = linear.then_some(period);
         if want != self.timer_armed {
             let r = match want {
                 Some(p) => self.timer.reset(p, Some(p)),

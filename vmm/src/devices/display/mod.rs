@@ -69,29 +69,154 @@ impl Frame {
         }
     }
 
-    /// The frame as an RGB PNG, for screenshots.
+    /// The frame as a PNG, for screenshots and the switch's tiles: grey
+    /// levels when it is all greys (more than four), a palette of 1, 2, 4
+    /// or 8 bits when it has at most 256 colours (text screens have a
+    /// handful, and compress to a fraction), RGB otherwise.
     pub fn to_png(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let mut encoder = png::Encoder::new(&mut out, self.width.max(1), self.height.max(1));
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
         encoder.set_compression(png::Compression::Fast);
-        let rgb: Vec<u8> = if self.pixels.is_empty() {
-            vec![0; 3]
-        } else {
-            self.pixels.iter().flat_map(|p| [(p >> 16) as u8, (p >> 8) as u8, *p as u8]).collect()
+        let palette = if self.pixels.is_empty() { None } else { self.palette() };
+        // Greys (text shrunk for a thumbnail) need no palette chunk.
+        let grey = |p: &u32| (p >> 16) & 0xFF == p & 0xFF && (p >> 8) & 0xFF == p & 0xFF;
+        if palette.as_ref().is_some_and(|p| p.len() > 4 && p.iter().all(grey)) {
+            encoder.set_color(png::ColorType::Grayscale);
+            encoder.set_depth(png::BitDepth::Eight);
+            let data: Vec<u8> = self.pixels.iter().map(|p| *p as u8).collect();
+            if let Ok(mut writer) = encoder.write_header() {
+                let _ = writer.write_image_data(&data);
+            }
+            return out;
+        }
+        let data: Vec<u8> = match palette {
+            Some(palette) => {
+                let bits: u32 = match palette.len() {
+                    0..=2 => 1,
+                    3..=4 => 2,
+                    5..=16 => 4,
+                    _ => 8,
+                };
+                encoder.set_color(png::ColorType::Indexed);
+                encoder.set_depth(match bits {
+                    1 => png::BitDepth::One,
+                    2 => png::BitDepth::Two,
+                    4 => png::BitDepth::Four,
+                    _ => png::BitDepth::Eight,
+                });
+                encoder.set_palette(rgb_bytes(&palette));
+                let index = |p: u32| palette.binary_search(&p).unwrap_or(0) as u8;
+                let mut packed = Vec::with_capacity((self.width * bits).div_ceil(8) as usize * self.height as usize);
+                for row in self.pixels.chunks(self.width as usize) {
+                    let (mut byte, mut used) = (0u8, 0);
+                    for &p in row {
+                        byte = if bits == 8 { index(p) } else { (byte << bits) | index(p) };
+                        used += bits;
+                        if used == 8 {
+                            packed.push(byte);
+                            (byte, used) = (0, 0);
+                        }
+                    }
+                    if used > 0 {
+                        packed.push(byte << (8 - used));
+                    }
+                }
+                packed
+            }
+            None => {
+                encoder.set_color(png::ColorType::Rgb);
+                encoder.set_depth(png::BitDepth::Eight);
+                if self.pixels.is_empty() {
+                    vec![0; 3]
+                } else {
+                    rgb_bytes(&self.pixels)
+                }
+            }
         };
         // Writing into a Vec cannot fail, and the sizes agree.
         if let Ok(mut writer) = encoder.write_header() {
-            let _ = writer.write_image_data(&rgb);
+            let _ = writer.write_image_data(&data);
         }
         out
     }
+
+    /// The frame's colours, sorted, if there are at most 256.
+    fn palette(&self) -> Option<Vec<u32>> {
+        let mut colours: Vec<u32> = Vec::with_capacity(16);
+        for &p in &self.pixels {
+            if let Err(at) = colours.binary_search(&p) {
+                if colours.len() == 256 {
+                    return None;
+                }
+                colours.insert(at, p);
+            }
+        }
+        Some(colours)
+    }
+}
+
+impl Frame {
+    /// Decodes a PNG of any colour type (screenshots, for tests and
+    /// tools); `None` if it is not a PNG.
+    pub fn from_png(png: &[u8]) -> Option<Frame> {
+        let mut decoder = png::Decoder::new(std::io::Cursor::new(png));
+        decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+        let mut reader = decoder.read_info().ok()?;
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).ok()?;
+        let step = info.color_type.samples();
+        let grey = matches!(info.color_type, png::ColorType::Grayscale | png::ColorType::GrayscaleAlpha);
+        let pixels = buf[..info.buffer_size()]
+            .chunks(step)
+            .map(|p| {
+                if grey {
+                    u32::from(p[0]) * 0x010101
+                } else {
+                    u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2])
+                }
+            })
+            .collect();
+        Some(Frame { width: info.width, height: info.height, pixels })
+    }
+}
+
+/// 0x00RRGGBB pixels as R, G, B bytes.
+fn rgb_bytes(pixels: &[u32]) -> Vec<u8> {
+    pixels.iter().flat_map(|p| [(p >> 16) as u8, (p >> 8) as u8, *p as u8]).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode(png: &[u8]) -> (u32, u32, Vec<u32>) {
+        let f = Frame::from_png(png).unwrap();
+        (f.width, f.height, f.pixels)
+    }
+
+    #[test]
+    fn pngs_use_a_palette_when_the_colours_fit_and_decode_to_the_frame() {
+        for colours in [1u32, 2, 3, 5, 17, 256, 300] {
+            let mut f = Frame::new(37, 11);
+            for (i, p) in f.pixels.iter_mut().enumerate() {
+                *p = (i as u32 % colours) * 0x0101;
+            }
+            let png = f.to_png();
+            let (w, h, px) = decode(&png);
+            assert_eq!((w, h), (37, 11));
+            assert_eq!(px, f.pixels, "{colours} colours");
+            let indexed = png[25] == 3; // IHDR's colour type
+            assert_eq!(indexed, colours <= 256, "{colours} colours");
+        }
+        // Greys: a grey-level PNG.
+        let mut f = Frame::new(16, 3);
+        for (i, p) in f.pixels.iter_mut().enumerate() {
+            *p = (i as u32 % 9) * 0x1F1F1F;
+        }
+        let png = f.to_png();
+        assert_eq!(png[25], 0, "grey levels");
+        assert_eq!(decode(&png).2, f.pixels);
+    }
 
     #[test]
     fn shrinking_averages_blocks_and_keeps_partial_edges() {

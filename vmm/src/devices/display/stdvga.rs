@@ -24,6 +24,7 @@ use crate::devices::pci::{BarKind, ConfigSpace, Identity, PciDevice, SUBSYSTEM_Q
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
 use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::EventFd;
 
 pub const VENDOR: u16 = 0x1234;
 pub const DEVICE: u16 = 0x1111;
@@ -88,6 +89,10 @@ pub struct StdVga {
     slot: u32,
     byte_order: u32,
     dispi_changed: bool,
+    /// Signalled at the first visible change after [`StdVga::arm_watch`]:
+    /// the VNC server sleeps on it instead of polling a text screen.
+    watch: Option<EventFd>,
+    watch_armed: bool,
 }
 
 impl StdVga {
@@ -120,7 +125,35 @@ impl StdVga {
             slot,
             byte_order: 0x1e1e_1e1e,
             dispi_changed: true,
+            watch: None,
+            watch_armed: false,
         })
+    }
+
+    /// An event that fires at the first change after each
+    /// [`StdVga::arm_watch`] (one watcher: a second call replaces it).
+    pub fn watch(&mut self) -> std::io::Result<EventFd> {
+        let e = EventFd::new(libc::EFD_NONBLOCK)?;
+        let theirs = e.try_clone()?;
+        self.watch = Some(e);
+        Ok(theirs)
+    }
+
+    /// Asks for the watch event at the next change; fires it now if a
+    /// change is already waiting to be taken.
+    pub fn arm_watch(&mut self) {
+        self.watch_armed = true;
+        self.notify();
+    }
+
+    /// Fires the watch event if it is armed and something changed.
+    fn notify(&mut self) {
+        if self.watch_armed && (self.dispi_changed || self.vga.pending()) {
+            self.watch_armed = false;
+            if let Some(e) = &self.watch {
+                let _ = e.write(1);
+            }
+        }
     }
 
     pub fn vram(&self) -> &Vram {
@@ -276,11 +309,14 @@ impl StdVga {
     pub fn take_change(&mut self) -> Change {
         let vga_changed = self.vga.take_change() != Change::None;
         let regs = std::mem::take(&mut self.dispi_changed) || vga_changed;
-        let dirty = self.dirty_pages();
+        // The dirty log matters only in a linear mode (in text and VGA
+        // modes every write traps): no ioctl on an idle text screen.
+        let mode = self.linear_mode();
+        let dirty = if mode.is_some() { self.dirty_pages() } else { None };
         if regs {
             return Change::All;
         }
-        let Some(mode) = self.linear_mode() else { return Change::None };
+        let Some(mode) = mode else { return Change::None };
         let Some(dirty) = dirty else { return Change::None };
         let first_page = mode.start / PAGE;
         let last_page = (mode.start + mode.line_bytes * mode.height as usize).div_ceil(PAGE);
@@ -441,6 +477,7 @@ impl PciDevice for StdVga {
             }
             _ => {}
         }
+        self.notify();
     }
 
     fn bar_moved(&mut self, bar: usize, addr: Option<u64>) {
@@ -522,6 +559,7 @@ impl BusDevice for Legacy {
                 }
             }
         }
+        vga.notify();
     }
 }
 

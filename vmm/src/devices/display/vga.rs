@@ -334,6 +334,11 @@ impl Vga {
         }
     }
 
+    /// Whether a change waits for [`Vga::take_change`].
+    pub fn pending(&self) -> bool {
+        self.changed
+    }
+
     pub fn mark_changed(&mut self) {
         self.changed = true;
     }
