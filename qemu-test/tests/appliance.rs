@@ -267,7 +267,9 @@ fn screen_keyboard_and_tablet(panel: &Panel, id: &str, console: &mut Console, mu
         .send(
             "echo \"FB-$((40+2)) $(cat /proc/fb)\"; grep -o 'Name=.*' /proc/bus/input/devices; \
              ev=$(grep -l 'Virtio Tablet' /sys/class/input/event*/device/name | cut -d/ -f5); \
-             (timeout 600 cat /dev/input/$ev > /tmp/ev &); echo \"TABLET-$((40+2)) $ev\"\n",
+             kb=$(grep -l 'AT Translated' /sys/class/input/event*/device/name | cut -d/ -f5); \
+             (timeout 900 cat /dev/input/$ev > /tmp/ev &); (timeout 900 cat /dev/input/$kb > /tmp/kev &); \
+             echo \"TABLET-$((40+2)) $ev\"\n",
         )
         .unwrap();
     at = console.expect_after(at, "TABLET-42 event", GUEST_TIMEOUT).unwrap();
@@ -285,12 +287,25 @@ fn screen_keyboard_and_tablet(panel: &Panel, id: &str, console: &mut Console, mu
     let (width, height) = (screen.width, screen.height);
     eprintln!("the guest's screen is {width}x{height}");
 
-    // Log in on tty1 by typing on the screen; the serial shell watches.
+    // Log in on tty1 by typing on the screen once its getty runs (it
+    // flushes what was typed before); the serial shell watches, and says
+    // what the keyboard delivered if the login does not start.
+    console
+        .send("until ps -t tty1 -o comm= | grep -q agetty; do sleep 1; done; sleep 2; echo GETTY-$((40+2))\n")
+        .unwrap();
+    at = console.expect_after(at, "GETTY-42", GUEST_TIMEOUT).unwrap();
     screen.type_text("root\n").unwrap();
     console
-        .send("until ps -t tty1 -o comm= | grep -q login; do sleep 1; done; sleep 3; echo TTY1-$((40+2))\n")
+        .send(
+            "for i in $(seq 90); do ps -t tty1 -o comm= | grep -q login && break; sleep 1; done; sleep 3; \
+             echo \"TTY1-$((40+2)) on tty1: $(ps -t tty1 -o comm= | tr '\\n' ' ')key events: $(($(stat -c %s /tmp/kev) / 24)) \
+             IRQ 1: $(grep -w '1:' /proc/interrupts | tr -s ' ')\"\n",
+        )
         .unwrap();
-    at = console.expect_after(at, "TTY1-42", GUEST_TIMEOUT).unwrap();
+    let from = console.expect_after(at, "TTY1-42 on tty1:", GUEST_TIMEOUT).unwrap();
+    at = console.expect_after(from, "\n", GUEST_TIMEOUT).unwrap();
+    let line = console.seen[from..at].to_string();
+    assert!(line.contains("login"), "no login on tty1 after typing root over VNC: {line}");
     screen.type_text(&format!("{}\n", kvmos_qemu_test::debian::ROOT_PASSWORD)).unwrap();
     console.send("until ps -t tty1 -o comm= | grep -q bash; do sleep 1; done; echo SHELL-$((40+2))\n").unwrap();
     at = console.expect_after(at, "SHELL-42", GUEST_TIMEOUT).unwrap();

@@ -29,6 +29,10 @@ pub struct Viewer<S = UnixStream> {
     pub changed: Vec<(u32, u32, u32, u32)>,
     /// Bytes received since the handshake.
     pub bytes: usize,
+    /// Whether a whole-screen (non-incremental) request went out: the
+    /// first request always is one, as RFC 6143 asks (QEMU's server
+    /// answers incremental requests only with what changes later).
+    full_requested: bool,
     zlib: flate2::Decompress,
 }
 
@@ -102,6 +106,7 @@ impl<S: Read + Write> Viewer<S> {
             encodings_seen: Vec::new(),
             changed: Vec::new(),
             bytes: 0,
+            full_requested: false,
             zlib: flate2::Decompress::new(true),
         })
     }
@@ -112,6 +117,8 @@ impl<S: Read + Write> Viewer<S> {
     }
 
     pub fn request_area(&mut self, incremental: bool, w: u16, h: u16) -> std::io::Result<()> {
+        let incremental = incremental && self.full_requested;
+        self.full_requested = true;
         let mut msg = vec![3, u8::from(incremental), 0, 0, 0, 0];
         msg.extend_from_slice(&w.to_be_bytes());
         msg.extend_from_slice(&h.to_be_bytes());
