@@ -484,6 +484,15 @@ impl Server {
                     self.idle_looks = self.idle_looks.saturating_add(1);
                     return;
                 }
+                // The dirty rows of a linear mode are drawn over the last
+                // frame; anything else is drawn whole.
+                Change::Rows(first, count) => {
+                    let mut frame = self.shown.clone();
+                    if !display.render_rows(&mut frame, first..first.saturating_add(count)) {
+                        frame = display.render();
+                    }
+                    (Change::Rows(first, count), frame)
+                }
                 change => (change, display.render()),
             }
         };

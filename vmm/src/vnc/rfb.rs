@@ -277,7 +277,7 @@ pub struct Zrle {
 
 impl Default for Zrle {
     fn default() -> Self {
-        Self { zlib: Compress::new(Compression::new(6), true), scratch: Vec::new() }
+        Self { zlib: Compress::new(Compression::new(9), true), scratch: Vec::new() }
     }
 }
 

@@ -364,14 +364,41 @@ impl StdVga {
         }
     }
 
+    /// The size a linear mode's frame has.
+    fn linear_size(m: &LinearMode) -> (u32, u32) {
+        (m.width.min(u32::from(MAX_XRES)), m.height.min(u32::from(MAX_YRES)))
+    }
+
     fn render_linear(&self, m: &LinearMode) -> Frame {
-        let (w, h) = (m.width.min(u32::from(MAX_XRES)), m.height.min(u32::from(MAX_YRES)));
+        let (w, h) = Self::linear_size(m);
         let mut frame = Frame::new(w, h);
+        self.render_linear_rows(m, &mut frame, 0..h);
+        frame
+    }
+
+    /// Redraws `rows` of `frame` (the last render, same mode) from video
+    /// memory: in a linear mode, only the rows the dirty log names change,
+    /// so the rest need not be read again. `false` when `frame` is not of
+    /// this linear mode (the caller renders all of it).
+    pub fn render_rows(&self, frame: &mut Frame, rows: std::ops::Range<u32>) -> bool {
+        let Some(m) = self.linear_mode() else { return false };
+        if Self::linear_size(&m) != (frame.width, frame.height)
+            || frame.pixels.len() != (frame.width * frame.height) as usize
+        {
+            return false;
+        }
+        let rows = rows.start.min(frame.height)..rows.end.min(frame.height);
+        self.render_linear_rows(&m, frame, rows);
+        true
+    }
+
+    fn render_linear_rows(&self, m: &LinearMode, frame: &mut Frame, rows: std::ops::Range<u32>) {
+        let w = frame.width;
         let bytes = usize::from(m.bpp.div_ceil(8));
         let mut line = vec![0u8; w as usize * bytes];
         let dac_8bit = self.dispi[DISPI_ENABLE] & DAC_8BIT != 0;
         let palette: Vec<u32> = (0..=255u8).map(|i| self.vga.dac_colour(i, dac_8bit)).collect();
-        for y in 0..h as usize {
+        for y in rows.start as usize..rows.end as usize {
             self.vram.read(m.start + y * m.line_bytes, &mut line);
             let out = &mut frame.pixels[y * w as usize..(y + 1) * w as usize];
             for (x, px) in out.iter_mut().enumerate() {
@@ -392,7 +419,6 @@ impl StdVga {
                 };
             }
         }
-        frame
     }
 
     /// Maps (or unmaps) the framebuffer slot where BAR 0 now decodes.
