@@ -61,6 +61,17 @@ impl Browser {
         Ok(Self { client, driver, _profile: profile, shots: shots.to_path_buf() })
     }
 
+    /// Starts Chromium ([`Browser::start`]) on the panel at `port`, logged
+    /// in with `password`, on the dashboard.
+    pub async fn logged_in(shots: &Path, port: u16, password: &str) -> Result<Self> {
+        let b = Self::start(shots).await?;
+        b.client.goto(&format!("https://127.0.0.1:{port}/")).await?;
+        b.fill("#password", password).await?;
+        b.click("#login-submit").await?;
+        b.wait_for("#vm-table", Duration::from_secs(60)).await?;
+        Ok(b)
+    }
+
     /// Saves a PNG screenshot as `<shots>/<name>.png`.
     pub async fn screenshot(&self, name: &str) -> Result<PathBuf> {
         let png = self.client.screenshot().await?;

@@ -32,7 +32,7 @@ pub const GRUB_MARKER: &str = "GRUB: loading the Debian kernel";
 /// image's configuration (Linux writes to the serial port itself).
 pub const KERNEL_MARKER: &str = "Command line: BOOT_IMAGE=/vmlinuz root=LABEL=debroot";
 
-const PACKAGES: &str = "linux-image-amd64,systemd-sysv,udev,ifupdown,isc-dhcp-client,iproute2,efibootmgr,kmod";
+const PACKAGES: &str = "linux-image-amd64,systemd-sysv,udev,ifupdown,isc-dhcp-client,iproute2,efibootmgr,kmod,procps";
 const DISK_MIB: u64 = 2048;
 const BIOS_BOOT_LBA: u64 = 2048;
 const ESP_LBA: u64 = 4096;

@@ -231,8 +231,56 @@ fn firmware_vm_boots_an_uploaded_debian_image() {
     console.send("echo booted-$((6*7)) from $(grep -o 'root=[^ ]*' /proc/cmdline)\n").unwrap();
     at = console.expect_after(at, "booted-42 from root=LABEL=debroot", GUEST_TIMEOUT).unwrap();
     screen_keyboard_and_tablet(&panel, &id, &mut console, at);
+    switch_page_with_debian_and_the_demo_guest(&panel, port, &dir);
     panel.action(&id, "force-off").unwrap();
     panel.wait_state(&id, "stopped", GUEST_TIMEOUT).unwrap();
+}
+
+/// The Switch page in headless Chromium with the Debian VM (a screen) and
+/// the demo guest (a serial console) side by side: both tiles show their
+/// VM, and a hotkey moves the keyboard to the demo guest's terminal, whose
+/// shell runs what is typed. Screenshots in
+/// target/qemu-test/appliance-firmware-debian/screenshots/.
+fn switch_page_with_debian_and_the_demo_guest(panel: &Panel, port: u16, dir: &std::path::Path) {
+    let demo = panel
+        .ok(
+            "POST",
+            "/api/v1/vms",
+            Some(json!({"name": "demo1", "vcpus": 1, "memory_mib": 128, "boot": {"type": "guest", "guest": "demo"}})),
+        )
+        .unwrap();
+    let demo = demo["id"].as_str().unwrap().to_string();
+    panel.action(&demo, "start").unwrap();
+    let mut console = panel.console(&demo).unwrap();
+    console.expect(READY_LINE, GUEST_TIMEOUT).unwrap();
+    let shots = dir.join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let t = Duration::from_secs(60);
+        let b = Browser::logged_in(&shots, port, PASSWORD).await.unwrap();
+        b.client.goto(&format!("https://127.0.0.1:{port}/#/switch")).await.unwrap();
+        let names = "[...document.querySelectorAll('.tile')].map((t) => t.dataset.tileName).join(',')";
+        b.wait_js("the two tiles", &format!("{names} === 'deb1,demo1'"), t).await.unwrap();
+        // deb1 has the focus: its full-size view shows Linux's console.
+        let lit = "(() => { const c = document.querySelector('.tile.focused .tile-view canvas'); if (!c || !c.width) return false;
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            for (let i = 0; i < d.length; i += 4 * 5) if (d[i] > 100) return true; return false; })()";
+        b.wait_js("deb1's screen", lit, GUEST_TIMEOUT).await.unwrap();
+        b.wait_js("demo1's terminal", &format!("switchView.terminalText('{demo}').includes('kvmos demo guest')"), t)
+            .await
+            .unwrap();
+        b.screenshot("switch-01-debian-and-demo").await.unwrap();
+        b.chord(&['\u{e009}', '\u{e00a}', '2']).await.unwrap();
+        b.wait_js("the focus on demo1", "document.querySelector('.tile.focused')?.dataset.tileName === 'demo1'", t).await.unwrap();
+        b.type_keys("\necho switch-$((6*7))\n").await.unwrap();
+        b.wait_js("the demo guest's answer", &format!("switchView.terminalText('{demo}').includes('switch-42')"), GUEST_TIMEOUT)
+            .await
+            .unwrap();
+        b.screenshot("switch-02-typed-into-demo").await.unwrap();
+        b.close().await.unwrap();
+    });
+    panel.action(&demo, "force-off").unwrap();
 }
 
 /// Polls the VM's text screen until a row has `needle`; returns the rows.

@@ -90,15 +90,7 @@ async fn setup_login_create_start_console_and_stop_in_chromium() {
 
 /// Runs `script` (a JavaScript expression) in the page until it is true.
 async fn wait_js(b: &Browser, what: &str, script: &str, timeout: Duration) {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let v = b.client.execute(&format!("return !!({script});"), vec![]).await.unwrap();
-        if v.as_bool() == Some(true) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "the page never showed {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    b.wait_js(what, script, timeout).await.unwrap();
 }
 
 /// Whether the serial console's terminal holds `needle` (read from
@@ -155,12 +147,8 @@ async fn the_screen_view_shows_the_guest_and_types_into_it() {
     .unwrap();
     let shots = host.dir.join("screenshots");
     std::fs::create_dir_all(&shots).unwrap();
-    let b = Browser::start(&shots).await.unwrap();
+    let b = Browser::logged_in(&shots, port, PASSWORD).await.unwrap();
     let url = format!("https://127.0.0.1:{port}/");
-    b.client.goto(&url).await.unwrap();
-    b.fill("#password", PASSWORD).await.unwrap();
-    b.click("#login-submit").await.unwrap();
-    b.wait_for("#vm-table", T).await.unwrap();
 
     // The dashboard's thumbnail of the running VM.
     wait_js(&b, "the thumbnail", "(() => { const i = document.querySelector('img[data-thumb=screen1]'); return i && i.complete && i.naturalWidth === 720; })()", T).await;
@@ -193,8 +181,44 @@ async fn the_screen_view_shows_the_guest_and_types_into_it() {
     wait_js(&b, "the 640×480 mode", "document.querySelector('#screen canvas').width === 640", T).await;
     wait_js(&b, "the orange half", &canvas_has((0xFF, 0x80, 0)), T).await;
     b.screenshot("04-screen-vbe").await.unwrap();
+
+    // Scaling: fitted to the box, then the guest's own size, pixel for pixel.
+    let canvas_size =
+        "(() => { const c = document.querySelector('#screen canvas'); return [c.clientWidth, c.clientHeight]; })()";
+    wait_js(&b, "the screen fitted to its box", &format!("{canvas_size}.join() !== '640,480'"), T).await;
+    b.click("#screen-scale").await.unwrap();
+    wait_js(
+        &b,
+        "the button offering to fit again",
+        "document.querySelector('#screen-scale').textContent === 'Fit to window'",
+        T,
+    )
+    .await;
+    wait_js(&b, "the screen at 640×480", &format!("{canvas_size}.join() === '640,480'"), T).await;
+    b.screenshot("05-screen-actual-size").await.unwrap();
+    b.click("#screen-scale").await.unwrap();
+    wait_js(&b, "fitted again", &format!("{canvas_size}.join() !== '640,480'"), T).await;
+    // Full screen: the screen's box fills the display.
+    b.click("#screen-full").await.unwrap();
+    wait_js(
+        &b,
+        "the screen full screen",
+        "document.fullscreenElement && document.fullscreenElement.id === 'screen'",
+        T,
+    )
+    .await;
+    b.screenshot("06-screen-full").await.unwrap();
+    b.client.execute("document.exitFullscreen(); return true;", vec![]).await.unwrap();
+    wait_js(&b, "full screen left", "!document.fullscreenElement", T).await;
     b.close().await.unwrap();
-    for shot in ["01-dashboard-thumbnail", "02-screen-text", "03-screen-typed", "04-screen-vbe"] {
+    for shot in [
+        "01-dashboard-thumbnail",
+        "02-screen-text",
+        "03-screen-typed",
+        "04-screen-vbe",
+        "05-screen-actual-size",
+        "06-screen-full",
+    ] {
         let len = std::fs::metadata(shots.join(format!("{shot}.png"))).unwrap().len();
         assert!(len > 1000, "{shot}.png was saved");
     }

@@ -95,12 +95,7 @@ async fn the_switch_page_is_a_kvm_switch_for_four_vms() {
 
     let shots = vms.host.dir.join("screenshots");
     std::fs::create_dir_all(&shots).unwrap();
-    let b = Browser::start(&shots).await.unwrap();
-    let url = format!("https://127.0.0.1:{port}/");
-    b.client.goto(&url).await.unwrap();
-    b.fill("#password", PASSWORD).await.unwrap();
-    b.click("#login-submit").await.unwrap();
-    b.wait_for("#vm-table", T).await.unwrap();
+    let b = Browser::logged_in(&shots, port, PASSWORD).await.unwrap();
     b.click("#nav a[data-nav=switch]").await.unwrap();
 
     // All four screens, in name order; the first has the focus and shows

@@ -380,5 +380,13 @@ window.kvmosSwitch = function open(root, ctx) {
     },
     // For tests and benchmarks.
     state: () => ({ focus: focusId, full: fullId, broadcast, marked: [...marked], tiles: ordered().map((t) => t.id) }),
+    terminalText(id) {
+      const t = tiles.get(id);
+      if (!t || !t.term) return '';
+      const b = t.term.buffer.active;
+      let out = '';
+      for (let i = 0; i < b.length; i++) out += `${b.getLine(i).translateToString(true)}\n`;
+      return out;
+    },
   };
 };

@@ -201,11 +201,7 @@ async fn main() -> Result<()> {
 
     let shots = host.dir.join("screenshots");
     std::fs::create_dir_all(&shots)?;
-    let b = Browser::start(&shots).await?;
-    b.client.goto(&format!("https://127.0.0.1:{port}/")).await?;
-    b.fill("#password", PASSWORD).await?;
-    b.click("#login-submit").await?;
-    b.wait_for("#vm-table", Duration::from_secs(30)).await?;
+    let b = Browser::logged_in(&shots, port, PASSWORD).await?;
     b.client.goto(&format!("https://127.0.0.1:{port}/#/switch")).await?;
     b.wait_js(
         "16 live tiles",
