@@ -98,7 +98,10 @@ fn build_kernel(layout: &Layout, source: &Source, name: &str) -> Result<BuiltKer
     kernel::build(&KernelSpec { name, fragment_path: &fragment }, source, &layout.cache_dir)
 }
 
-/// The guest kernel and its busybox initramfs, in `target/kvmos/guest/`.
+/// The guest kernel and its busybox initramfs, in `target/kvmos/guest/`;
+/// and the demo guest as the appliance bundles it, in
+/// `target/kvmos/guests/demo/` (with its `guest.json`), for a panel run on
+/// a development host with `--guests-dir target/kvmos/guests`.
 fn demo_guest(layout: &Layout, kernel: &BuiltKernel) -> Result<(PathBuf, PathBuf)> {
     let dir = layout.out_dir.join("guest");
     let bz = dir.join("bzImage");
@@ -106,6 +109,12 @@ fn demo_guest(layout: &Layout, kernel: &BuiltKernel) -> Result<(PathBuf, PathBuf
     let cpio = guest::initramfs(Path::new("/bin/busybox"))?.to_cpio();
     let initrd = dir.join("initramfs.cpio.zst");
     write_atomic(&initrd, &initramfs::compress(&cpio)?)?;
+    let bundled = layout.out_dir.join("guests/demo");
+    copy_atomic(&bz, &bundled.join("bzImage"))?;
+    copy_atomic(&initrd, &bundled.join("initramfs.cpio.zst"))?;
+    let mut descriptor = serde_json::to_vec_pretty(&guest::descriptor())?;
+    descriptor.push(b'\n');
+    write_atomic(&bundled.join("guest.json"), &descriptor)?;
     Ok((bz, initrd))
 }
 

@@ -166,7 +166,9 @@ impl Panel {
 
     /// A WebSocket to the panel at `path`, logged in, whose reads time out
     /// after 200 ms.
-    fn websocket(&self, path: &str) -> Result<PanelSocket> {
+    /// A TLS connection to the panel (any certificate accepted), with no
+    /// request sent yet.
+    pub fn tls(&self) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
         let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
@@ -174,7 +176,11 @@ impl Panel {
             .with_custom_certificate_verifier(Arc::new(AnyCertificate))
             .with_no_client_auth();
         let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into()?)?;
-        let tls = rustls::StreamOwned::new(conn, tcp);
+        Ok(rustls::StreamOwned::new(conn, tcp))
+    }
+
+    fn websocket(&self, path: &str) -> Result<PanelSocket> {
+        let tls = self.tls()?;
         let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
             "wss://127.0.0.1:{}{path}",
             self.port

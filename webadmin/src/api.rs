@@ -5,7 +5,7 @@
 //! Public: `GET /api/v1/health` (liveness: status and version), and the
 //! setup and login calls. Everything else goes through [`require_auth`].
 
-use crate::app::{ApiError, ApiResult, State};
+use crate::app::{ApiError, ApiJson, ApiResult, State};
 use crate::auth::{self, Caller, TokenInfo, CSRF_HEADER, SESSION_COOKIE, SESSION_MAX};
 use crate::host::{self, HostSettings, Overview, PowerAction};
 use crate::images::{BundledGuest, Image, ImageKind};
@@ -171,9 +171,21 @@ fn auth_error(e: auth::AuthError) -> ApiError {
         BadPassword => ApiError::field(401, "password", e.to_string()),
         BadSetupCode => ApiError::field(401, "code", e.to_string()),
         WeakPassword => ApiError::field(400, "password", e.to_string()),
+        Storage => ApiError::new(500, e.to_string()),
         AlreadySetUp | NotSetUp => ApiError::conflict(e.to_string()),
         RateLimited(_) => ApiError::new(429, e.to_string()),
     }
+}
+
+/// Audits a login or setup attempt. Of the attempts the rate limit
+/// refuses, only the first per address and window is logged: a flood
+/// cannot fill the data disk or the log.
+fn audit_attempt<T>(state: &State, addr: SocketAddr, action: &str, target: &str, result: &Result<T, ApiError>) {
+    if result.as_ref().is_err_and(|e| e.status == 429) && !state.auth.first_refusal(addr.ip()) {
+        return;
+    }
+    let caller = Caller { who: "admin".into(), addr: addr.ip(), csrf: None };
+    state.audit(&caller, action, target, &result.as_ref().map(|_| ()).map_err(Clone::clone));
 }
 
 fn session_response(token: &str, csrf: String) -> Response {
@@ -186,7 +198,7 @@ fn session_response(token: &str, csrf: String) -> Response {
 async fn setup(
     axum::extract::State(state): axum::extract::State<State>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Json(req): Json<SetupRequest>,
+    ApiJson(req): ApiJson<SetupRequest>,
 ) -> Response {
     let st = state.clone();
     // Wrong codes count as failed logins, so the code cannot be guessed.
@@ -201,8 +213,7 @@ async fn setup(
         Ok(st.auth.new_session())
     })
     .await;
-    let caller = Caller { who: "admin".into(), addr: addr.ip(), csrf: None };
-    state.audit(&caller, "setup", "admin password", &result.as_ref().map(|_| ()).map_err(Clone::clone));
+    audit_attempt(&state, addr, "setup", "admin password", &result);
     match result {
         Ok((token, csrf)) => session_response(&token, csrf),
         Err(e) => e.into_response(),
@@ -220,12 +231,11 @@ struct LoginRequest {
 async fn login(
     axum::extract::State(state): axum::extract::State<State>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Json(req): Json<LoginRequest>,
+    ApiJson(req): ApiJson<LoginRequest>,
 ) -> Response {
     let st = state.clone();
     let result = blocking(move || st.auth.login(addr.ip(), &req.password).map_err(auth_error)).await;
-    let caller = Caller { who: "admin".into(), addr: addr.ip(), csrf: None };
-    state.audit(&caller, "login", "admin", &result.as_ref().map(|_| ()).map_err(Clone::clone));
+    audit_attempt(&state, addr, "login", "admin", &result);
     match result {
         Ok((token, csrf)) => session_response(&token, csrf),
         Err(e) => e.into_response(),
@@ -275,7 +285,7 @@ async fn get_settings(axum::extract::State(state): axum::extract::State<State>) 
 async fn put_settings(
     axum::extract::State(state): axum::extract::State<State>,
     Extension(caller): Extension<Caller>,
-    Json(s): Json<HostSettings>,
+    ApiJson(s): ApiJson<HostSettings>,
 ) -> ApiResult<Json<HostSettings>> {
     let r = s.save(&state.paths.data_dir);
     state.audit(&caller, "host.settings", "host", &r);
@@ -293,7 +303,7 @@ struct PowerRequest {
 async fn host_power(
     axum::extract::State(state): axum::extract::State<State>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<PowerRequest>,
+    ApiJson(req): ApiJson<PowerRequest>,
 ) -> ApiResult<StatusCode> {
     let r = host::power(&state.paths.status_file, req.action);
     state.audit(&caller, &format!("host.{:?}", req.action).to_lowercase(), "host", &r);
@@ -312,7 +322,7 @@ struct PasswordChange {
 async fn change_password(
     axum::extract::State(state): axum::extract::State<State>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<PasswordChange>,
+    ApiJson(req): ApiJson<PasswordChange>,
 ) -> ApiResult<StatusCode> {
     let st = state.clone();
     let r = blocking(move || {
@@ -342,7 +352,7 @@ struct CertificateUpload {
 async fn put_certificate(
     axum::extract::State(state): axum::extract::State<State>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<CertificateUpload>,
+    ApiJson(req): ApiJson<CertificateUpload>,
 ) -> ApiResult<StatusCode> {
     let r = crate::tls::replace(&state.paths.data_dir, &state.tls, &req.cert_pem, &req.key_pem).await;
     state.audit(&caller, "host.certificate", "tls", &r);
@@ -372,7 +382,7 @@ struct CreatedToken {
 async fn create_token(
     axum::extract::State(state): axum::extract::State<State>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<NewToken>,
+    ApiJson(req): ApiJson<NewToken>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     let name = req.name.trim();
     if name.is_empty() || name.len() > 64 {
@@ -455,7 +465,7 @@ async fn list_vms(axum::extract::State(state): axum::extract::State<State>) -> J
 async fn create_vm(
     axum::extract::State(state): axum::extract::State<State>,
     Extension(caller): Extension<Caller>,
-    Json(spec): Json<VmSpec>,
+    ApiJson(spec): ApiJson<VmSpec>,
 ) -> ApiResult<(StatusCode, Json<VmView>)> {
     let name = spec.name.clone();
     let r = (|| {
@@ -541,7 +551,7 @@ async fn update_vm(
     axum::extract::State(state): axum::extract::State<State>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Json(spec): Json<VmSpec>,
+    ApiJson(spec): ApiJson<VmSpec>,
 ) -> ApiResult<Json<VmView>> {
     let old = state.vms.get(&id)?;
     let r = (|| {
@@ -602,7 +612,7 @@ async fn vm_action(
     axum::extract::State(state): axum::extract::State<State>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Json(req): Json<ActionRequest>,
+    ApiJson(req): ApiJson<ActionRequest>,
 ) -> ApiResult<Json<VmView>> {
     let record = state.vms.get(&id)?;
     let st = state.clone();
@@ -655,7 +665,7 @@ struct NewDisk {
 async fn create_disk(
     axum::extract::State(state): axum::extract::State<State>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<NewDisk>,
+    ApiJson(req): ApiJson<NewDisk>,
 ) -> ApiResult<(StatusCode, Json<Image>)> {
     let r = state.images.create_disk(&req.name, req.size_mib);
     state.audit(&caller, "image.create-disk", &req.name, &r.as_ref().map(|_| ()).map_err(Clone::clone));

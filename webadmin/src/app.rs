@@ -79,9 +79,12 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(409, message)
     }
+    /// An internal error: the cause (with its paths and details) goes to
+    /// the panel's log under a reference; the client gets the reference.
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        tracing::error!("internal error: {e}");
-        Self::new(500, format!("internal error: {e}"))
+        let reference = crate::auth::random_hex(4);
+        tracing::error!(reference, "internal error: {e}");
+        Self::new(500, format!("internal error {reference}: the panel's log has the details; try again, or report it"))
     }
 }
 
@@ -99,3 +102,66 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The largest JSON body the API takes.
+pub const BODY_LIMIT: usize = 1 << 20;
+/// How long a JSON body may take to arrive.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A JSON request body. Unlike axum's `Json`, whose rejections are plain
+/// text, a body that is too large, not JSON, or not the right shape comes
+/// back as an [`ApiError`] like every other error, naming the field where
+/// serde can tell.
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        // A body trickled in slowly must not hold a task for ever.
+        match tokio::time::timeout(BODY_TIMEOUT, axum::Json::<T>::from_request(req, state)).await {
+            Ok(Ok(axum::Json(v))) => Ok(Self(v)),
+            Ok(Err(rejection)) => Err(json_rejection(rejection)),
+            Err(_) => Err(ApiError::new(408, format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs()))),
+        }
+    }
+}
+
+fn json_rejection(r: axum::extract::rejection::JsonRejection) -> ApiError {
+    use axum::extract::rejection::JsonRejection as R;
+    match r {
+        R::JsonDataError(e) => {
+            // "Failed to deserialize the JSON body into the target type:
+            // name: invalid type..." (the path comes from serde_path_to_error).
+            let text = e.body_text();
+            let detail = text.split_once("target type: ").map(|(_, d)| d).unwrap_or(&text).to_string();
+            match detail.split_once(": ") {
+                Some((path, why)) if !path.contains(' ') && path != "." => {
+                    ApiError::field(400, path, format!("{path}: {why}"))
+                }
+                _ => ApiError::new(400, detail),
+            }
+        }
+        R::JsonSyntaxError(e) => ApiError::new(400, format!("the body is not valid JSON: {}", e.body_text())),
+        R::MissingJsonContentType(_) => ApiError::new(415, "send the body as JSON with Content-Type: application/json"),
+        R::BytesRejection(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(413, format!("the body is larger than the {} KiB the API takes", BODY_LIMIT >> 10))
+        }
+        other => ApiError::new(other.status().as_u16(), other.body_text()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Internal errors once carried their cause, host paths and all, to
+    /// the client.
+    #[test]
+    fn internal_errors_keep_their_details_in_the_log() {
+        let e = ApiError::internal("cannot write /var/lib/kvmos/panel/vms.json: No space left on device");
+        assert_eq!(e.status, 500);
+        assert!(!e.message.contains("/var/lib"), "{}", e.message);
+        assert!(e.message.starts_with("internal error ") && e.message.contains("the panel's log"), "{}", e.message);
+    }
+}

@@ -35,6 +35,10 @@ pub const SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
 pub const LOGIN_ATTEMPTS: usize = 5;
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(300);
 pub const MIN_PASSWORD_LEN: usize = 10;
+/// Addresses whose failed logins are remembered at most; beyond this the
+/// oldest are forgotten, so a flood from many addresses costs bounded
+/// memory.
+pub const MAX_TRACKED_ADDRESSES: usize = 4096;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct AuthFile {
@@ -90,6 +94,9 @@ pub enum AuthError {
     RateLimited(u64),
     #[error("password: use at least {MIN_PASSWORD_LEN} characters")]
     WeakPassword,
+    /// The password could not be stored (the cause is in the panel's log).
+    #[error("the password could not be saved on the data disk; check that it has space and is healthy (the panel's log has the cause)")]
+    Storage,
 }
 
 pub struct Auth {
@@ -98,7 +105,42 @@ pub struct Auth {
     setup_code: Mutex<Option<String>>,
     setup_code_file: PathBuf,
     sessions: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+    failures: Mutex<Failures>,
+}
+
+/// Failed logins by address, and which addresses were already audited as
+/// refused in the current window (their further refusals are not logged
+/// one by one).
+#[derive(Default)]
+struct Failures {
+    by_address: HashMap<IpAddr, Vec<Instant>>,
+    refusal_logged: HashMap<IpAddr, Instant>,
+}
+
+impl Failures {
+    /// Forgets what is older than the window; then, if still too many
+    /// addresses are tracked, the ones whose last failure is oldest.
+    fn prune(&mut self) {
+        self.by_address.retain(|_, list| {
+            list.retain(|t| t.elapsed() < LOGIN_WINDOW);
+            !list.is_empty()
+        });
+        self.refusal_logged.retain(|_, t| t.elapsed() < LOGIN_WINDOW);
+        while self.by_address.len() >= MAX_TRACKED_ADDRESSES {
+            let oldest = self.by_address.iter().min_by_key(|(_, l)| l.last().copied()).map(|(a, _)| *a);
+            match oldest {
+                Some(a) => self.by_address.remove(&a),
+                None => break,
+            };
+        }
+        while self.refusal_logged.len() >= MAX_TRACKED_ADDRESSES {
+            let oldest = self.refusal_logged.iter().min_by_key(|(_, t)| **t).map(|(a, _)| *a);
+            match oldest {
+                Some(a) => self.refusal_logged.remove(&a),
+                None => break,
+            };
+        }
+    }
 }
 
 pub fn random_hex(bytes: usize) -> String {
@@ -128,7 +170,7 @@ impl Auth {
             setup_code_file: setup_code_file.to_path_buf(),
             file: Mutex::new(file),
             sessions: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            failures: Mutex::new(Failures::default()),
         };
         if auth.is_set_up() {
             let _ = std::fs::remove_file(setup_code_file);
@@ -181,14 +223,20 @@ impl Auth {
         if password.chars().count() < MIN_PASSWORD_LEN {
             return Err(AuthError::WeakPassword);
         }
-        let salt = SaltString::encode_b64(random_hex(16).as_bytes()).map_err(|_| AuthError::WeakPassword)?;
-        let hash = Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|_| AuthError::WeakPassword)?;
+        let salt = SaltString::encode_b64(random_hex(16).as_bytes()).map_err(|e| {
+            tracing::error!("cannot make a password salt: {e}");
+            AuthError::Storage
+        })?;
+        let hash = Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|e| {
+            tracing::error!("cannot hash the password: {e}");
+            AuthError::Storage
+        })?;
         let mut file = lock(&self.file);
         let mut next = file.clone();
         next.password_hash = Some(hash.to_string());
         if let Err(e) = self.save(&next) {
             tracing::error!("cannot save the password: {e:#}");
-            return Err(AuthError::WeakPassword);
+            return Err(AuthError::Storage);
         }
         *file = next;
         Ok(())
@@ -202,7 +250,7 @@ impl Auth {
     /// Refuses an address that failed too often lately.
     pub fn check_rate(&self, addr: IpAddr) -> Result<(), AuthError> {
         let mut failures = lock(&self.failures);
-        let list = failures.entry(addr).or_default();
+        let Some(list) = failures.by_address.get_mut(&addr) else { return Ok(()) };
         list.retain(|t| t.elapsed() < LOGIN_WINDOW);
         if list.len() >= LOGIN_ATTEMPTS {
             let wait = LOGIN_WINDOW.saturating_sub(list[0].elapsed()).as_secs() + 1;
@@ -212,7 +260,32 @@ impl Auth {
     }
 
     pub fn record_failure(&self, addr: IpAddr) {
-        lock(&self.failures).entry(addr).or_default().push(Instant::now());
+        let mut failures = lock(&self.failures);
+        if !failures.by_address.contains_key(&addr) && failures.by_address.len() >= MAX_TRACKED_ADDRESSES {
+            failures.prune();
+        }
+        failures.by_address.entry(addr).or_default().push(Instant::now());
+    }
+
+    /// Whether a refusal by the rate limit is the first for `addr` in this
+    /// window: only that one goes to the audit log.
+    pub fn first_refusal(&self, addr: IpAddr) -> bool {
+        let mut failures = lock(&self.failures);
+        if failures.refusal_logged.get(&addr).is_some_and(|t| t.elapsed() < LOGIN_WINDOW) {
+            return false;
+        }
+        if failures.refusal_logged.len() >= MAX_TRACKED_ADDRESSES {
+            failures.prune();
+        }
+        failures.refusal_logged.insert(addr, Instant::now());
+        true
+    }
+
+    /// How many addresses the rate limit remembers (for tests and the
+    /// abuse benchmark).
+    pub fn tracked_addresses(&self) -> usize {
+        let f = lock(&self.failures);
+        f.by_address.len() + f.refusal_logged.len()
     }
 
     /// Checks the password (rate-limited) and opens a session: returns the
@@ -226,7 +299,7 @@ impl Auth {
             self.record_failure(addr);
             return Err(AuthError::BadPassword);
         }
-        lock(&self.failures).remove(&addr);
+        lock(&self.failures).by_address.remove(&addr);
         Ok(self.new_session())
     }
 
@@ -335,6 +408,42 @@ mod tests {
         assert_eq!(again.session(&token), Some(csrf));
         again.logout(&token);
         assert_eq!(again.session(&token), None);
+    }
+
+    /// A flood of failed logins from many addresses once grew the map of
+    /// failures without bound.
+    #[test]
+    fn failed_logins_from_many_addresses_cost_bounded_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::load(dir.path(), &dir.path().join("code")).unwrap();
+        for i in 0..(3 * MAX_TRACKED_ADDRESSES as u32) {
+            let addr = IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + i));
+            auth.record_failure(addr);
+            auth.first_refusal(addr);
+        }
+        assert!(auth.tracked_addresses() <= 2 * MAX_TRACKED_ADDRESSES, "{}", auth.tracked_addresses());
+        // The newest addresses are still limited.
+        let last = IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + 3 * MAX_TRACKED_ADDRESSES as u32 - 1));
+        for _ in 0..LOGIN_ATTEMPTS {
+            auth.record_failure(last);
+        }
+        assert!(matches!(auth.check_rate(last), Err(AuthError::RateLimited(_))));
+        assert!(!auth.first_refusal(last), "its refusal was audited already in this window");
+    }
+
+    /// A password that could not be written once came back as "use at
+    /// least 10 characters".
+    #[test]
+    fn a_password_that_cannot_be_saved_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::load(dir.path(), &dir.path().join("code")).unwrap();
+        let code = auth.current_setup_code().unwrap();
+        // The file's place is taken by a directory: the rename fails.
+        std::fs::create_dir_all(dir.path().join("panel/auth.json/x")).unwrap();
+        let e = auth.setup(&code, "long enough pw").unwrap_err();
+        assert_eq!(e, AuthError::Storage);
+        assert!(e.to_string().contains("could not be saved on the data disk"));
+        assert!(!auth.is_set_up());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The HTTPS server: the API, the embedded UI, plain HTTP redirected to
 //! HTTPS, and an orderly stop on SIGTERM (the VMs power off first).
 
-use crate::app::State;
+use crate::app::{State, BODY_LIMIT};
 use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, Uri};
@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// JSON bodies are small.
-const BODY_LIMIT: usize = 1 << 20;
+/// How long a client has to send a request's head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The whole application.
 pub fn router(state: State) -> Router {
@@ -62,8 +62,12 @@ pub async fn serve(state: State, listen: SocketAddr, redirect_from: Option<Socke
         spawn_redirect(from, listen.port());
     }
     tracing::info!(%listen, data_dir = %state.paths.data_dir.display(), ram_only = state.paths.ram_only, "serving HTTPS");
-    axum_server::bind_rustls(listen, state.tls.clone())
-        .handle(handle)
+    let mut server = axum_server::bind_rustls(listen, state.tls.clone()).handle(handle);
+    // A connection that sends no complete request head within this time
+    // (idle keep-alive, half-open, slowloris) is closed; the TLS handshake
+    // has its own 10 s limit in axum-server.
+    server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    server
         .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
         .await
         .with_context(|| format!("cannot serve on {listen}"))

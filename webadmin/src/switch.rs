@@ -21,7 +21,7 @@
 //!   The focused tile itself is a full-size noVNC view on the screen
 //!   WebSocket ([`crate::console::screen`]).
 
-use crate::app::{ApiError, ApiResult, State};
+use crate::app::{ApiError, ApiJson, ApiResult, State};
 use crate::auth::Caller;
 use crate::keys::{self, Stroke};
 use crate::store::{load_json, lock, save_json};
@@ -140,7 +140,7 @@ enum Delivery {
 pub async fn send_keys(
     axum::extract::State(state): axum::extract::State<State>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<KeysRequest>,
+    ApiJson(req): ApiJson<KeysRequest>,
 ) -> ApiResult<Json<KeysSent>> {
     let r = plan_keys(&state, &req);
     let target = req.vms.join(",");
@@ -303,7 +303,7 @@ pub async fn get_settings(axum::extract::State(state): axum::extract::State<Stat
 pub async fn put_settings(
     axum::extract::State(state): axum::extract::State<State>,
     Extension(caller): Extension<Caller>,
-    Json(s): Json<SwitchSettings>,
+    ApiJson(s): ApiJson<SwitchSettings>,
 ) -> ApiResult<Json<SwitchSettings>> {
     let r = s.validate().and_then(|()| save_json(&settings_path(&state), &s).map_err(ApiError::from));
     state.audit(&caller, "switch.settings", &format!("{} {}", s.layout, s.modifiers), &r);

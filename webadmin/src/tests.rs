@@ -483,3 +483,42 @@ async fn keys_for_scripts_are_checked_before_any_is_sent() {
     let text = h.call(Method::GET, &format!("/api/v1/vms/{id}/screen/text"), None).await;
     assert_eq!(text.status, StatusCode::CONFLICT);
 }
+
+/// Request bodies that are too large or of the wrong shape get the API's
+/// `{"error", "field"}` answers (they were a reset stream and plain text).
+#[tokio::test]
+async fn bad_bodies_get_json_errors_that_name_the_field() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    let huge = json!({"name": "x".repeat(2 << 20)});
+    let a = h.call(Method::POST, "/api/v1/vms", Some(huge)).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(a.body["error"].as_str().unwrap().contains("1024 KiB"), "{:?}", a.body);
+    let a = h
+        .call(
+            Method::POST,
+            "/api/v1/vms",
+            Some(json!({"name": 5, "vcpus": 1, "memory_mib": 32, "boot": {"type": "guest", "guest": "tiny"}})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.body["field"], "name", "{:?}", a.body);
+    assert!(a.body["error"].as_str().unwrap().contains("invalid type"), "{:?}", a.body);
+    let a = h.call(Method::PUT, "/api/v1/switch/settings", Some(json!({"layout": "auto"}))).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.body["error"].as_str().unwrap().contains("missing field"), "{:?}", a.body);
+}
+
+/// Logins refused by the rate limit once each appended (and fsynced) an
+/// audit entry: a flood filled the log.
+#[tokio::test]
+async fn a_login_flood_leaves_a_bounded_audit_trail() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    for _ in 0..40 {
+        h.login("a wrong password!").await;
+    }
+    let entries = h.call(Method::GET, "/api/v1/audit?limit=500", None).await.body;
+    let logins = entries.as_array().unwrap().iter().filter(|e| e["action"] == "login").count();
+    assert_eq!(logins, crate::auth::LOGIN_ATTEMPTS + 1, "the failures, then one refusal: {entries}");
+}
