@@ -16,6 +16,10 @@ use std::collections::VecDeque;
 
 /// Bytes a real keyboard buffers; QEMU keeps 16 too. Keys beyond are lost.
 const QUEUE_LEN: usize = 16;
+/// Key events held on the host side while the keyboard's own 16-byte
+/// buffer is full: a text pasted or typed by a script arrives whole, at the
+/// pace the guest reads, as if typed fast. Beyond this many, keys are lost.
+const TYPEAHEAD_LEN: usize = 4096;
 
 pub const ACK: u8 = 0xFA;
 const RESEND: u8 = 0xFE;
@@ -57,6 +61,8 @@ enum Awaiting {
 #[derive(Debug)]
 pub struct Ps2Keyboard {
     queue: VecDeque<u8>,
+    /// Keys from the outside that wait for room in `queue`.
+    typeahead: VecDeque<(u8, bool)>,
     awaiting: Option<Awaiting>,
     /// Scanning on: keys are reported.
     enabled: bool,
@@ -71,6 +77,7 @@ impl Default for Ps2Keyboard {
     fn default() -> Self {
         Self {
             queue: VecDeque::new(),
+            typeahead: VecDeque::new(),
             awaiting: None,
             enabled: true,
             scancode_set: 2,
@@ -84,7 +91,9 @@ impl Default for Ps2Keyboard {
 impl Ps2Keyboard {
     /// The next byte for the controller's output buffer.
     pub fn pop(&mut self) -> Option<u8> {
-        self.queue.pop_front()
+        let byte = self.queue.pop_front();
+        self.feed();
+        byte
     }
 
     pub fn has_data(&self) -> bool {
@@ -105,7 +114,8 @@ impl Ps2Keyboard {
     }
 
     /// Answers are queued in full or not at all; a full queue keeps the
-    /// oldest bytes, as a keyboard whose host is not reading would.
+    /// oldest bytes, as a keyboard whose host is not reading would (keys
+    /// from the outside wait in the typeahead instead).
     fn push(&mut self, bytes: &[u8]) {
         if self.queue.len() + bytes.len() <= QUEUE_LEN {
             self.queue.extend(bytes);
@@ -153,6 +163,7 @@ impl Ps2Keyboard {
             0xFE => self.push(&[RESEND]),
             0xFF => {
                 self.queue.clear();
+                self.typeahead.clear();
                 self.set_defaults();
                 self.enabled = true;
                 self.push(&[ACK, SELF_TEST_PASSED]);
@@ -184,17 +195,39 @@ impl Ps2Keyboard {
     }
 
     /// A key went down or up. `xt` is its XT make code, with 0x80 set for
-    /// keys that carry the 0xE0 prefix. Unknown keys and keys while
-    /// scanning is off are dropped.
+    /// keys that carry the 0xE0 prefix. It waits on the host side while the
+    /// keyboard's buffer is full. Unknown keys and keys while scanning is
+    /// off are dropped.
     pub fn key(&mut self, xt: u8, down: bool) {
+        if self.typeahead.len() < TYPEAHEAD_LEN {
+            self.typeahead.push_back((xt, down));
+        }
+        self.feed();
+    }
+
+    /// Moves waiting keys into the keyboard's buffer while they fit.
+    fn feed(&mut self) {
+        while let Some(&(xt, down)) = self.typeahead.front() {
+            let bytes = self.scancodes(xt, down);
+            if self.queue.len() + bytes.len() > QUEUE_LEN {
+                return;
+            }
+            self.typeahead.pop_front();
+            self.queue.extend(bytes);
+        }
+    }
+
+    /// What the keyboard sends for a key, in its current set; nothing for
+    /// unknown keys or while scanning is off.
+    fn scancodes(&self, xt: u8, down: bool) -> Vec<u8> {
         if !self.enabled {
-            return;
+            return Vec::new();
         }
         let extended = xt & 0x80 != 0;
         let code = xt & 0x7F;
         let set2 = SET1_TO_SET2[usize::from(code)];
         if set2 == 0 {
-            return;
+            return Vec::new();
         }
         let mut bytes = Vec::with_capacity(3);
         if extended {
@@ -208,7 +241,7 @@ impl Ps2Keyboard {
             }
             bytes.push(set2);
         }
-        self.push(&bytes);
+        bytes
     }
 }
 
@@ -218,6 +251,27 @@ mod tests {
 
     fn drain(k: &mut Ps2Keyboard) -> Vec<u8> {
         std::iter::from_fn(|| k.pop()).collect()
+    }
+
+    /// A burst of keys (a pasted text) once overflowed the 16-byte buffer
+    /// and lost keys: now they wait on the host side and all arrive, in
+    /// order, as the guest reads.
+    #[test]
+    fn a_burst_longer_than_the_buffer_arrives_whole() {
+        let mut k = Ps2Keyboard::default();
+        k.set_translation(true);
+        for i in 0..200u8 {
+            let xt = 0x10 + i % 10;
+            k.key(xt, true);
+            k.key(xt, false);
+        }
+        assert!(k.queue.len() <= QUEUE_LEN);
+        let got = drain(&mut k);
+        assert_eq!(got.len(), 400);
+        for (i, pair) in got.chunks(2).enumerate() {
+            let xt = 0x10 + (i % 10) as u8;
+            assert_eq!(pair, [xt, xt | 0x80], "key {i}");
+        }
     }
 
     #[test]
@@ -267,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn disabled_scanning_drops_keys_and_a_full_queue_keeps_the_oldest() {
+    fn disabled_scanning_drops_keys_and_a_full_buffer_holds_them_back() {
         let mut k = Ps2Keyboard::default();
         k.write(0xF5);
         assert_eq!(drain(&mut k), [ACK]);
@@ -278,7 +332,8 @@ mod tests {
         for _ in 0..40 {
             k.key(0x1E, true);
         }
-        assert_eq!(drain(&mut k).len(), QUEUE_LEN);
+        assert_eq!(k.queue.len(), QUEUE_LEN, "the keyboard's own buffer is full");
+        assert_eq!(drain(&mut k).len(), 40, "the rest waited");
         k.key(0x00, true);
         k.key(0x7F, true);
         assert!(!k.has_data(), "keys with no code are dropped");
