@@ -23,6 +23,7 @@ pub mod browser;
 pub mod debian;
 pub mod nested;
 pub mod panel;
+pub mod timed;
 
 /// TCG is slow and these machines are shared: boots get minutes, not seconds.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);

@@ -19,11 +19,9 @@
 use anyhow::{bail, Context, Result};
 use kvmos_qemu_test::browser::Browser;
 use kvmos_qemu_test::panel::{HostPanel, Panel};
+use kvmos_qemu_test::timed::TimedOutput;
 use kvmos_vmm::tiny_guest;
 use serde_json::json;
-use std::io::Read;
-use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const VMS: usize = 16;
@@ -99,53 +97,6 @@ fn measure(pids: &[u32], port: u16, secs: u64) -> Result<Window> {
     })
 }
 
-/// A VM's serial console, read as it comes, with when each byte came.
-struct Serial {
-    seen: Arc<Mutex<(String, Vec<Instant>)>>,
-}
-
-impl Serial {
-    fn attach(path: &std::path::Path) -> Result<Self> {
-        let mut s = UnixStream::connect(path)?;
-        let seen = Arc::new(Mutex::new((String::new(), Vec::new())));
-        let into = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = s.read(&mut buf) {
-                let now = Instant::now();
-                let mut g = into.lock().unwrap();
-                for &b in &buf[..n] {
-                    g.0.push(char::from(b));
-                    g.1.push(now);
-                }
-            }
-        });
-        Ok(Self { seen })
-    }
-
-    fn len(&self) -> usize {
-        self.seen.lock().unwrap().0.len()
-    }
-
-    /// When `needle` first appeared after byte `from`, waiting up to
-    /// `timeout`.
-    fn when(&self, from: usize, needle: &str, timeout: Duration) -> Result<Instant> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let g = self.seen.lock().unwrap();
-                if let Some(at) = g.0.get(from..).and_then(|s| s.find(needle)) {
-                    return Ok(g.1[from + at]);
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("no {needle:?} on the serial console");
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -182,9 +133,9 @@ async fn main() -> Result<()> {
         Ok(ids)
     })
     .await??;
-    let serials: Vec<Serial> = ids
+    let serials: Vec<TimedOutput> = ids
         .iter()
-        .map(|id| Serial::attach(&host.dir.join("run").join(id).join("console.sock")))
+        .map(|id| TimedOutput::attach(&host.dir.join("run").join(id).join("console.sock")))
         .collect::<Result<_>>()?;
     for (i, s) in serials.iter().enumerate() {
         s.when(0, &format!("READY vm-{:02}", i + 1), Duration::from_secs(300))?;

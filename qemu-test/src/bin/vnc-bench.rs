@@ -10,13 +10,17 @@
 //!   over blue), and with ZRLE of the 720×400 text screen before it;
 //! - latency: from the key press that makes the guest fill its
 //!   framebuffer green to the viewer holding the all-green frame (the
-//!   guest's own fill time, the same in both, is included);
+//!   guest's own fill time, the same in both, is included), and from the
+//!   `FILL` the guest writes on COM1 after its last pixel to the viewer
+//!   holding the frame (the server's own delay: its refresh tick,
+//!   rendering, encoding; the serial console is read from a pipe);
 //! - idle: bytes received and VMM CPU time over 5 s while the guest is
 //!   halted and the viewer has an update request waiting.
 //!
 //! `cargo run --release -p kvmos-qemu-test --bin vnc-bench -- [N]`
 
 use anyhow::{bail, Context, Result};
+use kvmos_qemu_test::timed::TimedOutput;
 use kvmos_vmm::vnc::client::Viewer;
 use kvmos_vmm::vnc::rfb::{ENCODING_DESKTOP_SIZE, ENCODING_QEMU_EXTENDED_KEY, ENCODING_RAW, ENCODING_ZRLE};
 use std::io::Read;
@@ -29,6 +33,8 @@ const H: u32 = 768;
 const IDLE: Duration = Duration::from_secs(5);
 
 struct Figures {
+    /// From the guest's FILL on COM1 to the viewer holding the frame.
+    drawn_ms: f64,
     text_zrle: usize,
     full_zrle: usize,
     full_raw: usize,
@@ -46,61 +52,43 @@ fn cpu_ms(pid: u32) -> Result<u64> {
     Ok(ticks * 1000 / hz)
 }
 
-fn wait_console(out: &Path, needle: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = String::from_utf8_lossy(&std::fs::read(out).unwrap_or_default()).into_owned();
-        if text.contains(needle) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("no {needle:?} on the console: {text}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn start(which: &str, dir: &Path, vmm: &Path, qemu: &Path) -> Result<Child> {
     let disk = dir.join("display.img");
     let sock = dir.join("vnc.sock");
-    let out = dir.join("console.out");
     let _ = std::fs::remove_file(&sock);
-    let _ = std::fs::remove_file(&out);
     let mut cmd = if which == "kvmos" {
         let mut c = Command::new(vmm);
         c.args(["--firmware", "bios", "--memory-mib", "64", "--serial", "stdio", "--disk"])
             .arg(&disk)
             .arg("--vnc-socket")
-            .arg(&sock)
-            .stdout(std::fs::File::create(&out)?);
+            .arg(&sock);
         c
     } else {
         let mut c = Command::new(qemu);
         c.args(["-accel", "kvm", "-M", "pc", "-m", "64", "-nodefaults", "-display", "none", "-vga", "std"])
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", disk.display()))
-            .arg("-serial")
-            .arg(format!("file:{}", out.display()))
+            .args(["-serial", "stdio"])
             .arg("-vnc")
-            .arg(format!("unix:{}", sock.display()))
-            .stdout(Stdio::null());
+            .arg(format!("unix:{}", sock.display()));
         c
     };
-    Ok(cmd.stdin(Stdio::null()).stderr(Stdio::null()).spawn()?)
+    Ok(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?)
 }
 
 fn run(which: &str, dir: &Path, vmm: &Path, qemu: &Path) -> Result<Figures> {
     let mut child = start(which, dir, vmm, qemu)?;
-    let result = measure(&child, dir);
+    let console = TimedOutput::read(child.stdout.take().context("the serial console's pipe")?);
+    let result = measure(&child, &console, dir);
     let _ = child.kill();
     let _ = child.wait();
     result
 }
 
-fn measure(child: &Child, dir: &Path) -> Result<Figures> {
-    let out = dir.join("console.out");
+fn measure(child: &Child, console: &TimedOutput, dir: &Path) -> Result<Figures> {
     let sock = dir.join("vnc.sock");
-    wait_console(&out, "TEXT\n")?;
+    let wait_console = |needle: &str| console.when(0, needle, Duration::from_secs(60));
+    wait_console("TEXT\n")?;
     // The guest's line is white on blue (QEMU draws the blue as 0x0000A8,
     // kvmos-vmm as 0x0000AA: 6-bit DAC values widened two ways).
     let text_zrle = first_update(&sock, ENCODING_ZRLE, |v| v.pixels.iter().any(|&p| p & 0xFFFF00 == 0 && p >= 0xA0))?;
@@ -109,7 +97,7 @@ fn measure(child: &Child, dir: &Path) -> Result<Figures> {
     v.request(false)?;
     v.update()?;
     v.tap_scancode(0x1C)?; // Enter: the guest sets 1024×768
-    wait_console(&out, "VBE\n")?;
+    wait_console("VBE\n")?;
     let drawn =
         |v: &Viewer| (v.width, v.height) == (W, H) && v.pixel(0, 0) == 0xFF8000 && v.pixel(W - 1, H - 1) == 0xFF;
     v.until(Duration::from_secs(30), drawn)?;
@@ -128,8 +116,12 @@ fn measure(child: &Child, dir: &Path) -> Result<Figures> {
             v.request(true)?;
         }
     }
-    let latency_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    wait_console(&out, "FILL\n")?;
+    let green = Instant::now();
+    let latency_ms = green.duration_since(t0).as_secs_f64() * 1000.0;
+    // The guest writes FILL on COM1 right after its last pixel: from then
+    // to the viewer holding the green frame is the server's own delay.
+    let fill = wait_console("FILL\n")?;
+    let drawn_ms = green.saturating_duration_since(fill).as_secs_f64() * 1000.0;
 
     // Idle: a request waits; count what arrives and the VMM's CPU.
     std::thread::sleep(Duration::from_millis(500));
@@ -152,7 +144,7 @@ fn measure(child: &Child, dir: &Path) -> Result<Figures> {
         }
     }
     let idle_cpu_ms = cpu_ms(child.id())? - cpu0;
-    Ok(Figures { text_zrle, full_zrle, full_raw, latency_ms, idle_bytes, idle_cpu_ms })
+    Ok(Figures { drawn_ms, text_zrle, full_zrle, full_raw, latency_ms, idle_bytes, idle_cpu_ms })
 }
 
 /// The bytes a new viewer asking for `encoding` receives, after its one
@@ -191,12 +183,13 @@ fn main() -> Result<()> {
         for which in ["kvmos", "qemu"] {
             let f = run(which, &dir, &bins.vmm, &qemu).with_context(|| format!("{which} run {}", i + 1))?;
             println!(
-                "{which:5} run {}: text screen ZRLE {} B; VBE screen ZRLE {} B, Raw {} B; key→frame {:.1} ms; idle {} B and {} ms CPU in {} s",
+                "{which:5} run {}: text screen ZRLE {} B; VBE screen ZRLE {} B, Raw {} B; key→frame {:.1} ms, FILL→frame {:.1} ms; idle {} B and {} ms CPU in {} s",
                 i + 1,
                 f.text_zrle,
                 f.full_zrle,
                 f.full_raw,
                 f.latency_ms,
+                f.drawn_ms,
                 f.idle_bytes,
                 f.idle_cpu_ms,
                 IDLE.as_secs()
@@ -206,18 +199,26 @@ fn main() -> Result<()> {
     }
     println!("\nmedians of {n} runs each ({W}×{H}, same viewer, same guest):");
     println!(
-        "{:5} {:>14} {:>14} {:>12} {:>16} {:>14} {:>16}",
-        "", "text ZRLE (B)", "full ZRLE (B)", "full Raw (B)", "key→frame (ms)", "idle (B/s)", "idle CPU (ms/s)"
+        "{:5} {:>14} {:>14} {:>12} {:>16} {:>17} {:>14} {:>16}",
+        "",
+        "text ZRLE (B)",
+        "full ZRLE (B)",
+        "full Raw (B)",
+        "key→frame (ms)",
+        "FILL→frame (ms)",
+        "idle (B/s)",
+        "idle CPU (ms/s)"
     );
     for which in ["kvmos", "qemu"] {
         let of =
             |f: &dyn Fn(&Figures) -> f64| median(results.iter().filter(|r| r.0 == which).map(|r| f(&r.1)).collect());
         println!(
-            "{which:5} {:>14.0} {:>14.0} {:>12.0} {:>16.1} {:>14.1} {:>16.2}",
+            "{which:5} {:>14.0} {:>14.0} {:>12.0} {:>16.1} {:>17.1} {:>14.1} {:>16.2}",
             of(&|f| f.text_zrle as f64),
             of(&|f| f.full_zrle as f64),
             of(&|f| f.full_raw as f64),
             of(&|f| f.latency_ms),
+            of(&|f| f.drawn_ms),
             of(&|f| f.idle_bytes as f64 / IDLE.as_secs_f64()),
             of(&|f| f.idle_cpu_ms as f64 / IDLE.as_secs_f64()),
         );
