@@ -19,8 +19,8 @@
 //!   display signals an event at the first change after each look. In a
 //!   linear (VBE) mode, whose framebuffer the guest writes directly, a
 //!   tick reads KVM's dirty log while a client waits: 60 Hz, slowing to
-//!   4 Hz after half a second of an unchanged screen, and back on any
-//!   change or input.
+//!   4 Hz after half a second of an unchanged screen and to 1 Hz after
+//!   five more, and back to 60 Hz on any change or input.
 //! - Input: keys to the PS/2 keyboard; the pointer to the virtio tablet
 //!   as an absolute position once the guest's driver runs it, and to the
 //!   PS/2 mouse as relative movement before that (firmware, boot loaders,
@@ -57,6 +57,10 @@ const REFRESH: Duration = Duration::from_millis(16);
 /// ...and, after this many looks found nothing new, how often instead.
 const IDLE_AFTER: u32 = 30;
 const REFRESH_IDLE: Duration = Duration::from_millis(250);
+/// ...and after this many more (5 s), once a second, as a screen left
+/// alone (QEMU backs off to 3 s). Any change or input speeds it up again.
+const ASLEEP_AFTER: u32 = IDLE_AFTER + 20;
+const REFRESH_ASLEEP: Duration = Duration::from_secs(1);
 /// The largest SetScale factor honoured.
 const MAX_SCALE: u8 = 16;
 /// A client with this much unsent output gets no new updates until it
@@ -211,7 +215,11 @@ impl Server {
     /// is armed, and in a linear mode the timer runs, slower while the
     /// screen stays the same.
     fn arm_timer(&mut self) {
-        let period = if self.idle_looks >= IDLE_AFTER { REFRESH_IDLE } else { REFRESH };
+        let period = match self.idle_looks {
+            n if n >= ASLEEP_AFTER => REFRESH_ASLEEP,
+            n if n >= IDLE_AFTER => REFRESH_IDLE,
+            _ => REFRESH,
+        };
         let waiting = self.clients.values().any(|c| c.waiting);
         let linear = waiting && {
             let mut display = lock(&self.devices.display);
