@@ -9,7 +9,8 @@
 //! |---|---|
 //! | `kvmos-debug kill-webadmin` | SIGKILL kvmos-webadmin (the supervisor restarts it) |
 //! | `kvmos-debug write PATH TEXT` | write TEXT to the file PATH |
-//! | `kvmos-debug cat PATH` | print the file PATH |
+//! | `kvmos-debug cat PATH` | print the file PATH, then `end of PATH` |
+//! | `kvmos-debug ls DIR` | list DIR on one line (`name->target` for links), then `end of DIR` |
 //! | `kvmos-debug ps` | list processes with their state (zombies show `Z`) |
 //! | `kvmos-debug orphans N` | start N processes that orphan a child each, which PID 1 must reap |
 //! | `kvmos-debug status` | print the console screen again |
@@ -23,6 +24,7 @@ pub enum Command {
     KillWebadmin,
     Write { path: String, text: String },
     Cat { path: String },
+    Ls { path: String },
     Ps,
     Orphans(u32),
     Status,
@@ -43,6 +45,7 @@ pub fn parse(line: &str) -> Option<Result<Command, String>> {
             None => Err("usage: kvmos-debug write PATH TEXT".into()),
         },
         "cat" if !args.is_empty() => Ok(Command::Cat { path: args.trim().into() }),
+        "ls" if !args.is_empty() => Ok(Command::Ls { path: args.trim().into() }),
         "ps" => Ok(Command::Ps),
         "orphans" => args.trim().parse().map(Command::Orphans).map_err(|_| "usage: kvmos-debug orphans N".into()),
         "status" => Ok(Command::Status),
@@ -89,6 +92,23 @@ pub const ORPHAN_CHILD: &str = "debug-orphan-child";
 /// Helper modes of the kvmos-init binary (not PID 1): the parent starts a
 /// child and exits at once, so the child is reparented to PID 1; the child
 /// exits a second later and must be reaped by PID 1.
+/// A directory's entries, sorted, with symbolic links' targets
+/// (`/proc/PID/ns/net->net:[4026531840]`).
+pub fn list(dir: &str) -> std::io::Result<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            match std::fs::read_link(e.path()) {
+                Ok(target) => format!("{name}->{}", target.display()),
+                Err(_) => name,
+            }
+        })
+        .collect();
+    names.sort();
+    Ok(names.join(" "))
+}
+
 pub fn run_helper(mode: &str) -> Option<i32> {
     match mode {
         ORPHAN_PARENT => {
@@ -118,6 +138,13 @@ mod tests {
         assert_eq!(parse("kvmos-debug orphans 3"), Some(Ok(Command::Orphans(3))));
         assert!(matches!(parse("kvmos-debug frobnicate"), Some(Err(_))));
         assert_eq!(parse("ls -l"), None, "other console input is not ours");
+        assert_eq!(parse("kvmos-debug ls /proc/1/ns"), Some(Ok(Command::Ls { path: "/proc/1/ns".into() })));
+        let dir = std::env::temp_dir().join(format!("kvmos-debug-ls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("b"), "").unwrap();
+        let _ = std::os::unix::fs::symlink("/x", dir.join("a"));
+        assert_eq!(list(dir.to_str().unwrap()).unwrap(), "a->/x b");
+        std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(parse("kvmos-debugger"), None);
     }
 

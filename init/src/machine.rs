@@ -214,10 +214,20 @@ fn on_debug(m: &mut Machine, cmd: Result<debug::Command, String>) {
             }
             Err(e) => say(&format!("cannot write {path}: {e}")),
         },
-        Ok(debug::Command::Cat { path }) => match std::fs::read_to_string(&path) {
-            Ok(text) => say(&format!("{path}: {}", text.trim_end())),
-            Err(e) => say(&format!("cannot read {path}: {e}")),
-        },
+        Ok(debug::Command::Cat { path }) => {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => say(&format!("{path}: {}", text.trim_end())),
+                Err(e) => say(&format!("cannot read {path}: {e}")),
+            }
+            say(&format!("end of {path}"));
+        }
+        Ok(debug::Command::Ls { path }) => {
+            match debug::list(&path) {
+                Ok(list) => say(&format!("{path}: {list}")),
+                Err(e) => say(&format!("cannot list {path}: {e}")),
+            }
+            say(&format!("end of {path}"));
+        }
         Ok(debug::Command::Ps) => {
             for (pid, comm, state) in debug::processes() {
                 say(&format!("ps {pid} {state} {comm}"));

@@ -16,6 +16,8 @@ const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV)
 const MOUNTS: &[Mount] = &[
     Mount { target: "/proc", fstype: "proc", flags: NOSUID_NODEV_NOEXEC, data: None },
     Mount { target: "/sys", fstype: "sysfs", flags: NOSUID_NODEV_NOEXEC, data: None },
+    // cgroup v2: each VMM's memory, process and CPU limits (kvmos.slice).
+    Mount { target: "/sys/fs/cgroup", fstype: "cgroup2", flags: NOSUID_NODEV_NOEXEC, data: None },
     Mount { target: "/dev", fstype: "devtmpfs", flags: MsFlags::MS_NOSUID, data: Some("mode=0755") },
     Mount {
         target: "/dev/pts",

@@ -193,6 +193,8 @@ fn firmware_vm_boots_an_uploaded_debian_image() {
     let disk = DataDisk::create(&dir.join("data.img"), 4096, "KVMOS_DATA").unwrap();
     let mut opts = QemuOptions::new(Boot::Direct { kernel: img.bz_image.clone(), initrd: img.initramfs.clone() }, &dir);
     opts.drives = vec![disk.path.clone()];
+    // The debug console, to look at the VMM's jail from inside.
+    opts.append = "kvmos.debug".into();
     let port = free_port().unwrap();
     opts.panel_host_port = Some(port);
     let mut vm = Appliance::boot("appliance-firmware-debian", opts).unwrap();
@@ -231,9 +233,94 @@ fn firmware_vm_boots_an_uploaded_debian_image() {
     console.send("echo booted-$((6*7)) from $(grep -o 'root=[^ ]*' /proc/cmdline)\n").unwrap();
     at = console.expect_after(at, "booted-42 from root=LABEL=debroot", GUEST_TIMEOUT).unwrap();
     screen_keyboard_and_tablet(&panel, &id, &mut console, at);
+    the_vmm_is_jailed(&mut vm, &panel, &id, 512, 1);
     switch_page_with_debian_and_the_demo_guest(&panel, port, &dir);
     panel.action(&id, "force-off").unwrap();
     panel.wait_state(&id, "stopped", GUEST_TIMEOUT).unwrap();
+}
+
+/// What a debug command (`cat` or `ls`) prints about `path` inside the
+/// appliance: everything between its answer's head and its end line.
+fn debug_answer(vm: &mut Appliance, cmd: &str, path: &str) -> String {
+    let out = vm.debug(&format!("{cmd} {path}"), &format!("kvmos-debug: end of {path}")).unwrap();
+    let head = format!("kvmos-debug: {path}:");
+    let start = out.rfind(&head).unwrap_or_else(|| panic!("kvmos-debug {cmd} {path}: {out}")) + head.len();
+    out[start..].rsplit_once("kvmos-debug: end of").unwrap().0.trim().to_string()
+}
+
+/// A file in the appliance.
+fn appliance_file(vm: &mut Appliance, path: &str) -> String {
+    debug_answer(vm, "cat", path)
+}
+
+/// A directory in the appliance (`name`, or `name->target` for a link).
+fn appliance_dir(vm: &mut Appliance, path: &str) -> Vec<String> {
+    debug_answer(vm, "ls", path).split_whitespace().map(String::from).collect()
+}
+
+/// The VM's VMM, seen from `/proc` inside the appliance: the panel started
+/// it as root, and it waits outside the jail for its one child, which runs
+/// the VM as a user of its own with no capabilities, `no_new_privs`,
+/// seccomp on every thread, its own namespaces and the VM's cgroup with
+/// the limits from its definition. The panel shows the cgroup's figures.
+fn the_vmm_is_jailed(vm: &mut Appliance, panel: &Panel, id: &str, memory_mib: u64, vcpus: u64) {
+    let field = |status: &str, key: &str| -> String {
+        status.lines().find_map(|l| l.strip_prefix(&format!("{key}:"))).unwrap_or_default().trim().to_string()
+    };
+    let ps = vm.debug("ps", "kvmos-debug: ps end").unwrap();
+    let vmms: Vec<String> = ps
+        .lines()
+        .filter_map(|l| l.split("kvmos-debug: ps ").nth(1))
+        .filter(|l| l.ends_with(" kvmos-vmm"))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    let mut jailed = Vec::new();
+    for pid in &vmms {
+        let status = appliance_file(vm, &format!("/proc/{pid}/status"));
+        if field(&status, "Uid").starts_with("0\t") {
+            continue;
+        }
+        jailed.push((pid.clone(), status));
+    }
+    assert_eq!(jailed.len(), 1, "one jailed VMM among {vmms:?} ({} VMs run)", vmms.len() / 2);
+    let (pid, status) = &jailed[0];
+    let uid = field(status, "Uid");
+    let first: u32 = uid.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(first >= 100_000, "a VM user: {uid}");
+    assert_eq!(uid.split_whitespace().collect::<Vec<_>>(), vec![first.to_string(); 4], "{uid}");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(status, set), "0000000000000000", "{set}");
+    }
+    assert_eq!(field(status, "NoNewPrivs"), "1");
+    assert_eq!(field(status, "NSpid"), format!("{pid}\t1"), "PID 1 of its own PID namespace");
+    let mut threads = 0;
+    for tid in appliance_dir(vm, &format!("/proc/{pid}/task")) {
+        let t = appliance_file(vm, &format!("/proc/{pid}/task/{tid}/status"));
+        if field(&t, "Name").starts_with("kvm-") {
+            continue; // KVM's own kernel worker
+        }
+        assert_eq!(field(&t, "Seccomp"), "2", "thread {tid} ({}) in seccomp's filter mode", field(&t, "Name"));
+        threads += 1;
+    }
+    assert_eq!(threads, 3 + vcpus, "the event loop, the API, the VNC server and the vCPUs");
+    let ns = |vm: &mut Appliance, p: &str| appliance_dir(vm, &format!("/proc/{p}/ns"));
+    let (theirs, init) = (ns(vm, pid), ns(vm, "1"));
+    for kind in ["mnt", "net", "uts", "pid"] {
+        let of = |list: &[String]| list.iter().find(|e| e.starts_with(&format!("{kind}->"))).cloned().unwrap();
+        assert_ne!(of(&theirs), of(&init), "its own {kind} namespace");
+    }
+    assert!(appliance_dir(vm, &format!("/proc/{pid}/root/")).is_empty(), "an empty root");
+    let cgroup = appliance_file(vm, &format!("/proc/{pid}/cgroup"));
+    assert_eq!(cgroup, format!("0::/kvmos.slice/{id}"));
+    let leaf = format!("/sys/fs/cgroup/kvmos.slice/{id}");
+    let memory_max = appliance_file(vm, &format!("{leaf}/memory.max"));
+    assert_eq!(memory_max, ((memory_mib + kvmos_vmm::jail::MEMORY_OVERHEAD_MIB) << 20).to_string());
+    assert_eq!(appliance_file(vm, &format!("{leaf}/pids.max")), (vcpus + 4).to_string());
+    assert_eq!(appliance_file(vm, &format!("{leaf}/cpu.max")), format!("{} 100000", vcpus * 100_000 + 50_000));
+    let shown = panel.ok("GET", &format!("/api/v1/vms/{id}"), None).unwrap();
+    let used = shown["usage"]["memory_bytes"].as_u64().unwrap_or(0);
+    assert!(used > 100 << 20, "the panel shows the VM's memory from its cgroup: {shown}");
+    assert!(shown["usage"]["cpu_usec"].as_u64().unwrap_or(0) > 0, "{shown}");
 }
 
 /// The Switch page in headless Chromium with the Debian VM (a screen) and

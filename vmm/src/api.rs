@@ -33,6 +33,10 @@ pub enum Action {
     Reset,
     /// Hard stop, like pulling the plug.
     Stop,
+    /// Test builds only (feature `test-hooks`): the event loop makes a
+    /// system call that its seccomp filter forbids.
+    #[cfg(feature = "test-hooks")]
+    ForbiddenSyscall,
 }
 
 #[derive(serde::Deserialize)]
@@ -195,12 +199,23 @@ fn serve_connection(mut stream: UnixStream, to_vmm: &Sender<Pending>, wake: &Eve
 
 /// Serves the API on `listener` until the process ends. Returns the
 /// receiving end for the event loop and the event fd that wakes it.
-pub fn spawn(listener: UnixListener) -> std::io::Result<(Receiver<Pending>, EventFd)> {
+/// With `filters` (a jailed VMM) the thread runs under the API's seccomp
+/// filter.
+pub fn spawn(
+    listener: UnixListener,
+    filters: Option<std::sync::Arc<crate::seccomp::Filters>>,
+) -> std::io::Result<(Receiver<Pending>, EventFd)> {
     listener.set_nonblocking(false)?;
     let (tx, rx) = channel();
     let wake = EventFd::new(libc::EFD_NONBLOCK)?;
     let wake2 = wake.try_clone()?;
     std::thread::Builder::new().name("api".into()).spawn(move || {
+        if let Some(f) = &filters {
+            if let Err(e) = f.apply(crate::seccomp::Thread::Api) {
+                tracing::error!("the control API is off: {e}");
+                return;
+            }
+        }
         for stream in listener.incoming().flatten() {
             serve_connection(stream, &tx, &wake2);
         }

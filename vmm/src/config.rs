@@ -60,6 +60,26 @@ pub struct VmConfig {
     /// supervisor that is not this process's parent learns why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_file: Option<PathBuf>,
+    /// The jail the VMM runs in (`jail.rs`). Required: only `kvmos-vmm
+    /// --no-jail`, for development, runs without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<JailConfig>,
+}
+
+/// Where cgroup v2 is mounted; a VM's cgroup must be below it.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The VMM's jail: a user and group of this VM's own (neither may be
+/// root, and no other VM may share them), and optionally a cgroup v2
+/// leaf, created if missing, whose limits follow the VM's memory and vCPUs
+/// (`jail::CgroupLimits`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Which firmware a PC-machine VM runs.
@@ -221,6 +241,12 @@ pub enum ConfigError {
     TapOpen { index: usize, tap: String, reason: String },
     /// --{flag}: {reason}
     Flag { flag: &'static str, reason: String },
+    /// jail: the VMM runs in a jail: give "jail": {{"uid": N, "gid": N}} (a user of this VM's own), or --jail-uid and --jail-gid; on a development host --no-jail runs it without one
+    NoJail,
+    /// jail.{0}: the VMM never runs as root; give a user of this VM's own
+    JailRoot(&'static str),
+    /// jail.cgroup: {0} is not under /sys/fs/cgroup; give a cgroup v2 directory such as /sys/fs/cgroup/kvmos.slice/web1
+    JailCgroup(String),
 }
 
 impl VmConfig {
@@ -261,6 +287,22 @@ impl VmConfig {
                     return Err(ConfigError::KernelOnly("initrd"));
                 }
                 self.check_firmware(firmware)?;
+            }
+        }
+        if let Some(j) = &self.jail {
+            if j.uid == 0 {
+                return Err(ConfigError::JailRoot("uid"));
+            }
+            if j.gid == 0 {
+                return Err(ConfigError::JailRoot("gid"));
+            }
+            if let Some(c) = &j.cgroup {
+                let below = c.strip_prefix(CGROUP_ROOT).is_ok_and(|r| {
+                    r.components().count() > 0 && r.components().all(|p| matches!(p, std::path::Component::Normal(_)))
+                });
+                if !below {
+                    return Err(ConfigError::JailCgroup(c.display().to_string()));
+                }
             }
         }
         if self.vcpus == 0 {

@@ -8,6 +8,8 @@
 //! | 3 | the guest rebooted (the panel starts it again) |
 //! | 4 | guest fault: triple fault, KVM internal or entry error |
 //! | 5 | stopped from outside (API `stop` or a signal) |
+//! | 6 | the VMM made a system call its seccomp filter forbids, and was killed |
+//! | 128+N | the VMM was killed by signal N |
 
 use std::fmt;
 use std::sync::Mutex;
@@ -19,6 +21,9 @@ pub const EXIT_BAD_CONFIG: i32 = 2;
 pub const EXIT_REBOOT: i32 = 3;
 pub const EXIT_GUEST_FAULT: i32 = 4;
 pub const EXIT_STOPPED: i32 = 5;
+/// Written by the jail's waiting parent (`jail.rs`) when seccomp killed
+/// the VMM.
+pub const EXIT_FORBIDDEN_SYSCALL: i32 = 6;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitReason {
@@ -99,6 +104,7 @@ mod tests {
             ExitReason::Reboot.code(),
             ExitReason::TripleFault.code(),
             ExitReason::Stopped.code(),
+            EXIT_FORBIDDEN_SYSCALL,
         ];
         let unique: std::collections::BTreeSet<_> = codes.iter().collect();
         assert_eq!(unique.len(), codes.len());

@@ -13,6 +13,8 @@
 //! - [`tap`]: TAP devices, the host end of a VM's NIC;
 //! - [`tiny_guest`]: a hand-assembled guest for tests where Linux cannot run;
 //! - [`api`]: the control API on a Unix socket;
+//! - [`jail`] and [`seccomp`]: the jail every VMM runs in (namespaces, an
+//!   empty root, its own user, a cgroup) and each thread's seccomp filter;
 //! - [`vnc`]: the VNC server for the screen, keyboard and mouse;
 //! - [`builder`] builds a VM top to bottom and [`runner`] runs it.
 
@@ -23,7 +25,9 @@ pub mod config;
 pub mod console;
 pub mod devices;
 pub mod exit;
+pub mod jail;
 pub mod runner;
+pub mod seccomp;
 pub mod tap;
 pub mod tiny_guest;
 pub mod vnc;

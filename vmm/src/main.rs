@@ -3,10 +3,11 @@
 
 use clap::Parser;
 use kvmos_vmm::config::{
-    ConfigError, DiskConfig, ExitRecord, FirmwareConfig, HostLimits, NetConfig, SerialConfig, VmConfig,
+    ConfigError, DiskConfig, ExitRecord, FirmwareConfig, HostLimits, JailConfig, NetConfig, SerialConfig, VmConfig,
 };
 use kvmos_vmm::exit::{EXIT_BAD_CONFIG, EXIT_INTERNAL_ERROR};
-use kvmos_vmm::{builder, runner};
+use kvmos_vmm::{builder, jail, runner, seccomp};
+use std::fs::File;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -60,6 +61,19 @@ struct Args {
     /// A name for logs
     #[arg(long)]
     vm_id: Option<String>,
+    /// The jail's user: a uid of this VM's own, never root
+    #[arg(long, value_name = "UID", requires = "jail_gid")]
+    jail_uid: Option<u32>,
+    /// The jail's group
+    #[arg(long, value_name = "GID", requires = "jail_uid")]
+    jail_gid: Option<u32>,
+    /// The jail's cgroup v2 leaf, under /sys/fs/cgroup (created if missing)
+    #[arg(long, value_name = "DIR", requires = "jail_uid")]
+    jail_cgroup: Option<PathBuf>,
+    /// Development only: run without the jail (namespaces, own user,
+    /// seccomp). The panel never does.
+    #[arg(long, conflicts_with = "jail_uid")]
+    no_jail: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -187,6 +201,15 @@ fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
         let tap = tap.ok_or_else(|| flag("net", "name the TAP device: tap=NAME"))?;
         c.nets.push(NetConfig { tap, mac });
     }
+    if let (Some(uid), Some(gid)) = (args.jail_uid, args.jail_gid) {
+        c.jail = Some(JailConfig { uid, gid, cgroup: args.jail_cgroup.clone() });
+    }
+    if c.jail.is_none() && !args.no_jail {
+        return Err(ConfigError::NoJail);
+    }
+    if args.no_jail {
+        c.jail = None;
+    }
     if let Some(s) = args.serial {
         c.serial = match s.as_str() {
             "stdio" => SerialConfig::Stdio,
@@ -217,6 +240,10 @@ fn host_limits() -> HostLimits {
     HostLimits { max_vcpus, available_mib: available_kib / 1024 }
 }
 
+/// Starting a VM, in order: the configuration; the jail's first stage (its
+/// cgroup and PID namespace); the VM built (every file and device opened);
+/// its sockets bound; the jail closed (see `kvmos_vmm::jail`); then the
+/// VM runs, each thread under its seccomp filter, until it ends.
 fn main() {
     let started = Instant::now();
     tracing_subscriber::fmt().with_target(false).with_ansi(false).with_writer(std::io::stderr).init();
@@ -231,27 +258,62 @@ fn main() {
             std::process::exit(EXIT_BAD_CONFIG);
         }
     };
-    let machine = match builder::build_vm(&config, started) {
-        Ok(m) => m,
-        Err(builder::BuildError::Config(e)) => finish(&config, EXIT_BAD_CONFIG, &e.to_string()),
-        Err(e) => finish(&config, EXIT_INTERNAL_ERROR, &format!("cannot build the VM: {e}")),
-    };
-    tracing::info!(vm = %config.vm_id, "VM built in {:.1} ms; starting", started.elapsed().as_secs_f64() * 1000.0);
-    let reason = runner::run(machine, &config);
-    tracing::info!(vm = %config.vm_id, "VM ended: {reason}");
-    finish(&config, reason.code(), &reason.to_string())
-}
-
-/// Reports why the VMM ends (on stderr and in the exit file) and exits.
-fn finish(config: &VmConfig, code: i32, reason: &str) -> ! {
-    if code == EXIT_BAD_CONFIG || code == EXIT_INTERNAL_ERROR {
-        eprintln!("kvmos-vmm: {reason}");
-    }
-    if let Some(path) = &config.exit_file {
-        let record = ExitRecord { code, reason: reason.to_string() };
-        if let Err(e) = record.write(path) {
-            eprintln!("kvmos-vmm: cannot write {}: {e}", path.display());
+    let mut end = End { config: &config, report: None };
+    if let Some(j) = &config.jail {
+        match jail::enter_pid_namespace(j, &config) {
+            Ok(pipe) => end.report = Some(pipe),
+            Err(e) => end.finish(EXIT_INTERNAL_ERROR, &format!("cannot jail the VMM: {e}")),
         }
     }
-    std::process::exit(code)
+    let machine = match builder::build_vm(&config, started) {
+        Ok(m) => m,
+        Err(builder::BuildError::Config(e)) => end.finish(EXIT_BAD_CONFIG, &e.to_string()),
+        Err(e) => end.finish(EXIT_INTERNAL_ERROR, &format!("cannot build the VM: {e}")),
+    };
+    let sockets = match runner::Sockets::bind(&config, &machine) {
+        Ok(s) => s,
+        Err(e) => end.finish(EXIT_INTERNAL_ERROR, &format!("cannot bind the VM's sockets: {e}")),
+    };
+    let filters = match &config.jail {
+        Some(j) => {
+            let filters = seccomp::Filters::new(kvmos_vmm::vstate::vcpu::kick_signal())
+                .unwrap_or_else(|e| end.finish(EXIT_INTERNAL_ERROR, &e.to_string()));
+            if let Err(e) = jail::lock_down(j, &config) {
+                end.finish(EXIT_INTERNAL_ERROR, &format!("cannot jail the VMM: {e}"));
+            }
+            Some(filters)
+        }
+        None => None,
+    };
+    tracing::info!(vm = %config.vm_id, "VM built in {:.1} ms; starting", started.elapsed().as_secs_f64() * 1000.0);
+    let reason = runner::run(machine, sockets, &config, filters);
+    tracing::info!(vm = %config.vm_id, "VM ended: {reason}");
+    end.finish(reason.code(), &reason.to_string())
+}
+
+/// How the VMM ends: with its exit record written to the exit file, or,
+/// in a jail, sent to the jail's parent, which writes it.
+struct End<'a> {
+    config: &'a VmConfig,
+    report: Option<File>,
+}
+
+impl End<'_> {
+    /// Reports why the VMM ends (on stderr and in the exit record) and exits.
+    fn finish(&mut self, code: i32, reason: &str) -> ! {
+        if code == EXIT_BAD_CONFIG || code == EXIT_INTERNAL_ERROR {
+            eprintln!("kvmos-vmm: {reason}");
+        }
+        let record = ExitRecord { code, reason: reason.to_string() };
+        match (&mut self.report, &self.config.exit_file) {
+            (Some(pipe), _) => jail::report(pipe, &record),
+            (None, Some(path)) => {
+                if let Err(e) = record.write(path) {
+                    eprintln!("kvmos-vmm: cannot write {}: {e}", path.display());
+                }
+            }
+            (None, None) => {}
+        }
+        std::process::exit(code)
+    }
 }

@@ -7,6 +7,7 @@ use crate::api::{self, Action, Pending, Request, Response};
 use crate::builder::Machine;
 use crate::config::{SerialConfig, VmConfig};
 use crate::exit::ExitReason;
+use crate::seccomp::{Filters, Thread};
 use crate::vstate::vcpu::{install_kick_handler, kick_until};
 use std::collections::HashMap;
 use std::io::Read;
@@ -80,15 +81,71 @@ pub fn bind_private_socket(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-/// Runs the VM until it stops; returns why.
-pub fn run(machine: Machine, config: &VmConfig) -> ExitReason {
-    match run_inner(machine, config) {
-        Ok(r) => r,
-        Err(e) => ExitReason::Internal(e.to_string()),
+/// The VM's Unix sockets, bound before the jail closes (the jail's root
+/// holds nothing, so nothing can be bound after).
+pub struct Sockets {
+    console: Option<UnixListener>,
+    api: Option<UnixListener>,
+    vnc: Option<UnixListener>,
+}
+
+impl Sockets {
+    /// Binds the console's, the API's and the VNC server's sockets that
+    /// `config` names (the VNC one only for a VM with a display).
+    pub fn bind(config: &VmConfig, machine: &Machine) -> std::io::Result<Self> {
+        let console = match &config.serial {
+            SerialConfig::Socket { path } => Some(bind_private_socket(path)?),
+            _ => None,
+        };
+        let api = config.api_socket.as_deref().map(bind_private_socket).transpose()?;
+        let vnc = match (&config.vnc_socket, &machine.display) {
+            (Some(path), Some(_)) => Some(bind_private_socket(path)?),
+            _ => None,
+        };
+        Ok(Self { console, api, vnc })
+    }
+
+    /// Removes the socket files (by whoever can still see them: the VMM
+    /// itself when it runs without a jail, the jail's parent otherwise).
+    pub fn remove_files(config: &VmConfig) {
+        let console = match &config.serial {
+            SerialConfig::Socket { path } => Some(path),
+            _ => None,
+        };
+        for path in [console, config.api_socket.as_ref(), config.vnc_socket.as_ref()].into_iter().flatten() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
-fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitReason> {
+/// Installs a thread's seccomp filter, when the VMM is jailed.
+fn confine(filters: Option<&Arc<Filters>>, kind: Thread) -> std::io::Result<()> {
+    match filters {
+        Some(f) => f.apply(kind).map_err(std::io::Error::other),
+        None => Ok(()),
+    }
+}
+
+/// Runs the VM until it stops; returns why. With `filters` (a jailed VMM)
+/// every thread runs under its seccomp filter.
+pub fn run(machine: Machine, sockets: Sockets, config: &VmConfig, filters: Option<Filters>) -> ExitReason {
+    let jailed = filters.is_some();
+    let reason = match run_inner(machine, sockets, config, filters.map(Arc::new)) {
+        Ok(r) => r,
+        Err(e) => ExitReason::Internal(e.to_string()),
+    };
+    if !jailed {
+        Sockets::remove_files(config);
+    }
+    reason
+}
+
+fn run_inner(
+    mut machine: Machine,
+    sockets: Sockets,
+    config: &VmConfig,
+    filters: Option<Arc<Filters>>,
+) -> std::io::Result<ExitReason> {
     let serial = &config.serial;
     install_kick_handler().map_err(|e| std::io::Error::other(format!("cannot install the vCPU kick handler: {e}")))?;
     let epoll = Epoll::new()?;
@@ -103,31 +160,27 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
         },
         _ => None,
     };
-    let listener = match serial {
-        SerialConfig::Socket { path } => {
-            let l = bind_private_socket(path)?;
-            add(l.as_raw_fd(), TOKEN_CONSOLE_LISTENER)?;
-            Some(l)
-        }
-        _ => None,
-    };
+    let listener = sockets.console;
+    if let Some(l) = &listener {
+        add(l.as_raw_fd(), TOKEN_CONSOLE_LISTENER)?;
+    }
 
-    let api = match &config.api_socket {
-        Some(path) => {
-            let (rx, wake) = api::spawn(bind_private_socket(path)?)?;
+    let api = match sockets.api {
+        Some(l) => {
+            let (rx, wake) = api::spawn(l, filters.clone())?;
             add(wake.as_raw_fd(), TOKEN_API)?;
             Some((rx, wake))
         }
         None => None,
     };
 
-    if let (Some(path), Some(display)) = (&config.vnc_socket, &machine.display) {
+    if let (Some(l), Some(display)) = (sockets.vnc, &machine.display) {
         let devices = crate::vnc::Devices {
             display: Arc::clone(display),
             i8042: Arc::clone(&machine.i8042),
             tablet: machine.tablet.clone(),
         };
-        crate::vnc::spawn(bind_private_socket(path)?, devices, config.vm_id.clone())?;
+        crate::vnc::spawn(l, devices, config.vm_id.clone(), filters.clone())?;
     }
     watch_virtio(&epoll, &machine)?;
     if let Some(fd) = machine.rtc.as_ref().and_then(|r| lock(r).timer_fd()) {
@@ -138,8 +191,16 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
     let mut threads = Vec::new();
     for vcpu in machine.vcpus.drain(..) {
         let name = format!("vcpu{}", vcpu.index);
-        threads.push(std::thread::Builder::new().name(name).spawn(move || vcpu.run_loop())?);
+        let filters = filters.clone();
+        threads.push(std::thread::Builder::new().name(name).spawn(move || {
+            if let Err(e) = confine(filters.as_ref(), Thread::Vcpu) {
+                vcpu.exit.request(ExitReason::Internal(e.to_string()));
+                return;
+            }
+            vcpu.run_loop()
+        })?);
     }
+    confine(filters.as_ref(), Thread::EventLoop)?;
 
     let mut clients: HashMap<u64, UnixStream> = HashMap::new();
     let mut next_token = TOKEN_CLIENT_BASE;
@@ -218,12 +279,6 @@ fn run_inner(mut machine: Machine, config: &VmConfig) -> std::io::Result<ExitRea
     kick_until(&threads, || threads.iter().all(|t| t.is_finished()));
     for t in threads {
         let _ = t.join();
-    }
-    if let (SerialConfig::Socket { path }, Some(_)) = (serial, &listener) {
-        let _ = std::fs::remove_file(path);
-    }
-    for path in [&config.api_socket, &config.vnc_socket].into_iter().flatten() {
-        let _ = std::fs::remove_file(path);
     }
     Ok(machine.exit.reason().unwrap_or(ExitReason::Stopped))
 }
@@ -349,6 +404,17 @@ fn handle_api<T>(
         Request::Act(Action::Stop) => {
             machine.exit.request(ExitReason::Stopped);
             Response::no_content()
+        }
+        #[cfg(feature = "test-hooks")]
+        Request::Act(Action::ForbiddenSyscall) => {
+            // What an exploited device model might try first: open a file.
+            // SAFETY: openat(2) on a NUL-terminated path; the fd, if any, is closed.
+            let fd = unsafe { libc::openat(libc::AT_FDCWD, c"/".as_ptr(), libc::O_RDONLY) };
+            if fd >= 0 {
+                // SAFETY: closes the fd just opened.
+                unsafe { libc::close(fd) };
+            }
+            Response::error(500, "the forbidden system call returned (no seccomp filter?)")
         }
     }
 }

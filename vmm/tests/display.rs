@@ -35,8 +35,10 @@ impl Vm {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("display.img");
         std::fs::write(&disk, image).unwrap();
+        // Jailed, as the panel runs it: the screen, keys and API under seccomp.
         let child = Command::new(VMM)
             .args(["--firmware", "bios", "--memory-mib", "64", "--serial", "stdio"])
+            .args(kvmos_vmm::jail::testing::args(kvmos_vmm::jail::testing::next_slot()))
             .arg("--disk")
             .arg(&disk)
             .arg("--vnc-socket")
@@ -69,9 +71,10 @@ impl Vm {
         }
     }
 
-    /// The VMM's user + system CPU time so far, in clock ticks.
+    /// The (jailed) VMM's user + system CPU time so far, in clock ticks.
     fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let pid = kvmos_vmm::jail::testing::jailed_pid(self.child.id());
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     }

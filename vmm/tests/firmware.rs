@@ -18,9 +18,11 @@ fn run_vmm(args: &[&str]) -> (i32, Vec<u8>, String) {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("console.out");
     let err_path = dir.path().join("vmm.err");
+    // Jailed, as the panel runs it: the firmware's whole path under seccomp.
     let mut child = Command::new(VMM)
         .args(args)
         .args(["--serial", "stdio", "--memory-mib", "64"])
+        .args(kvmos_vmm::jail::testing::args(kvmos_vmm::jail::testing::next_slot()))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())

@@ -38,7 +38,8 @@ fn run(m: Machine) -> (ExitReason, Vec<u8>) {
     let console = m.console.clone();
     let exit = Arc::clone(&m.exit);
     let config = VmConfig::from_json(r#"{"kernel":"/none"}"#).unwrap();
-    let t = std::thread::spawn(move || runner::run(m, &config));
+    let sockets = runner::Sockets::bind(&config, &m).unwrap();
+    let t = std::thread::spawn(move || runner::run(m, sockets, &config, None));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !t.is_finished() {
         if Instant::now() > deadline {
@@ -178,7 +179,8 @@ fn control_api_reports_pauses_resumes_and_stops() {
     let config =
         VmConfig::from_json(&format!(r#"{{"kernel":"/none","vm_id":"spin","api_socket":"{}"}}"#, sock.display()))
             .unwrap();
-    let t = std::thread::spawn(move || runner::run(m, &config));
+    let sockets = runner::Sockets::bind(&config, &m).unwrap();
+    let t = std::thread::spawn(move || runner::run(m, sockets, &config, None));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sock.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

@@ -46,6 +46,7 @@ fn console_clients_api_and_acpi_power_off_with_the_tiny_guest() {
     let config = serde_json::json!({
         "vm_id": "tiny", "kernel": kernel, "memory_mib": 32, "rng": false,
         "serial": {"mode": "socket", "path": console}, "api_socket": api, "exit_file": exit_file,
+        "jail": {"uid": kvmos_vmm::jail::testing::uid(0), "gid": kvmos_vmm::jail::testing::uid(0)},
     });
     let cfg = dir.path().join("vm.json");
     std::fs::write(&cfg, config.to_string()).unwrap();

@@ -438,10 +438,15 @@ pub struct VmView {
     created: u64,
     /// Newest last.
     runs: Vec<Run>,
+    /// CPU and memory use from the running VMM's cgroup (absent when the
+    /// VM is stopped, or the host has no cgroup v2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<crate::supervisor::Usage>,
 }
 
 fn view(state: &State, r: VmRecord) -> VmView {
     let vm_state = state.supervisor.state(&r.id);
+    let usage = state.supervisor.usage(&r.id);
     let skip = r.runs.len().saturating_sub(20);
     VmView {
         name: r.spec.name.clone(),
@@ -451,6 +456,7 @@ fn view(state: &State, r: VmRecord) -> VmView {
         mac: r.mac,
         created: r.created,
         runs: r.runs.into_iter().skip(skip).collect(),
+        usage,
     }
 }
 

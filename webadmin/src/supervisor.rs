@@ -14,7 +14,7 @@ use crate::app::{ApiError, ApiResult, State};
 use crate::images::ImageKind;
 use crate::store::{lock, now_unix};
 use crate::vms::{Boot, Firmware, Run, VmRecord};
-use kvmos_vmm::config::{DiskConfig, ExitRecord, FirmwareConfig, NetConfig, SerialConfig, VmConfig};
+use kvmos_vmm::config::{DiskConfig, ExitRecord, FirmwareConfig, JailConfig, NetConfig, SerialConfig, VmConfig};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -41,6 +41,8 @@ pub enum VmState {
 
 struct Handle {
     pid: i32,
+    /// The jail's user and group: this VM's alone while it runs.
+    uid: u32,
     state: VmState,
     /// Set by shutdown, force-off and delete: an exit is not followed by a
     /// restart even if the guest was rebooting.
@@ -52,6 +54,32 @@ pub struct Supervisor {
     vmm_bin: PathBuf,
     bridge: String,
     running: Mutex<HashMap<String, Handle>>,
+}
+
+/// VMMs run as users from here up, one per running VM (see
+/// [`Supervisor::free_uid`]); no other program on kvmos uses them.
+pub const VM_UID_BASE: u32 = 100_000;
+/// The most VMs that can run at once.
+const MAX_RUNNING: u32 = 60_000;
+/// The cgroup v2 slice that holds each VMM's leaf.
+pub const CGROUP_SLICE: &str = "/sys/fs/cgroup/kvmos.slice";
+
+/// Whether this host has cgroup v2 with the memory controller at
+/// /sys/fs/cgroup (kvmos does; a development host may have cgroup v1).
+fn cgroup_v2() -> bool {
+    std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
+}
+
+/// A VM's CPU and memory use, from its VMM's cgroup.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Usage {
+    /// CPU time used since the VMM started, in µs (`cpu.stat`).
+    pub cpu_usec: u64,
+    /// Memory in use now, guest memory included (`memory.current`).
+    pub memory_bytes: u64,
+    /// The cgroup's limit (`memory.max`).
+    pub memory_max_bytes: Option<u64>,
 }
 
 /// The tap of a VM's NIC: at most 15 bytes, stable per VM.
@@ -67,6 +95,14 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: a fresh fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The user of the jailed child of `pid`, the process the panel started.
+fn jailed_uid(pid: i32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    let child = children.split_whitespace().next()?;
+    let status = std::fs::read_to_string(format!("/proc/{child}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok())
 }
 
 /// Whether `pid` is a live kvmos-vmm running the configuration in `dir`.
@@ -88,6 +124,32 @@ impl Supervisor {
             bridge: bridge.to_string(),
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The lowest jail user no running VM has.
+    fn free_uid(running: &HashMap<String, Handle>) -> ApiResult<u32> {
+        let taken: std::collections::HashSet<u32> = running.values().map(|h| h.uid).collect();
+        (VM_UID_BASE..VM_UID_BASE + MAX_RUNNING)
+            .find(|u| !taken.contains(u))
+            .ok_or_else(|| ApiError::conflict(format!("{MAX_RUNNING} VMs run already; stop one first")))
+    }
+
+    /// A VM's cgroup leaf, on a host with cgroup v2.
+    fn cgroup(&self, id: &str) -> Option<PathBuf> {
+        cgroup_v2().then(|| Path::new(CGROUP_SLICE).join(id))
+    }
+
+    /// A running VM's CPU and memory use, where its VMM has a cgroup.
+    pub fn usage(&self, id: &str) -> Option<Usage> {
+        if !lock(&self.running).contains_key(id) {
+            return None;
+        }
+        let leaf = self.cgroup(id)?;
+        let read = |f: &str| std::fs::read_to_string(leaf.join(f)).ok();
+        let cpu_usec = read("cpu.stat")?.lines().find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())?;
+        let memory_bytes = read("memory.current")?.trim().parse().ok()?;
+        let memory_max_bytes = read("memory.max").and_then(|m| m.trim().parse().ok());
+        Some(Usage { cpu_usec, memory_bytes, memory_max_bytes })
     }
 
     pub fn dir(&self, id: &str) -> PathBuf {
@@ -156,7 +218,8 @@ impl Supervisor {
                     let paused =
                         self.call(&id, "GET", "/vm", None).is_ok_and(|(_, b)| b.contains("\"state\":\"paused\""));
                     let vm_state = if paused { VmState::Paused } else { VmState::Running };
-                    lock(&self.running).insert(id.clone(), Handle { pid, state: vm_state, stopping: false });
+                    let uid = jailed_uid(pid).unwrap_or(0);
+                    lock(&self.running).insert(id.clone(), Handle { pid, uid, state: vm_state, stopping: false });
                     tracing::info!(vm = %id, pid, "re-attached to a running VMM");
                     self.watch(state.clone(), id, pid);
                 }
@@ -182,7 +245,8 @@ impl Supervisor {
             if running.contains_key(id) {
                 return Err(ApiError::conflict(format!("{} is already running", record.spec.name)));
             }
-            running.insert(id.to_string(), Handle { pid: 0, state: VmState::Starting, stopping: false });
+            let uid = Self::free_uid(&running)?;
+            running.insert(id.to_string(), Handle { pid: 0, uid, state: VmState::Starting, stopping: false });
         }
         let pid = match self.launch(state, &record) {
             Ok(pid) => pid,
@@ -213,7 +277,8 @@ impl Supervisor {
                 return Err(ApiError::conflict(format!("{} is already running (pid {pid})", record.spec.name)));
             }
         }
-        let config = self.vmm_config(state, record)?;
+        let uid = lock(&self.running).get(id).map(|h| h.uid).unwrap_or(0);
+        let config = self.vmm_config(state, record, uid)?;
         self.prepare_run_dir(&dir)?;
         if record.spec.network {
             self.create_tap(id)?;
@@ -235,7 +300,7 @@ impl Supervisor {
     }
 
     /// The kvmos-vmm configuration for a VM definition.
-    fn vmm_config(&self, state: &State, r: &VmRecord) -> ApiResult<VmConfig> {
+    fn vmm_config(&self, state: &State, r: &VmRecord, uid: u32) -> ApiResult<VmConfig> {
         let dir = self.dir(&r.id);
         let direct_cmdline = || "console=ttyS0 reboot=k panic=1".to_string();
         let (kernel, firmware, initrd, default_cmdline) = match &r.spec.boot {
@@ -300,6 +365,8 @@ impl Supervisor {
             vnc_socket: firmware_boot.then(|| self.vnc_socket(&r.id)),
             rng: true,
             exit_file: Some(dir.join("exit.json")),
+            // Every VMM is jailed: its own user and group, and its cgroup.
+            jail: Some(JailConfig { uid, gid: uid, cgroup: self.cgroup(&r.id) }),
         })
     }
 
@@ -375,6 +442,10 @@ impl Supervisor {
     fn clean_up(&self, id: &str) {
         let _ = kvmos_vmm::tap::delete_persistent(&tap_name(id));
         let _ = std::fs::remove_dir_all(self.dir(id));
+        if let Some(leaf) = self.cgroup(id) {
+            // Empty once the VMM has ended; a cgroup is removed with rmdir.
+            let _ = std::fs::remove_dir(leaf);
+        }
     }
 
     /// Waits (on a pidfd) for the VMM to end, then records the run.

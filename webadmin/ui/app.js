@@ -225,7 +225,7 @@ async function newVm() {
     $('#disk-existing').hidden = $('#disk-mode').value !== 'existing';
     if (!$('#disk-name').value && $('#name').value) $('#disk-name').placeholder = `${$('#name').value}-disk`;
   };
-  ['#source', '#disk-mode', '#name', '#iso'].forEach((s) => $(s).addEventListener('input', sync));
+  ['#source', '#disk-mode', '#name', '#iso'].forEach((s) => { $(s).addEventListener('input', sync); $(s).addEventListener('change', sync); });
   sync();
   const submit = async (start) => {
     const [kind, ref] = $('#source').value.split(/:(.*)/);
@@ -327,6 +327,7 @@ async function vmDetail(id) {
     <div class="grid">
       <div class="card"><h2>Configuration</h2><table>
         <tr><th>vCPUs</th><td>${s.vcpus}</td></tr><tr><th>Memory</th><td>${s.memory_mib} MiB</td></tr>
+        ${vm.usage ? `<tr><th>In use now</th><td id="vm-usage">${mib(vm.usage.memory_bytes)} of ${vm.usage.memory_max_bytes ? mib(vm.usage.memory_max_bytes) : 'no limit'} · CPU ${(vm.usage.cpu_usec / 1e6).toFixed(1)} s</td></tr>` : ''}
         <tr><th>Boot</th><td>${esc(boot)}</td></tr>
         ${s.boot.type === 'firmware' ? `<tr><th>Boot order</th><td><ol id="boot-order">${order.map((i, n) => `<li>${esc(s.disks[i].image)}${s.disks[i].read_only ? ' <span class="muted">(read-only)</span>' : ''}${n > 0 && vm.state === 'stopped' ? ` <button class="secondary small" data-first="${i}">Boot first</button>` : ''}</li>`).join('')}</ol></td></tr>` : `<tr><th>Command line</th><td class="mono">${esc(s.cmdline || '(default)')}</td></tr>`}
         <tr><th>Disks</th><td>${esc(s.disks.map((d) => d.image).join(', ') || 'none')}</td></tr>

@@ -79,10 +79,25 @@ pub struct Devices {
 }
 
 /// Starts the server on `listener`; it runs until the process ends.
-pub fn spawn(listener: UnixListener, devices: Devices, name: String) -> std::io::Result<()> {
+/// With `filters` (a jailed VMM) the thread runs under the VNC server's
+/// seccomp filter.
+pub fn spawn(
+    listener: UnixListener,
+    devices: Devices,
+    name: String,
+    filters: Option<Arc<crate::seccomp::Filters>>,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let mut server = Server::new(listener, devices, name)?;
-    std::thread::Builder::new().name("vnc".into()).spawn(move || server.run())?;
+    std::thread::Builder::new().name("vnc".into()).spawn(move || {
+        if let Some(f) = &filters {
+            if let Err(e) = f.apply(crate::seccomp::Thread::Vnc) {
+                tracing::error!("the VNC server is off: {e}");
+                return;
+            }
+        }
+        server.run()
+    })?;
     Ok(())
 }
 
