@@ -353,6 +353,8 @@ impl HostPanel {
             .arg("--guests-dir")
             .arg(d.join("guests"))
             .args(["--bridge", "kvmos-no-bridge"])
+            // Panels of tests that run at once never share a VM user.
+            .args(["--vm-uids", &vm_uid_base().to_string()])
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -440,4 +442,11 @@ impl Drop for HostPanel {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
+}
+
+/// A range of jail users for each panel this test process starts.
+fn vm_uid_base() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    300_000 + (std::process::id() % 1000) * 10_000 + (n % 100) * 100
 }

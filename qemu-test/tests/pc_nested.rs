@@ -123,7 +123,7 @@ fn assert_booted_and_powered_off(r: &NestedResult, firmware_banner: &str) {
 fn debian_boots_through_seabios_with_two_vcpus() {
     let r = run_pc(
         "pc-seabios-debian",
-        "./kvmos-vmm --firmware bios --firmware-path bios-256k.bin --vcpus 2",
+        "./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --firmware bios --firmware-path bios-256k.bin --vcpus 2",
         CHECKS,
         READ_BACK,
         vec![firmware_file("bios-256k.bin")],
@@ -153,7 +153,7 @@ echo "----- second boot -----"
 {vmm} --disk /dev/vda --net tap=kv0,mac=52:54:00:00:00:42 --memory-mib 512 --serial stdio < in2 > out 2> vmm.err &
 "#;
     // The second boot reuses the same variable file: OVMF boots the entry.
-    let vmm = "./kvmos-vmm --firmware uefi --firmware-path OVMF_CODE_4M.fd --uefi-vars vars.fd";
+    let vmm = "./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --firmware uefi --firmware-path OVMF_CODE_4M.fd --uefi-vars vars.fd";
     let after = format!(
         "{READ_BACK}\
          mkfifo in2\n\

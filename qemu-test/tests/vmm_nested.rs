@@ -36,7 +36,7 @@ fn boot_to_marker(vcpus: u8) {
     // The VMM's log goes to a file: on the shared console its lines would
     // land in the middle of the guest's.
     let script = format!(
-        "./kvmos-vmm --kernel guest-bzImage --initrd l2.cpio.zst --cmdline 'console=ttyS0 reboot=k panic=1 pci=off' \
+        "./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --kernel guest-bzImage --initrd l2.cpio.zst --cmdline 'console=ttyS0 reboot=k panic=1 pci=off' \
          --vcpus {vcpus} --memory-mib 128 --serial stdio < /dev/null 2> vmm.err\n\
          echo \"VMM-EXIT $?\"\n\
          cat vmm.err\n"
@@ -70,7 +70,7 @@ fn guest_kernel_boots_to_init_with_two_vcpus_and_powers_off() {
 fn guest_vmlinux_boots_through_pvh() {
     let vmlinux = std::fs::read(&kvmos_qemu_test::image().unwrap().guest_vmlinux).unwrap();
     let script =
-        "./kvmos-vmm --kernel vmlinux --initrd l2.cpio.zst --cmdline 'console=ttyS0 reboot=k panic=1 pci=off quiet' \
+        "./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --kernel vmlinux --initrd l2.cpio.zst --cmdline 'console=ttyS0 reboot=k panic=1 pci=off quiet' \
          --memory-mib 128 --serial stdio < /dev/null 2> vmm.err\n\
          echo \"VMM-EXIT $?\"\n\
          cat vmm.err\n";
@@ -95,7 +95,7 @@ fn guest_vmlinux_boots_through_pvh() {
 fn with_demo_guest(name: &str, script: &str) -> kvmos_qemu_test::nested::NestedResult {
     let img = kvmos_qemu_test::image().unwrap();
     let vmm = format!(
-        "./kvmos-vmm --kernel guest-bzImage --initrd demo.cpio.zst --cmdline '{}' --memory-mib 128",
+        "./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --kernel guest-bzImage --initrd demo.cpio.zst --cmdline '{}' --memory-mib 128",
         kvmos_image_builder::guest::CMDLINE
     );
     let script = script.replace("{vmm}", &vmm).replace("{ready}", kvmos_image_builder::guest::READY_LINE);
@@ -171,7 +171,7 @@ echo "L2-WROTE $?"
 poweroff -f
 "#;
     let script = "dd if=/dev/zero of=disk.img bs=1M count=8 2>/dev/null\n\
-         ./kvmos-vmm --kernel guest-bzImage --initrd l2.cpio.zst --cmdline 'console=ttyS0 reboot=k panic=1 pci=off quiet' \
+         ./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --kernel guest-bzImage --initrd l2.cpio.zst --cmdline 'console=ttyS0 reboot=k panic=1 pci=off quiet' \
          --disk disk.img --serial stdio < /dev/null\n\
          echo \"VMM-EXIT $?\"\n\
          echo \"DISK $(dd if=disk.img bs=1 skip=4096 count=16 2>/dev/null)\"\n";
@@ -199,7 +199,7 @@ ping -c 2 -s 6000 -W 5 10.0.2.1
 echo "L2-PING-BIG $?"
 poweroff -f
 "#;
-    let script = "./kvmos-vmm --kernel guest-bzImage --initrd l2.cpio.zst \
+    let script = "./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --kernel guest-bzImage --initrd l2.cpio.zst \
          --cmdline 'console=ttyS0 reboot=k panic=1 pci=off quiet' \
          --net tap=tap0,mac=52:54:00:12:34:56 --serial stdio < /dev/null > out 2>&1 &\n\
          vmm=$!\n\

@@ -279,12 +279,24 @@ fn empty_root(_: &JailConfig, _: &Facts) -> std::io::Result<()> {
     mount(Some("tmpfs"), ROOT_MOUNT, Some("tmpfs"), hardened, Some("size=4k,nr_inodes=2,mode=0555"))?;
     let dot = cstr(".");
     let root = cstr(ROOT_MOUNT);
-    // SAFETY: path syscalls on NUL-terminated strings. pivot_root(".", ".")
-    // stacks the old root under the new one; the detach then drops it.
+    // SAFETY: path syscalls on NUL-terminated strings.
     unsafe {
         check(libc::chdir(root.as_ptr()).into(), "chdir")?;
-        check(libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()), "pivot_root")?;
-        check(libc::umount2(dot.as_ptr(), libc::MNT_DETACH).into(), "detach the old root")?;
+        // pivot_root(".", ".") stacks the old root under the new one; the
+        // detach then drops it.
+        if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) == 0 {
+            check(libc::umount2(dot.as_ptr(), libc::MNT_DETACH).into(), "detach the old root")?;
+        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            // The root is the initramfs (kvmos runs from one), which cannot
+            // be pivoted away: the new root is moved over it and becomes
+            // this process's root, as switch_root does. Nothing is left to
+            // climb out with: no capabilities (so no chroot), no open
+            // directory.
+            mount(Some("."), "/", None, libc::MS_MOVE, None)?;
+            check(libc::chroot(dot.as_ptr()).into(), "chroot")?;
+        } else {
+            return Err(os_err("pivot_root"));
+        }
         check(libc::chdir(cstr("/").as_ptr()).into(), "chdir /")?;
     }
     mount(None, "/", None, libc::MS_REMOUNT | libc::MS_RDONLY | hardened, None)
@@ -357,6 +369,17 @@ fn no_privileges(_: &JailConfig, _: &Facts) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The jailed VMM of the process `started` (a supervisor's child): its one
+/// child, which runs the VM while `started` waits outside the jail.
+pub fn jailed_child(started: u32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{started}/task/{started}/children")).ok()?;
+    let mut pids = children.split_whitespace().filter_map(|p| p.parse().ok());
+    match (pids.next(), pids.next()) {
+        (Some(pid), None) => Some(pid),
+        _ => None,
+    }
+}
+
 /// For tests that run jailed VMMs (feature `test-hooks`).
 #[cfg(feature = "test-hooks")]
 pub mod testing {
@@ -380,13 +403,9 @@ pub mod testing {
         vec!["--jail-uid".into(), id.clone(), "--jail-gid".into(), id]
     }
 
-    /// The jailed VMM: the one child of the process a test started, which
-    /// stays outside the jail to wait for it.
+    /// [`super::jailed_child`], which must exist.
     pub fn jailed_pid(started: u32) -> u32 {
-        let children = std::fs::read_to_string(format!("/proc/{started}/task/{started}/children")).unwrap_or_default();
-        let pids: Vec<u32> = children.split_whitespace().filter_map(|p| p.parse().ok()).collect();
-        assert_eq!(pids.len(), 1, "one jailed child of {started}: {children:?}");
-        pids[0]
+        super::jailed_child(started).unwrap_or_else(|| panic!("{started} has no jailed child"))
     }
 }
 

@@ -56,6 +56,10 @@ pub struct Args {
     /// Runtime directories of running VMs
     #[arg(long, default_value = "/run/kvmos/vms")]
     pub run_dir: PathBuf,
+    /// The first of the users the VMMs' jails run as, one per running VM
+    /// (several panels on one development host need ranges of their own)
+    #[arg(long, value_name = "UID", default_value_t = supervisor::VM_UID_BASE)]
+    pub vm_uids: u32,
     /// Bundled guests
     #[arg(long, default_value = "/usr/share/kvmos/guests")]
     pub guests_dir: PathBuf,
@@ -126,7 +130,7 @@ pub fn load_state(args: &Args, tls: axum_server::tls_rustls::RustlsConfig) -> Re
         audit: audit::AuditLog::new(&args.data_dir),
         images: images::Images::new(&args.data_dir, &args.guests_dir, args.max_upload_mib << 20)?,
         vms: vms::VmStore::load(&args.data_dir)?,
-        supervisor: supervisor::Supervisor::new(&args.run_dir, &vmm_bin, &args.bridge),
+        supervisor: supervisor::Supervisor::new(&args.run_dir, &vmm_bin, &args.bridge, args.vm_uids),
         tls,
         paths,
     })

@@ -53,6 +53,8 @@ pub struct Supervisor {
     run_dir: PathBuf,
     vmm_bin: PathBuf,
     bridge: String,
+    /// The first jail user (`--vm-uids`).
+    uid_base: u32,
     running: Mutex<HashMap<String, Handle>>,
 }
 
@@ -97,10 +99,19 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// The real uids of every process on the host.
+fn process_uids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter_map(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok()))
+        .collect()
+}
+
 /// The user of the jailed child of `pid`, the process the panel started.
 fn jailed_uid(pid: i32) -> Option<u32> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    let child = children.split_whitespace().next()?;
+    let child = kvmos_vmm::jail::jailed_child(pid as u32)?;
     let status = std::fs::read_to_string(format!("/proc/{child}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok())
 }
@@ -117,8 +128,9 @@ fn is_our_vmm(pid: i32, dir: &Path) -> bool {
 }
 
 impl Supervisor {
-    pub fn new(run_dir: &Path, vmm_bin: &Path, bridge: &str) -> Self {
+    pub fn new(run_dir: &Path, vmm_bin: &Path, bridge: &str, uid_base: u32) -> Self {
         Self {
+            uid_base,
             run_dir: run_dir.to_path_buf(),
             vmm_bin: vmm_bin.to_path_buf(),
             bridge: bridge.to_string(),
@@ -126,10 +138,11 @@ impl Supervisor {
         }
     }
 
-    /// The lowest jail user no running VM has.
-    fn free_uid(running: &HashMap<String, Handle>) -> ApiResult<u32> {
-        let taken: std::collections::HashSet<u32> = running.values().map(|h| h.uid).collect();
-        (VM_UID_BASE..VM_UID_BASE + MAX_RUNNING)
+    /// The lowest jail user that no running VM and no other process has.
+    fn free_uid(&self, running: &HashMap<String, Handle>) -> ApiResult<u32> {
+        let mut taken: std::collections::HashSet<u32> = running.values().map(|h| h.uid).collect();
+        taken.extend(process_uids());
+        (self.uid_base..self.uid_base.saturating_add(MAX_RUNNING))
             .find(|u| !taken.contains(u))
             .ok_or_else(|| ApiError::conflict(format!("{MAX_RUNNING} VMs run already; stop one first")))
     }
@@ -245,7 +258,7 @@ impl Supervisor {
             if running.contains_key(id) {
                 return Err(ApiError::conflict(format!("{} is already running", record.spec.name)));
             }
-            let uid = Self::free_uid(&running)?;
+            let uid = self.free_uid(&running)?;
             running.insert(id.to_string(), Handle { pid: 0, uid, state: VmState::Starting, stopping: false });
         }
         let pid = match self.launch(state, &record) {

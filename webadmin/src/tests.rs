@@ -45,6 +45,7 @@ impl Harness {
             status_file: d.join("status.json"),
             setup_code_file: d.join("setup-code"),
             run_dir: d.join("run"),
+            vm_uids: crate::supervisor::VM_UID_BASE,
             guests_dir: d.join("guests"),
             vmm: Some(d.join("no-vmm-in-these-tests")),
             bridge: "kvmos-test-no-bridge".into(),

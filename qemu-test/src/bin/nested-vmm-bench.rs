@@ -33,7 +33,7 @@ fn main() -> Result<()> {
     let script = format!(
         "for i in $(seq {runs}); do for kernel in guest-bzImage vmlinux; do\n\
          t0=$(cut -d' ' -f1 /proc/uptime)\n\
-         ./kvmos-vmm --kernel $kernel --initrd l2.cpio.zst --cmdline 'console=ttyS0 reboot=k panic=1 pci=off quiet' \
+         ./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --kernel $kernel --initrd l2.cpio.zst --cmdline 'console=ttyS0 reboot=k panic=1 pci=off quiet' \
          --memory-mib 128 --vcpus 1 --serial stdio < /dev/null > out 2> err\n\
          code=$?\n\
          t1=$(cut -d' ' -f1 /proc/uptime)\n\

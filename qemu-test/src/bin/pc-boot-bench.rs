@@ -40,7 +40,7 @@ boot() {
   echo "RESULT vmm=$name t0=$t0 fw=$fw grub=$grub login=$login rss_kib=$total guest_kib=$guest"
 }
 for i in $(seq RUNS); do
-  boot kvmos ./kvmos-vmm --firmware bios --firmware-path bios-256k.bin --disk /dev/vda --memory-mib 512 --vcpus 1 --serial stdio
+  boot kvmos ./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --firmware bios --firmware-path bios-256k.bin --disk /dev/vda --memory-mib 512 --vcpus 1 --serial stdio
   boot qemu /usr/bin/qemu-system-x86_64 -accel kvm -M pc -cpu host -m 512 -smp 1 -nodefaults -nographic \
     -serial stdio -monitor none -bios bios-256k.bin -L /usr/share/qemu -global kvm-apic.vapic=false \
     -drive file=/dev/vda,format=raw,if=none,id=d0 -device virtio-blk-pci,drive=d0 -device virtio-rng-pci

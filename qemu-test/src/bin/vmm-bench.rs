@@ -10,6 +10,10 @@
 //! - VMs created, booted to the boot marker and torn down per second, one
 //!   after another (one stream, so per core).
 //!
+//! Each figure is taken twice in the same run, alternating: with the jail
+//! (`--jail-uid`, as the panel runs every VMM; the figures are the jailed
+//! child's) and with `--no-jail`, so the jail's cost shows as a ratio.
+//!
 //! Usage: `cargo run -p kvmos-qemu-test --bin vmm-bench -- [RUNS]`
 
 use anyhow::{bail, Context, Result};
@@ -29,8 +33,27 @@ fn config(dir: &Path, kernel: &Path, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn spawn(vmm: &Path, cfg: &Path) -> Result<Child> {
-    Ok(Command::new(vmm).arg("--config").arg(cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?)
+/// With the jail (as uid 990000, which nothing else on a test host uses)
+/// or without.
+const MODES: [(&str, &[&str]); 2] =
+    [("jail", &["--jail-uid", "990000", "--jail-gid", "990000"]), ("no jail", &["--no-jail"])];
+
+fn spawn(vmm: &Path, cfg: &Path, flags: &[&str]) -> Result<Child> {
+    Ok(Command::new(vmm).arg("--config").arg(cfg).args(flags).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?)
+}
+
+/// The process that runs the VM: the jailed child, or the VMM itself.
+fn vm_pid(child: &Child) -> u32 {
+    kvmos_vmm::jail::jailed_child(child.id()).unwrap_or(child.id())
+}
+
+#[derive(Default)]
+struct Figures {
+    walls: Vec<f64>,
+    cpus_all: Vec<f64>,
+    cpus_main: Vec<f64>,
+    overheads: Vec<f64>,
+    vms_per_sec: Vec<f64>,
 }
 
 /// CPU time of every thread of `pid`, and of its main thread, in ns.
@@ -94,57 +117,64 @@ fn main() -> Result<()> {
     std::fs::write(&marker, kvmos_vmm::tiny_guest::marker_elf())?;
     println!("kvmos-vmm {} on this host's /dev/kvm; 1 vCPU, 128 MiB; {runs} runs", bins.vmm.display());
 
-    let (mut walls, mut cpus_all, mut cpus_main, mut overheads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut figures: [Figures; 2] = Default::default();
     for i in 0..runs {
-        let name = format!("start{i}");
-        let cfg = config(&dir, &echo, &name)?;
-        let api = dir.join(format!("{name}.api"));
-        let t0 = Instant::now();
-        let mut child = spawn(&bins.vmm, &cfg)?;
-        while UnixStream::connect(&api).is_err() {
-            if t0.elapsed() > Duration::from_secs(10) {
-                bail!("the API socket never came up");
+        for (m, (mode, flags)) in MODES.iter().enumerate() {
+            let f = &mut figures[m];
+            let name = format!("start{i}-{m}");
+            let cfg = config(&dir, &echo, &name)?;
+            let api = dir.join(format!("{name}.api"));
+            let t0 = Instant::now();
+            let mut child = spawn(&bins.vmm, &cfg, flags)?;
+            while UnixStream::connect(&api).is_err() {
+                if t0.elapsed() > Duration::from_secs(10) {
+                    bail!("the API socket never came up ({mode})");
+                }
+                std::thread::sleep(Duration::from_micros(200));
             }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        let wall = t0.elapsed().as_secs_f64() * 1000.0;
-        let (all, main) = cpu_ns(child.id());
-        // Let the guest settle, then read the memory.
-        std::thread::sleep(Duration::from_millis(300));
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).context("status")?;
-        let rss = kib(&status, "VmRSS:");
-        let guest = guest_rss_kib(child.id(), 128 * 1024);
-        stop(&mut child, &api)?;
-        walls.push(wall);
-        cpus_all.push(all as f64 / 1e6);
-        cpus_main.push(main as f64 / 1e6);
-        overheads.push((rss - guest) as f64 / 1024.0);
-        if i == 0 {
-            println!("  first run: VmRSS {rss} KiB, guest memory resident {guest} KiB");
-        }
-    }
-    println!("start → API socket ready: median {:.2} ms wall", median(walls.clone()));
-    println!(
-        "  CPU by then: median {:.2} ms (all threads), {:.2} ms (main thread)",
-        median(cpus_all),
-        median(cpus_main)
-    );
-    println!("memory overhead (VmRSS − resident guest memory): median {:.2} MiB", median(overheads));
-
-    let n = runs * 5;
-    let t0 = Instant::now();
-    for i in 0..n {
-        let name = format!("boot{i}");
-        let cfg = config(&dir, &marker, &name)?;
-        let status = spawn(&bins.vmm, &cfg)?.wait()?;
-        if status.code() != Some(0) {
-            bail!("the marker guest ended with {status}");
+            let wall = t0.elapsed().as_secs_f64() * 1000.0;
+            let pid = vm_pid(&child);
+            let (all, main) = cpu_ns(pid);
+            // Let the guest settle, then read the memory.
+            std::thread::sleep(Duration::from_millis(300));
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("status")?;
+            let rss = kib(&status, "VmRSS:");
+            let guest = guest_rss_kib(pid, 128 * 1024);
+            stop(&mut child, &api)?;
+            f.walls.push(wall);
+            f.cpus_all.push(all as f64 / 1e6);
+            f.cpus_main.push(main as f64 / 1e6);
+            f.overheads.push((rss - guest) as f64 / 1024.0);
+            if i == 0 {
+                println!("  first run, {mode}: VmRSS {rss} KiB, guest memory resident {guest} KiB");
+            }
         }
     }
-    let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "create → boot marker → power-off → exit, one after another: {n} VMs in {secs:.2} s = {:.1} VMs/s on one core",
-        n as f64 / secs
-    );
+    // VMs per second: rounds of five, alternating the modes.
+    for round in 0..runs {
+        for (m, (mode, flags)) in MODES.iter().enumerate() {
+            let t0 = Instant::now();
+            for i in 0..5 {
+                let name = format!("boot{round}-{m}-{i}");
+                let cfg = config(&dir, &marker, &name)?;
+                let status = spawn(&bins.vmm, &cfg, flags)?.wait()?;
+                if status.code() != Some(0) {
+                    bail!("the marker guest ended with {status} ({mode})");
+                }
+            }
+            figures[m].vms_per_sec.push(5.0 / t0.elapsed().as_secs_f64());
+        }
+    }
+    println!("| | jail | no jail | ratio |");
+    println!("|---|---|---|---|");
+    let row = |what: &str, of: &dyn Fn(&Figures) -> Vec<f64>| {
+        let (j, n) = (median(of(&figures[0])), median(of(&figures[1])));
+        println!("| {what} | {j:.2} | {n:.2} | {:.2} |", j / n);
+    };
+    row("start → API socket ready (ms, median)", &|f| f.walls.clone());
+    row("CPU by then, all threads (ms)", &|f| f.cpus_all.clone());
+    row("CPU by then, main thread (ms)", &|f| f.cpus_main.clone());
+    row("memory overhead, VmRSS − guest (MiB)", &|f| f.overheads.clone());
+    row("VMs per second, boot marker and exit, one stream (median of rounds of 5)", &|f| f.vms_per_sec.clone());
     Ok(())
 }
