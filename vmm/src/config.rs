@@ -66,6 +66,18 @@ pub struct VmConfig {
     pub jail: Option<JailConfig>,
 }
 
+/// The longest argument the VMM appends to a direct boot's command line
+/// for each virtio-mmio device (`virtio_mmio.device=4K@0xd0001000:12`
+/// and a space).
+pub const DEVICE_ARG_MAX: usize = 40;
+
+/// How long a direct boot's own command line may be with `devices` virtio
+/// devices: the kernel's 2048 bytes less the NUL and the device arguments
+/// the VMM appends. The panel checks the same limit.
+pub fn cmdline_room(devices: usize) -> usize {
+    (crate::arch::layout::CMDLINE_MAX_SIZE - 1).saturating_sub(devices * DEVICE_ARG_MAX)
+}
+
 /// Where cgroup v2 is mounted; a VM's cgroup must be below it.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -241,6 +253,8 @@ pub enum ConfigError {
     TapOpen { index: usize, tap: String, reason: String },
     /// --{flag}: {reason}
     Flag { flag: &'static str, reason: String },
+    /// cmdline: {len} bytes is too long for a direct boot with {devices} virtio device(s): at most {max} (the kernel takes 2047, and kvmos-vmm adds each device's address); shorten it
+    CmdlineTooLong { len: usize, devices: usize, max: usize },
     /// jail: the VMM runs in a jail: give "jail": {{"uid": N, "gid": N}} (a user of this VM's own), or --jail-uid and --jail-gid; on a development host --no-jail runs it without one
     NoJail,
     /// jail.{0}: the VMM never runs as root; give a user of this VM's own
@@ -280,6 +294,11 @@ impl VmConfig {
                 }
                 if self.vnc_socket.is_some() {
                     return Err(ConfigError::VncWithKernel);
+                }
+                let devices = self.disks.len() + self.nets.len() + usize::from(self.rng);
+                let max = cmdline_room(devices);
+                if self.cmdline.len() > max {
+                    return Err(ConfigError::CmdlineTooLong { len: self.cmdline.len(), devices, max });
                 }
             }
             (None, Some(firmware)) => {

@@ -55,6 +55,17 @@ fn size_limits() {
         "memory_mib: 99999999 MiB is more than this host can give",
     );
     assert_bad_config(&["--kernel", &k, "--memory-mib", "4"], "memory_mib: 4 MiB is too small");
+    // The command line with the arguments the VMM appends must fit the
+    // kernel's 2048 bytes (it was an internal error once the VM was built).
+    let disk = dir.path().join("d.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let max = kvmos_vmm::config::cmdline_room(2); // the disk and virtio-rng
+    let long = "x".repeat(max + 1);
+    let d = disk.to_str().unwrap();
+    assert_bad_config(
+        &["--kernel", &k, "--disk", d, "--cmdline", &long],
+        &format!("cmdline: {} bytes is too long for a direct boot with 2 virtio device(s): at most {max}", max + 1),
+    );
 }
 
 #[test]

@@ -4,14 +4,15 @@
 //! a VBE mode and fills the framebuffer. An RFB client (`kvmos_vmm::vnc::client`) checks
 //! over the VNC socket what a viewer would see and sends keys.
 
+mod support;
+
+use kvmos_vmm::jail::testing::next_slot;
 use kvmos_vmm::tiny_guest;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-const VMM: &str = env!("CARGO_BIN_EXE_kvmos-vmm");
+use support::Vm;
 
 use kvmos_vmm::vnc::client::Viewer;
 use kvmos_vmm::vnc::rfb::{
@@ -21,72 +22,6 @@ use kvmos_vmm::vnc::rfb::{
 
 const T: Duration = Duration::from_secs(30);
 
-struct Vm {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Vm {
-    fn start() -> Self {
-        Self::with_disk(&tiny_guest::display_disk())
-    }
-
-    fn with_disk(image: &[u8]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = dir.path().join("display.img");
-        std::fs::write(&disk, image).unwrap();
-        // Jailed, as the panel runs it: the screen, keys and API under seccomp.
-        let child = Command::new(VMM)
-            .args(["--firmware", "bios", "--memory-mib", "64", "--serial", "stdio"])
-            .args(kvmos_vmm::jail::testing::args(kvmos_vmm::jail::testing::next_slot()))
-            .arg("--disk")
-            .arg(&disk)
-            .arg("--vnc-socket")
-            .arg(dir.path().join("vnc.sock"))
-            .arg("--api-socket")
-            .arg(dir.path().join("api.sock"))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("console.out")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("vmm.err")).unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn console(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(self.path("console.out")).unwrap_or_default()).into_owned()
-    }
-
-    /// Waits until the console has shown `needle` `times` times.
-    fn wait_console(&self, needle: &str, times: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.console().matches(needle).count() < times {
-            let err = std::fs::read_to_string(self.path("vmm.err")).unwrap_or_default();
-            assert!(Instant::now() < deadline, "no {needle:?} on the console: {}\n{err}", self.console());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The (jailed) VMM's user + system CPU time so far, in clock ticks.
-    fn cpu_ticks(&self) -> u64 {
-        let pid = kvmos_vmm::jail::testing::jailed_pid(self.child.id());
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Whether any pixel of text row `row` (16 scan lines, 9-pixel cells) in
 /// columns `cols` has colour `c`.
 fn text_cells_have(v: &Viewer, row: u32, cols: std::ops::Range<u32>, c: u32) -> bool {
@@ -95,7 +30,7 @@ fn text_cells_have(v: &Viewer, row: u32, cols: std::ops::Range<u32>, c: u32) -> 
 
 #[test]
 fn a_vnc_viewer_sees_text_and_vbe_modes_and_types_into_the_i8042() {
-    let vm = Vm::start();
+    let vm = Vm::start(&tiny_guest::display_disk(), next_slot());
     vm.wait_console("TEXT\n", 1);
     let sock = vm.path("vnc.sock");
     let mode = std::fs::metadata(&sock).unwrap();
@@ -187,7 +122,7 @@ fn a_vnc_viewer_sees_text_and_vbe_modes_and_types_into_the_i8042() {
 /// screenshot is the same picture.
 #[test]
 fn a_scaled_viewer_follows_the_switch_guest_and_the_text_api_reads_it() {
-    let vm = Vm::with_disk(&tiny_guest::switch_disk("vm-a", true));
+    let vm = Vm::start(&tiny_guest::switch_disk("vm-a", true), next_slot());
     vm.wait_console("READY vm-a\n", 1);
     let api = vm.path("api.sock");
     let rows = screen_text(&api);

@@ -4,102 +4,14 @@
 //! keys and API still work; a forbidden system call kills it, and the exit
 //! record says why.
 
+mod support;
+
 use kvmos_vmm::jail::testing;
 use kvmos_vmm::tiny_guest;
 use kvmos_vmm::vnc::client::Viewer;
 use kvmos_vmm::vnc::rfb::{ENCODING_DESKTOP_SIZE, ENCODING_RAW};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const VMM: &str = env!("CARGO_BIN_EXE_kvmos-vmm");
-const T: Duration = Duration::from_secs(60);
-
-struct Vm {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Vm {
-    fn start(slot: u32) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = dir.path().join("display.img");
-        std::fs::write(&disk, tiny_guest::display_disk()).unwrap();
-        let child = Command::new(VMM)
-            .args(["--firmware", "bios", "--memory-mib", "64", "--serial", "stdio"])
-            .args(testing::args(slot))
-            .arg("--disk")
-            .arg(&disk)
-            .arg("--vnc-socket")
-            .arg(dir.path().join("vnc.sock"))
-            .arg("--api-socket")
-            .arg(dir.path().join("api.sock"))
-            .arg("--config")
-            .arg(exit_file_config(dir.path()))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("console.out")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("vmm.err")).unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn wait_console(&self, needle: &str) {
-        let deadline = Instant::now() + T;
-        loop {
-            let out =
-                String::from_utf8_lossy(&std::fs::read(self.path("console.out")).unwrap_or_default()).into_owned();
-            if out.contains(needle) {
-                return;
-            }
-            let err = std::fs::read_to_string(self.path("vmm.err")).unwrap_or_default();
-            assert!(Instant::now() < deadline, "no {needle:?} on the console: {out}\n{err}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn jailed_pid(&self) -> u32 {
-        testing::jailed_pid(self.child.id())
-    }
-
-    fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        kvmos_vmm::api::call(&self.path("api.sock"), method, path, body).unwrap()
-    }
-
-    /// Waits for the process we started to end; its exit code and the
-    /// exit record.
-    fn wait_exit(&mut self) -> (i32, serde_json::Value) {
-        let deadline = Instant::now() + T;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "the VMM did not end");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let record = std::fs::read_to_string(self.path("exit.json")).expect("the exit record");
-        (status.code().expect("an exit code, not a signal"), serde_json::from_str(&record).unwrap())
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A configuration file with just the exit file (flags give the rest).
-fn exit_file_config(dir: &Path) -> PathBuf {
-    let p = dir.join("vm.json");
-    let exit = dir.join("exit.json");
-    std::fs::write(&p, serde_json::json!({ "exit_file": exit }).to_string()).unwrap();
-    p
-}
+use std::process::Command;
+use support::{Vm, VMM};
 
 fn status_field(pid: u32, task: Option<&str>, key: &str) -> String {
     let path = match task {
@@ -117,16 +29,16 @@ fn status_field(pid: u32, task: Option<&str>, key: &str) -> String {
 
 #[test]
 fn a_jailed_vmm_has_its_own_user_no_capabilities_its_own_namespaces_and_seccomp_on_every_thread() {
-    let mut vm = Vm::start(1);
+    let mut vm = Vm::start(&tiny_guest::display_disk(), 1);
     let uid = testing::uid(1);
-    vm.wait_console("TEXT\n");
+    vm.wait_console("TEXT\n", 1);
     // The screen, the keyboard and the API work from inside the jail.
     let mut viewer = Viewer::connect(&vm.path("vnc.sock"), &[ENCODING_RAW, ENCODING_DESKTOP_SIZE]).unwrap();
     viewer.request(false).unwrap();
     viewer.update().unwrap();
     assert_eq!((viewer.width, viewer.height), (720, 400));
     viewer.tap_scancode(0x1E).unwrap();
-    vm.wait_console("K1E\nK9E\n");
+    vm.wait_console("K1E\nK9E\n", 1);
     let (status, _) = vm.api("GET", "/screen/text", None);
     assert_eq!(status, 200);
 
@@ -188,8 +100,8 @@ fn a_jailed_vmm_has_its_own_user_no_capabilities_its_own_namespaces_and_seccomp_
 
 #[test]
 fn a_forbidden_system_call_kills_the_vmm_and_the_exit_record_says_why() {
-    let mut vm = Vm::start(2);
-    vm.wait_console("TEXT\n");
+    let mut vm = Vm::start(&tiny_guest::display_disk(), 2);
+    vm.wait_console("TEXT\n", 1);
     // The answer never comes: the VMM dies in the call.
     let _ = vm.api("PUT", "/actions", Some(r#"{"action":"forbidden_syscall"}"#));
     let (code, record) = vm.wait_exit();

@@ -149,8 +149,20 @@ impl VmSpec {
             }
         }
         self.validate_boot_order()?;
-        if self.cmdline.as_ref().is_some_and(|c| c.len() > 2048) {
-            return Err(ApiError::bad("cmdline", "cmdline: at most 2048 characters"));
+        if let Some(c) = &self.cmdline {
+            // The VMM's own limit: the panel's VMs have virtio-rng, the
+            // disks and the NIC.
+            let devices = self.disks.len() + usize::from(self.network) + 1;
+            let max = kvmos_vmm::config::cmdline_room(devices);
+            if c.len() > max {
+                return Err(ApiError::bad(
+                    "cmdline",
+                    format!(
+                        "cmdline: {} bytes is too long with {devices} virtio device(s): at most {max} (the kernel takes 2047, and kvmos-vmm adds each device's address); shorten it",
+                        c.len()
+                    ),
+                ));
+            }
         }
         if self.disks.len() > 8 {
             return Err(ApiError::bad("disks", "disks: at most 8"));
@@ -379,6 +391,21 @@ mod tests {
         assert_eq!(field(VmSpec { boot: Boot::Kernel { kernel: "k".into(), initrd: None }, ..spec() }), "boot.kernel");
         let disk = DiskSpec { image: "missing".into(), size_mib: None, read_only: false };
         assert_eq!(field(VmSpec { disks: vec![disk], ..spec() }), "disks[0].image");
+    }
+
+    #[test]
+    fn the_command_line_limit_is_the_vmms() {
+        let (_dir, images) = setup();
+        let host = HostCapacity { cpus: 2, mem_available_mib: 1024 };
+        let disk = DiskSpec { image: "web1-disk".into(), size_mib: Some(64), read_only: false };
+        let with =
+            |len: usize| VmSpec { cmdline: Some("x".repeat(len)), disks: vec![disk.clone()], network: true, ..spec() };
+        // A disk, the NIC and virtio-rng: what the VMM adds for three devices.
+        let max = kvmos_vmm::config::cmdline_room(3);
+        assert!(with(max).validate(&images, host).is_ok());
+        let e = with(max + 1).validate(&images, host).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("cmdline"));
+        assert!(e.message.contains(&format!("at most {max}")), "{}", e.message);
     }
 
     #[tokio::test]
