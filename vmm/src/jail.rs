@@ -197,7 +197,8 @@ pub fn report(pipe: &mut File, record: &ExitRecord) {
 }
 
 /// Stage 2: the steps, in order. Each names what it does for the error.
-const STEPS: &[(&str, fn(&JailConfig, &Facts) -> std::io::Result<()>)] = &[
+type Step = fn(&JailConfig, &Facts) -> std::io::Result<()>;
+const STEPS: &[(&str, Step)] = &[
     ("no thread runs yet", no_threads),
     ("new mount, UTS, network and IPC namespaces", namespaces),
     ("an empty read-only root", empty_root),

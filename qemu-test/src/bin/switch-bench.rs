@@ -140,7 +140,9 @@ async fn main() -> Result<()> {
     for (i, s) in serials.iter().enumerate() {
         s.when(0, &format!("READY vm-{:02}", i + 1), Duration::from_secs(300))?;
     }
-    let mut pids: Vec<u32> = host.vmm_pids().into_iter().map(|p| p as u32).collect();
+    // The jailed children run the VMs (their parents only wait).
+    let mut pids: Vec<u32> =
+        host.vmm_pids().into_iter().map(|p| kvmos_vmm::jail::jailed_child(p as u32).unwrap_or(p as u32)).collect();
     if pids.len() != VMS {
         bail!("{} VMMs running, not {VMS}", pids.len());
     }

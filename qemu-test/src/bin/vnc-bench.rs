@@ -58,7 +58,9 @@ fn start(which: &str, dir: &Path, vmm: &Path, qemu: &Path) -> Result<Child> {
     let _ = std::fs::remove_file(&sock);
     let mut cmd = if which == "kvmos" {
         let mut c = Command::new(vmm);
-        c.args(["--firmware", "bios", "--memory-mib", "64", "--serial", "stdio", "--disk"])
+        // Jailed, as the panel runs it (uid 990001: nothing else here uses it).
+        c.args(["--jail-uid", "990001", "--jail-gid", "990001"])
+            .args(["--firmware", "bios", "--memory-mib", "64", "--serial", "stdio", "--disk"])
             .arg(&disk)
             .arg("--vnc-socket")
             .arg(&sock);
@@ -126,7 +128,9 @@ fn measure(child: &Child, console: &TimedOutput, dir: &Path) -> Result<Figures> 
     // Idle: a request waits; count what arrives and the VMM's CPU.
     std::thread::sleep(Duration::from_millis(500));
     v.request(true)?;
-    let cpu0 = cpu_ms(child.id())?;
+    // kvmos-vmm's jailed child runs the VM; QEMU is its own process.
+    let vm_pid = kvmos_vmm::jail::jailed_child(child.id()).unwrap_or(child.id());
+    let cpu0 = cpu_ms(vm_pid)?;
     let t0 = Instant::now();
     let mut idle_bytes = 0;
     let mut buf = [0u8; 65536];
@@ -143,7 +147,7 @@ fn measure(child: &Child, console: &TimedOutput, dir: &Path) -> Result<Figures> 
             Err(_) => break,
         }
     }
-    let idle_cpu_ms = cpu_ms(child.id())? - cpu0;
+    let idle_cpu_ms = cpu_ms(vm_pid)? - cpu0;
     Ok(Figures { drawn_ms, text_zrle, full_zrle, full_raw, latency_ms, idle_bytes, idle_cpu_ms })
 }
 
