@@ -315,7 +315,7 @@ fn the_vmm_is_jailed(vm: &mut Appliance, panel: &Panel, id: &str, memory_mib: u6
     let leaf = format!("/sys/fs/cgroup/kvmos.slice/{id}");
     let memory_max = appliance_file(vm, &format!("{leaf}/memory.max"));
     assert_eq!(memory_max, ((memory_mib + kvmos_vmm::jail::MEMORY_OVERHEAD_MIB) << 20).to_string());
-    assert_eq!(appliance_file(vm, &format!("{leaf}/pids.max")), (vcpus + 4).to_string());
+    assert_eq!(appliance_file(vm, &format!("{leaf}/pids.max")), (vcpus + 6).to_string());
     assert_eq!(appliance_file(vm, &format!("{leaf}/cpu.max")), format!("{} 100000", vcpus * 100_000 + 50_000));
     let shown = panel.ok("GET", &format!("/api/v1/vms/{id}"), None).unwrap();
     let used = shown["usage"]["memory_bytes"].as_u64().unwrap_or(0);

@@ -35,8 +35,12 @@ const ROOT_MOUNT: &str = "/tmp";
 /// buffers and thread stacks.
 pub const MEMORY_OVERHEAD_MIB: u64 = 64;
 /// Threads besides the vCPUs: the event loop, the API, the VNC server, and
-/// the waiting parent.
+/// the waiting parent (which runs as root, so the VM user's RLIMIT_NPROC
+/// has one to spare).
 const THREADS_BESIDES_VCPUS: u64 = 4;
+/// The cgroup counts KVM's own worker (kvm-nx-lpage-recovery) among the
+/// VMM's tasks too, and one more is kept spare.
+const CGROUP_TASKS_BESIDES_VCPUS: u64 = THREADS_BESIDES_VCPUS + 2;
 /// File descriptors beyond those open when the jail closes: console, VNC
 /// and API clients.
 const SPARE_FDS: u64 = 256;
@@ -77,7 +81,7 @@ impl CgroupLimits {
         let vcpus = u64::from(config.vcpus);
         Self {
             memory_max: (config.memory_mib + MEMORY_OVERHEAD_MIB) << 20,
-            pids_max: vcpus + THREADS_BESIDES_VCPUS,
+            pids_max: vcpus + CGROUP_TASKS_BESIDES_VCPUS,
             cpu_max: (vcpus * 100_000 + 50_000, 100_000),
         }
     }
@@ -421,7 +425,7 @@ mod tests {
         c.vcpus = 2;
         let l = CgroupLimits::for_vm(&c);
         assert_eq!(l.memory_max, (512 + MEMORY_OVERHEAD_MIB) << 20);
-        assert_eq!(l.pids_max, 2 + THREADS_BESIDES_VCPUS);
+        assert_eq!(l.pids_max, 2 + 6);
         assert_eq!(l.cpu_max, (250_000, 100_000));
     }
 

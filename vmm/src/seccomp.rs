@@ -183,6 +183,8 @@ fn allowed(kind: Thread, kick_signal: i32) -> Result<Vec<(i64, Vec<SeccompRule>)
             // The terminal given back when the VMM ran on one.
             libc::TCGETS,
             libc::TCSETS,
+            // A NIC's offloads, set when the guest's driver starts or resets it.
+            crate::tap::TUNSETOFFLOAD,
         ],
         Thread::Vcpu => &[
             KVM_RUN(),
@@ -192,6 +194,8 @@ fn allowed(kind: Thread, kick_signal: i32) -> Result<Vec<(i64, Vec<SeccompRule>)
             KVM_IRQFD(),
             KVM_SET_GSI_ROUTING(),
             KVM_SIGNAL_MSI(),
+            // A NIC's offloads: its driver starts it with a register write.
+            crate::tap::TUNSETOFFLOAD,
         ],
         Thread::Api => &[fionbio],
         Thread::Vnc => &[KVM_GET_DIRTY_LOG(), KVM_IRQ_LINE(), fionbio],
