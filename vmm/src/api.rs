@@ -210,11 +210,9 @@ pub fn spawn(
     let wake = EventFd::new(libc::EFD_NONBLOCK)?;
     let wake2 = wake.try_clone()?;
     std::thread::Builder::new().name("api".into()).spawn(move || {
-        if let Some(f) = &filters {
-            if let Err(e) = f.apply(crate::seccomp::Thread::Api) {
-                tracing::error!("the control API is off: {e}");
-                return;
-            }
+        if let Err(e) = crate::seccomp::confine(filters.as_deref(), crate::seccomp::Thread::Api) {
+            tracing::error!("the control API is off: {e}");
+            return;
         }
         for stream in listener.incoming().flatten() {
             serve_connection(stream, &tx, &wake2);

@@ -201,14 +201,11 @@ fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
         let tap = tap.ok_or_else(|| flag("net", "name the TAP device: tap=NAME"))?;
         c.nets.push(NetConfig { tap, mac });
     }
-    if let (Some(uid), Some(gid)) = (args.jail_uid, args.jail_gid) {
-        c.jail = Some(JailConfig { uid, gid, cgroup: args.jail_cgroup.clone() });
-    }
-    if c.jail.is_none() && !args.no_jail {
-        return Err(ConfigError::NoJail);
-    }
-    if args.no_jail {
-        c.jail = None;
+    match (args.no_jail, args.jail_uid.zip(args.jail_gid)) {
+        (true, _) => c.jail = None,
+        (false, Some((uid, gid))) => c.jail = Some(JailConfig { uid, gid, cgroup: args.jail_cgroup.clone() }),
+        (false, None) if c.jail.is_none() => return Err(ConfigError::NoJail),
+        (false, None) => {}
     }
     if let Some(s) = args.serial {
         c.serial = match s.as_str() {

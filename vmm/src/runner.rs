@@ -7,7 +7,7 @@ use crate::api::{self, Action, Pending, Request, Response};
 use crate::builder::Machine;
 use crate::config::{SerialConfig, VmConfig};
 use crate::exit::ExitReason;
-use crate::seccomp::{Filters, Thread};
+use crate::seccomp::{confine, Filters, Thread};
 use crate::vstate::vcpu::{install_kick_handler, kick_until};
 use std::collections::HashMap;
 use std::io::Read;
@@ -90,39 +90,30 @@ pub struct Sockets {
 }
 
 impl Sockets {
-    /// Binds the console's, the API's and the VNC server's sockets that
-    /// `config` names (the VNC one only for a VM with a display).
-    pub fn bind(config: &VmConfig, machine: &Machine) -> std::io::Result<Self> {
+    /// The console's, the API's and the VNC server's socket paths that
+    /// `config` names.
+    fn paths(config: &VmConfig) -> [Option<&Path>; 3] {
         let console = match &config.serial {
-            SerialConfig::Socket { path } => Some(bind_private_socket(path)?),
+            SerialConfig::Socket { path } => Some(path.as_path()),
             _ => None,
         };
-        let api = config.api_socket.as_deref().map(bind_private_socket).transpose()?;
-        let vnc = match (&config.vnc_socket, &machine.display) {
-            (Some(path), Some(_)) => Some(bind_private_socket(path)?),
-            _ => None,
-        };
-        Ok(Self { console, api, vnc })
+        [console, config.api_socket.as_deref(), config.vnc_socket.as_deref()]
+    }
+
+    /// Binds them (the VNC one only for a VM with a display).
+    pub fn bind(config: &VmConfig, machine: &Machine) -> std::io::Result<Self> {
+        let [console, api, vnc] = Self::paths(config);
+        let vnc = vnc.filter(|_| machine.display.is_some());
+        let bind = |p: Option<&Path>| p.map(bind_private_socket).transpose();
+        Ok(Self { console: bind(console)?, api: bind(api)?, vnc: bind(vnc)? })
     }
 
     /// Removes the socket files (by whoever can still see them: the VMM
     /// itself when it runs without a jail, the jail's parent otherwise).
     pub fn remove_files(config: &VmConfig) {
-        let console = match &config.serial {
-            SerialConfig::Socket { path } => Some(path),
-            _ => None,
-        };
-        for path in [console, config.api_socket.as_ref(), config.vnc_socket.as_ref()].into_iter().flatten() {
+        for path in Self::paths(config).into_iter().flatten() {
             let _ = std::fs::remove_file(path);
         }
-    }
-}
-
-/// Installs a thread's seccomp filter, when the VMM is jailed.
-fn confine(filters: Option<&Arc<Filters>>, kind: Thread) -> std::io::Result<()> {
-    match filters {
-        Some(f) => f.apply(kind).map_err(std::io::Error::other),
-        None => Ok(()),
     }
 }
 
@@ -193,14 +184,14 @@ fn run_inner(
         let name = format!("vcpu{}", vcpu.index);
         let filters = filters.clone();
         threads.push(std::thread::Builder::new().name(name).spawn(move || {
-            if let Err(e) = confine(filters.as_ref(), Thread::Vcpu) {
+            if let Err(e) = confine(filters.as_deref(), Thread::Vcpu) {
                 vcpu.exit.request(ExitReason::Internal(e.to_string()));
                 return;
             }
             vcpu.run_loop()
         })?);
     }
-    confine(filters.as_ref(), Thread::EventLoop)?;
+    confine(filters.as_deref(), Thread::EventLoop).map_err(std::io::Error::other)?;
 
     let mut clients: HashMap<u64, UnixStream> = HashMap::new();
     let mut next_token = TOKEN_CLIENT_BASE;

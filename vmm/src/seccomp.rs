@@ -82,6 +82,12 @@ impl Filters {
     }
 }
 
+/// Installs `kind`'s filter on the calling thread when the VMM is jailed
+/// (`filters` present); nothing otherwise.
+pub fn confine(filters: Option<&Filters>, kind: Thread) -> Result<(), SeccompError> {
+    filters.map_or(Ok(()), |f| f.apply(kind))
+}
+
 fn cond(arg: u8, op: Op, value: u64) -> Result<Cond, SeccompError> {
     Cond::new(arg, Len::Qword, op, value).map_err(|e| SeccompError(e.to_string()))
 }

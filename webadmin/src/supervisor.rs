@@ -55,6 +55,9 @@ pub struct Supervisor {
     bridge: String,
     /// The first jail user (`--vm-uids`).
     uid_base: u32,
+    /// Where VMs' cgroups go: [`CGROUP_SLICE`] on a host with cgroup v2,
+    /// none otherwise (read once, at start).
+    cgroup_slice: Option<PathBuf>,
     running: Mutex<HashMap<String, Handle>>,
 }
 
@@ -99,21 +102,24 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// The real uid of the process whose `/proc/PID` directory is `dir`.
+fn process_uid(dir: &Path) -> Option<u32> {
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok())
+}
+
 /// The real uids of every process on the host.
 fn process_uids() -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.flatten()
         .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
-        .filter_map(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok()))
+        .filter_map(|e| process_uid(&e.path()))
         .collect()
 }
 
 /// The user of the jailed child of `pid`, the process the panel started.
 fn jailed_uid(pid: i32) -> Option<u32> {
-    let child = kvmos_vmm::jail::jailed_child(pid as u32)?;
-    let status = std::fs::read_to_string(format!("/proc/{child}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok())
+    process_uid(Path::new(&format!("/proc/{}", kvmos_vmm::jail::jailed_child(pid as u32)?)))
 }
 
 /// Whether `pid` is a live kvmos-vmm running the configuration in `dir`.
@@ -131,6 +137,7 @@ impl Supervisor {
     pub fn new(run_dir: &Path, vmm_bin: &Path, bridge: &str, uid_base: u32) -> Self {
         Self {
             uid_base,
+            cgroup_slice: cgroup_v2().then(|| PathBuf::from(CGROUP_SLICE)),
             run_dir: run_dir.to_path_buf(),
             vmm_bin: vmm_bin.to_path_buf(),
             bridge: bridge.to_string(),
@@ -149,7 +156,7 @@ impl Supervisor {
 
     /// A VM's cgroup leaf, on a host with cgroup v2.
     fn cgroup(&self, id: &str) -> Option<PathBuf> {
-        cgroup_v2().then(|| Path::new(CGROUP_SLICE).join(id))
+        self.cgroup_slice.as_ref().map(|slice| slice.join(id))
     }
 
     /// A running VM's CPU and memory use, where its VMM has a cgroup.

@@ -90,11 +90,9 @@ pub fn spawn(
     listener.set_nonblocking(true)?;
     let mut server = Server::new(listener, devices, name)?;
     std::thread::Builder::new().name("vnc".into()).spawn(move || {
-        if let Some(f) = &filters {
-            if let Err(e) = f.apply(crate::seccomp::Thread::Vnc) {
-                tracing::error!("the VNC server is off: {e}");
-                return;
-            }
+        if let Err(e) = crate::seccomp::confine(filters.as_deref(), crate::seccomp::Thread::Vnc) {
+            tracing::error!("the VNC server is off: {e}");
+            return;
         }
         server.run()
     })?;
