@@ -143,7 +143,7 @@ impl Nested {
         opts.append = "quiet".into();
         let mut attempt = 1;
         loop {
-            let mut vm = Appliance::boot(name, opts.clone())?;
+            let mut vm = Appliance::boot_until(name, opts.clone(), "NESTED-START")?;
             match self.wait(&mut vm, timeout) {
                 Err(e) if attempt < 3 && vm.output().contains(L0_QEMU_BUG) => {
                     eprintln!("[{name}] the L0 QEMU aborted ({L0_QEMU_BUG}), not our VMM; running again: {e:#}");
