@@ -100,6 +100,8 @@ pub const TEST: &[Requirement] = &[
     cmd("sfdisk", "fdisk"),
     cmd("mkfs.vfat", "dosfstools"),
     cmd("mcopy", "mtools"),
+    // qcow2 images for the panel's conversion tests.
+    cmd("qemu-img", "qemu-utils"),
     // Hybrid ISOs for the firmware tests.
     cmd("xorriso", "xorriso"),
     cmd("grub-mkimage", "grub-common"),

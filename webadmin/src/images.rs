@@ -5,6 +5,7 @@
 //! demo guest) are listed too, read-only.
 
 use crate::app::{ApiError, ApiResult};
+use crate::qcow2;
 use crate::store::{self, now_unix};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -42,6 +43,10 @@ pub struct Image {
     pub size: u64,
     /// Of the uploaded bytes; absent for disks made empty here.
     pub sha256: Option<String>,
+    /// The format the file came in when kvmos converted it (`qcow2`); the
+    /// image itself is always raw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converted_from: Option<String>,
     /// Unix seconds.
     pub created: u64,
 }
@@ -179,8 +184,14 @@ impl Images {
         let tmp = self.dir.join(format!(".upload-{name}"));
         let f = std::fs::File::create(&tmp).map_err(ApiError::internal)?;
         f.set_len(size_mib << 20).and_then(|_| f.sync_all()).map_err(ApiError::internal)?;
-        let image =
-            Image { name: name.into(), kind: ImageKind::Disk, size: size_mib << 20, sha256: None, created: now_unix() };
+        let image = Image {
+            name: name.into(),
+            kind: ImageKind::Disk,
+            size: size_mib << 20,
+            sha256: None,
+            converted_from: None,
+            created: now_unix(),
+        };
         self.publish(&tmp, &image)?;
         Ok(image)
     }
@@ -213,6 +224,8 @@ impl Images {
         }
         self.check_new(name, declared.unwrap_or(0))?;
         let tmp = self.dir.join(format!(".upload-{name}-{}", crate::auth::random_hex(4)));
+        // Where a converted disk is written before it is published.
+        let raw = self.dir.join(format!(".upload-{name}-{}.raw", crate::auth::random_hex(4)));
         let result = async {
             let mut f = tokio::fs::File::create(&tmp).await.map_err(ApiError::internal)?;
             let mut hash = Sha256::new();
@@ -234,27 +247,62 @@ impl Images {
             if size == 0 {
                 return Err(ApiError::bad("file", "file: the upload is empty"));
             }
-            match kind {
-                ImageKind::Kernel => check_kernel(&tmp)?,
-                ImageKind::Iso => check_iso(&tmp)?,
-                ImageKind::Disk => check_raw_disk(&tmp)?,
-                ImageKind::Initrd => {}
-            }
-            let image = Image {
+            let mut image = Image {
                 name: name.into(),
                 kind,
                 size,
                 sha256: Some(hex::encode(hash.finalize())),
+                converted_from: None,
                 created: now_unix(),
             };
+            match kind {
+                ImageKind::Kernel => check_kernel(&tmp)?,
+                ImageKind::Iso => check_iso(&tmp)?,
+                ImageKind::Disk if read_at(&tmp, 0, 4) == qcow2::MAGIC => {
+                    image.size = self.convert_qcow2(&tmp, &raw).await?;
+                    image.converted_from = Some("qcow2".into());
+                    std::fs::remove_file(&tmp).map_err(ApiError::internal)?;
+                    self.publish(&raw, &image)?;
+                    return Ok(image);
+                }
+                ImageKind::Disk => check_raw_disk(&tmp)?,
+                ImageKind::Initrd => {}
+            }
             self.publish(&tmp, &image)?;
             Ok(image)
         }
         .await;
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&raw);
         }
         result
+    }
+
+    /// Converts an uploaded qcow2 (`src`) to a sparse raw disk (`dst`);
+    /// returns the disk's size.
+    async fn convert_qcow2(&self, src: &Path, dst: &Path) -> ApiResult<u64> {
+        let free = free_space(&self.dir).saturating_sub(64 << 20);
+        let started = std::time::Instant::now();
+        // On a blocking thread: decompressing is CPU work, and imago's
+        // futures are not Send.
+        let (src, dst) = (src.to_path_buf(), dst.to_path_buf());
+        let done = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Handle::current().block_on(qcow2::convert_to_raw(&src, &dst, free, |_, _| {}))
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| match e {
+            qcow2::Qcow2Error::Write(e) => ApiError::internal(e),
+            e => ApiError::bad("file", format!("file: {e}")),
+        })?;
+        tracing::info!(
+            "converted a qcow2 upload to a raw disk: {} MiB, {} MiB of data, in {:.1} s",
+            done.virtual_size >> 20,
+            done.data_bytes >> 20,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(done.virtual_size)
     }
 
     pub fn delete(&self, name: &str) -> ApiResult<()> {
@@ -295,16 +343,26 @@ fn check_iso(path: &Path) -> ApiResult<()> {
     }
 }
 
-/// A raw disk is any bytes, but a qcow2 file stored as a disk would have
-/// its metadata read as sectors: refuse it and say how to convert it.
+/// A raw disk is any bytes, but another format's container stored as a
+/// disk would have its metadata read as sectors: refuse the formats kvmos
+/// does not convert (qcow2 is converted before this) and say how to.
 fn check_raw_disk(path: &Path) -> ApiResult<()> {
-    if read_at(path, 0, 4) == b"QFI\xfb" {
-        return Err(ApiError::bad(
+    let head = read_at(path, 0, 8);
+    let format = match &head[..] {
+        [b'K', b'D', b'M', b'V', ..] => Some("VMDK"),
+        [b'v', b'h', b'd', b'x', b'f', b'i', b'l', b'e'] => Some("VHDX"),
+        _ if read_at(path, 0x40, 4) == [0x7f, 0x10, 0xda, 0xbe] => Some("VDI"),
+        _ => None,
+    };
+    match format {
+        Some(f) => Err(ApiError::bad(
             "file",
-            "file: this is a qcow2 image, not a raw disk; convert it first (qemu-img convert -O raw in.qcow2 out.img)",
-        ));
+            format!(
+                "file: this is a {f} image, not a raw disk; convert it to qcow2 or raw first (qemu-img convert -O qcow2 in out.qcow2)"
+            ),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -361,10 +419,41 @@ mod tests {
         let e = images.upload("notiso", ImageKind::Iso, None, chunks(&[b"just bytes"])).await.unwrap_err();
         assert!(e.message.contains("not an ISO 9660"), "{}", e.message);
         let e = images.upload("cloud.img", ImageKind::Disk, None, chunks(&[b"QFI\xfb\0\0\0\x03"])).await.unwrap_err();
-        assert!(e.message.contains("qcow2") && e.message.contains("qemu-img convert"), "{}", e.message);
+        assert!(e.message.contains("qcow2") && e.message.contains("damaged"), "{}", e.message);
+        let e = images.upload("win.vmdk", ImageKind::Disk, None, chunks(&[b"KDMV\x01\0\0\0"])).await.unwrap_err();
+        assert!(e.message.contains("VMDK") && e.message.contains("qemu-img convert"), "{}", e.message);
         assert!(images.get("cloud.img").is_none() && images.get("notiso").is_none(), "refused uploads leave nothing");
         // A hybrid ISO is a disk too.
         images.upload("hybrid.img", ImageKind::Disk, None, chunks(&[iso])).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_qcow2_uploaded_as_a_disk_becomes_a_raw_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = Images::new(dir.path(), &dir.path().join("guests"), 64 << 20).unwrap();
+        let raw = dir.path().join("src.raw");
+        std::fs::write(&raw, [b"boot sector ".repeat(40), vec![0; 3 << 20], b"the end".to_vec()].concat()).unwrap();
+        let q = dir.path().join("cloud.qcow2");
+        let ok = std::process::Command::new("qemu-img")
+            .args(["convert", "-c", "-O", "qcow2"])
+            .args([&raw, &q])
+            .status()
+            .expect("qemu-img (package qemu-utils)");
+        assert!(ok.success());
+        let bytes: &'static [u8] = Box::leak(std::fs::read(&q).unwrap().into_boxed_slice());
+        let img = images.upload("cloud.img", ImageKind::Disk, None, chunks(&[bytes])).await.unwrap();
+        assert_eq!(img.converted_from.as_deref(), Some("qcow2"));
+        // qemu-img rounds the disk up to whole sectors.
+        let mut want = std::fs::read(&raw).unwrap();
+        want.resize(want.len().next_multiple_of(512), 0);
+        assert_eq!(img.size, want.len() as u64);
+        assert_eq!(std::fs::read(images.path("cloud.img")).unwrap(), want);
+        assert_eq!(images.get("cloud.img").unwrap().converted_from.as_deref(), Some("qcow2"));
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with(".upload-")), "no temporary files remain: {names:?}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod console;
 mod host;
 mod images;
 mod keys;
+mod qcow2;
 mod server;
 mod store;
 mod supervisor;
