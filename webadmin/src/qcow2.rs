@@ -157,9 +157,9 @@ pub async fn convert_to_raw(
                          the file is truncated, download or copy it again"
                     )));
                 }
-                extents.push((offset, len));
+                extents.push(Extent { guest: offset, len, host: Some(host) });
             }
-            Mapping::Special { .. } => extents.push((offset, len)),
+            Mapping::Special { .. } => extents.push(Extent { guest: offset, len, host: None }),
             Mapping::Eof { .. } => break,
             _ => return Err(Qcow2Error::Corrupt(format!("unknown mapping at disk offset {offset}"))),
         }
@@ -168,7 +168,7 @@ pub async fn convert_to_raw(
         }
         offset += len;
     }
-    let data: u64 = extents.iter().map(|(_, l)| l).sum();
+    let data: u64 = extents.iter().map(|e| e.len).sum();
     if data > free {
         return Err(Qcow2Error::Refused(format!(
             "its {} MiB of data do not fit: {} MiB are free on the data disk",
@@ -177,7 +177,8 @@ pub async fn convert_to_raw(
         )));
     }
 
-    let result = copy_extents(&image, &extents, dst, header.virtual_size, data, &mut progress).await;
+    let src_file = std::fs::File::open(src)?;
+    let result = copy_extents(&image, &src_file, &extents, dst, header.virtual_size, data, &mut progress).await;
     if result.is_err() {
         let _ = std::fs::remove_file(dst);
     }
@@ -185,11 +186,22 @@ pub async fn convert_to_raw(
     Ok(Converted { virtual_size: header.virtual_size, data_bytes })
 }
 
+/// A stretch of the disk that holds data.
+struct Extent {
+    guest: u64,
+    len: u64,
+    /// Where it lies in the qcow2 file when stored as it is; `None` when
+    /// imago must decode it (compressed clusters).
+    host: Option<u64>,
+}
+
 /// Second pass: reads the data extents and writes what is not zero; the rest
-/// of the raw file stays a hole.
+/// of the raw file stays a hole. Plain clusters are read straight from the
+/// file (they were checked to lie inside it), compressed ones through imago.
 async fn copy_extents(
     image: &FormatAccess<File>,
-    extents: &[(u64, u64)],
+    src: &std::fs::File,
+    extents: &[Extent],
     dst: &Path,
     size: u64,
     total: u64,
@@ -200,12 +212,19 @@ async fn copy_extents(
     let mut buf = Vec::new();
     let (mut done, mut written) = (0u64, 0u64);
     progress(0, total);
-    for &(start, len) in extents {
+    for e in extents {
+        let (start, len) = (e.guest, e.len);
         let mut at = start;
         while at < start + len {
             let n = CHUNK.min(start + len - at);
             buf.resize(n as usize, 0);
-            image.read(&mut buf, at).await.map_err(|e| Qcow2Error::Corrupt(format!("at disk offset {at}: {e}")))?;
+            match e.host {
+                Some(host) => src.read_exact_at(&mut buf, host + (at - start))?,
+                None => image
+                    .read(&mut buf, at)
+                    .await
+                    .map_err(|e| Qcow2Error::Corrupt(format!("at disk offset {at}: {e}")))?,
+            }
             if buf.iter().any(|&b| b != 0) {
                 out.write_all_at(&buf, at)?;
                 written += n;
