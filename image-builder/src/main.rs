@@ -144,6 +144,30 @@ fn run(layout: &Layout, args: RunArgs) -> Result<()> {
     bail!("cannot start {}: {err}", qemu::QEMU)
 }
 
+/// rustfmt and clippy, which the test command runs, come with rustup's
+/// default profile but not its minimal one: added with rustup when missing.
+fn ensure_rust_components(cargo: &std::ffi::OsStr) -> Result<()> {
+    let missing: Vec<&str> = [("fmt", "rustfmt"), ("clippy", "clippy")]
+        .into_iter()
+        .filter(|(sub, _)| !Command::new(cargo).args([*sub, "--version"]).output().is_ok_and(|o| o.status.success()))
+        .map(|(_, component)| component)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("==> rustup component add {}", missing.join(" "));
+    let status = Command::new("rustup")
+        .arg("component")
+        .arg("add")
+        .args(&missing)
+        .status()
+        .context("cargo fmt/clippy are missing and rustup is not there to add them: install rustfmt and clippy")?;
+    if !status.success() {
+        bail!("rustup component add {} failed ({status})", missing.join(" "));
+    }
+    Ok(())
+}
+
 fn test(layout: &Layout, cargo_test_args: &[String]) -> Result<()> {
     host_tools::ensure(host_tools::BUILD)?;
     host_tools::ensure(host_tools::RUN)?;
@@ -152,6 +176,7 @@ fn test(layout: &Layout, cargo_test_args: &[String]) -> Result<()> {
     // result instead of building silently under the test harness.
     pipeline::build(layout, &pipeline::Options::default())?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    ensure_rust_components(&cargo)?;
     // Split the caller's arguments at `--` into cargo's and the harness's.
     let split = cargo_test_args.iter().position(|a| a == "--").unwrap_or(cargo_test_args.len());
     let (cargo_args, harness_args) = cargo_test_args.split_at(split);

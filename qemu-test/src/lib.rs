@@ -64,12 +64,6 @@ pub fn work_dir(name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// How a boot's kernel phase ended.
-enum Kernel {
-    RanInit,
-    Stalled,
-}
-
 /// The last 3000 characters of a console, for an error message.
 fn tail(text: &str) -> String {
     let start = text.char_indices().rev().nth(2999).map_or(0, |(i, _)| i);
@@ -115,48 +109,54 @@ impl Appliance {
     /// [`Appliance::boot`] for an initramfs whose init is not kvmos-init:
     /// `started` is the first line that init prints.
     pub fn boot_until(name: &str, opts: QemuOptions, started: &str) -> Result<Self> {
-        let mut vm = Self::start(name, opts.clone())?;
-        match vm.wait_for_init(started)? {
-            Kernel::RanInit => Ok(vm),
-            Kernel::Stalled => {
-                let kept = test_root().join(format!("{name}.stalled.serial.log"));
-                eprintln!(
-                    "[{name}] the kernel stalled before init (QEMU TCG lost a timer interrupt); booting again, the stalled console is in {}",
-                    kept.display()
-                );
-                drop(vm);
-                std::fs::copy(test_root().join(format!("{name}.serial.log")), &kept)?;
-                let mut vm = Self::start(name, opts)?;
-                match vm.wait_for_init(started)? {
-                    Kernel::RanInit => Ok(vm),
-                    Kernel::Stalled => bail!(
-                        "[{name}] the kernel stalled before init twice in a row (RCU stall; see {})",
-                        vm.log_path.display()
-                    ),
+        let mut stalled_once = false;
+        loop {
+            let vm = Self::start(name, opts.clone())?;
+            let stalled = vm.wait_on_console(BOOT_TIMEOUT, &format!("init to start ({started:?})"), |text| {
+                if text.contains(started) {
+                    Some(false)
+                } else {
+                    text.contains(RCU_STALL).then_some(true)
                 }
+            })?;
+            if !stalled {
+                return Ok(vm);
             }
+            if stalled_once {
+                bail!(
+                    "[{name}] the kernel stalled before init twice in a row (RCU stall; see {})",
+                    vm.log_path.display()
+                );
+            }
+            stalled_once = true;
+            let kept = test_root().join(format!("{name}.stalled.serial.log"));
+            eprintln!(
+                "[{name}] the kernel stalled before init (QEMU TCG lost a timer interrupt); booting again, the stalled console is in {}",
+                kept.display()
+            );
+            let log = vm.log_path.clone();
+            drop(vm);
+            std::fs::copy(log, &kept)?;
         }
     }
 
-    /// Waits until the console shows `started` (init runs) or a kernel
-    /// stall, without moving the `expect` cursor.
-    fn wait_for_init(&mut self, started: &str) -> Result<Kernel> {
-        let deadline = Instant::now() + BOOT_TIMEOUT;
+    /// Waits until `check` finds what it looks for in the whole console
+    /// text, or QEMU exits, or `timeout` passes; `what` names it in the error.
+    fn wait_on_console<T>(&self, timeout: Duration, what: &str, mut check: impl FnMut(&str) -> Option<T>) -> Result<T> {
+        let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.serial;
         let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if s.text.contains(started) {
-                return Ok(Kernel::RanInit);
-            }
-            if s.text.contains(RCU_STALL) {
-                return Ok(Kernel::Stalled);
+            if let Some(found) = check(&s.text) {
+                return Ok(found);
             }
             let now = Instant::now();
             if s.closed || now >= deadline {
                 let why = if s.closed { "QEMU exited" } else { "timed out" };
                 bail!(
-                    "[{}] {why} before init started (waiting for {started:?}; full log: {}); last output:\n{}",
+                    "[{}] {why} after {:?} waiting for {what} on the serial console (full log: {}); last output:\n{}",
                     self.name,
+                    timeout - deadline.saturating_duration_since(now),
                     self.log_path.display(),
                     tail(&s.text)
                 );
@@ -204,29 +204,13 @@ impl Appliance {
     /// Waits until `needle` appears on the console after what earlier calls
     /// matched; returns the text up to and including it.
     pub fn expect(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        let (lock, cv) = &*self.serial;
-        let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(pos) = s.text[self.cursor..].find(needle) {
-                let end = self.cursor + pos + needle.len();
-                let seen = s.text[self.cursor..end].to_string();
-                self.cursor = end;
-                return Ok(seen);
-            }
-            let now = Instant::now();
-            if s.closed || now >= deadline {
-                let why = if s.closed { "QEMU exited" } else { "timed out" };
-                bail!(
-                    "[{}] {why} after {:?} waiting for {needle:?} on the serial console (full log: {}); last output:\n{}",
-                    self.name,
-                    timeout - deadline.saturating_duration_since(now),
-                    self.log_path.display(),
-                    tail(&s.text)
-                );
-            }
-            s = cv.wait_timeout(s, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
-        }
+        let cursor = self.cursor;
+        let (end, seen) = self.wait_on_console(timeout, &format!("{needle:?}"), |text| {
+            let end = cursor + text[cursor..].find(needle)? + needle.len();
+            Some((end, text[cursor..end].to_string()))
+        })?;
+        self.cursor = end;
+        Ok(seen)
     }
 
     /// Everything the serial console has printed so far.

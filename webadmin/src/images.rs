@@ -174,7 +174,7 @@ impl Images {
 
     /// Makes an empty (sparse) raw disk.
     pub fn create_disk(&self, name: &str, size_mib: u64) -> ApiResult<Image> {
-        if size_mib == 0 || size_mib > 16 << 20 {
+        if size_mib == 0 || size_mib > qcow2::MAX_SIZE >> 20 {
             return Err(ApiError::bad("size_mib", "size_mib: give a size from 1 MiB to 16 TiB"));
         }
         check_name("name", name, 64)?;

@@ -17,7 +17,7 @@ use std::path::Path;
 
 /// The qcow2 magic, `QFI\xfb`.
 pub const MAGIC: &[u8; 4] = b"QFI\xfb";
-/// The largest virtual disk accepted, as for empty disks.
+/// The largest disk kvmos makes, converted or empty.
 pub const MAX_SIZE: u64 = 16 << 40;
 /// How much is read and written at a time.
 const CHUNK: u64 = 4 << 20;
@@ -33,14 +33,6 @@ pub enum Qcow2Error {
     Write(#[from] std::io::Error),
 }
 
-/// What the header says, read before imago opens the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    pub version: u32,
-    pub virtual_size: u64,
-    pub cluster_bits: u32,
-}
-
 fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
 }
@@ -50,8 +42,9 @@ fn be64(b: &[u8], at: usize) -> u64 {
 }
 
 /// Reads and checks the header: everything that would make the conversion
-/// wrong or impossible is refused here with what to do about it.
-pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
+/// wrong or impossible is refused here with what to do about it. Returns
+/// the disk's (virtual) size.
+pub fn read_header(path: &Path) -> Result<u64, Qcow2Error> {
     let file = std::fs::File::open(path)?;
     let mut h = [0u8; 112];
     let n = file.read_at(&mut h, 0)?;
@@ -105,7 +98,7 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
             ));
         }
     }
-    Ok(Header { version, virtual_size, cluster_bits })
+    Ok(virtual_size)
 }
 
 /// How a conversion went.
@@ -126,7 +119,7 @@ pub async fn convert_to_raw(
     free: u64,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Converted, Qcow2Error> {
-    let header = read_header(src)?;
+    let size = read_header(src)?;
     // The file is opened here, so the gate can refuse everything the image
     // itself would open (a backing image, an external data file).
     let file = File::open(StorageOpenOptions::new().filename(src).write(false)).await?;
@@ -142,12 +135,10 @@ pub async fn convert_to_raw(
     // file, and whether it fits.
     let mut extents = Vec::new();
     let mut offset = 0;
-    while offset < header.virtual_size {
-        let (mapping, len) = image
-            .get_mapping(offset, header.virtual_size - offset)
-            .await
-            .map_err(|e| Qcow2Error::Corrupt(e.to_string()))?;
-        let len = len.min(header.virtual_size - offset);
+    while offset < size {
+        let (mapping, len) =
+            image.get_mapping(offset, size - offset).await.map_err(|e| Qcow2Error::Corrupt(e.to_string()))?;
+        let len = len.min(size - offset);
         match mapping {
             Mapping::Zero { .. } => {}
             Mapping::Raw { offset: host, .. } => {
@@ -178,12 +169,12 @@ pub async fn convert_to_raw(
     }
 
     let src_file = std::fs::File::open(src)?;
-    let result = copy_extents(&image, &src_file, &extents, dst, header.virtual_size, data, &mut progress).await;
+    let result = copy_extents(&image, &src_file, &extents, dst, size, data, &mut progress).await;
     if result.is_err() {
         let _ = std::fs::remove_file(dst);
     }
     let data_bytes = result?;
-    Ok(Converted { virtual_size: header.virtual_size, data_bytes })
+    Ok(Converted { virtual_size: size, data_bytes })
 }
 
 /// A stretch of the disk that holds data.
@@ -262,7 +253,7 @@ mod tests {
         pieces
     }
 
-    fn block(f: &Path) -> u64 {
+    fn allocated(f: &Path) -> u64 {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(f).unwrap().blocks() * 512
     }
@@ -285,7 +276,7 @@ mod tests {
             assert_eq!(c.virtual_size, size, "{name}");
             assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&raw).unwrap(), "{name}: same bytes");
             assert_eq!(last.0, last.1, "{name}: progress reaches the total");
-            assert!(block(&out) < 4 << 20, "{name}: the raw disk is sparse ({} bytes allocated)", block(&out));
+            assert!(allocated(&out) < 4 << 20, "{name}: the raw disk is sparse ({} bytes allocated)", allocated(&out));
         }
     }
 
