@@ -26,6 +26,8 @@ pub enum Check {
     File(&'static str),
     /// A statically linked executable at this path.
     StaticBinary(&'static str),
+    /// A C header, relative to /usr/include.
+    Header(&'static str),
 }
 
 const fn cmd(what: &'static str, package: &'static str) -> Requirement {
@@ -115,7 +117,24 @@ pub const TEST: &[Requirement] = &[
         check: Check::File("/usr/lib/grub/x86_64-efi/linux.mod"),
         package: "grub-efi-amd64-bin",
     },
+    // The patched L0 QEMU for nested UEFI guests (qemu-test's `l0_qemu`),
+    // built from Debian's source of the installed qemu-system-x86.
+    cmd("dpkg-source", "dpkg-dev"),
+    cmd("patch", "patch"),
+    cmd("meson", "meson"),
+    cmd("ninja", "ninja-build"),
+    cmd("pkg-config", "pkg-config"),
+    header("glib-2.0/glib.h", "libglib2.0-dev"),
+    header("pixman-1/pixman.h", "libpixman-1-dev"),
+    header("slirp/libslirp.h", "libslirp-dev"),
+    header("libfdt.h", "libfdt-dev"),
+    header("zlib.h", "zlib1g-dev"),
 ];
+
+/// A C header under /usr/include, from a -dev package.
+const fn header(path: &'static str, package: &'static str) -> Requirement {
+    Requirement { what: path, check: Check::Header(path), package }
+}
 
 impl Requirement {
     pub fn is_met(&self) -> bool {
@@ -123,6 +142,7 @@ impl Requirement {
             Check::Command(name) => on_path(name),
             Check::File(path) => Path::new(path).exists(),
             Check::StaticBinary(path) => std::fs::read(path).map(|b| elf_is_static(&b)).unwrap_or(false),
+            Check::Header(path) => Path::new("/usr/include").join(path).is_file(),
         }
     }
 }

@@ -56,6 +56,16 @@ pub struct QemuOptions {
     pub run_dir: PathBuf,
     /// Extra QEMU devices (`-device` values), e.g. `i6300esb` for a watchdog.
     pub devices: Vec<String>,
+    /// Another build of QEMU than the installed `qemu-system-x86_64`, with
+    /// the folder of firmware and option ROMs it loads (`-L`).
+    pub emulator: Option<Emulator>,
+}
+
+/// A QEMU binary other than the installed one.
+#[derive(Debug, Clone)]
+pub struct Emulator {
+    pub program: PathBuf,
+    pub data_dir: PathBuf,
 }
 
 impl QemuOptions {
@@ -72,12 +82,20 @@ impl QemuOptions {
             serial: Serial::Pipe,
             run_dir: run_dir.to_path_buf(),
             devices: Vec::new(),
+            emulator: None,
         }
     }
 
     /// The QEMU command for these options.
     pub fn command(&self) -> Result<Command> {
-        let mut c = Command::new(QEMU);
+        let mut c = match &self.emulator {
+            Some(e) => {
+                let mut c = Command::new(&e.program);
+                c.arg("-L").arg(&e.data_dir);
+                c
+            }
+            None => Command::new(QEMU),
+        };
         c.args(["-accel", "tcg", "-cpu", "max", "-nodefaults", "-no-user-config", "-display", "none"]);
         c.arg("-m").arg(self.memory_mib.to_string());
         c.arg("-smp").arg(self.cpus.to_string());

@@ -11,17 +11,9 @@ use crate::{image, work_dir, Appliance};
 use anyhow::{bail, Context, Result};
 use kvmos_image_builder::binaries::TARGET;
 use kvmos_image_builder::initramfs::{self, Archive};
-use kvmos_image_builder::qemu::{Boot, QemuOptions};
+use kvmos_image_builder::qemu::{Boot, Emulator, QemuOptions};
 use kvmos_image_builder::Layout;
 use std::time::Duration;
-
-/// QEMU's TCG (7.2 and 10.0 alike) aborts with this assertion while it
-/// emulates nested SVM when a guest two levels down writes CR8 with a
-/// virtual interrupt pending: the helper raises the interrupt without the
-/// big QEMU lock. 64-bit firmware (OVMF) does that often; SeaBIOS and Linux
-/// never write CR8. It is the L0 emulator failing, not the code under
-/// test, so such a run is started again.
-pub const L0_QEMU_BUG: &str = "tcg_handle_interrupt: assertion failed";
 
 /// What a nested run printed and how its script ended.
 pub struct NestedResult {
@@ -35,6 +27,7 @@ pub struct Nested {
     memory_mib: u32,
     cpus: u32,
     drives: Vec<std::path::PathBuf>,
+    emulator: Option<Emulator>,
 }
 
 /// The L1 init: mount, run the script, report, power off.
@@ -76,7 +69,7 @@ impl Nested {
             archive.dir(d, 0o755)?;
         }
         archive.file("/work/test.sh", 0o755, script.as_bytes().to_vec())?;
-        Ok(Self { archive, script: script.into(), memory_mib: 1024, cpus: 2, drives: Vec::new() })
+        Ok(Self { archive, script: script.into(), memory_mib: 1024, cpus: 2, drives: Vec::new(), emulator: None })
     }
 
     /// The L1 machine's CPU count (2 by default).
@@ -92,6 +85,13 @@ impl Nested {
     pub fn drive(mut self, path: &std::path::Path) -> Self {
         self.drives.push(path.to_path_buf());
         self
+    }
+
+    /// Runs the L1 machine on the patched L0 QEMU ([`crate::l0_qemu`]),
+    /// which an L2 guest running UEFI firmware needs.
+    pub fn for_uefi_guests(mut self) -> Result<Self> {
+        self.emulator = Some(crate::l0_qemu::emulator()?);
+        Ok(self)
     }
 
     /// Adds a file to /work (or an absolute path).
@@ -128,9 +128,7 @@ impl Nested {
         self.file("kvmos-vmm", vmm, 0o755)?.file("guest-bzImage", kernel, 0o644)
     }
 
-    /// Boots it; waits for the script's result. A run that Debian's QEMU
-    /// 7.2 (the L0 here) aborts on its own known TCG assertion
-    /// ([`L0_QEMU_BUG`]) is started again, at most twice, and says so.
+    /// Boots it; waits for the script's result.
     pub fn run(self, name: &str, timeout: Duration) -> Result<NestedResult> {
         let img = image()?;
         let dir = work_dir(name)?;
@@ -141,17 +139,9 @@ impl Nested {
         opts.cpus = self.cpus;
         opts.snapshot_drives = self.drives.clone();
         opts.append = "quiet".into();
-        let mut attempt = 1;
-        loop {
-            let mut vm = Appliance::boot_until(name, opts.clone(), "NESTED-START")?;
-            match self.wait(&mut vm, timeout) {
-                Err(e) if attempt < 3 && vm.output().contains(L0_QEMU_BUG) => {
-                    eprintln!("[{name}] the L0 QEMU aborted ({L0_QEMU_BUG}), not our VMM; running again: {e:#}");
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        opts.emulator = self.emulator.clone();
+        let mut vm = Appliance::boot_until(name, opts, "NESTED-START")?;
+        self.wait(&mut vm, timeout)
     }
 
     fn wait(&self, vm: &mut Appliance, timeout: Duration) -> Result<NestedResult> {

@@ -233,7 +233,7 @@ fn firmware_vm_boots_an_uploaded_debian_image() {
     console.send("echo booted-$((6*7)) from $(grep -o 'root=[^ ]*' /proc/cmdline)\n").unwrap();
     at = console.expect_after(at, "booted-42 from root=LABEL=debroot", GUEST_TIMEOUT).unwrap();
     screen_keyboard_and_tablet(&panel, &id, &mut console, at);
-    the_vmm_is_jailed(&mut vm, &panel, &id, 512, 1);
+    the_vmm_is_jailed(&mut vm, &panel, &id, 512, 1, 1);
     switch_page_with_debian_and_the_demo_guest(&panel, port, &dir);
     panel.action(&id, "force-off").unwrap();
     panel.wait_state(&id, "stopped", GUEST_TIMEOUT).unwrap();
@@ -263,7 +263,7 @@ fn appliance_dir(vm: &mut Appliance, path: &str) -> Vec<String> {
 /// the VM as a user of its own with no capabilities, `no_new_privs`,
 /// seccomp on every thread, its own namespaces and the VM's cgroup with
 /// the limits from its definition. The panel shows the cgroup's figures.
-fn the_vmm_is_jailed(vm: &mut Appliance, panel: &Panel, id: &str, memory_mib: u64, vcpus: u64) {
+fn the_vmm_is_jailed(vm: &mut Appliance, panel: &Panel, id: &str, memory_mib: u64, vcpus: u64, disks: u64) {
     let field = |status: &str, key: &str| -> String {
         status.lines().find_map(|l| l.strip_prefix(&format!("{key}:"))).unwrap_or_default().trim().to_string()
     };
@@ -302,7 +302,7 @@ fn the_vmm_is_jailed(vm: &mut Appliance, panel: &Panel, id: &str, memory_mib: u6
         assert_eq!(field(&t, "Seccomp"), "2", "thread {tid} ({}) in seccomp's filter mode", field(&t, "Name"));
         threads += 1;
     }
-    assert_eq!(threads, 3 + vcpus, "the event loop, the API, the VNC server and the vCPUs");
+    assert_eq!(threads, 3 + vcpus + disks, "the event loop, the API, the VNC server, the vCPUs and the disks' I/O");
     let ns = |vm: &mut Appliance, p: &str| appliance_dir(vm, &format!("/proc/{p}/ns"));
     let (theirs, init) = (ns(vm, pid), ns(vm, "1"));
     for kind in ["mnt", "net", "uts", "pid"] {
@@ -315,7 +315,7 @@ fn the_vmm_is_jailed(vm: &mut Appliance, panel: &Panel, id: &str, memory_mib: u6
     let leaf = format!("/sys/fs/cgroup/kvmos.slice/{id}");
     let memory_max = appliance_file(vm, &format!("{leaf}/memory.max"));
     assert_eq!(memory_max, ((memory_mib + kvmos_vmm::jail::MEMORY_OVERHEAD_MIB) << 20).to_string());
-    assert_eq!(appliance_file(vm, &format!("{leaf}/pids.max")), (vcpus + 6).to_string());
+    assert_eq!(appliance_file(vm, &format!("{leaf}/pids.max")), (vcpus + disks + 6).to_string());
     assert_eq!(appliance_file(vm, &format!("{leaf}/cpu.max")), format!("{} 100000", vcpus * 100_000 + 50_000));
     let shown = panel.ok("GET", &format!("/api/v1/vms/{id}"), None).unwrap();
     let used = shown["usage"]["memory_bytes"].as_u64().unwrap_or(0);

@@ -76,6 +76,9 @@ fn run_pc(
     let image = debian::image().unwrap();
     let script = format!("{}{guest_commands}{L1_FINISH}{after}", L1_SETUP.replace("{vmm}", vmm));
     let mut n = Nested::new(&script).unwrap().cpus(l1_cpus).with_vmm().unwrap().drive(&image);
+    if vmm.contains("--firmware uefi") {
+        n = n.for_uefi_guests().unwrap();
+    }
     for (path, data) in extra {
         n = n.file(path, data, 0o644).unwrap();
     }
@@ -133,14 +136,9 @@ fn debian_boots_through_seabios_with_two_vcpus() {
     assert!(r.output.contains("CPUS 2"), "both vCPUs in /proc/cpuinfo:\n{}", r.output);
 }
 
-/// Not in the default run: QEMU's TCG, which is the L0 on the development
-/// machines and in CI, aborts in most runs of this test (see
-/// `kvmos_qemu_test::nested::L0_QEMU_BUG`: OVMF writes CR8 two levels
-/// down). Run it by hand with
-/// `cargo test -p kvmos-qemu-test --test pc_nested -- --ignored`; it passed
-/// that way on 2026-12-01 with QEMU 10.0 as the L0.
+/// Runs on the patched L0 QEMU (`kvmos_qemu_test::l0_qemu`): Debian's
+/// aborts when OVMF writes CR8 two levels down.
 #[test]
-#[ignore = "QEMU's TCG (the L0 here) aborts on OVMF's CR8 writes under nested SVM; run by hand"]
 fn debian_boots_through_ovmf_and_its_boot_entry_survives_a_restart() {
     // First boot: the fallback loader; the guest adds a boot entry.
     let first = format!(

@@ -34,9 +34,9 @@ const ROOT_MOUNT: &str = "/tmp";
 /// `memory.max`: the device models, the display's framebuffer (16 MiB),
 /// buffers and thread stacks.
 pub const MEMORY_OVERHEAD_MIB: u64 = 64;
-/// Threads besides the vCPUs: the event loop, the API, the VNC server, and
-/// the waiting parent (which runs as root, so the VM user's RLIMIT_NPROC
-/// has one to spare).
+/// Threads besides the vCPUs and the disks' I/O threads: the event loop,
+/// the API, the VNC server, and the waiting parent (which runs as root, so
+/// the VM user's RLIMIT_NPROC has one to spare).
 const THREADS_BESIDES_VCPUS: u64 = 4;
 /// The cgroup counts KVM's own worker (kvm-nx-lpage-recovery) among the
 /// VMM's tasks too, and one more is kept spare.
@@ -81,10 +81,15 @@ impl CgroupLimits {
         let vcpus = u64::from(config.vcpus);
         Self {
             memory_max: (config.memory_mib + MEMORY_OVERHEAD_MIB) << 20,
-            pids_max: vcpus + CGROUP_TASKS_BESIDES_VCPUS,
+            pids_max: vcpus + device_threads(config) + CGROUP_TASKS_BESIDES_VCPUS,
             cpu_max: (vcpus * 100_000 + 50_000, 100_000),
         }
     }
+}
+
+/// The VM's device I/O threads: one per disk.
+pub fn device_threads(config: &VmConfig) -> u64 {
+    config.disks.len() as u64
 }
 
 /// Creates the cgroup `leaf` (with the controllers enabled on the way down
@@ -218,7 +223,8 @@ struct Facts {
     highest_fd: u64,
     last_cap: u32,
     ipc_namespace: bool,
-    vcpus: u64,
+    /// The vCPUs and the device threads.
+    vm_threads: u64,
 }
 
 /// Stage 2 (see the module docs).
@@ -233,7 +239,7 @@ pub fn lock_down(jail: &JailConfig, config: &VmConfig) -> std::io::Result<()> {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(63),
         ipc_namespace: Path::new("/proc/self/ns/ipc").exists(),
-        vcpus: config.vcpus.into(),
+        vm_threads: u64::from(config.vcpus) + device_threads(config),
     };
     for (name, step) in STEPS {
         step(jail, &facts).map_err(|e| std::io::Error::new(e.kind(), format!("jail: {name}: {e}")))?;
@@ -316,7 +322,7 @@ fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64, what: &str) -> st
 fn rlimits(_: &JailConfig, f: &Facts) -> std::io::Result<()> {
     set_rlimit(libc::RLIMIT_NOFILE, f.highest_fd + 1 + SPARE_FDS, "RLIMIT_NOFILE")?;
     // Counted per user, and the user is this VM's alone.
-    set_rlimit(libc::RLIMIT_NPROC, f.vcpus + THREADS_BESIDES_VCPUS, "RLIMIT_NPROC")?;
+    set_rlimit(libc::RLIMIT_NPROC, f.vm_threads + THREADS_BESIDES_VCPUS, "RLIMIT_NPROC")?;
     // A core dump would hold the guest's memory.
     set_rlimit(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")
 }
@@ -427,6 +433,8 @@ mod tests {
         assert_eq!(l.memory_max, (512 + MEMORY_OVERHEAD_MIB) << 20);
         assert_eq!(l.pids_max, 2 + 6);
         assert_eq!(l.cpu_max, (250_000, 100_000));
+        c.disks.push(crate::config::DiskConfig { path: "/d".into(), read_only: false, id: None });
+        assert_eq!(CgroupLimits::for_vm(&c).pids_max, 2 + 1 + 6, "a disk's I/O thread");
     }
 
     #[test]

@@ -17,8 +17,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 
 const NO_DISPLAY: &str = "this VM has no display (direct kernel boot); boot it with firmware";
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
 const TOKEN_EXIT: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
@@ -174,6 +175,7 @@ fn run_inner(
         crate::vnc::spawn(l, devices, config.vm_id.clone(), filters.clone())?;
     }
     watch_virtio(&epoll, &machine)?;
+    let device_threads = spawn_device_threads(&machine, filters.clone())?;
     if let Some(fd) = machine.rtc.as_ref().and_then(|r| lock(r).timer_fd()) {
         add(fd, TOKEN_RTC)?;
     }
@@ -271,7 +273,74 @@ fn run_inner(
     for t in threads {
         let _ = t.join();
     }
+    for (stop, thread) in device_threads {
+        let _ = stop.write(1);
+        let _ = thread.join();
+    }
     Ok(machine.exit.reason().unwrap_or(ExitReason::Stopped))
+}
+
+/// A device thread's handle, and the event that ends it.
+type DeviceThread = (EventFd, std::thread::JoinHandle<()>);
+
+/// Starts an I/O thread for each virtio device that wants its own
+/// ([`VirtioTransport::own_thread`]): it waits on the device's queue
+/// notifications and serves them, so the device's slow requests hold up
+/// neither the event loop nor the other devices.
+fn spawn_device_threads(machine: &Machine, filters: Option<Arc<Filters>>) -> std::io::Result<Vec<DeviceThread>> {
+    let mut threads = Vec::new();
+    let mut numbers: HashMap<&'static str, usize> = HashMap::new();
+    for slot in &machine.virtio {
+        let Some(kind) = lock(&slot.transport).own_thread() else { continue };
+        let number = numbers.entry(kind).or_default();
+        let name = format!("{kind}{number}");
+        *number += 1;
+        let epoll = Epoll::new()?;
+        for (q, evt) in slot.queue_evts.iter().enumerate() {
+            epoll.ctl(ControlOperation::Add, evt.as_raw_fd(), EpollEvent::new(EventSet::IN, q as u64))?;
+        }
+        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+        epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, TOKEN_EXIT))?;
+        let evts = slot.queue_evts.iter().map(EventFd::try_clone).collect::<std::io::Result<Vec<_>>>()?;
+        let transport = Arc::clone(&slot.transport);
+        let exit = Arc::clone(&machine.exit);
+        let filters = filters.clone();
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            if let Err(e) = confine(filters.as_deref(), Thread::DeviceIo) {
+                exit.request(ExitReason::Internal(e.to_string()));
+                return;
+            }
+            serve_queues(&epoll, &evts, &transport);
+        })?;
+        threads.push((stop, thread));
+    }
+    Ok(threads)
+}
+
+/// A device thread's loop: each queue notification (token = the queue's
+/// index) goes to the device, until the stop event (token [`TOKEN_EXIT`]).
+fn serve_queues(epoll: &Epoll, evts: &[EventFd], transport: &Mutex<dyn crate::devices::virtio::VirtioTransport>) {
+    let mut events = vec![EpollEvent::default(); 8];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!("a device thread cannot wait for its queues: {e}");
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            let token = ev.data();
+            if token == TOKEN_EXIT {
+                return;
+            }
+            if let Some(evt) = evts.get(token as usize) {
+                let _ = evt.read();
+                lock(transport).notify(token as u16);
+            }
+        }
+    }
 }
 
 /// Adds every queue's ioeventfd, and each device's host file
@@ -280,7 +349,9 @@ fn run_inner(
 fn watch_virtio(epoll: &Epoll, machine: &Machine) -> std::io::Result<()> {
     for (d, slot) in machine.virtio.iter().enumerate() {
         let base = TOKEN_VIRTIO_BASE + d as u64 * 256;
-        for (q, evt) in slot.queue_evts.iter().enumerate() {
+        // A device with a thread of its own waits for its queues there.
+        let queues = if lock(&slot.transport).own_thread().is_some() { &[][..] } else { &slot.queue_evts[..] };
+        for (q, evt) in queues.iter().enumerate() {
             epoll.ctl(ControlOperation::Add, evt.as_raw_fd(), EpollEvent::new(EventSet::IN, base + q as u64))?;
         }
         if let Some(fd) = lock(&slot.transport).io_fd() {

@@ -605,6 +605,38 @@ fn serial_text(c: &mut Vec<u8>, text: &str) {
 /// `mov dx, 0x3f8; out dx, al`
 const SERIAL_AL: &[u8] = &[0xBA, 0xF8, 0x03, 0xEE];
 
+/// A boot sector that prints `message`, then makes its CPU shut down: it
+/// enters 32-bit protected mode with an empty interrupt table (limit 0)
+/// and executes `ud2`, so neither the #UD, nor the #GP for its missing
+/// gate, nor the double fault finds a handler (a triple fault).
+pub fn fault_disk(message: &str) -> Vec<u8> {
+    const GDT: usize = 0x158; // null, flat code (0x08), flat data (0x10)
+    const GDTR: usize = 0x170;
+    const EMPTY_IDTR: usize = 0x176; // six zero bytes
+    let at = |offset: usize| (0x7C00 + offset as u16).to_le_bytes();
+    let mut c = start_boot_disk();
+    c.extend_from_slice(&[0x0F, 0x01, 0x16]); // lgdt [GDTR]
+    c.extend_from_slice(&at(GDTR));
+    c.extend_from_slice(&[0x0F, 0x01, 0x1E]); // lidt [EMPTY_IDTR]
+    c.extend_from_slice(&at(EMPTY_IDTR));
+    c.extend_from_slice(&[0x0F, 0x20, 0xC0, 0x0C, 0x01, 0x0F, 0x22, 0xC0]); // mov eax, cr0; or al, 1; mov cr0, eax
+    let pm = 0x7C00 + c.len() as u32 + 8;
+    c.extend_from_slice(&[0x66, 0xEA]); // jmp dword 0x08:pm
+    c.extend_from_slice(&pm.to_le_bytes());
+    c.extend_from_slice(&[0x08, 0x00]);
+    c.extend_from_slice(&[0x0F, 0x0B]); // pm: ud2
+    let mut disk = finish_boot_disk(c, message);
+    let gdt: [u8; 24] = [
+        0, 0, 0, 0, 0, 0, 0, 0, //
+        0xFF, 0xFF, 0, 0, 0, 0x9A, 0xCF, 0, //
+        0xFF, 0xFF, 0, 0, 0, 0x92, 0xCF, 0,
+    ];
+    disk[GDT..GDT + 24].copy_from_slice(&gdt);
+    disk[GDTR..GDTR + 2].copy_from_slice(&23u16.to_le_bytes());
+    disk[GDTR + 2..GDTR + 6].copy_from_slice(&(0x7C00 + GDT as u32).to_le_bytes());
+    disk
+}
+
 /// What [`garbage_disk`] prints when its loop is done.
 pub const SURVIVED: &str = "GARBAGE-SURVIVED";
 

@@ -53,7 +53,7 @@ fn a_jailed_vmm_has_its_own_user_no_capabilities_its_own_namespaces_and_seccomp_
     assert_eq!(status_field(pid, None, "NoNewPrivs"), "1");
     // PID 1 of its own PID namespace.
     assert_eq!(status_field(pid, None, "NSpid"), format!("{pid}\t1"));
-    // Every thread (event loop, vCPU, API, VNC) in seccomp's filter mode.
+    // Every thread (event loop, vCPU, disk, API, VNC) in seccomp's filter mode.
     // (KVM's own kernel worker, kvm-nx-lpage-recovery, shows among them on
     // newer kernels; it runs no user code.)
     let comm = |t: &str| std::fs::read_to_string(format!("/proc/{pid}/task/{t}/comm")).unwrap().trim().to_string();
@@ -64,7 +64,7 @@ fn a_jailed_vmm_has_its_own_user_no_capabilities_its_own_namespaces_and_seccomp_
         .collect();
     let mut names: Vec<String> = tasks.iter().map(|t| comm(t)).collect();
     names.sort();
-    assert_eq!(names, ["api", "kvmos-vmm", "vcpu0", "vnc"]);
+    assert_eq!(names, ["api", "disk0", "kvmos-vmm", "vcpu0", "vnc"]);
     for t in &tasks {
         assert_eq!(status_field(pid, Some(t), "Seccomp"), "2", "thread {t}");
     }
@@ -82,7 +82,7 @@ fn a_jailed_vmm_has_its_own_user_no_capabilities_its_own_namespaces_and_seccomp_
         l[name.len()..].split_whitespace().next().unwrap().to_string()
     };
     assert_eq!(limit("Max core file size"), "0");
-    assert_eq!(limit("Max processes"), "5", "1 vCPU + 4");
+    assert_eq!(limit("Max processes"), "6", "1 vCPU + 1 disk + 4");
     assert!(limit("Max open files").parse::<u32>().unwrap() < 1024);
 
     // A stop through the API: the exit record from the jail's parent, and
@@ -121,4 +121,17 @@ fn the_jail_is_required_unless_asked_off_and_never_root() {
     assert_eq!(out.status.code(), Some(kvmos_vmm::exit::EXIT_BAD_CONFIG));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("jail.uid") && err.contains("never runs as root"), "{err}");
+}
+
+#[test]
+fn a_guest_that_triple_faults_in_the_jail_ends_with_the_guest_fault_code_and_the_log_says_where() {
+    let mut vm = Vm::start(&tiny_guest::fault_disk("about to fault"), 3);
+    vm.wait_console("about to fault", 1);
+    let (code, record) = vm.wait_exit();
+    assert_eq!(code, kvmos_vmm::exit::EXIT_GUEST_FAULT, "{record}");
+    assert!(record["reason"].as_str().unwrap().contains("triple fault"), "{record}");
+    // The vCPU read its registers for the log under its seccomp filter.
+    let log = std::fs::read_to_string(vm.path("vmm.err")).unwrap();
+    assert!(log.contains("triple fault; the CPU was at RIP 0x"), "{log}");
+    assert!(log.contains("IDT 0x0+0x0"), "the empty interrupt table it loaded: {log}");
 }

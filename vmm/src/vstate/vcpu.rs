@@ -96,6 +96,31 @@ impl Vcpu {
         }
     }
 
+    /// Where the vCPU stopped and how its CPU was set up, for the log when
+    /// the guest faults (what an OS developer asks first).
+    fn cpu_state(&self) -> String {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => format!(
+                "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {:#x} CR0 {:#x} CR2 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} \
+                 IDT {:#x}+{:#x} GDT {:#x}+{:#x}",
+                r.rip,
+                r.rsp,
+                r.rflags,
+                s.cs.selector,
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.idt.base,
+                s.idt.limit,
+                s.gdt.base,
+                s.gdt.limit
+            ),
+            (Err(e), _) | (_, Err(e)) => format!("an unknown place (KVM cannot read its registers: {e})"),
+        }
+    }
+
     /// Runs one KVM_RUN and handles its exit. Returns false when the vCPU
     /// must stop running.
     pub fn run_once(&mut self) -> bool {
@@ -133,7 +158,10 @@ impl Vcpu {
                 }
                 None
             }
-            Ok(VcpuExit::Shutdown) => Some(ExitReason::TripleFault),
+            Ok(VcpuExit::Shutdown) => {
+                tracing::error!(vcpu = self.index, "triple fault; the CPU was at {}", self.cpu_state());
+                Some(ExitReason::TripleFault)
+            }
             Ok(VcpuExit::Hlt) => Some(ExitReason::GuestFault("the CPU halted with interrupts off".into())),
             Ok(VcpuExit::InternalError) => {
                 Some(ExitReason::GuestFault("KVM internal error (emulation failure)".into()))

@@ -110,6 +110,10 @@ pub trait VirtioTransport: Send {
     fn process_io(&mut self) {
         self.state_mut().process_io();
     }
+    /// See [`VirtioDevice::own_thread`].
+    fn own_thread(&self) -> Option<&'static str> {
+        self.state().device.own_thread()
+    }
 }
 
 /// What a virtio device does; the transport does the rest.
@@ -130,6 +134,13 @@ pub trait VirtioDevice: Send {
         None
     }
     fn process_io(&mut self) {}
+    /// Whether the device's queues are served by an I/O thread of its own
+    /// rather than the event loop, and what the thread is called (a number
+    /// follows): for devices whose requests block for a while (a disk's
+    /// reads and writes), so that they hold up nothing else.
+    fn own_thread(&self) -> Option<&'static str> {
+        None
+    }
     /// The driver reset the device: drop the queues.
     fn reset(&mut self);
 }
