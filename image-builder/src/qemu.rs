@@ -56,16 +56,15 @@ pub struct QemuOptions {
     pub run_dir: PathBuf,
     /// Extra QEMU devices (`-device` values), e.g. `i6300esb` for a watchdog.
     pub devices: Vec<String>,
-    /// Another build of QEMU than the installed `qemu-system-x86_64`, with
-    /// the folder of firmware and option ROMs it loads (`-L`).
+    /// Another build of QEMU than the installed `qemu-system-x86_64`.
     pub emulator: Option<Emulator>,
 }
 
-/// A QEMU binary other than the installed one.
+/// A QEMU binary other than the installed one (which finds the installed
+/// package's firmware and option ROMs itself).
 #[derive(Debug, Clone)]
 pub struct Emulator {
     pub program: PathBuf,
-    pub data_dir: PathBuf,
 }
 
 impl QemuOptions {
@@ -88,14 +87,7 @@ impl QemuOptions {
 
     /// The QEMU command for these options.
     pub fn command(&self) -> Result<Command> {
-        let mut c = match &self.emulator {
-            Some(e) => {
-                let mut c = Command::new(&e.program);
-                c.arg("-L").arg(&e.data_dir);
-                c
-            }
-            None => Command::new(QEMU),
-        };
+        let mut c = Command::new(self.emulator.as_ref().map_or(Path::new(QEMU), |e| e.program.as_path()));
         c.args(["-accel", "tcg", "-cpu", "max", "-nodefaults", "-no-user-config", "-display", "none"]);
         c.arg("-m").arg(self.memory_mib.to_string());
         c.arg("-smp").arg(self.cpus.to_string());

@@ -6,7 +6,6 @@
 //! that key keeps its lower-precedence value, so the server still comes up
 //! reachable. Saved settings use the same value syntax as the command line.
 
-use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -149,23 +148,8 @@ pub fn parse_cmdline(cmdline: &str) -> (Overrides, Vec<Problem>) {
     parse_pairs("kernel command line", "kvmos.", pairs)
 }
 
-/// Settings the panel saved on the data disk (`host.json`), as key/value
-/// strings in the command line's syntax.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SavedSettings {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub net: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ntp: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iface: Option<String>,
-}
-
 pub fn parse_saved(json: &str) -> (Overrides, Vec<Problem>) {
-    let saved: SavedSettings = match serde_json::from_str(json) {
+    let saved = match kvmos_contract::host::SavedSettings::from_json(json) {
         Ok(s) => s,
         Err(e) => {
             return (
@@ -179,10 +163,7 @@ pub fn parse_saved(json: &str) -> (Overrides, Vec<Problem>) {
             )
         }
     };
-    let pairs = [("net", saved.net), ("hostname", saved.hostname), ("ntp", saved.ntp), ("iface", saved.iface)]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k.to_string(), Some(v))))
-        .collect();
+    let pairs = saved.pairs().into_iter().map(|(k, v)| (k.to_string(), Some(v.to_string()))).collect();
     parse_pairs("saved settings", "", pairs)
 }
 
@@ -382,6 +363,26 @@ mod tests {
         assert_eq!(c.hostname.as_deref(), Some("from-cmdline"));
         assert!(matches!(c.net, NetMode::Static(ref s) if s.prefix == 16));
         assert_eq!(c.panel_port, 443);
+    }
+
+    /// The panel's tests write this file byte for byte
+    /// (`contract/fixtures/host.json`).
+    #[test]
+    fn init_reads_the_host_file_the_panel_writes() {
+        let (o, p) = parse_saved(include_str!("../../contract/fixtures/host.json"));
+        assert!(p.is_empty(), "{p:?}");
+        let mut c = Config::default();
+        c.apply(o);
+        assert_eq!(c.hostname.as_deref(), Some("rack4-kvm"));
+        match &c.net {
+            NetMode::Static(s) => {
+                assert_eq!((s.address, s.prefix), ([192, 168, 7, 20].into(), 24));
+                assert_eq!(s.gateway, std::net::Ipv4Addr::new(192, 168, 7, 1));
+                assert_eq!(s.dns, Some([192, 168, 7, 53].into()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.ntp, Some([192, 168, 7, 1].into()));
     }
 
     #[test]

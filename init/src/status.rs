@@ -4,12 +4,9 @@
 
 use crate::datadisk::DataDisk;
 use crate::net::{link::format_mac, NetStatus};
-use serde::Serialize;
 use std::path::Path;
 
-pub const STATUS_FILE: &str = "/run/kvmos/status.json";
-/// The panel writes its one-time setup code here on first boot.
-pub const SETUP_CODE_FILE: &str = "/run/kvmos/setup-code";
+pub use kvmos_contract::status::{SETUP_CODE_FILE, STATUS_FILE};
 
 #[derive(Debug, Clone, Default)]
 pub struct Status {
@@ -19,23 +16,6 @@ pub struct Status {
     pub net: NetStatus,
     pub data: Option<DataDisk>,
     pub setup_code: Option<String>,
-}
-
-#[derive(Serialize)]
-struct StatusJson<'a> {
-    version: &'a str,
-    hostname: &'a str,
-    panel_port: u16,
-    panel_url: Option<String>,
-    uplink: Option<&'a str>,
-    mac: Option<String>,
-    address: Option<String>,
-    gateway: Option<String>,
-    dns: Vec<String>,
-    network_note: &'a str,
-    ram_only: bool,
-    data_disk: String,
-    data_device: Option<String>,
 }
 
 impl Status {
@@ -52,31 +32,31 @@ impl Status {
         !self.data.as_ref().is_some_and(DataDisk::is_persistent)
     }
 
-    /// Writes the status file atomically.
-    pub fn write(&self) -> std::io::Result<()> {
-        let json = StatusJson {
-            version: &self.version,
-            hostname: &self.hostname,
+    /// The status file's contents (`kvmos_contract::status`).
+    pub fn to_contract(&self) -> kvmos_contract::status::Status {
+        kvmos_contract::status::Status {
+            version: self.version.clone(),
+            hostname: self.hostname.clone(),
             panel_port: self.panel_port,
             panel_url: self.panel_url(),
-            uplink: self.net.uplink.as_deref(),
+            uplink: self.net.uplink.clone(),
             mac: self.net.mac.as_ref().map(format_mac),
             address: self.net.address.map(|(a, p)| format!("{a}/{p}")),
             gateway: self.net.gateway.map(|g| g.to_string()),
             dns: self.net.dns.iter().map(|d| d.to_string()).collect(),
-            network_note: &self.net.note,
+            network_note: self.net.note.clone(),
             ram_only: self.ram_only(),
             data_disk: self.data.as_ref().map(DataDisk::describe).unwrap_or_else(|| "not checked yet".into()),
             data_device: match &self.data {
                 Some(DataDisk::Mounted { device, .. }) => Some(device.display().to_string()),
                 _ => None,
             },
-        };
-        let dir = Path::new(STATUS_FILE).parent().unwrap_or(Path::new("/run"));
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(".status.json.new");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&json).unwrap_or_default())?;
-        std::fs::rename(tmp, STATUS_FILE)
+        }
+    }
+
+    /// Writes the status file atomically.
+    pub fn write(&self) -> std::io::Result<()> {
+        self.to_contract().write(Path::new(STATUS_FILE))
     }
 
     /// The console screen: where to point the browser, and the state of
@@ -141,5 +121,22 @@ mod tests {
         assert!(s.ram_only());
         s.panel_port = 8443;
         assert_eq!(s.panel_url().unwrap(), "https://10.0.2.15:8443/");
+    }
+
+    /// What init writes is the shared example the panel's tests read
+    /// (`contract/fixtures/status.json`).
+    #[test]
+    fn init_writes_the_status_file_the_panel_reads() {
+        let mut s = Status { version: "0.1.0".into(), hostname: "kvmos".into(), panel_port: 443, ..Default::default() };
+        s.net.uplink = Some("eth0".into());
+        s.net.mac = Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        s.net.address = Some(([10, 0, 2, 15].into(), 24));
+        s.net.gateway = Some([10, 0, 2, 2].into());
+        s.net.dns = vec![[10, 0, 2, 3].into()];
+        s.net.note = "DHCP lease from 10.0.2.2".into();
+        s.data = Some(DataDisk::Mounted { device: "/dev/vdb1".into(), formatted_now: false });
+        let expected: kvmos_contract::status::Status =
+            serde_json::from_str(include_str!("../../contract/fixtures/status.json")).unwrap();
+        assert_eq!(s.to_contract(), expected);
     }
 }

@@ -17,7 +17,7 @@
 //! the x86_64 system emulator and what the tests use (TCG, user
 //! networking). The binary is cached in `~/.cache/kvmos/qemu-l0/`, keyed
 //! by the package's source version, the patch and the configuration, and
-//! runs with the installed package's firmware and option ROMs (`-L`).
+//! runs with the installed package's firmware and option ROMs.
 //!
 //! It is test equipment, never part of the appliance.
 
@@ -33,8 +33,11 @@ const PATCH: &str = include_str!("../l0-qemu/cr8-bql.patch");
 
 /// Only the x86_64 system emulator, with TCG and user networking (the
 /// appliance tests forward the panel's port through it); no UI, no docs.
+/// It loads firmware and option ROMs from where Debian's package does
+/// (qemu-system-data, seabios, ipxe-qemu).
 const CONFIGURE: &[&str] = &[
     "--target-list=x86_64-softmmu",
+    "--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu",
     "--without-default-features",
     "--enable-tcg",
     "--enable-slirp",
@@ -43,14 +46,10 @@ const CONFIGURE: &[&str] = &[
     "--disable-docs",
 ];
 
-/// Where the installed package keeps the firmware and option ROMs this
-/// QEMU loads (`-L`).
-pub const DATA_DIR: &str = "/usr/share/qemu";
-
-/// The patched QEMU with the installed package's data, for
+/// The patched QEMU, for
 /// [`QemuOptions::emulator`](kvmos_image_builder::qemu::QemuOptions).
 pub fn emulator() -> Result<Emulator> {
-    Ok(Emulator { program: binary()?, data_dir: DATA_DIR.into() })
+    Ok(Emulator { program: binary()? })
 }
 
 /// The patched QEMU, built first if needed (about a quarter of an hour on

@@ -21,29 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 /// Requests larger than this are refused (the API takes tiny JSON bodies).
 const MAX_REQUEST: usize = 64 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Pause,
-    Resume,
-    /// Press the ACPI power button: the guest shuts down cleanly.
-    PowerOff,
-    /// Hard reset: the VMM exits with the reboot code, and its supervisor
-    /// starts the VM again.
-    Reset,
-    /// Hard stop, like pulling the plug.
-    Stop,
-    /// Test builds only (feature `test-hooks`): the event loop makes a
-    /// system call that its seccomp filter forbids.
-    #[cfg(feature = "test-hooks")]
-    ForbiddenSyscall,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ActionBody {
-    action: Action,
-}
+pub use kvmos_contract::control::{Action, ActionBody};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -68,8 +46,8 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn json(status: u16, value: &serde_json::Value) -> Self {
-        Self { status, content_type: "application/json", body: value.to_string().into_bytes() }
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Self {
+        Self { status, content_type: "application/json", body: serde_json::to_vec(value).unwrap_or_default() }
     }
 
     pub fn no_content() -> Self {
@@ -81,7 +59,7 @@ impl Response {
     }
 
     pub fn error(status: u16, message: &str) -> Self {
-        Self::json(status, &serde_json::json!({ "error": message }))
+        Self::json(status, &kvmos_contract::control::ErrorBody { error: message.to_string() })
     }
 }
 
@@ -219,32 +197,6 @@ pub fn spawn(
         }
     })?;
     Ok((rx, wake))
-}
-
-/// A small client for the API (`kvmos-vmm ctl`): sends one request and
-/// returns the status and body.
-pub fn call(socket: &std::path::Path, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
-    let (status, body) = call_raw(socket, method, path, body)?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// [`call`] for bodies that are not text (the screenshot's PNG).
-pub fn call_raw(
-    socket: &std::path::Path,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    let body = body.unwrap_or("");
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(out.len());
-    let head = String::from_utf8_lossy(&out[..head_end]);
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, out[head_end..].to_vec()))
 }
 
 #[cfg(test)]

@@ -467,7 +467,7 @@ struct FirmwareImages {
 
 fn load_firmware(firmware: &FirmwareConfig) -> Result<FirmwareImages, BuildError> {
     let config_err = |e: ConfigError| BuildError::Config(e);
-    let code_path = firmware.code_path().map_err(config_err)?;
+    let code_path = firmware.code_path().map_err(|e| config_err(e.into()))?;
     match firmware {
         FirmwareConfig::Bios { .. } => {
             let code = firmware::load_bios(&code_path).map_err(|e| config_err(e.into()))?;

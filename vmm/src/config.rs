@@ -1,200 +1,12 @@
-//! The configuration of one VM: a JSON file (`--config vm.json`) or flags,
-//! typed with serde. Unknown fields are rejected, so a typo never silently
-//! drops a setting.
+//! The configuration of one VM: `vm.json` (`--config`) or flags, typed in
+//! `kvmos_contract::vm` (re-exported here), which the panel shares.
 //!
-//! [`VmConfig::validate`] checks everything that can be checked before a
+//! [`Validate::validate`] checks everything that can be checked before a
 //! vCPU runs and returns the first problem as an error naming the field and
 //! the fix.
 
-use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
-
-/// One VM, as the panel or an admin describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmConfig {
-    /// A name for logs and the default socket paths.
-    #[serde(default = "default_id")]
-    pub vm_id: String,
-    /// Direct boot: a bzImage, or an ELF vmlinux (booted through PVH when it
-    /// has the note). The VM is the lean direct-boot machine.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kernel: Option<PathBuf>,
-    /// Firmware boot: the VM is a PC (i440FX) that runs SeaBIOS or OVMF,
-    /// which boots from the disks. Exactly one of `kernel` and `firmware`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub firmware: Option<FirmwareConfig>,
-    /// Firmware boot: indices into `disks`, the first to try first. Disks
-    /// not listed are tried after these.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub boot_order: Vec<usize>,
-    #[serde(default)]
-    pub initrd: Option<PathBuf>,
-    #[serde(default = "default_cmdline")]
-    pub cmdline: String,
-    #[serde(default = "default_memory")]
-    pub memory_mib: u64,
-    #[serde(default = "default_vcpus")]
-    pub vcpus: u16,
-    #[serde(default)]
-    pub disks: Vec<DiskConfig>,
-    #[serde(default)]
-    pub nets: Vec<NetConfig>,
-    #[serde(default)]
-    pub serial: SerialConfig,
-    /// The control API's Unix socket.
-    #[serde(default)]
-    pub api_socket: Option<PathBuf>,
-    /// Firmware boot: the VNC server's Unix socket (the screen, keyboard
-    /// and mouse); none when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vnc_socket: Option<PathBuf>,
-    /// A virtio-rng device (on unless turned off).
-    #[serde(default = "default_true")]
-    pub rng: bool,
-    /// Firmware boot: where the firmware's debug log (QEMU's debug console,
-    /// port 0x402) goes, with the time since the VMM started on each line.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub firmware_log: Option<PathBuf>,
-    /// Where to write `{"code": N, "reason": "..."}` when the VMM ends, so a
-    /// supervisor that is not this process's parent learns why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_file: Option<PathBuf>,
-    /// The jail the VMM runs in (`jail.rs`). Required: only `kvmos-vmm
-    /// --no-jail`, for development, runs without one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jail: Option<JailConfig>,
-}
-
-/// The longest argument the VMM appends to a direct boot's command line
-/// for each virtio-mmio device (`virtio_mmio.device=4K@0xd0001000:12`
-/// and a space).
-pub const DEVICE_ARG_MAX: usize = 40;
-
-/// How long a direct boot's own command line may be with `devices` virtio
-/// devices: the kernel's 2048 bytes less the NUL and the device arguments
-/// the VMM appends. The panel checks the same limit.
-pub fn cmdline_room(devices: usize) -> usize {
-    (crate::arch::layout::CMDLINE_MAX_SIZE - 1).saturating_sub(devices * DEVICE_ARG_MAX)
-}
-
-/// Where cgroup v2 is mounted; a VM's cgroup must be below it.
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-/// The VMM's jail: a user and group of this VM's own (neither may be
-/// root, and no other VM may share them), and optionally a cgroup v2
-/// leaf, created if missing, whose limits follow the VM's memory and vCPUs
-/// (`jail::CgroupLimits`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JailConfig {
-    pub uid: u32,
-    pub gid: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<PathBuf>,
-}
-
-/// Which firmware a PC-machine VM runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum FirmwareConfig {
-    /// SeaBIOS; `path` defaults to the installed `bios-256k.bin`.
-    Bios {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        path: Option<PathBuf>,
-    },
-    /// OVMF; `code` defaults to the installed `OVMF_CODE_4M.fd`; `vars` is
-    /// this VM's own copy of the variable store (`OVMF_VARS_4M.fd`), where
-    /// UEFI boot entries are kept.
-    Uefi {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        code: Option<PathBuf>,
-        vars: PathBuf,
-    },
-}
-
-impl FirmwareConfig {
-    /// The code image: the configured one or the installed default.
-    pub fn code_path(&self) -> Result<PathBuf, ConfigError> {
-        use crate::arch::firmware::{find, OVMF_CODE_FILE, SEABIOS_FILE};
-        let (given, file, package) = match self {
-            FirmwareConfig::Bios { path } => (path, SEABIOS_FILE, "seabios"),
-            FirmwareConfig::Uefi { code, .. } => (code, OVMF_CODE_FILE, "ovmf"),
-        };
-        match given {
-            Some(p) => Ok(p.clone()),
-            None => find(file).ok_or(ConfigError::FirmwareNotInstalled { file, package }),
-        }
-    }
-}
-
-/// What [`VmConfig::exit_file`] holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitRecord {
-    pub code: i32,
-    pub reason: String,
-}
-
-impl ExitRecord {
-    /// Writes the record next to its final path and renames it in place.
-    pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        std::fs::rename(&tmp, path)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiskConfig {
-    /// A raw disk image file (or block device).
-    pub path: PathBuf,
-    #[serde(default)]
-    pub read_only: bool,
-    /// The serial the guest reads as the device ID (20 bytes at most);
-    /// the file name when absent.
-    #[serde(default)]
-    pub id: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetConfig {
-    /// An existing TAP device, or one the VMM may create (e.g. `vm-web1`).
-    pub tap: String,
-    /// The guest's MAC.
-    #[serde(default)]
-    pub mac: Option<String>,
-}
-
-/// Where the guest's serial console goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SerialConfig {
-    /// This process's stdin and stdout, like a terminal.
-    Stdio,
-    /// A Unix socket any number of clients can attach to.
-    Socket { path: PathBuf },
-    /// Kept only in the ring buffer (readable through the API).
-    #[default]
-    None,
-}
-
-fn default_id() -> String {
-    "vm".into()
-}
-fn default_cmdline() -> String {
-    "console=ttyS0 reboot=k panic=1".into()
-}
-fn default_memory() -> u64 {
-    128
-}
-fn default_vcpus() -> u16 {
-    1
-}
-fn default_true() -> bool {
-    true
-}
+pub use kvmos_contract::exit::ExitRecord;
+pub use kvmos_contract::vm::*;
 
 /// A configuration problem: the field, what is wrong, and the fix.
 #[derive(Debug, displaydoc::Display, thiserror::Error, PartialEq, Eq)]
@@ -263,22 +75,31 @@ pub enum ConfigError {
     JailCgroup(String),
 }
 
-impl VmConfig {
-    /// Reads and parses a JSON configuration file.
-    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::ReadFile(path.display().to_string(), e.to_string()))?;
-        Self::from_json(&text)
+impl From<ReadError> for ConfigError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::File(path, why) => ConfigError::ReadFile(path, why),
+            ReadError::Parse(why) => ConfigError::Parse(why),
+        }
     }
+}
 
-    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        serde_json::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+impl From<MissingFirmware> for ConfigError {
+    fn from(m: MissingFirmware) -> Self {
+        ConfigError::FirmwareNotInstalled { file: m.file, package: m.package }
     }
+}
 
+/// The VMM's checks of a configuration against this host.
+pub trait Validate {
     /// Static checks: files, counts and sizes against the host's limits.
-    /// Locks and TAP devices are checked when they are opened, which is still
-    /// before any vCPU runs.
-    pub fn validate(&self, limits: &HostLimits) -> Result<(), ConfigError> {
+    /// Locks and TAP devices are checked when they are opened, which is
+    /// still before any vCPU runs.
+    fn validate(&self, limits: &HostLimits) -> Result<(), ConfigError>;
+}
+
+impl Validate for VmConfig {
+    fn validate(&self, limits: &HostLimits) -> Result<(), ConfigError> {
         match (&self.kernel, &self.firmware) {
             (None, None) => return Err(ConfigError::NoBoot),
             (Some(_), Some(_)) => return Err(ConfigError::TwoBoots),
@@ -305,7 +126,7 @@ impl VmConfig {
                 if self.initrd.is_some() {
                     return Err(ConfigError::KernelOnly("initrd"));
                 }
-                self.check_firmware(firmware)?;
+                check_firmware(self, firmware)?;
             }
         }
         if let Some(j) = &self.jail {
@@ -361,35 +182,29 @@ impl VmConfig {
     }
 }
 
-impl VmConfig {
-    fn check_firmware(&self, firmware: &FirmwareConfig) -> Result<(), ConfigError> {
-        use crate::arch::firmware;
-        let code = firmware.code_path()?;
-        match firmware {
-            FirmwareConfig::Bios { .. } => {
-                firmware::load_bios(&code)?;
-            }
-            FirmwareConfig::Uefi { vars, .. } => {
-                let image = firmware::load_uefi_code(&code)?;
-                firmware::check_uefi_vars(vars, image.len() as u64)?;
-            }
+fn check_firmware(config: &VmConfig, firmware: &FirmwareConfig) -> Result<(), ConfigError> {
+    use crate::arch::firmware;
+    let code = firmware.code_path()?;
+    match firmware {
+        FirmwareConfig::Bios { .. } => {
+            firmware::load_bios(&code)?;
         }
-        let mut seen = std::collections::HashSet::new();
-        for (index, &disk) in self.boot_order.iter().enumerate() {
-            if disk >= self.disks.len() {
-                return Err(ConfigError::BootOrderNoDisk { index, disk, count: self.disks.len() });
-            }
-            if !seen.insert(disk) {
-                return Err(ConfigError::BootOrderTwice { index, disk });
-            }
+        FirmwareConfig::Uefi { vars, .. } => {
+            let image = firmware::load_uefi_code(&code)?;
+            firmware::check_uefi_vars(vars, image.len() as u64)?;
         }
-        Ok(())
     }
+    let mut seen = std::collections::HashSet::new();
+    for (index, &disk) in config.boot_order.iter().enumerate() {
+        if disk >= config.disks.len() {
+            return Err(ConfigError::BootOrderNoDisk { index, disk, count: config.disks.len() });
+        }
+        if !seen.insert(disk) {
+            return Err(ConfigError::BootOrderTwice { index, disk });
+        }
+    }
+    Ok(())
 }
-
-/// The most vCPUs a VM may have: APIC IDs are 8 bits without x2APIC
-/// interrupt remapping, and 255 is the broadcast ID.
-pub const MAX_VCPUS: u64 = 254;
 
 /// What this host allows, read once at start.
 #[derive(Debug, Clone, Copy)]
@@ -408,38 +223,10 @@ fn check_kernel(path: &std::path::Path) -> Result<(), ConfigError> {
     }
 }
 
-/// Whether the file starts like a kernel kvmos-vmm boots: an ELF vmlinux,
-/// or a bzImage (the x86 boot protocol's "HdrS" magic at 0x202).
-pub fn is_kernel(path: &std::path::Path) -> std::io::Result<bool> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut head = vec![0u8; 0x210];
-    let n = f.read(&mut head).unwrap_or(0);
-    head.truncate(n);
-    Ok(head.starts_with(b"\x7fELF") || head.get(0x202..0x206) == Some(b"HdrS"))
-}
-
-/// Parses `52:54:00:12:34:56`; refuses multicast addresses.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mac = s.parse::<macaddr::MacAddr6>().ok()?.into_array();
-    (mac[0] & 1 == 0).then_some(mac)
-}
-
-/// FNV-1a of `seed`: a stable hash for IDs derived from names.
-pub fn fnv1a(seed: &str) -> u64 {
-    seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-}
-
-/// A locally administered unicast MAC derived from `seed` (FNV-1a), the
-/// same for the same seed on every host and every run.
-pub fn derived_mac(seed: &str) -> [u8; 6] {
-    let b = fnv1a(seed).to_le_bytes();
-    [0x52, 0x54, 0x00, b[0], b[1], b[2]]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn limits() -> HostLimits {
         HostLimits { max_vcpus: 8, available_mib: 1024 }

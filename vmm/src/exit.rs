@@ -15,15 +15,10 @@ use std::fmt;
 use std::sync::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
-pub const EXIT_POWER_OFF: i32 = 0;
-pub const EXIT_INTERNAL_ERROR: i32 = 1;
-pub const EXIT_BAD_CONFIG: i32 = 2;
-pub const EXIT_REBOOT: i32 = 3;
-pub const EXIT_GUEST_FAULT: i32 = 4;
-pub const EXIT_STOPPED: i32 = 5;
-/// Written by the jail's waiting parent (`jail.rs`) when seccomp killed
-/// the VMM.
-pub const EXIT_FORBIDDEN_SYSCALL: i32 = 6;
+pub use kvmos_contract::exit::{
+    EXIT_BAD_CONFIG, EXIT_FORBIDDEN_SYSCALL, EXIT_GUEST_FAULT, EXIT_INTERNAL_ERROR, EXIT_POWER_OFF, EXIT_REBOOT,
+    EXIT_STOPPED,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitReason {

@@ -380,16 +380,7 @@ fn no_privileges(_: &JailConfig, _: &Facts) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The jailed VMM of the process `started` (a supervisor's child): its one
-/// child, which runs the VM while `started` waits outside the jail.
-pub fn jailed_child(started: u32) -> Option<u32> {
-    let children = std::fs::read_to_string(format!("/proc/{started}/task/{started}/children")).ok()?;
-    let mut pids = children.split_whitespace().filter_map(|p| p.parse().ok());
-    match (pids.next(), pids.next()) {
-        (Some(pid), None) => Some(pid),
-        _ => None,
-    }
-}
+pub use kvmos_contract::process::jailed_child;
 
 /// For tests that run jailed VMMs (feature `test-hooks`).
 #[cfg(feature = "test-hooks")]

@@ -28,7 +28,7 @@ pub mod exit;
 pub mod jail;
 pub mod runner;
 pub mod seccomp;
-pub mod tap;
+pub use kvmos_tap as tap;
 pub mod tiny_guest;
 pub mod vnc;
 pub mod vstate;

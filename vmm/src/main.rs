@@ -3,7 +3,8 @@
 
 use clap::Parser;
 use kvmos_vmm::config::{
-    ConfigError, DiskConfig, ExitRecord, FirmwareConfig, HostLimits, JailConfig, NetConfig, SerialConfig, VmConfig,
+    ConfigError, DiskConfig, ExitRecord, FirmwareConfig, HostLimits, JailConfig, NetConfig, SerialConfig, Validate,
+    VmConfig,
 };
 use kvmos_vmm::exit::{EXIT_BAD_CONFIG, EXIT_INTERNAL_ERROR};
 use kvmos_vmm::{builder, jail, runner, seccomp};
@@ -99,32 +100,29 @@ enum CtlAction {
 
 /// `kvmos-vmm ctl`: one API call; prints the answer; exit 0 on success.
 fn ctl(socket: &std::path::Path, action: CtlAction) -> i32 {
-    let name = match action {
+    use kvmos_contract::control::{Action, Client};
+    let client = Client::new(socket);
+    let action = match action {
         CtlAction::Get => None,
-        CtlAction::Pause => Some("pause"),
-        CtlAction::Resume => Some("resume"),
-        CtlAction::PowerOff => Some("power_off"),
-        CtlAction::Reset => Some("reset"),
-        CtlAction::Stop => Some("stop"),
+        CtlAction::Pause => Some(Action::Pause),
+        CtlAction::Resume => Some(Action::Resume),
+        CtlAction::PowerOff => Some(Action::PowerOff),
+        CtlAction::Reset => Some(Action::Reset),
+        CtlAction::Stop => Some(Action::Stop),
     };
-    let result = match name {
-        None => kvmos_vmm::api::call(socket, "GET", "/vm", None),
-        Some(a) => kvmos_vmm::api::call(socket, "PUT", "/actions", Some(&format!("{{\"action\":\"{a}\"}}"))),
+    let result = match action {
+        None => client.vm().map(|info| serde_json::to_string_pretty(&info).unwrap_or_default()),
+        Some(a) => client.act(a).map(|()| String::new()),
     };
     match result {
-        Ok((status, body)) => {
-            if !body.is_empty() {
-                println!("{body}");
+        Ok(text) => {
+            if !text.is_empty() {
+                println!("{text}");
             }
-            if (200..300).contains(&status) {
-                0
-            } else {
-                eprintln!("kvmos-vmm ctl: HTTP {status}");
-                1
-            }
+            0
         }
         Err(e) => {
-            eprintln!("kvmos-vmm ctl: cannot reach {}: {e}", socket.display());
+            eprintln!("kvmos-vmm ctl: {} ({e})", socket.display());
             1
         }
     }

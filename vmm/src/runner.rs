@@ -396,27 +396,28 @@ fn handle_api<T>(
     let running = threads.iter().filter(|t| !t.is_finished()).count() as u64;
     match request {
         Request::GetVm => {
+            use kvmos_contract::control::{Counters, RunState, VmInfo};
+            use std::sync::atomic::Ordering::{Relaxed, SeqCst};
             let c = &machine.counters;
-            let marker = machine.boot_marker_us.load(std::sync::atomic::Ordering::SeqCst);
-            let state = if machine.control.is_paused() { "paused" } else { "running" };
+            let marker = machine.boot_marker_us.load(SeqCst);
             Response::json(
                 200,
-                &serde_json::json!({
-                    "id": config.vm_id,
-                    "state": state,
-                    "uptime_ms": machine.started.elapsed().as_millis() as u64,
-                    "exit_reason": machine.exit.reason().map(|r| r.to_string()),
-                    "config": config,
-                    "counters": {
-                        "vcpu_exits": c.exits.load(std::sync::atomic::Ordering::Relaxed),
-                        "io_exits": c.io_exits.load(std::sync::atomic::Ordering::Relaxed),
-                        "mmio_exits": c.mmio_exits.load(std::sync::atomic::Ordering::Relaxed),
-                        "unhandled_accesses": c.unhandled.load(std::sync::atomic::Ordering::Relaxed),
-                        "console_bytes": machine.console.total_bytes(),
-                        "console_clients": machine.console.clients(),
-                        "boot_marker_ms": (marker > 0).then(|| marker as f64 / 1000.0),
-                    }
-                }),
+                &VmInfo {
+                    id: config.vm_id.clone(),
+                    state: if machine.control.is_paused() { RunState::Paused } else { RunState::Running },
+                    uptime_ms: machine.started.elapsed().as_millis() as u64,
+                    exit_reason: machine.exit.reason().map(|r| r.to_string()),
+                    config: config.clone(),
+                    counters: Counters {
+                        vcpu_exits: c.exits.load(Relaxed),
+                        io_exits: c.io_exits.load(Relaxed),
+                        mmio_exits: c.mmio_exits.load(Relaxed),
+                        unhandled_accesses: c.unhandled.load(Relaxed),
+                        console_bytes: machine.console.total_bytes(),
+                        console_clients: machine.console.clients() as u64,
+                        boot_marker_ms: (marker > 0).then(|| marker as f64 / 1000.0),
+                    },
+                },
             )
         }
         Request::Screenshot { scale } => match &machine.display {
@@ -430,7 +431,9 @@ fn handle_api<T>(
             Some(display) => {
                 let vga = lock(display);
                 match vga.text() {
-                    Some(lines) => Response::json(200, &serde_json::json!({ "mode": "text", "rows": lines })),
+                    Some(rows) => {
+                        Response::json(200, &kvmos_contract::control::ScreenText { mode: "text".into(), rows })
+                    }
                     None => Response::error(409, "the screen is in a graphics mode, not text; take a GET /screenshot"),
                 }
             }

@@ -172,7 +172,7 @@ fn boot_marker_records_the_time_once() {
 
 #[test]
 fn control_api_reports_pauses_resumes_and_stops() {
-    use kvmos_vmm::api::call;
+    use kvmos_contract::control::{Action, Client, ControlError, RunState};
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
     let m = machine(&[0xeb, 0xfe]); // jmp $
@@ -188,24 +188,24 @@ fn control_api_reports_pauses_resumes_and_stops() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
 
-    let (status, body) = call(&sock, "GET", "/vm", None).unwrap();
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["state"], "running");
-    assert_eq!(v["id"], "spin");
-    assert!(v["counters"]["vcpu_exits"].is_u64());
+    let control = Client::new(&sock);
+    let info = control.vm().unwrap();
+    assert_eq!(info.state, RunState::Running);
+    assert_eq!(info.id, "spin");
+    assert_eq!(info.config.vm_id, "spin");
 
-    let act = |a: &str| call(&sock, "PUT", "/actions", Some(&format!(r#"{{"action":"{a}"}}"#))).unwrap();
-    assert_eq!(act("pause").0, 204);
-    let (_, body) = call(&sock, "GET", "/vm", None).unwrap();
-    assert!(body.contains(r#""state":"paused""#), "{body}");
-    assert_eq!(act("resume").0, 204);
-    let (status, body) = act("power_off");
-    assert_eq!(status, 409, "this guest has no ACPI: {body}");
-    assert!(body.contains("use stop"), "{body}");
-    let (status, body) = call(&sock, "POST", "/vm", None).unwrap();
-    assert_eq!(status, 405, "{body}");
-    assert_eq!(act("stop").0, 204);
+    control.act(Action::Pause).unwrap();
+    let paused = control.vm().unwrap();
+    assert_eq!(paused.state, RunState::Paused);
+    assert!(paused.counters.vcpu_exits > 0, "the pause kicked the vCPU out of the guest");
+    control.act(Action::Resume).unwrap();
+    match control.act(Action::PowerOff) {
+        Err(ControlError::Refused { status: 409, message }) => assert!(message.contains("use stop"), "{message}"),
+        other => panic!("this guest has no ACPI: {other:?}"),
+    }
+    let (status, body) = control.request("POST", "/vm", None).unwrap();
+    assert_eq!(status, 405, "{}", String::from_utf8_lossy(&body));
+    control.act(Action::Stop).unwrap();
     let reason = t.join().unwrap();
     assert_eq!(reason, ExitReason::Stopped);
     assert_eq!(reason.code(), kvmos_vmm::exit::EXIT_STOPPED);

@@ -67,14 +67,12 @@ fn console_clients_api_and_acpi_power_off_with_the_tiny_guest() {
     read_until(&mut first, "-both");
     read_until(&mut late, "-both");
 
-    let (status, body) = kvmos_vmm::api::call(&api, "GET", "/vm", None).unwrap();
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["state"], "running");
-    assert_eq!(v["counters"]["console_clients"], 2);
+    let control = kvmos_contract::control::Client::new(&api);
+    let info = control.vm().unwrap();
+    assert_eq!(info.state, kvmos_contract::control::RunState::Running);
+    assert_eq!(info.counters.console_clients, 2);
 
-    let (status, _) = kvmos_vmm::api::call(&api, "PUT", "/actions", Some(r#"{"action":"power_off"}"#)).unwrap();
-    assert_eq!(status, 204);
+    control.act(kvmos_contract::control::Action::PowerOff).unwrap();
     let code = vmm.wait().unwrap().code();
     assert_eq!(code, Some(0), "ACPI power-off is exit code 0");
     let record: kvmos_vmm::config::ExitRecord =

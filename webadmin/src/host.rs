@@ -5,6 +5,8 @@
 //! panel, which powers the VMs off first).
 
 use crate::app::{ApiError, ApiResult};
+use kvmos_contract::host::SavedSettings;
+use kvmos_contract::status::Status;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -50,8 +52,13 @@ pub fn overview(
     vms_running: usize,
     vms_defined: usize,
 ) -> Overview {
-    let status: serde_json::Value =
-        std::fs::read_to_string(status_file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let status = match Status::read(status_file) {
+        Ok(status) => status.unwrap_or_default(),
+        Err(e) => {
+            tracing::error!("cannot read kvmos-init's {}: {e}", status_file.display());
+            Status::default()
+        }
+    };
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -64,7 +71,7 @@ pub fn overview(
     let total = meminfo("MemTotal").unwrap_or(0) * 1024;
     let available = meminfo("MemAvailable").unwrap_or(0) * 1024;
     let (free_bytes, total_bytes) = fs_space(data_dir);
-    let ram_only = ram_only || status["ram_only"].as_bool().unwrap_or(false);
+    let ram_only = ram_only || status.ram_only;
     Overview {
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -75,15 +82,9 @@ pub fn overview(
         memory_used_bytes: total.saturating_sub(available),
         kvm_available: std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(),
         uptime_secs,
-        addresses: status["address"].as_str().map(|a| vec![a.to_string()]).unwrap_or_default(),
-        gateway: status["gateway"].as_str().map(String::from),
-        data_disk: DataDisk {
-            mounted: !ram_only,
-            ram_only,
-            device: status["data_device"].as_str().map(String::from),
-            free_bytes,
-            total_bytes,
-        },
+        addresses: status.address.into_iter().collect(),
+        gateway: status.gateway,
+        data_disk: DataDisk { mounted: !ram_only, ram_only, device: status.data_device, free_bytes, total_bytes },
         vms_running,
         vms_defined,
     }
@@ -120,21 +121,8 @@ pub struct HostSettings {
     pub ntp: Option<String>,
 }
 
-/// `config/host.json` as kvmos-init reads it.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct SavedSettings {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    net: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    hostname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    ntp: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    iface: Option<String>,
-}
-
 fn settings_path(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("config/host.json")
+    kvmos_contract::host::path(data_dir)
 }
 
 fn ip(field: &str, v: &str) -> ApiResult<Ipv4Addr> {
@@ -270,6 +258,40 @@ mod tests {
         assert_eq!(bad.save(dir.path()).unwrap_err().field.as_deref(), Some("network.address"));
         let bad = HostSettings { hostname: Some("-bad".into()), ..s };
         assert_eq!(bad.save(dir.path()).unwrap_err().field.as_deref(), Some("hostname"));
+    }
+
+    /// What the panel writes is the shared example kvmos-init's tests read
+    /// (`contract/fixtures/host.json`), byte for byte.
+    #[test]
+    fn the_panel_writes_the_host_file_init_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = HostSettings {
+            hostname: Some("rack4-kvm".into()),
+            network: NetworkSettings::Static {
+                address: "192.168.7.20".into(),
+                prefix: 24,
+                gateway: "192.168.7.1".into(),
+                dns: Some("192.168.7.53".into()),
+            },
+            ntp: Some("192.168.7.1".into()),
+        };
+        s.save(dir.path()).unwrap();
+        let written = std::fs::read_to_string(settings_path(dir.path())).unwrap();
+        assert_eq!(written, include_str!("../../contract/fixtures/host.json"));
+    }
+
+    /// kvmos-init's status file (the shared example its tests write) shows
+    /// on the dashboard.
+    #[test]
+    fn the_overview_shows_what_init_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("status.json");
+        std::fs::write(&status, include_str!("../../contract/fixtures/status.json")).unwrap();
+        let o = overview(dir.path(), &status, false, 0, 0);
+        assert_eq!(o.addresses, vec!["10.0.2.15/24"]);
+        assert_eq!(o.gateway.as_deref(), Some("10.0.2.2"));
+        assert_eq!(o.data_disk.device.as_deref(), Some("/dev/vdb1"));
+        assert!(!o.data_disk.ram_only);
     }
 
     #[test]

@@ -316,7 +316,7 @@ impl Images {
 
 /// The test kvmos-vmm itself makes: a bzImage or an ELF vmlinux.
 fn check_kernel(path: &Path) -> ApiResult<()> {
-    match kvmos_vmm::config::is_kernel(path) {
+    match kvmos_contract::vm::is_kernel(path) {
         Ok(true) => Ok(()),
         _ => Err(ApiError::bad("file", "file: this is not a Linux kernel (neither a bzImage nor an ELF vmlinux)")),
     }

@@ -14,7 +14,9 @@ use crate::app::{ApiError, ApiResult, State};
 use crate::images::ImageKind;
 use crate::store::{lock, now_unix};
 use crate::vms::{Boot, Firmware, Run, VmRecord};
-use kvmos_vmm::config::{DiskConfig, ExitRecord, FirmwareConfig, JailConfig, NetConfig, SerialConfig, VmConfig};
+use kvmos_contract::control::{Action, Client, ControlError, RunState};
+use kvmos_contract::exit::ExitRecord;
+use kvmos_contract::vm::{DiskConfig, FirmwareConfig, JailConfig, NetConfig, SerialConfig, VmConfig};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -119,7 +121,7 @@ fn process_uids() -> Vec<u32> {
 
 /// The user of the jailed child of `pid`, the process the panel started.
 fn jailed_uid(pid: i32) -> Option<u32> {
-    process_uid(Path::new(&format!("/proc/{}", kvmos_vmm::jail::jailed_child(pid as u32)?)))
+    process_uid(Path::new(&format!("/proc/{}", kvmos_contract::process::jailed_child(pid as u32)?)))
 }
 
 /// Whether `pid` is a live kvmos-vmm running the configuration in `dir`.
@@ -187,31 +189,34 @@ impl Supervisor {
 
     /// The VM's screen as a PNG, from its VMM.
     pub fn screenshot(&self, id: &str) -> ApiResult<Vec<u8>> {
-        self.screen_call(id, "/screenshot")
+        self.screen_call(id, |c| c.screenshot(1))
     }
 
     /// The VM's text-mode screen, from its VMM.
     pub fn screen_text(&self, id: &str) -> ApiResult<crate::api::ScreenText> {
-        let body = self.screen_call(id, "/screen/text")?;
-        serde_json::from_slice(&body).map_err(|e| ApiError::internal(format!("the VMM's screen text: {e}")))
+        let text = self.screen_call(id, Client::screen_text)?;
+        Ok(crate::api::ScreenText { mode: text.mode, rows: text.rows })
     }
 
-    /// A GET of the VMM's screen resources, with their errors as the
-    /// panel's.
-    fn screen_call(&self, id: &str, path: &str) -> ApiResult<Vec<u8>> {
+    /// A call for the VMM's screen, with its errors as the panel's.
+    fn screen_call<T>(&self, id: &str, call: impl FnOnce(&Client) -> Result<T, ControlError>) -> ApiResult<T> {
         if !lock(&self.running).contains_key(id) {
             return Err(ApiError::conflict("the VM is not running; start it to see its screen"));
         }
-        match kvmos_vmm::api::call_raw(&self.control_socket(id), "GET", path, None) {
-            Ok((200, body)) => Ok(body),
-            Ok((404, _)) => Err(ApiError::conflict("this VM boots a kernel directly and has no screen")),
-            Ok((409, _)) => Err(ApiError::conflict("the screen is in a graphics mode, not text; take a screenshot")),
-            Ok((status, body)) => Err(ApiError::internal(format!(
-                "the VMM answered {status} to GET {path}: {}",
-                String::from_utf8_lossy(&body)
-            ))),
-            Err(e) => Err(ApiError::internal(format!("cannot reach the VMM: {e}"))),
-        }
+        call(&self.control(id)).map_err(|e| match e {
+            ControlError::Refused { status: 404, .. } => {
+                ApiError::conflict("this VM boots a kernel directly and has no screen")
+            }
+            ControlError::Refused { status: 409, .. } => {
+                ApiError::conflict("the screen is in a graphics mode, not text; take a screenshot")
+            }
+            other => ApiError::internal(other.to_string()),
+        })
+    }
+
+    /// The client of a VM's control API.
+    fn control(&self, id: &str) -> Client {
+        Client::new(self.control_socket(id))
     }
 
     fn control_socket(&self, id: &str) -> PathBuf {
@@ -235,8 +240,7 @@ impl Supervisor {
             let pid = std::fs::read_to_string(dir.join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
             match pid {
                 Some(pid) if state.vms.get(&id).is_ok() && is_our_vmm(pid, &dir) => {
-                    let paused =
-                        self.call(&id, "GET", "/vm", None).is_ok_and(|(_, b)| b.contains("\"state\":\"paused\""));
+                    let paused = self.control(&id).vm().is_ok_and(|vm| vm.state == RunState::Paused);
                     let vm_state = if paused { VmState::Paused } else { VmState::Running };
                     let uid = jailed_uid(pid).unwrap_or(0);
                     lock(&self.running).insert(id.clone(), Handle { pid, uid, state: vm_state, stopping: false });
@@ -248,7 +252,7 @@ impl Supervisor {
                     if let Some(exit) = crate::store::load_json::<ExitRecord>(&dir.join("exit.json")).ok().flatten() {
                         let _ = state.vms.modify(&id, |r| close_run(r, Some(exit.code), Some(exit.reason.clone())));
                     }
-                    let _ = kvmos_vmm::tap::delete_persistent(&tap_name(&id));
+                    let _ = kvmos_tap::delete_persistent(&tap_name(&id));
                     let _ = std::fs::remove_dir_all(&dir);
                 }
             }
@@ -401,11 +405,11 @@ impl Supervisor {
     /// A persistent tap in the bridge, up, before the VMM opens it.
     fn create_tap(&self, id: &str) -> ApiResult<()> {
         let tap = tap_name(id);
-        let result = kvmos_vmm::tap::create_persistent(&tap)
-            .and_then(|_| kvmos_vmm::tap::add_to_bridge(&self.bridge, &tap))
-            .and_then(|_| kvmos_vmm::tap::set_link_up(&tap));
+        let result = kvmos_tap::create_persistent(&tap)
+            .and_then(|_| kvmos_tap::add_to_bridge(&self.bridge, &tap))
+            .and_then(|_| kvmos_tap::set_link_up(&tap));
         result.map_err(|e| {
-            let _ = kvmos_vmm::tap::delete_persistent(&tap);
+            let _ = kvmos_tap::delete_persistent(&tap);
             ApiError::internal(format!("cannot create the tap {tap} in {}: {e}", self.bridge))
         })
     }
@@ -460,7 +464,7 @@ impl Supervisor {
     }
 
     fn clean_up(&self, id: &str) {
-        let _ = kvmos_vmm::tap::delete_persistent(&tap_name(id));
+        let _ = kvmos_tap::delete_persistent(&tap_name(id));
         let _ = std::fs::remove_dir_all(self.dir(id));
         if let Some(leaf) = self.cgroup(id) {
             // Empty once the VMM has ended; a cgroup is removed with rmdir.
@@ -509,34 +513,23 @@ impl Supervisor {
         tracing::info!(vm = %id, ?code, %reason, "VM ended");
         let _ = state.vms.modify(id, |r| close_run(r, code, Some(reason.clone())));
         self.clean_up(id);
-        if code == Some(kvmos_vmm::exit::EXIT_REBOOT) && !stopping {
+        if code == Some(kvmos_contract::exit::EXIT_REBOOT) && !stopping {
             if let Err(e) = self.start(state, id) {
                 tracing::error!(vm = %id, "cannot restart after the guest rebooted: {}", e.message);
             }
         }
     }
 
-    /// One call to a VM's control API.
-    fn call(&self, id: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
-        kvmos_vmm::api::call(&self.control_socket(id), method, path, body)
-    }
-
-    fn action(&self, id: &str, action: &str) -> ApiResult<()> {
+    fn action(&self, id: &str, action: Action) -> ApiResult<()> {
         if !lock(&self.running).contains_key(id) {
             return Err(ApiError::conflict("the VM is not running"));
         }
-        let body = format!("{{\"action\":\"{action}\"}}");
-        match self.call(id, "PUT", "/actions", Some(&body)) {
-            Ok((s, _)) if (200..300).contains(&s) => Ok(()),
-            Ok((s, b)) => {
-                let msg = serde_json::from_str::<serde_json::Value>(&b)
-                    .ok()
-                    .and_then(|v| v["error"].as_str().map(String::from))
-                    .unwrap_or(b);
-                Err(ApiError::new(if s == 409 { 409 } else { 502 }, msg))
-            }
-            Err(e) => Err(ApiError::new(502, format!("the VMM does not answer: {e}"))),
-        }
+        self.control(id).act(action).map_err(|e| match e {
+            ControlError::Refused { status: 409, message } => ApiError::new(409, message),
+            ControlError::Refused { message, .. } => ApiError::new(502, message),
+            ControlError::Unreachable(e) => ApiError::new(502, format!("the VMM does not answer: {e}")),
+            garbled => ApiError::new(502, garbled.to_string()),
+        })
     }
 
     fn set_state(&self, id: &str, f: impl FnOnce(&mut Handle)) {
@@ -546,13 +539,13 @@ impl Supervisor {
     }
 
     pub fn pause(&self, id: &str) -> ApiResult<()> {
-        self.action(id, "pause")?;
+        self.action(id, Action::Pause)?;
         self.set_state(id, |h| h.state = VmState::Paused);
         Ok(())
     }
 
     pub fn resume(&self, id: &str) -> ApiResult<()> {
-        self.action(id, "resume")?;
+        self.action(id, Action::Resume)?;
         self.set_state(id, |h| h.state = VmState::Running);
         Ok(())
     }
@@ -560,7 +553,7 @@ impl Supervisor {
     /// Restarts the guest: the VMM ends with the reboot code and the
     /// watcher starts it again.
     pub fn reboot(&self, id: &str) -> ApiResult<()> {
-        self.action(id, "reset")
+        self.action(id, Action::Reset)
     }
 
     /// Stops the VM now, like pulling the plug.
@@ -569,7 +562,7 @@ impl Supervisor {
             h.stopping = true;
             h.state = VmState::Stopping;
         });
-        if self.action(id, "stop").is_err() {
+        if self.action(id, Action::Stop).is_err() {
             // The VMM does not answer: end the process.
             if let Some(pid) = lock(&self.running).get(id).map(|h| h.pid).filter(|&p| p > 0) {
                 // SAFETY: signals the VMM process we track (never pid 0,
@@ -585,7 +578,7 @@ impl Supervisor {
     pub fn shutdown(&self, state: &State, id: &str, timeout: Duration) -> ApiResult<()> {
         let pid =
             lock(&self.running).get(id).map(|h| h.pid).ok_or_else(|| ApiError::conflict("the VM is not running"))?;
-        self.action(id, "power_off")?;
+        self.action(id, Action::PowerOff)?;
         self.set_state(id, |h| {
             h.stopping = true;
             h.state = VmState::Stopping;

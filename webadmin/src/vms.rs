@@ -153,7 +153,7 @@ impl VmSpec {
             // The VMM's own limit: the panel's VMs have virtio-rng, the
             // disks and the NIC.
             let devices = self.disks.len() + usize::from(self.network) + 1;
-            let max = kvmos_vmm::config::cmdline_room(devices);
+            let max = kvmos_contract::vm::cmdline_room(devices);
             if c.len() > max {
                 return Err(ApiError::bad(
                     "cmdline",
@@ -268,7 +268,7 @@ impl VmStore {
             return Err(ApiError::field(409, "name", format!("name: a VM called {} already exists", spec.name)));
         }
         let id = crate::auth::random_hex(4);
-        let mac = kvmos_vmm::config::derived_mac(&format!("kvmos-vm/{id}"));
+        let mac = kvmos_contract::vm::derived_mac(&format!("kvmos-vm/{id}"));
         let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         let r = VmRecord { id: id.clone(), spec, created: now, mac, runs: Vec::new() };
         self.save(&r)?;
@@ -319,7 +319,7 @@ impl VmStore {
     /// The VM's variable store, made from the firmware's empty one the
     /// first time the VM starts with UEFI.
     pub fn ensure_uefi_vars(&self, id: &str) -> ApiResult<PathBuf> {
-        use kvmos_vmm::arch::firmware::{find, OVMF_VARS_FILE};
+        use kvmos_contract::firmware::{find, OVMF_VARS_FILE};
         let path = self.uefi_vars(id);
         if path.exists() {
             return Ok(path);
@@ -401,7 +401,7 @@ mod tests {
         let with =
             |len: usize| VmSpec { cmdline: Some("x".repeat(len)), disks: vec![disk.clone()], network: true, ..spec() };
         // A disk, the NIC and virtio-rng: what the VMM adds for three devices.
-        let max = kvmos_vmm::config::cmdline_room(3);
+        let max = kvmos_contract::vm::cmdline_room(3);
         assert!(with(max).validate(&images, host).is_ok());
         let e = with(max + 1).validate(&images, host).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("cmdline"));

@@ -97,7 +97,7 @@ fn guest_rss_kib(pid: u32, guest_kib: u64) -> u64 {
 }
 
 fn stop(child: &mut Child, api: &Path) -> Result<()> {
-    kvmos_vmm::api::call(api, "PUT", "/actions", Some(r#"{"action":"stop"}"#))?;
+    kvmos_contract::control::Client::new(api).act(kvmos_contract::control::Action::Stop)?;
     child.wait()?;
     Ok(())
 }

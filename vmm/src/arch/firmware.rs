@@ -9,7 +9,7 @@
 //! OVMF's variable store goes right below the code; see
 //! [`crate::devices::flash`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The end of the firmware: 4 GiB.
 pub const FLASH_END: u64 = 1 << 32;
@@ -19,17 +19,7 @@ pub const BIOS_AREA_LEN: u64 = 0x2_0000;
 /// QEMU's limit for a BIOS image.
 const MAX_BIOS: u64 = 16 << 20;
 
-/// Where the appliance keeps its firmware, then where Debian's packages put
-/// it on a development host.
-const SEARCH_DIRS: [&str; 3] = ["/usr/share/kvmos/firmware", "/usr/share/seabios", "/usr/share/OVMF"];
-pub const SEABIOS_FILE: &str = "bios-256k.bin";
-pub const OVMF_CODE_FILE: &str = "OVMF_CODE_4M.fd";
-pub const OVMF_VARS_FILE: &str = "OVMF_VARS_4M.fd";
-
-/// The first existing `file` in the firmware directories.
-pub fn find(file: &str) -> Option<PathBuf> {
-    SEARCH_DIRS.iter().map(|d| Path::new(d).join(file)).find(|p| p.is_file())
-}
+pub use kvmos_contract::firmware::{find, OVMF_CODE_FILE, OVMF_VARS_FILE, SEABIOS_FILE};
 
 #[derive(Debug, displaydoc::Display, thiserror::Error, PartialEq, Eq)]
 pub enum FirmwareError {
@@ -123,7 +113,7 @@ pub fn check_uefi_vars(path: &Path, code_len: u64) -> Result<(), FirmwareError> 
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, bytes).unwrap();
         p

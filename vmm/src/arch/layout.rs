@@ -15,7 +15,7 @@ pub const BOOT_IDT_OFFSET: u64 = 0x520;
 /// The kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
 /// x86 Linux accepts command lines up to this size (COMMAND_LINE_SIZE).
-pub const CMDLINE_MAX_SIZE: usize = 2048;
+pub const CMDLINE_MAX_SIZE: usize = kvmos_contract::vm::CMDLINE_MAX_SIZE;
 /// End of the low RAM the E820 map reports below the EBDA/BIOS area.
 pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables live in the BIOS area, where Linux also scans for the RSDP.

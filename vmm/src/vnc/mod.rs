@@ -29,9 +29,9 @@
 //! A client that sends garbage or goes away mid-message is dropped; the VM
 //! and the other clients do not notice.
 
-pub mod client;
 pub mod keysym;
-pub mod rfb;
+pub use kvmos_rfb as rfb;
+pub use kvmos_rfb::client;
 
 use crate::devices::display::stdvga::StdVga;
 use crate::devices::display::{Change, Frame};

@@ -74,7 +74,9 @@ impl Vm {
     }
 
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        kvmos_vmm::api::call(&self.path("api.sock"), method, path, body).unwrap()
+        let (status, body) =
+            kvmos_contract::control::Client::new(self.path("api.sock")).request(method, path, body).unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     /// Waits for the process we started to end; its exit code and the

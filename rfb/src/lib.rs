@@ -1,8 +1,14 @@
-//! The RFB protocol (RFC 6143) as this server speaks it: the messages a
-//! client sends, parsed from a byte buffer; pixel formats; and the Raw and
-//! ZRLE encodings of a screen area.
+//! The RFB protocol (RFC 6143) as kvmos speaks it, shared by the VMM's VNC
+//! server and the panel's KVM switch (which watches and types into every
+//! VM's screen over it): the messages a client sends, parsed from a byte
+//! buffer; pixel formats; the Raw and ZRLE encodings of a screen area;
+//! [`client`], a small viewer; and [`frame`], the rendered screen both
+//! sides draw into.
 
-use crate::devices::display::Frame;
+pub mod client;
+pub mod frame;
+
+use crate::frame::Frame;
 use flate2::{Compress, Compression, FlushCompress};
 
 pub const VERSION: &[u8; 12] = b"RFB 003.008\n";
@@ -440,7 +446,7 @@ mod tests {
         let mut plain = Vec::with_capacity(1 << 20);
         let mut z = flate2::Decompress::new(true);
         z.decompress_vec(&data[4..4 + len], &mut plain, flate2::FlushDecompress::Sync).unwrap();
-        crate::vnc::client::decode_zrle(&plain, w, h).unwrap()
+        crate::client::decode_zrle(&plain, w, h).unwrap()
     }
 
     #[test]

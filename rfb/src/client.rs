@@ -5,7 +5,7 @@
 //! speaks over a Unix socket, or over any byte stream (the panel's screen
 //! WebSocket, in the appliance tests).
 
-use super::rfb::{self, TILE};
+use crate::{self as rfb, TILE};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
