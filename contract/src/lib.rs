@@ -11,6 +11,7 @@
 //! - [`status`]: `/run/kvmos/status.json`, what kvmos-init knows about the
 //!   machine (network, data disk), which the panel shows;
 //! - [`firmware`]: where the PC machine's firmware files are installed;
+//! - [`panel`]: the panel's user and runtime files, as init runs it;
 //! - [`process`]: how a VMM's processes look from the outside (the one its
 //!   supervisor started, and the jailed child that runs the VM).
 //!
@@ -23,6 +24,7 @@ pub mod control;
 pub mod exit;
 pub mod firmware;
 pub mod host;
+pub mod panel;
 pub mod process;
 pub mod status;
 pub mod vm;

@@ -7,9 +7,6 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub const STATUS_FILE: &str = "/run/kvmos/status.json";
-/// The panel writes its one-time setup code here on first boot; init
-/// shows it on the console.
-pub const SETUP_CODE_FILE: &str = "/run/kvmos/setup-code";
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

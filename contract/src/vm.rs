@@ -63,6 +63,18 @@ pub struct VmConfig {
     /// --no-jail`, for development, runs without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail: Option<JailConfig>,
+    /// Who may use the VM's sockets (API, console, VNC; mode 0600): the
+    /// supervisor's user, when it is not the one the VMM starts as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_owner: Option<Owner>,
+}
+
+/// A user and group, by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl VmConfig {

@@ -185,6 +185,9 @@ pub fn webadmin_args(m: &Machine) -> Vec<String> {
         format!("0.0.0.0:{}", m.config.panel_port),
         "--status-file".to_string(),
         crate::status::STATUS_FILE.to_string(),
+        // Its own user, never root (it keeps a small launcher for that).
+        "--user".to_string(),
+        format!("{}:{}", kvmos_contract::panel::UID, kvmos_contract::panel::GID),
     ];
     if m.status.ram_only() {
         args.push("--ram-only".into());

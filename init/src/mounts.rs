@@ -1,6 +1,7 @@
 //! The pseudo file systems every later step relies on.
 
 use nix::mount::{mount, MsFlags};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 struct Mount {
@@ -59,6 +60,12 @@ pub fn mount_all() -> Result<(), String> {
         if let Err(e) = mount(Some("efivarfs"), efivars, Some("efivarfs"), NOSUID_NODEV_NOEXEC, None::<&str>) {
             failed.push(format!("{efivars} (efivarfs): {e}"));
         }
+    }
+    // What udev's default rules would do: anyone may open the TUN/TAP
+    // device (creating or attaching to a tap still takes CAP_NET_ADMIN), so
+    // the panel, which is not root, can make the VMs' taps.
+    if let Err(e) = std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)) {
+        failed.push(format!("/dev/net/tun (mode 0666): {e}"));
     }
     if failed.is_empty() {
         Ok(())

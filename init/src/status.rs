@@ -6,7 +6,8 @@ use crate::datadisk::DataDisk;
 use crate::net::{link::format_mac, NetStatus};
 use std::path::Path;
 
-pub use kvmos_contract::status::{SETUP_CODE_FILE, STATUS_FILE};
+pub use kvmos_contract::panel::SETUP_CODE_FILE;
+pub use kvmos_contract::status::STATUS_FILE;
 
 #[derive(Debug, Clone, Default)]
 pub struct Status {

@@ -355,6 +355,9 @@ impl HostPanel {
             .args(["--bridge", "kvmos-no-bridge"])
             // Panels of tests that run at once never share a VM user.
             .args(["--vm-uids", &vm_uid_base().to_string()])
+            // As on kvmos: its own user, a launcher keeping root.
+            .arg("--user")
+            .arg(format!("{}:{}", kvmos_contract::panel::UID, kvmos_contract::panel::GID))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -83,11 +83,68 @@ fn start_console_stop_and_force_off() {
     assert_eq!(run["exit_code"], 5, "{run}");
     assert!(host.vmm_pids().is_empty(), "the run directory is cleaned up");
 
+    // A VMM that no longer answers (stopped with SIGSTOP) is killed through
+    // the panel's launcher, which keeps root for that.
+    panel.action(&id, "start").unwrap();
+    let started = host.vmm_pids()[0];
+    let sock = host.dir.join("run").join(&id).join("control.sock");
+    assert_eq!(owner(&sock), (kvmos_contract::panel::UID, kvmos_contract::panel::GID), "the panel's socket");
+    let jailed = kvmos_contract::process::jailed_child(started as u32).unwrap();
+    // SAFETY: stops the test's own VMM.
+    unsafe { libc::kill(jailed as i32, libc::SIGSTOP) };
+    panel.action(&id, "force-off").unwrap();
+    panel.wait_state(&id, "stopped", T).unwrap();
+    let run = last_run(&panel, &id);
+    assert!(run["reason"].as_str().unwrap().starts_with("forced off"), "{run}");
+    assert!(host.vmm_pids().is_empty());
+
     let audit = panel.ok("GET", "/api/v1/audit", None).unwrap();
     let actions: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
     for a in ["vm.start", "vm.shutdown", "vm.forceoff", "vm.create"] {
         assert!(actions.contains(&a), "{a} audited: {actions:?}");
     }
+}
+
+fn owner(path: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.uid(), m.gid())
+}
+
+/// The panel runs as its own user with two capabilities, and nothing in
+/// its data directory is readable by anyone else (a VMM's user included).
+#[test]
+fn the_panel_runs_as_its_own_user_and_keeps_its_files_to_itself() {
+    use std::os::unix::fs::MetadataExt;
+    let host = HostPanel::start("panel-privileges").unwrap();
+    let panel = logged_in(&host);
+    create_tiny(&panel, "files");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", host.pid().unwrap())).unwrap();
+    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(&format!("{key}:"))).unwrap().trim().to_string();
+    let uid = kvmos_contract::panel::UID.to_string();
+    assert_eq!(field("Uid").split_whitespace().collect::<Vec<_>>(), [uid.as_str(); 4]);
+    // CAP_NET_BIND_SERVICE (10) and CAP_NET_ADMIN (12), nothing else.
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(field(set), "0000000000001400", "{set}");
+    }
+    assert_eq!(field("CapInh"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs"), "1");
+    let mut files = 0;
+    let mut todo = vec![host.dir.join("data")];
+    while let Some(p) = todo.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o077), (kvmos_contract::panel::UID, 0), "{}", p.display());
+        if m.is_dir() {
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            files += 1;
+        }
+    }
+    assert!(files >= 3, "the password, the TLS key and the VM definition at least");
+    let ps = std::fs::read_to_string(format!("/proc/{}/task/{0}/children", host.pid().unwrap())).unwrap();
+    let launcher = ps.split_whitespace().next().expect("the launcher");
+    let l = std::fs::read_to_string(format!("/proc/{launcher}/status")).unwrap();
+    assert!(l.contains("Name:\tkvmos-launcher"), "{l}");
 }
 
 #[test]

@@ -27,12 +27,19 @@ exec 3>in
 # The guest's console, live in the L1 console (and so in the serial log).
 tail -f out &
 tail=$!
-until [ -e /sys/class/net/kv0 ]; do sleep 0.2; done
-ip addr add 10.0.3.1/24 dev kv0
-ip link set kv0 up
-printf 'start 10.0.3.100\nend 10.0.3.150\ninterface kv0\nlease_file /tmp/leases\noption subnet 255.255.255.0\noption router 10.0.3.1\n' > udhcpd.conf
-touch /tmp/leases
-udhcpd -f udhcpd.conf 2>/dev/null &
+# net_up: once the VMM has made its tap, the L1 end and a DHCP server on it
+# (a VMM's tap goes with it: each boot needs this again).
+net_up() {
+  until [ -e /sys/class/net/kv0 ]; do sleep 0.2; done
+  ip addr add 10.0.3.1/24 dev kv0
+  ip link set kv0 up
+  printf 'start 10.0.3.100\nend 10.0.3.150\ninterface kv0\nlease_file /tmp/leases\noption subnet 255.255.255.0\noption router 10.0.3.1\n' > udhcpd.conf
+  touch /tmp/leases
+  kill $dhcpd 2>/dev/null
+  udhcpd -f udhcpd.conf 2>/dev/null &
+  dhcpd=$!
+}
+net_up
 # wait_for TEXT: until the guest printed TEXT (5 s steps, 20 min at most).
 wait_for() {
   n=0
@@ -158,6 +165,7 @@ echo "----- second boot -----"
          {}\
          vmm=$!\n\
          exec 3>in2\n\
+         net_up\n\
          tail -f out &\n\
          tail=$!\n\
          login\n\

@@ -352,7 +352,8 @@ mod tests {
             .filter_map(|l| l.trim().split(':').next())
             .collect();
         let mut c = VmConfig::from_json(
-            r#"{"kernel":"/k","initrd":"/i","exit_file":"/e","firmware_log":"/f","api_socket":"/a","vnc_socket":"/v","boot_order":[0]}"#,
+            r#"{"kernel":"/k","initrd":"/i","exit_file":"/e","firmware_log":"/f","api_socket":"/a","vnc_socket":"/v","boot_order":[0],
+                "jail":{"uid":1,"gid":1},"socket_owner":{"uid":2,"gid":2}}"#,
         )
         .unwrap();
         c.firmware = Some(FirmwareConfig::Bios { path: None });

@@ -5,7 +5,7 @@
 
 use crate::api::{self, Action, Pending, Request, Response};
 use crate::builder::Machine;
-use crate::config::{SerialConfig, VmConfig};
+use crate::config::{Owner, SerialConfig, VmConfig};
 use crate::exit::ExitReason;
 use crate::seccomp::{confine, Filters, Thread};
 use crate::vstate::vcpu::{install_kick_handler, kick_until};
@@ -71,13 +71,18 @@ impl Drop for RawTerminal {
 }
 
 /// Binds a Unix socket readable and writable by the owner only.
-pub fn bind_private_socket(path: &Path) -> std::io::Result<UnixListener> {
+/// With `owner`, the socket is that user's (the supervisor's, when the VMM
+/// starts as another).
+pub fn bind_private_socket(path: &Path, owner: Option<Owner>) -> std::io::Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let l = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(o) = owner {
+        std::os::unix::fs::chown(path, Some(o.uid), Some(o.gid))?;
+    }
     l.set_nonblocking(true)?;
     Ok(l)
 }
@@ -105,7 +110,7 @@ impl Sockets {
     pub fn bind(config: &VmConfig, machine: &Machine) -> std::io::Result<Self> {
         let [console, api, vnc] = Self::paths(config);
         let vnc = vnc.filter(|_| machine.display.is_some());
-        let bind = |p: Option<&Path>| p.map(bind_private_socket).transpose();
+        let bind = |p: Option<&Path>| p.map(|p| bind_private_socket(p, config.socket_owner)).transpose();
         Ok(Self { console: bind(console)?, api: bind(api)?, vnc: bind(vnc)? })
     }
 

@@ -305,7 +305,7 @@ async fn host_power(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<PowerRequest>,
 ) -> ApiResult<StatusCode> {
-    let r = host::power(&state.paths.status_file, req.action);
+    let r = host::power(&state.paths.status_file, &state.launcher, req.action);
     state.audit(&caller, &format!("host.{:?}", req.action).to_lowercase(), "host", &r);
     r.map(|_| StatusCode::ACCEPTED)
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub images: Images,
     pub vms: VmStore,
     pub supervisor: Supervisor,
+    /// What needs root ([`crate::privsep`]).
+    pub launcher: Arc<crate::privsep::Launcher>,
     /// The live TLS configuration, replaced when the admin uploads a
     /// certificate.
     pub tls: axum_server::tls_rustls::RustlsConfig,

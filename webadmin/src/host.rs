@@ -80,7 +80,8 @@ pub fn overview(
         memory_total_bytes: total,
         memory_free_bytes: available,
         memory_used_bytes: total.saturating_sub(available),
-        kvm_available: std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(),
+        // The device is root's; the VMMs open it before their jail closes.
+        kvm_available: Path::new("/dev/kvm").exists(),
         uptime_secs,
         addresses: status.address.into_iter().collect(),
         gateway: status.gateway,
@@ -203,23 +204,21 @@ pub enum PowerAction {
     Shutdown,
 }
 
-/// Asks kvmos-init (PID 1) to reboot or power off. Only on kvmos: init's
-/// status file says it is there.
-pub fn power(status_file: &Path, action: PowerAction) -> ApiResult<()> {
+/// Asks kvmos-init (PID 1) to reboot or power off, through the launcher
+/// (the panel may not signal PID 1 itself). Only on kvmos: init's status
+/// file says it is there.
+pub fn power(status_file: &Path, launcher: &crate::privsep::Launcher, action: PowerAction) -> ApiResult<()> {
     if !status_file.exists() {
         return Err(ApiError::conflict(
             "this panel is not running on kvmos (no kvmos-init status file); reboot the host yourself",
         ));
     }
-    let sig = match action {
-        PowerAction::Reboot => libc::SIGUSR1,
-        PowerAction::Shutdown => libc::SIGUSR2,
-    };
-    // SAFETY: sends a signal to PID 1, which handles it.
-    if unsafe { libc::kill(1, sig) } != 0 {
-        return Err(ApiError::internal(std::io::Error::last_os_error()));
+    let reboot = action == PowerAction::Reboot;
+    match launcher.ask(&crate::privsep::Request::Power { reboot }) {
+        Ok(crate::privsep::Reply::Done) => Ok(()),
+        Ok(other) => Err(ApiError::internal(format!("kvmos-init was not asked: {other:?}"))),
+        Err(e) => Err(ApiError::internal(format!("cannot reach the launcher: {e:#}"))),
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //!   [`switch`]: the KVM switch (every screen on one page) and [`keys`];
 //! - [`images`]: kernels, initrds and disks; [`host`]: the host overview,
 //!   settings and power; [`audit`]: the audit log;
-//! - [`store`]: atomic files; [`tls`]: the certificate.
+//! - [`store`]: atomic files; [`tls`]: the certificate;
+//! - [`privsep`]: the panel's own user, and the launcher that keeps root.
 
 mod api;
 mod app;
@@ -19,6 +20,7 @@ mod console;
 mod host;
 mod images;
 mod keys;
+mod privsep;
 mod qcow2;
 mod server;
 mod store;
@@ -52,10 +54,10 @@ pub struct Args {
     #[arg(long, default_value = "/run/kvmos/status.json")]
     pub status_file: PathBuf,
     /// Where the first-boot setup code is written for the console
-    #[arg(long, default_value = "/run/kvmos/setup-code")]
+    #[arg(long, default_value = kvmos_contract::panel::SETUP_CODE_FILE)]
     pub setup_code_file: PathBuf,
     /// Runtime directories of running VMs
-    #[arg(long, default_value = "/run/kvmos/vms")]
+    #[arg(long, default_value = kvmos_contract::panel::VMS_RUN_DIR)]
     pub run_dir: PathBuf,
     /// The first of the users the VMMs' jails run as, one per running VM
     /// (several panels on one development host need ranges of their own)
@@ -76,21 +78,59 @@ pub struct Args {
     /// The data directory is in RAM: nothing survives a reboot
     #[arg(long, env = "KVMOS_RAM_ONLY")]
     pub ram_only: bool,
+    /// Run as this user and group (numbers), with only the capabilities the
+    /// panel needs; a small launcher keeps root to start VMMs (kvmos-init
+    /// gives 990:990)
+    #[arg(long, value_name = "UID:GID", value_parser = privsep::parse_user)]
+    pub user: Option<(u32, u32)>,
 }
 
 fn main() {
     let args = Args::parse();
     // Plain text: the appliance console is a serial line, not a colour terminal.
     tracing_subscriber::fmt().with_target(false).with_ansi(false).with_writer(std::io::stderr).init();
-    if let Err(e) = run(args) {
+    if let Err(e) = separate_privileges(&args).and_then(|launcher| run(args, launcher)) {
         eprintln!("kvmos-webadmin: error: {e:#}");
         std::process::exit(1);
     }
 }
 
+/// First, while the process has one thread: the panel's directories to
+/// its user, the launcher forked (it keeps root), then the panel becomes
+/// its own user with only its two capabilities (see [`privsep`]).
+fn separate_privileges(args: &Args) -> Result<Arc<privsep::Launcher>> {
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let panel_uid = args.user.map_or(me, |(uid, _)| uid);
+    if let Some((uid, gid)) = args.user {
+        let own = [args.run_dir.as_path(), args.setup_code_file.parent().unwrap_or(&args.run_dir)];
+        privsep::hand_over(&own, &args.data_dir, uid, gid).context("cannot hand the panel's files to its user")?;
+    }
+    let scope = privsep::Scope {
+        run_dir: args.run_dir.clone(),
+        vmm_bin: vmm_bin(args)?,
+        cgroup_slice: supervisor::CGROUP_SLICE.into(),
+        panel_uid,
+    };
+    let launcher = Arc::new(privsep::Launcher::fork(scope)?);
+    if let Some((uid, gid)) = args.user {
+        privsep::drop_privileges(uid, gid).context("cannot become the panel's own user")?;
+        tracing::info!(uid, gid, "running as the panel's own user with CAP_NET_BIND_SERVICE and CAP_NET_ADMIN only");
+    }
+    Ok(launcher)
+}
+
+/// The VMM binary: `--vmm`, or kvmos-vmm next to this program.
+fn vmm_bin(args: &Args) -> Result<PathBuf> {
+    match &args.vmm {
+        Some(p) => Ok(p.clone()),
+        None => Ok(std::env::current_exe()?.with_file_name("kvmos-vmm")),
+    }
+}
+
 /// Start-up, in order: TLS, state from the data disk, re-attach to running
 /// VMMs, autostart, serve.
-fn run(args: Args) -> Result<()> {
+fn run(args: Args, launcher: Arc<privsep::Launcher>) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
@@ -98,7 +138,7 @@ fn run(args: Args) -> Result<()> {
             .await
             .context("cannot set up the TLS certificate")?;
         tls::spawn_refresh(args.data_dir.clone(), args.status_file.clone(), tls.clone());
-        let state = Arc::new(load_state(&args, tls)?);
+        let state = Arc::new(load_state(&args, tls, launcher)?);
         state.supervisor.reattach(&state);
         autostart(&state).await;
         let redirect = if args.redirect_from == "none" {
@@ -110,11 +150,12 @@ fn run(args: Args) -> Result<()> {
     })
 }
 
-pub fn load_state(args: &Args, tls: axum_server::tls_rustls::RustlsConfig) -> Result<app::AppState> {
-    let vmm_bin = match &args.vmm {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("kvmos-vmm"),
-    };
+pub fn load_state(
+    args: &Args,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    launcher: Arc<privsep::Launcher>,
+) -> Result<app::AppState> {
+    let vmm_bin = vmm_bin(args)?;
     let paths = app::Paths {
         data_dir: args.data_dir.clone(),
         run_dir: args.run_dir.clone(),
@@ -131,7 +172,8 @@ pub fn load_state(args: &Args, tls: axum_server::tls_rustls::RustlsConfig) -> Re
         audit: audit::AuditLog::new(&args.data_dir),
         images: images::Images::new(&args.data_dir, &args.guests_dir, args.max_upload_mib << 20)?,
         vms: vms::VmStore::load(&args.data_dir)?,
-        supervisor: supervisor::Supervisor::new(&args.run_dir, &vmm_bin, &args.bridge, args.vm_uids),
+        supervisor: supervisor::Supervisor::new(&args.run_dir, &vmm_bin, &args.bridge, args.vm_uids, launcher.clone()),
+        launcher,
         tls,
         paths,
     })

@@ -12,16 +12,17 @@
 
 use crate::app::{ApiError, ApiResult, State};
 use crate::images::ImageKind;
+use crate::privsep::{Launcher, Reply, Request};
 use crate::store::{lock, now_unix};
 use crate::vms::{Boot, Firmware, Run, VmRecord};
 use kvmos_contract::control::{Action, Client, ControlError, RunState};
 use kvmos_contract::exit::ExitRecord;
-use kvmos_contract::vm::{DiskConfig, FirmwareConfig, JailConfig, NetConfig, SerialConfig, VmConfig};
+use kvmos_contract::vm::{DiskConfig, FirmwareConfig, JailConfig, NetConfig, Owner, SerialConfig, VmConfig};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -61,6 +62,8 @@ pub struct Supervisor {
     /// none otherwise (read once, at start).
     cgroup_slice: Option<PathBuf>,
     running: Mutex<HashMap<String, Handle>>,
+    /// What needs root: starting and killing VMMs, removing their cgroups.
+    launcher: Arc<Launcher>,
 }
 
 /// VMMs run as users from here up, one per running VM (see
@@ -87,6 +90,17 @@ pub struct Usage {
     pub memory_bytes: u64,
     /// The cgroup's limit (`memory.max`).
     pub memory_max_bytes: Option<u64>,
+}
+
+/// This process's user and group.
+fn own_uid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn own_gid() -> u32 {
+    // SAFETY: getegid cannot fail.
+    unsafe { libc::getegid() }
 }
 
 /// The tap of a VM's NIC: at most 15 bytes, stable per VM.
@@ -124,20 +138,10 @@ fn jailed_uid(pid: i32) -> Option<u32> {
     process_uid(Path::new(&format!("/proc/{}", kvmos_contract::process::jailed_child(pid as u32)?)))
 }
 
-/// Whether `pid` is a live kvmos-vmm running the configuration in `dir`.
-fn is_our_vmm(pid: i32, dir: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-    let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
-    !zombie
-        && args.first().is_some_and(|a| a.ends_with("kvmos-vmm"))
-        && args.iter().any(|a| Path::new(a) == dir.join("vm.json"))
-}
-
 impl Supervisor {
-    pub fn new(run_dir: &Path, vmm_bin: &Path, bridge: &str, uid_base: u32) -> Self {
+    pub fn new(run_dir: &Path, vmm_bin: &Path, bridge: &str, uid_base: u32, launcher: Arc<Launcher>) -> Self {
         Self {
+            launcher,
             uid_base,
             cgroup_slice: cgroup_v2().then(|| PathBuf::from(CGROUP_SLICE)),
             run_dir: run_dir.to_path_buf(),
@@ -145,6 +149,12 @@ impl Supervisor {
             bridge: bridge.to_string(),
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `pid` is a live VMM of ours running the configuration in
+    /// `dir`.
+    fn is_our_vmm(&self, pid: i32, dir: &Path) -> bool {
+        crate::privsep::runs_config(pid, &self.vmm_bin, &dir.join("vm.json"))
     }
 
     /// The lowest jail user that no running VM and no other process has.
@@ -239,7 +249,7 @@ impl Supervisor {
             let dir = e.path();
             let pid = std::fs::read_to_string(dir.join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
             match pid {
-                Some(pid) if state.vms.get(&id).is_ok() && is_our_vmm(pid, &dir) => {
+                Some(pid) if state.vms.get(&id).is_ok() && self.is_our_vmm(pid, &dir) => {
                     let paused = self.control(&id).vm().is_ok_and(|vm| vm.state == RunState::Paused);
                     let vm_state = if paused { VmState::Paused } else { VmState::Running };
                     let uid = jailed_uid(pid).unwrap_or(0);
@@ -297,7 +307,7 @@ impl Supervisor {
         let id = record.id.as_str();
         let dir = self.dir(id);
         if let Some(pid) = std::fs::read_to_string(dir.join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
-            if is_our_vmm(pid, &dir) {
+            if self.is_our_vmm(pid, &dir) {
                 return Err(ApiError::conflict(format!("{} is already running (pid {pid})", record.spec.name)));
             }
         }
@@ -307,7 +317,7 @@ impl Supervisor {
         if record.spec.network {
             self.create_tap(id)?;
         }
-        let pid = match self.spawn_vmm(&dir, &config) {
+        let pid = match self.spawn_vmm(id, &dir, &config) {
             Ok(pid) => pid,
             Err(e) => {
                 self.clean_up(id);
@@ -315,8 +325,6 @@ impl Supervisor {
             }
         };
         if let Err(e) = self.wait_until_up(id, pid) {
-            // SAFETY: reaps our own child, which has exited.
-            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
             self.clean_up(id);
             return Err(e);
         }
@@ -391,6 +399,8 @@ impl Supervisor {
             exit_file: Some(dir.join("exit.json")),
             // Every VMM is jailed: its own user and group, and its cgroup.
             jail: Some(JailConfig { uid, gid: uid, cgroup: self.cgroup(&r.id) }),
+            // Its sockets are the panel's, whose user the VMM does not start as.
+            socket_owner: Some(Owner { uid: own_uid(), gid: own_gid() }),
         })
     }
 
@@ -414,26 +424,16 @@ impl Supervisor {
         })
     }
 
-    fn spawn_vmm(&self, dir: &Path, config: &VmConfig) -> ApiResult<i32> {
+    /// Writes the configuration and has the launcher start the VMM (as
+    /// root: it builds its jail, then runs as the VM's own user).
+    fn spawn_vmm(&self, id: &str, dir: &Path, config: &VmConfig) -> ApiResult<i32> {
         crate::store::save_json(&dir.join("vm.json"), config).map_err(ApiError::from)?;
-        let log = std::fs::File::create(dir.join("vmm.log")).map_err(ApiError::internal)?;
-        let err = log.try_clone().map_err(ApiError::internal)?;
-        let mut cmd = std::process::Command::new(&self.vmm_bin);
-        cmd.arg("--config").arg(dir.join("vm.json")).stdin(std::process::Stdio::null()).stdout(log).stderr(err);
-        // SAFETY: setsid is async-signal-safe; the VMM gets its own session,
-        // so signals for the panel's process group never reach it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let child =
-            cmd.spawn().map_err(|e| ApiError::internal(format!("cannot run {}: {e}", self.vmm_bin.display())))?;
-        let pid = child.id() as i32;
-        // The watcher reaps it through waitpid; dropping `Child` neither
-        // kills nor waits.
-        drop(child);
+        let pid = match self.launcher.ask(&Request::Start { id: id.to_string() }) {
+            Ok(Reply::Started { pid }) => pid,
+            Ok(Reply::Refused { reason }) => return Err(ApiError::internal(format!("cannot start the VMM: {reason}"))),
+            Ok(other) => return Err(ApiError::internal(format!("the launcher answered {other:?}"))),
+            Err(e) => return Err(ApiError::internal(format!("cannot reach the launcher: {e:#}"))),
+        };
         crate::store::write_atomic(&dir.join("pid"), format!("{pid}\n").as_bytes(), 0o600).map_err(ApiError::from)?;
         Ok(pid)
     }
@@ -447,10 +447,7 @@ impl Supervisor {
             if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
                 return Ok(());
             }
-            let mut status = 0;
-            // SAFETY: polls our own child without blocking.
-            let gone = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid;
-            if gone {
+            if !is_alive(pid) {
                 let exit = crate::store::load_json::<ExitRecord>(&dir.join("exit.json")).ok().flatten();
                 let msg = exit.map(|e| e.reason).unwrap_or_else(|| {
                     let log = std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
@@ -466,9 +463,11 @@ impl Supervisor {
     fn clean_up(&self, id: &str) {
         let _ = kvmos_tap::delete_persistent(&tap_name(id));
         let _ = std::fs::remove_dir_all(self.dir(id));
-        if let Some(leaf) = self.cgroup(id) {
-            // Empty once the VMM has ended; a cgroup is removed with rmdir.
-            let _ = std::fs::remove_dir(leaf);
+        if self.cgroup(id).is_some() {
+            // Empty once the VMM has ended; the cgroup tree is root's.
+            if let Ok(Reply::Refused { reason }) = self.launcher.ask(&Request::RemoveCgroup { id: id.to_string() }) {
+                tracing::warn!(vm = %id, "cannot remove the VM's cgroup: {reason}");
+            }
         }
     }
 
@@ -491,25 +490,21 @@ impl Supervisor {
                 }
             }
             let st = state.clone();
-            let _ = tokio::task::spawn_blocking(move || st.supervisor.on_exit(&st, &id, pid)).await;
+            let _ = tokio::task::spawn_blocking(move || st.supervisor.on_exit(&st, &id)).await;
         });
     }
 
-    fn on_exit(&self, state: &State, id: &str, pid: i32) {
-        let mut status = 0;
-        // SAFETY: reaps the VMM if it is our child; ECHILD otherwise.
-        let reaped = unsafe { libc::waitpid(pid, &mut status, 0) } == pid;
+    fn on_exit(&self, state: &State, id: &str) {
         let dir = self.dir(id);
-        let exit = crate::store::load_json::<ExitRecord>(&dir.join("exit.json")).ok().flatten();
+        let exit = ExitRecord::read(&dir.join("exit.json")).ok().flatten();
+        let stopping = lock(&self.running).remove(id).is_some_and(|h| h.stopping);
         let (code, reason) = match exit {
             Some(e) => (Some(e.code), e.reason),
-            None if reaped && libc::WIFSIGNALED(status) => {
-                (None, format!("killed by signal {}", libc::WTERMSIG(status)))
-            }
-            None if reaped => (Some(libc::WEXITSTATUS(status)), "the VMM ended without a reason".into()),
+            // The VMM's waiting parent writes a record for every end but
+            // its own killing, which only a forced stop does.
+            None if stopping => (None, "forced off: the VMM did not answer and was killed".into()),
             None => (None, "the VMM ended without a reason".into()),
         };
-        let stopping = lock(&self.running).remove(id).is_some_and(|h| h.stopping);
         tracing::info!(vm = %id, ?code, %reason, "VM ended");
         let _ = state.vms.modify(id, |r| close_run(r, code, Some(reason.clone())));
         self.clean_up(id);
@@ -562,12 +557,16 @@ impl Supervisor {
             h.stopping = true;
             h.state = VmState::Stopping;
         });
-        if self.action(id, Action::Stop).is_err() {
+        if let Err(e) = self.action(id, Action::Stop) {
             // The VMM does not answer: end the process.
-            if let Some(pid) = lock(&self.running).get(id).map(|h| h.pid).filter(|&p| p > 0) {
-                // SAFETY: signals the VMM process we track (never pid 0,
-                // which would be our own process group).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            let pid = lock(&self.running).get(id).map(|h| h.pid).filter(|&p| p > 0);
+            if let Some(pid) = pid {
+                tracing::warn!(vm = %id, "the VMM does not stop ({}); killing it", e.message);
+                match self.launcher.ask(&Request::Kill { id: id.to_string(), pid }) {
+                    Ok(Reply::Done) => {}
+                    Ok(other) => return Err(ApiError::internal(format!("cannot kill the VMM: {other:?}"))),
+                    Err(e) => return Err(ApiError::internal(format!("cannot reach the launcher: {e:#}"))),
+                }
             }
         }
         Ok(())
@@ -616,9 +615,11 @@ impl Supervisor {
     }
 }
 
+/// Whether process `pid` exists (a VMM is root's: EPERM says it does).
 fn is_alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
+    let signalled = unsafe { libc::kill(pid, 0) } == 0;
+    signalled || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Closes the open run of a VM with its exit.

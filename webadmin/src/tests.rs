@@ -51,9 +51,16 @@ impl Harness {
             bridge: "kvmos-test-no-bridge".into(),
             max_upload_mib: 1,
             ram_only: false,
+            user: None,
         };
         let tls = crate::tls::load_or_create(&args.data_dir, &args.status_file).await.unwrap();
-        let state = Arc::new(crate::load_state(&args, tls).unwrap());
+        let launcher = Arc::new(crate::privsep::Launcher::in_thread(crate::privsep::Scope {
+            run_dir: args.run_dir.clone(),
+            vmm_bin: args.vmm.clone().unwrap(),
+            cgroup_slice: d.join("cgroups"),
+            panel_uid: 0,
+        }));
+        let state = Arc::new(crate::load_state(&args, tls, launcher).unwrap());
         let addr: SocketAddr = "192.0.2.7:5555".parse().unwrap();
         let router = crate::server::router(state.clone()).layer(MockConnectInfo(addr));
         Self { dir, state, router, cookie: None, csrf: None, bearer: None, addr }
