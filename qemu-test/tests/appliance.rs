@@ -184,7 +184,8 @@ async fn day_one_in_chromium() {
 /// boots it with BIOS firmware (SeaBIOS from the appliance's own firmware),
 /// and a login on its serial console over the console WebSocket; then its
 /// screen, keyboard and mouse through the panel's screen WebSocket (see
-/// [`screen_keyboard_and_tablet`]).
+/// [`screen_keyboard_and_tablet`]); then the same image booted by UEFI
+/// (OVMF), logged in on its console.
 #[test]
 fn firmware_vm_boots_an_uploaded_debian_image() {
     let debian = kvmos_qemu_test::debian::image().unwrap();
@@ -197,6 +198,8 @@ fn firmware_vm_boots_an_uploaded_debian_image() {
     opts.append = "kvmos.debug".into();
     let port = free_port().unwrap();
     opts.panel_host_port = Some(port);
+    // A UEFI VM runs OVMF two levels down: the patched L0 QEMU.
+    opts.emulator = Some(kvmos_qemu_test::l0_qemu::emulator().unwrap());
     let mut vm = Appliance::boot("appliance-firmware-debian", opts).unwrap();
     let code = setup_code(&mut vm);
     wait_https(port, "/api/v1/health", BOOT_TIMEOUT).unwrap();
@@ -234,9 +237,57 @@ fn firmware_vm_boots_an_uploaded_debian_image() {
     at = console.expect_after(at, "booted-42 from root=LABEL=debroot", GUEST_TIMEOUT).unwrap();
     screen_keyboard_and_tablet(&panel, &id, &mut console, at);
     the_vmm_is_jailed(&mut vm, &panel, &id, 512, 1, 1);
+    the_panel_runs_as_its_own_user(&mut vm);
     switch_page_with_debian_and_the_demo_guest(&panel, port, &dir);
     panel.action(&id, "force-off").unwrap();
     panel.wait_state(&id, "stopped", GUEST_TIMEOUT).unwrap();
+
+    // The same image booted by UEFI (OVMF from the appliance): a login on
+    // its serial console.
+    let created = panel
+        .ok(
+            "POST",
+            "/api/v1/vms",
+            Some(json!({"name": "deb2", "vcpus": 1, "memory_mib": 512,
+                        "boot": {"type": "firmware", "firmware": "uefi"},
+                        "disks": [{"image": "debian12.img"}], "network": true})),
+        )
+        .unwrap();
+    let uefi = created["id"].as_str().unwrap().to_string();
+    panel.action(&uefi, "start").unwrap();
+    let mut console = panel.console(&uefi).unwrap();
+    let mut at = console.expect("BdsDxe: starting", boot).unwrap();
+    at = console.expect_after(at, kvmos_qemu_test::debian::KERNEL_MARKER, boot).unwrap();
+    at = console.expect_after(at, "debian-test login:", boot).unwrap();
+    console.send("root\n").unwrap();
+    at = console.expect_after(at, "Password:", GUEST_TIMEOUT).unwrap();
+    console.send(&format!("{}\n", kvmos_qemu_test::debian::ROOT_PASSWORD)).unwrap();
+    at = console.expect_after(at, "root@debian-test", GUEST_TIMEOUT).unwrap();
+    console.send("echo uefi-$((6*7)) $(ls -d /sys/firmware/efi)\n").unwrap();
+    console.expect_after(at, "uefi-42 /sys/firmware/efi", GUEST_TIMEOUT).unwrap();
+    panel.action(&uefi, "force-off").unwrap();
+    panel.wait_state(&uefi, "stopped", GUEST_TIMEOUT).unwrap();
+}
+
+/// The panel, seen from `/proc` inside the appliance: kvmos-init started
+/// it as its own user (990) with CAP_NET_BIND_SERVICE and CAP_NET_ADMIN
+/// only, beside its launcher, which keeps root.
+fn the_panel_runs_as_its_own_user(vm: &mut Appliance) {
+    let ps = vm.debug("ps", "kvmos-debug: ps end").unwrap();
+    let pid_of = |name: &str| {
+        ps.lines()
+            .filter_map(|l| l.split("kvmos-debug: ps ").nth(1))
+            .find(|l| l.ends_with(&format!(" {name}")))
+            .and_then(|l| l.split_whitespace().next().map(String::from))
+            .unwrap_or_else(|| panic!("no {name} in {ps}"))
+    };
+    let panel = appliance_file(vm, &format!("/proc/{}/status", pid_of("kvmos-webadmin")));
+    let field = |key: &str| panel.lines().find_map(|l| l.strip_prefix(&format!("{key}:"))).unwrap().trim().to_string();
+    assert!(field("Uid").starts_with("990\t990"), "{panel}");
+    assert_eq!(field("CapEff"), "0000000000001400", "{panel}");
+    assert_eq!(field("NoNewPrivs"), "1");
+    let launcher = appliance_file(vm, &format!("/proc/{}/status", pid_of("kvmos-launcher")));
+    assert!(launcher.contains("Uid:\t0\t"), "{launcher}");
 }
 
 /// What a debug command (`cat` or `ls`) prints about `path` inside the

@@ -113,6 +113,9 @@ fn separate_privileges(args: &Args) -> Result<Arc<privsep::Launcher>> {
         panel_uid,
     };
     let launcher = Arc::new(privsep::Launcher::fork(scope)?);
+    // Whatever the panel makes is its user's alone.
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0o077) };
     if let Some((uid, gid)) = args.user {
         privsep::drop_privileges(uid, gid).context("cannot become the panel's own user")?;
         tracing::info!(uid, gid, "running as the panel's own user with CAP_NET_BIND_SERVICE and CAP_NET_ADMIN only");
