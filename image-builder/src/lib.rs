@@ -17,6 +17,7 @@
 pub mod binaries;
 pub mod disk;
 pub mod firmware;
+pub mod fuzz;
 pub mod guest;
 pub mod host_programs;
 pub mod host_tools;

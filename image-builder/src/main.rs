@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use kvmos_image_builder::qemu::{self, Boot, QemuOptions, Serial};
-use kvmos_image_builder::{disk, host_tools, pipeline, Layout};
+use kvmos_image_builder::{disk, fuzz, host_tools, pipeline, Layout};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -204,6 +204,11 @@ fn test(layout: &Layout, cargo_test_args: &[String]) -> Result<()> {
         if !status.success() {
             bail!("{name} failed ({status})");
         }
+    }
+    // A filter means a partial run (`cargo kvmos test -- --test boot`): the
+    // fuzzers run in the whole one.
+    if cargo_test_args.is_empty() {
+        fuzz::smoke(layout, &cargo)?;
     }
     Ok(())
 }

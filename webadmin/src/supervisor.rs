@@ -26,6 +26,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// How long a VMM may take to open its control socket: it builds the VM
+/// and its jail first (well under a second on a server; seconds when the
+/// host itself is emulated, as in the tests).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a VM gets to power off before it is stopped hard, when the
 /// panel itself stops.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(45);
@@ -443,12 +448,18 @@ impl Supervisor {
     fn wait_until_up(&self, id: &str, pid: i32) -> ApiResult<()> {
         let sock = self.control_socket(id);
         let dir = self.dir(id);
-        for _ in 0..100 {
+        let log_tail = || {
+            let log = std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().rev().take(5).collect();
+            lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        };
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        while std::time::Instant::now() < deadline {
             if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
                 return Ok(());
             }
             if !is_alive(pid) {
-                let exit = crate::store::load_json::<ExitRecord>(&dir.join("exit.json")).ok().flatten();
+                let exit = ExitRecord::read(&dir.join("exit.json")).ok().flatten();
                 let msg = exit.map(|e| e.reason).unwrap_or_else(|| {
                     let log = std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
                     log.lines().last().unwrap_or("the VMM exited at once").to_string()
@@ -457,7 +468,10 @@ impl Supervisor {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(ApiError::internal("the VMM did not open its control socket within 5 s"))
+        // Do not leave it behind: it holds the VM's disks and its cgroup.
+        let killed = self.launcher.ask(&Request::Kill { id: id.to_string(), pid });
+        tracing::error!(vm = %id, ?killed, "the VMM did not open its control socket; its log: {}", log_tail());
+        Err(ApiError::internal(format!("the VMM did not open its control socket within {} s", START_TIMEOUT.as_secs())))
     }
 
     fn clean_up(&self, id: &str) {

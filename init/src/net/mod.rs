@@ -7,11 +7,11 @@
 //! boot: the thread keeps retrying with backoff and reports each change to
 //! PID 1's main loop, which shows it on the console.
 
-pub mod dhcp;
 pub mod link;
 
 use crate::config::{IfaceSelector, NetMode};
-use dhcproto::{Decodable, Decoder, Encodable};
+use dhcproto::Encodable;
+use kvmos_dhcp as dhcp;
 use link::{Link, NetResult, BRIDGE};
 use rtnetlink::Handle;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -284,9 +284,7 @@ async fn run_dhcp(
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, _)) = r {
-                    if let Ok(msg) = dhcproto::v4::Message::decode(&mut Decoder::new(&buf[..n])) {
-                        actions = client.on_message(&msg, Instant::now());
-                    }
+                    actions = client.on_datagram(&buf[..n], Instant::now());
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {

@@ -179,6 +179,7 @@ impl Block {
             if a.event_idx {
                 let _ = a.queue.disable_notification(&a.mem);
             }
+            let mut handled = 0;
             while let Some(chain) = a.queue.pop_descriptor_chain(&a.mem) {
                 let head = chain.head_index();
                 let outcome = self.execute(&a.mem, chain);
@@ -193,10 +194,13 @@ impl Block {
                     return used;
                 }
                 used = true;
+                handled += 1;
             }
             // With EVENT_IDX, look once more after asking to be notified:
-            // the driver may have added requests meanwhile.
-            if !a.event_idx || !a.queue.enable_notification(&a.mem).unwrap_or(false) {
+            // the driver may have added requests meanwhile. A ring whose
+            // index says more but yields nothing is broken: stop (a guest
+            // could otherwise keep this thread spinning; found by fuzzing).
+            if !a.event_idx || !a.queue.enable_notification(&a.mem).unwrap_or(false) || handled == 0 {
                 break;
             }
         }
@@ -451,5 +455,22 @@ mod tests {
         assert_eq!(u64::from_le_bytes(config[..8].try_into().unwrap()), 8);
         assert_eq!(u32::from_le_bytes(config[8..12].try_into().unwrap()), SIZE_MAX);
         assert_eq!(u32::from_le_bytes(config[12..16].try_into().unwrap()), SEG_MAX);
+    }
+
+    /// An available index the ring cannot hold (more requests than its
+    /// size) yields no request; with EVENT_IDX the device once looked
+    /// again and again, spinning its thread (found by fuzzing).
+    #[test]
+    fn a_broken_available_index_does_not_spin_the_disk() {
+        use crate::devices::virtio::testing::AVAIL;
+        let (_dir, path) = disk(8);
+        let mut d = TestDriver::new(Box::new(Block::open(&path, false, "x").unwrap()));
+        d.mem.write_obj(0x1234u16, GuestAddress(AVAIL + 2)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            d.w(reg::QUEUE_NOTIFY, 0);
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5)).expect("the notification returned");
     }
 }

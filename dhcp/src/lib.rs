@@ -1,5 +1,7 @@
-//! A DHCPv4 client state machine (RFC 2131), free of I/O so it can be tested
-//! against scripted server replies. Messages are encoded by `dhcproto`.
+//! kvmos-init's DHCPv4 client (RFC 2131) as a state machine free of I/O, so
+//! it can be tested against scripted server replies and fuzzed with
+//! arbitrary ones. Messages are encoded and decoded by `dhcproto`;
+//! [`Client::on_datagram`] takes a reply as it came off the wire.
 //!
 //! INIT → SELECTING (DISCOVER) → REQUESTING (REQUEST) → BOUND; at T1 it
 //! renews with the server that gave the lease (unicast), at T2 it rebinds
@@ -8,6 +10,7 @@
 //! so a silent network costs nothing but a packet now and then.
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -137,9 +140,23 @@ impl Client {
         }
     }
 
+    /// A datagram received on port 68, as it came: decoded, then as
+    /// [`Client::on_message`]; anything that is not a DHCP message is
+    /// ignored.
+    pub fn on_datagram(&mut self, bytes: &[u8], now: Instant) -> Vec<Action> {
+        match Message::decode(&mut Decoder::new(bytes)) {
+            Ok(msg) => self.on_message(&msg, now),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Feeds a message received on port 68.
     pub fn on_message(&mut self, msg: &Message, now: Instant) -> Vec<Action> {
-        if msg.opcode() != Opcode::BootReply || msg.xid() != self.xid || msg.chaddr().get(..6) != Some(&self.mac[..]) {
+        // The hardware address length comes from the wire: `chaddr()`
+        // slices by it and panics past 16 (found by fuzzing), so it is
+        // checked first. Ours is an Ethernet address, 6 bytes.
+        let ours = msg.hlen() == 6 && msg.chaddr() == &self.mac[..];
+        if msg.opcode() != Opcode::BootReply || msg.xid() != self.xid || !ours {
             return vec![];
         }
         let kind = msg.opts().msg_type();
@@ -497,5 +514,22 @@ mod tests {
         let a = c.on_message(&reply(sent(&a).0, MessageType::Nak, 0), t1);
         assert_eq!(a[0], Action::Lost);
         assert_eq!(kind(sent(&a).0), MessageType::Discover);
+    }
+
+    /// A reply whose hardware address length says 255 bytes (the field
+    /// holds 16) is ignored; decoding it and asking for the address
+    /// panicked in the DHCP library, which a server could use to stop the
+    /// host's DHCP client (found by fuzzing).
+    #[test]
+    fn a_reply_with_an_impossible_hardware_address_length_is_ignored() {
+        use dhcproto::Encodable;
+        let now = Instant::now();
+        let mut c = Client::new(MAC, None, 1, now);
+        let a = c.on_timeout(now);
+        let offer = reply(sent(&a).0, MessageType::Offer, 3600).to_vec().unwrap();
+        let mut bad = offer.clone();
+        bad[2] = 255; // hlen
+        assert_eq!(c.on_datagram(&bad, now), vec![]);
+        assert!(!c.on_datagram(&offer, now).is_empty(), "a good offer still works");
     }
 }
