@@ -22,6 +22,7 @@ pub use kvmos_image_builder::qemu::{Boot, Serial};
 pub mod browser;
 pub mod debian;
 pub mod l0_qemu;
+pub mod load;
 pub mod nested;
 pub mod panel;
 pub mod timed;

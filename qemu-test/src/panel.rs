@@ -169,7 +169,12 @@ impl Panel {
     /// A TLS connection to the panel (any certificate accepted), with no
     /// request sent yet.
     pub fn tls(&self) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-        let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
+        self.tls_over(TcpStream::connect(("127.0.0.1", self.port))?)
+    }
+
+    /// [`Panel::tls`] over a TCP connection made already (from another
+    /// source address, say: see [`connect_from`]).
+    pub fn tls_over(&self, tcp: TcpStream) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -272,6 +277,37 @@ impl Console {
 
     pub fn expect(&mut self, needle: &str, timeout: Duration) -> Result<usize> {
         self.expect_after(0, needle, timeout)
+    }
+}
+
+/// A TCP connection to `127.0.0.1:port` from `source`, any loopback
+/// address (127.0.0.0/8): a panel test's way to be many clients.
+pub fn connect_from(source: std::net::Ipv4Addr, port: u16) -> Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket, then bind and connect with valid sockaddr_in
+    // structs; on failure the socket is closed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sin(source, 0);
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
+            bail!("bind {source}: {}", std::io::Error::last_os_error());
+        }
+        let remote = sin(std::net::Ipv4Addr::LOCALHOST, port);
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
+            bail!("connect from {source}: {}", std::io::Error::last_os_error());
+        }
+        Ok(stream)
     }
 }
 

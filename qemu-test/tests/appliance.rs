@@ -518,3 +518,72 @@ fn screen_keyboard_and_tablet(panel: &Panel, id: &str, console: &mut Console, mu
     assert!(seen.contains(&format!("EV {} 1\r\n", 1 + (0x110 << 16))), "BTN_LEFT pressed:\n{seen}");
     assert!(seen.contains(&format!("EV {} 0\r\n", 1 + (0x110 << 16))), "and released:\n{seen}");
 }
+
+/// A guest that touches more memory than its VMM's cgroup allows is
+/// stopped (the kernel's OOM killer, within the cgroup), and the reason is
+/// the VM's last exit; the host, the panel and the other VM keep running.
+/// The guest is the memory-hog boot sector (`tiny_guest::memory_hog_disk`),
+/// uploaded as a disk and booted by SeaBIOS; the test lowers its cgroup's
+/// `memory.max` through the debug console, then lets it touch 200 MiB.
+#[test]
+fn a_guest_over_its_memory_limit_is_stopped_and_nothing_else_is() {
+    use kvmos_vmm::tiny_guest::{memory_hog_disk, HOG_DONE, HOG_WAITING};
+    let img = image().unwrap();
+    let dir = work_dir("appliance-memory-limit").unwrap();
+    let disk = DataDisk::create(&dir.join("data.img"), 1024, "KVMOS_DATA").unwrap();
+    let mut opts = QemuOptions::new(Boot::Direct { kernel: img.bz_image.clone(), initrd: img.initramfs.clone() }, &dir);
+    opts.drives = vec![disk.path.clone()];
+    opts.append = "kvmos.debug".into();
+    let port = free_port().unwrap();
+    opts.panel_host_port = Some(port);
+    let mut vm = Appliance::boot("appliance-memory-limit", opts).unwrap();
+    let code = setup_code(&mut vm);
+    wait_https(port, "/api/v1/health", BOOT_TIMEOUT).unwrap();
+    let mut panel = Panel::new(port);
+    panel.setup(&code, PASSWORD).unwrap();
+
+    let demo = panel
+        .ok(
+            "POST",
+            "/api/v1/vms",
+            Some(
+                json!({"name": "bystander", "vcpus": 1, "memory_mib": 128, "boot": {"type": "guest", "guest": "demo"}}),
+            ),
+        )
+        .unwrap();
+    let demo = demo["id"].as_str().unwrap().to_string();
+    panel.action(&demo, "start").unwrap();
+    let mut bystander = panel.console(&demo).unwrap();
+    let at = bystander.expect(READY_LINE, GUEST_TIMEOUT).unwrap();
+
+    panel.upload("hog.img", "disk", memory_hog_disk("memory hog", 200)).unwrap();
+    let hog = panel
+        .ok(
+            "POST",
+            "/api/v1/vms",
+            Some(json!({"name": "hog", "vcpus": 1, "memory_mib": 256,
+                        "boot": {"type": "firmware", "firmware": "bios"}, "disks": [{"image": "hog.img"}]})),
+        )
+        .unwrap();
+    let hog = hog["id"].as_str().unwrap().to_string();
+    panel.action(&hog, "start").unwrap();
+    let mut console = panel.console(&hog).unwrap();
+    console.expect(HOG_WAITING, GUEST_TIMEOUT).unwrap();
+    // Far less than the guest is about to touch.
+    let limit = format!("/sys/fs/cgroup/kvmos.slice/{hog}/memory.max");
+    vm.debug(&format!("write {limit} 96M"), &format!("wrote {limit}")).unwrap();
+    console.send("x").unwrap();
+    panel.wait_state(&hog, "stopped", GUEST_TIMEOUT).unwrap();
+    assert!(!console.seen.contains(HOG_DONE), "the guest got its memory:\n{}", console.seen);
+    let shown = panel.ok("GET", &format!("/api/v1/vms/{hog}"), None).unwrap();
+    let run = shown["runs"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(run["exit_code"], 128 + 9, "{run}");
+    assert!(run["reason"].as_str().unwrap().contains("killed by signal 9"), "{run}");
+
+    // The other VM, the panel and the host are unharmed.
+    bystander.send("echo still-$((6*7))\n").unwrap();
+    bystander.expect_after(at, "still-42", GUEST_TIMEOUT).unwrap();
+    assert_eq!(panel.ok("GET", &format!("/api/v1/vms/{demo}"), None).unwrap()["state"], "running");
+    let host = panel.ok("GET", "/api/v1/host", None).unwrap();
+    assert!(host["vms_running"].as_u64() == Some(1), "{host}");
+}

@@ -605,27 +605,31 @@ fn serial_text(c: &mut Vec<u8>, text: &str) {
 /// `mov dx, 0x3f8; out dx, al`
 const SERIAL_AL: &[u8] = &[0xBA, 0xF8, 0x03, 0xEE];
 
-/// A boot sector that prints `message`, then makes its CPU shut down: it
-/// enters 32-bit protected mode with an empty interrupt table (limit 0)
-/// and executes `ud2`, so neither the #UD, nor the #GP for its missing
-/// gate, nor the double fault finds a handler (a triple fault).
-pub fn fault_disk(message: &str) -> Vec<u8> {
-    const GDT: usize = 0x158; // null, flat code (0x08), flat data (0x10)
-    const GDTR: usize = 0x170;
-    const EMPTY_IDTR: usize = 0x176; // six zero bytes
-    let at = |offset: usize| (0x7C00 + offset as u16).to_le_bytes();
-    let mut c = start_boot_disk();
+/// Where the 32-bit guests below keep their GDT (null, flat code 0x08,
+/// flat data 0x10) and its descriptor, in the boot sector.
+const GDT: usize = 0x158;
+const GDTR: usize = 0x170;
+
+/// The address of `offset` in the boot sector, once loaded at 0x7C00.
+fn sector_address(offset: usize) -> [u8; 2] {
+    (0x7C00 + offset as u16).to_le_bytes()
+}
+
+/// Appends the switch to 32-bit protected mode with the flat GDT (see
+/// [`with_flat_gdt`]); the code after it runs in 32-bit mode.
+fn enter_protected_mode(c: &mut Vec<u8>) {
     c.extend_from_slice(&[0x0F, 0x01, 0x16]); // lgdt [GDTR]
-    c.extend_from_slice(&at(GDTR));
-    c.extend_from_slice(&[0x0F, 0x01, 0x1E]); // lidt [EMPTY_IDTR]
-    c.extend_from_slice(&at(EMPTY_IDTR));
+    c.extend_from_slice(&sector_address(GDTR));
     c.extend_from_slice(&[0x0F, 0x20, 0xC0, 0x0C, 0x01, 0x0F, 0x22, 0xC0]); // mov eax, cr0; or al, 1; mov cr0, eax
     let pm = 0x7C00 + c.len() as u32 + 8;
     c.extend_from_slice(&[0x66, 0xEA]); // jmp dword 0x08:pm
     c.extend_from_slice(&pm.to_le_bytes());
     c.extend_from_slice(&[0x08, 0x00]);
-    c.extend_from_slice(&[0x0F, 0x0B]); // pm: ud2
-    let mut disk = finish_boot_disk(c, message);
+}
+
+/// Writes the flat GDT and its descriptor into the boot sector.
+fn with_flat_gdt(mut disk: Vec<u8>) -> Vec<u8> {
+    assert!(disk[GDT..GDTR + 6].iter().all(|&b| b == 0), "boot code runs into the GDT");
     let gdt: [u8; 24] = [
         0, 0, 0, 0, 0, 0, 0, 0, //
         0xFF, 0xFF, 0, 0, 0, 0x9A, 0xCF, 0, //
@@ -635,6 +639,54 @@ pub fn fault_disk(message: &str) -> Vec<u8> {
     disk[GDTR..GDTR + 2].copy_from_slice(&23u16.to_le_bytes());
     disk[GDTR + 2..GDTR + 6].copy_from_slice(&(0x7C00 + GDT as u32).to_le_bytes());
     disk
+}
+
+/// A boot sector that prints `message`, then makes its CPU shut down: it
+/// enters 32-bit protected mode with an empty interrupt table (limit 0)
+/// and executes `ud2`, so neither the #UD, nor the #GP for its missing
+/// gate, nor the double fault finds a handler (a triple fault).
+pub fn fault_disk(message: &str) -> Vec<u8> {
+    const EMPTY_IDTR: usize = 0x176; // six zero bytes
+    let mut c = start_boot_disk();
+    c.extend_from_slice(&[0x0F, 0x01, 0x1E]); // lidt [EMPTY_IDTR]
+    c.extend_from_slice(&sector_address(EMPTY_IDTR));
+    enter_protected_mode(&mut c);
+    c.extend_from_slice(&[0x0F, 0x0B]); // pm: ud2
+    with_flat_gdt(finish_boot_disk(c, message))
+}
+
+/// What [`memory_hog_disk`] prints when it waits for its byte, and once
+/// it has touched its memory.
+pub const HOG_WAITING: &str = "HOG-WAITING";
+pub const HOG_DONE: &str = "HOG-DONE";
+
+/// A boot sector for memory-limit tests: it prints `message`, then (with
+/// interrupts off, so the BIOS's serial console takes no input any more)
+/// [`HOG_WAITING`], waits for a byte on COM1, enters 32-bit protected mode
+/// and writes one word into every 4 KiB page from 1 MiB up to `mib` MiB,
+/// so the VMM's process really holds that much memory; then it prints
+/// [`HOG_DONE`] on COM1 and halts.
+pub fn memory_hog_disk(message: &str, mib: u32) -> Vec<u8> {
+    let mut c = start_boot_disk();
+    serial_text(&mut c, &format!("{HOG_WAITING}\r\n"));
+    // Until COM1 has a byte: in al, 0x3fd (LSR); test al, 1; jz back.
+    c.extend_from_slice(&[0xBA, 0xFD, 0x03, 0xEC, 0xA8, 0x01, 0x74, 0xFB]);
+    enter_protected_mode(&mut c);
+    // pm (32-bit): ds = es = 0x10; edi = 1 MiB.
+    c.extend_from_slice(&[0x66, 0xB8, 0x10, 0x00, 0x8E, 0xD8, 0x8E, 0xC0]);
+    c.extend_from_slice(&[0xBF, 0x00, 0x00, 0x10, 0x00]);
+    let top = c.len();
+    c.extend_from_slice(&[0x89, 0x3F]); // mov [edi], edi
+    c.extend_from_slice(&[0x81, 0xC7, 0x00, 0x10, 0x00, 0x00]); // add edi, 4096
+    c.extend_from_slice(&[0x81, 0xFF]); // cmp edi, mib << 20
+    c.extend_from_slice(&(mib << 20).to_le_bytes());
+    let back = top as i32 - (c.len() as i32 + 2);
+    c.extend_from_slice(&[0x72, back as i8 as u8]); // jb top
+    for b in format!("{HOG_DONE}\n").bytes() {
+        c.extend_from_slice(&[0x66, 0xBA, 0xF8, 0x03, 0xB0, b, 0xEE]); // mov dx, 0x3f8; mov al, b; out dx, al
+    }
+    c.extend_from_slice(&[0xF4, 0xEB, 0xFD]); // hlt; jmp $-1
+    with_flat_gdt(finish_boot_disk(c, message))
 }
 
 /// What [`garbage_disk`] prints when its loop is done.

@@ -135,3 +135,29 @@ fn a_guest_that_triple_faults_in_the_jail_ends_with_the_guest_fault_code_and_the
     assert!(log.contains("triple fault; the CPU was at RIP 0x"), "{log}");
     assert!(log.contains("IDT 0x0+0x0"), "the empty interrupt table it loaded: {log}");
 }
+
+/// The memory-limit guest of the appliance tests really makes the VMM hold
+/// the memory it touches (here 48 MiB of its 64).
+#[test]
+fn the_memory_hog_guest_makes_the_vmm_hold_its_memory() {
+    let mut vm = Vm::start(&tiny_guest::memory_hog_disk("hog ready", 48), 4);
+    vm.wait_console(tiny_guest::HOG_WAITING, 1);
+    let pid = vm.jailed_pid();
+    let rss = || {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status_line_kib(&s, "VmRSS")
+    };
+    let before = rss();
+    let _ = vm.api("GET", "/vm", None);
+    vm.send_console(b"x");
+    vm.wait_console(tiny_guest::HOG_DONE, 1);
+    assert!(rss() > before + 40 * 1024, "VmRSS {before} kB, then {} kB", rss());
+    let (status, _) = vm.api("PUT", "/actions", Some(r#"{"action":"stop"}"#));
+    assert_eq!(status, 204);
+    vm.wait_exit();
+}
+
+fn status_line_kib(status: &str, key: &str) -> u64 {
+    let line = status.lines().find(|l| l.starts_with(&format!("{key}:"))).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}

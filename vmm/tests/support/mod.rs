@@ -35,7 +35,7 @@ impl Vm {
             .arg(dir.path().join("vnc.sock"))
             .arg("--api-socket")
             .arg(dir.path().join("api.sock"))
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(std::fs::File::create(dir.path().join("console.out")).unwrap())
             .stderr(std::fs::File::create(dir.path().join("vmm.err")).unwrap())
             .spawn()
@@ -71,6 +71,14 @@ impl Vm {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.jailed_pid())).unwrap();
         let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// Types `bytes` on the guest's serial console.
+    pub fn send_console(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("the console's input");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
     }
 
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {

@@ -1,0 +1,177 @@
+//! kvmos-webadmin under abuse, on this host (release binary, as its own
+//! user, loopback only, bounded in count and time):
+//!
+//! - oha sends authenticated `GET /api/v1/vms` (10 VMs) at a fixed rate for
+//!   the whole run (1000 req/s for 60 s by default);
+//! - meanwhile, 10,000 failed logins come from 1,000 loopback source
+//!   addresses (127.3.x.y), 10 each over a kept-alive connection;
+//! - and 500 connections are opened from 127.4.x.y and never send a byte
+//!   (idle, half-open as far as HTTP goes).
+//!
+//! Afterwards: does the panel answer, how much memory does it hold (idle,
+//! peak, after), how big is the audit log, how many idle connections did
+//! it close. Figures for BENCHMARKS.md.
+//!
+//! Usage: `cargo run --release -p kvmos-qemu-test --bin panel-abuse-bench -- [RATE] [SECONDS]`
+//! (needs oha: `cargo install oha --locked`; `PANEL_BENCH_PIN=1` pins the
+//! panel to CPU 0 and oha to CPU 1)
+
+use anyhow::{Context, Result};
+use kvmos_qemu_test::load::{rss_kib, Rate};
+use kvmos_qemu_test::panel::{connect_from, HostPanel, Panel};
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const LOGIN_SOURCES: u32 = 1000;
+const LOGINS_PER_SOURCE: u32 = 10;
+const IDLE_CONNECTIONS: u32 = 500;
+
+/// What the failed logins got back.
+#[derive(Default, Debug)]
+struct Logins {
+    unauthorized: u32,
+    too_many: u32,
+    other: u32,
+    connection_errors: u32,
+}
+
+/// One POST /api/v1/login with a wrong password on `tls`; the status.
+fn failed_login(tls: &mut (impl Read + Write)) -> Result<u16> {
+    let body = r#"{"password":"not the password"}"#;
+    write!(
+        tls,
+        "POST /api/v1/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    tls.flush()?;
+    // The head, then the body its Content-Length gives.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tls.read(&mut byte)? == 0 {
+            anyhow::bail!("closed");
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut rest = vec![0u8; len];
+    tls.read_exact(&mut rest)?;
+    Ok(status)
+}
+
+fn failed_logins(panel: &Panel, port: u16, over: Duration) -> Logins {
+    let mut out = Logins::default();
+    let pause = over / (LOGIN_SOURCES * LOGINS_PER_SOURCE);
+    for n in 0..LOGIN_SOURCES {
+        let source = Ipv4Addr::new(127, 3, (n / 250) as u8, (n % 250 + 1) as u8);
+        let tls = connect_from(source, port).and_then(|tcp| panel.tls_over(tcp));
+        let Ok(mut tls) = tls else {
+            out.connection_errors += LOGINS_PER_SOURCE;
+            continue;
+        };
+        for _ in 0..LOGINS_PER_SOURCE {
+            match failed_login(&mut tls) {
+                Ok(401) => out.unauthorized += 1,
+                Ok(429) => out.too_many += 1,
+                Ok(_) => out.other += 1,
+                Err(_) => out.connection_errors += 1,
+            }
+            std::thread::sleep(pause);
+        }
+    }
+    out
+}
+
+fn file_kib(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len() / 1024).unwrap_or(0)
+}
+
+fn main() -> Result<()> {
+    let rate: u32 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    let secs: u32 = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(60);
+    let host = HostPanel::start("panel-abuse-bench")?;
+    let pid = host.pid().context("panel pid")?;
+    let mut panel = Panel::new(host.port);
+    panel.setup(&host.setup_code()?, "benchmark password")?;
+    for i in 0..10 {
+        panel.ok(
+            "POST",
+            "/api/v1/vms",
+            Some(serde_json::json!({"name": format!("vm{i}"), "vcpus": 1, "memory_mib": 64,
+                                    "boot": {"type": "guest", "guest": "tiny"}})),
+        )?;
+    }
+    let token = panel.ok("POST", "/api/v1/tokens", Some(serde_json::json!({"name": "bench"})))?;
+    let secret = token["secret"].as_str().context("token")?.to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_rss = rss_kib(pid);
+    let pin = std::env::var("PANEL_BENCH_PIN").is_ok_and(|v| v == "1");
+    if pin {
+        Command::new("taskset").args(["-a", "-p", "-c", "0", &pid.to_string()]).status()?;
+    }
+
+    let idle: Vec<std::net::TcpStream> = (0..IDLE_CONNECTIONS)
+        .filter_map(|n| connect_from(Ipv4Addr::new(127, 4, (n / 250) as u8, (n % 250 + 1) as u8), host.port).ok())
+        .collect();
+    let opened = idle.len();
+    let started = Instant::now();
+    let port = host.port;
+    let login_panel = Panel::new(port);
+    let logins = std::thread::spawn(move || failed_logins(&login_panel, port, Duration::from_secs(u64::from(secs))));
+    let url = format!("https://127.0.0.1:{}/api/v1/vms", host.port);
+    let load = Rate { url: &url, token: &secret, per_second: rate, seconds: secs, connections: 50, pin }.run(pid)?;
+    let logins = logins.join().map_err(|_| anyhow::anyhow!("the login thread panicked"))?;
+    let took = started.elapsed();
+
+    let closed = idle
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).is_ok() && {
+                let mut b = [0u8; 1];
+                matches!((&**s).read(&mut b), Ok(0))
+            }
+        })
+        .count();
+    let health = panel.call("GET", "/api/v1/health", None).map(|(status, _)| status).unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(2));
+    let after_rss = rss_kib(pid);
+    let audit = host.dir.join("data/panel/audit.log");
+
+    println!("kvmos-webadmin under abuse for {:.0} s (release, its own user, loopback):", took.as_secs_f64());
+    println!(
+        "  GET /api/v1/vms at {rate} req/s, 50 connections (oha): achieved {:.0}/s, 200 OK {}, other statuses {}, errors {}; \
+         p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
+        load.achieved_per_second, load.ok, load.other_statuses, load.errors, load.p50_ms, load.p90_ms, load.p99_ms, load.max_ms
+    );
+    println!(
+        "  failed logins: {} from {LOGIN_SOURCES} addresses: 401 {}, 429 {}, other {}, connection errors {}",
+        LOGIN_SOURCES * LOGINS_PER_SOURCE,
+        logins.unauthorized,
+        logins.too_many,
+        logins.other,
+        logins.connection_errors
+    );
+    println!("  idle connections: {opened} opened, {closed} closed by the panel by the end");
+    println!("  afterwards: GET /api/v1/health {health}");
+    println!(
+        "  panel VmRSS: idle {:.1} MiB, peak {:.1} MiB, after {:.1} MiB",
+        idle_rss as f64 / 1024.0,
+        load.peak_rss_kib as f64 / 1024.0,
+        after_rss as f64 / 1024.0
+    );
+    println!(
+        "  audit log: {} KiB (+ {} KiB rotated; the cap is {} KiB)",
+        file_kib(&audit),
+        file_kib(&audit.with_extension("log.1")),
+        4 << 10
+    );
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Load on the panel for its benchmarks: oha (a second process) sending
+//! authenticated API calls at a fixed rate over loopback HTTPS, and the
+//! panel's resident memory while it runs.
+
+use anyhow::{bail, Context, Result};
+use std::process::Command;
+use std::time::Duration;
+
+/// A process's resident memory, in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A fixed-rate run of oha against one URL.
+pub struct Rate<'a> {
+    pub url: &'a str,
+    pub token: &'a str,
+    pub per_second: u32,
+    pub seconds: u32,
+    pub connections: u32,
+    /// Pin oha to CPU 1 (and leave CPU 0 to the panel).
+    pub pin: bool,
+}
+
+/// What oha saw, and the panel's peak memory meanwhile.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    pub achieved_per_second: f64,
+    pub ok: u64,
+    pub other_statuses: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub peak_rss_kib: u64,
+}
+
+impl Rate<'_> {
+    /// Runs oha (`cargo install oha --locked`) to the end, sampling the
+    /// memory of `panel_pid` every 200 ms.
+    pub fn run(&self, panel_pid: u32) -> Result<Figures> {
+        let mut oha = if self.pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "1", "oha"]);
+            c
+        } else {
+            Command::new("oha")
+        };
+        let mut oha = oha
+            .args(["--no-tui", "--insecure", "--output-format", "json", "-c", &self.connections.to_string()])
+            .args(["-q", &self.per_second.to_string(), "-z", &format!("{}s", self.seconds)])
+            .args(["-H", &format!("Authorization: Bearer {}", self.token)])
+            .arg(self.url)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("cannot run oha (cargo install oha --locked)")?;
+        let mut peak = 0;
+        while oha.try_wait()?.is_none() {
+            peak = peak.max(rss_kib(panel_pid));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let out = oha.wait_with_output()?;
+        if !out.status.success() {
+            bail!("oha failed: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let ms = |k: &str| v["latencyPercentiles"][k].as_f64().unwrap_or(f64::NAN) * 1000.0;
+        let statuses = v["statusCodeDistribution"].as_object().cloned().unwrap_or_default();
+        let ok = statuses.get("200").and_then(|n| n.as_u64()).unwrap_or(0);
+        let all: u64 = statuses.values().filter_map(|n| n.as_u64()).sum();
+        let errors: u64 = v["errorDistribution"].as_object().map_or(0, |e| e.values().filter_map(|n| n.as_u64()).sum());
+        Ok(Figures {
+            achieved_per_second: v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+            ok,
+            other_statuses: all - ok,
+            errors,
+            p50_ms: ms("p50"),
+            p90_ms: ms("p90"),
+            p99_ms: ms("p99"),
+            max_ms: v["summary"]["slowest"].as_f64().unwrap_or(f64::NAN) * 1000.0,
+            peak_rss_kib: peak,
+        })
+    }
+}
