@@ -24,7 +24,8 @@ pub use kvmos_contract::exit::{
 pub enum ExitReason {
     PowerOff,
     Reboot,
-    TripleFault,
+    /// Where the vCPU was (its registers, for whoever looks into it).
+    TripleFault(String),
     GuestFault(String),
     Stopped,
     Internal(String),
@@ -35,7 +36,7 @@ impl ExitReason {
         match self {
             ExitReason::PowerOff => EXIT_POWER_OFF,
             ExitReason::Reboot => EXIT_REBOOT,
-            ExitReason::TripleFault | ExitReason::GuestFault(_) => EXIT_GUEST_FAULT,
+            ExitReason::TripleFault(_) | ExitReason::GuestFault(_) => EXIT_GUEST_FAULT,
             ExitReason::Stopped => EXIT_STOPPED,
             ExitReason::Internal(_) => EXIT_INTERNAL_ERROR,
         }
@@ -47,7 +48,9 @@ impl fmt::Display for ExitReason {
         match self {
             ExitReason::PowerOff => f.write_str("the guest powered off"),
             ExitReason::Reboot => f.write_str("the guest rebooted"),
-            ExitReason::TripleFault => f.write_str("guest fault: triple fault (the guest's CPU reset itself)"),
+            ExitReason::TripleFault(at) => {
+                write!(f, "guest fault: triple fault (the guest's CPU reset itself) at {at}")
+            }
             ExitReason::GuestFault(s) => write!(f, "guest fault: {s}"),
             ExitReason::Stopped => f.write_str("stopped from outside"),
             ExitReason::Internal(s) => write!(f, "internal error: {s}"),
@@ -97,7 +100,7 @@ mod tests {
             EXIT_INTERNAL_ERROR,
             EXIT_BAD_CONFIG,
             ExitReason::Reboot.code(),
-            ExitReason::TripleFault.code(),
+            ExitReason::TripleFault(String::new()).code(),
             ExitReason::Stopped.code(),
             EXIT_FORBIDDEN_SYSCALL,
         ];

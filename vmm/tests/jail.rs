@@ -129,10 +129,11 @@ fn a_guest_that_triple_faults_in_the_jail_ends_with_the_guest_fault_code_and_the
     vm.wait_console("about to fault", 1);
     let (code, record) = vm.wait_exit();
     assert_eq!(code, kvmos_vmm::exit::EXIT_GUEST_FAULT, "{record}");
-    assert!(record["reason"].as_str().unwrap().contains("triple fault"), "{record}");
+    let reason = record["reason"].as_str().unwrap();
+    assert!(reason.contains("triple fault") && reason.contains("IDT 0x0+0x0"), "the panel sees where: {record}");
     // The vCPU read its registers for the log under its seccomp filter.
     let log = std::fs::read_to_string(vm.path("vmm.err")).unwrap();
-    assert!(log.contains("triple fault; the CPU was at RIP 0x"), "{log}");
+    assert!(log.contains("triple fault; the CPU was at vCPU 0: RIP 0x"), "{log}");
     assert!(log.contains("IDT 0x0+0x0"), "the empty interrupt table it loaded: {log}");
 }
 

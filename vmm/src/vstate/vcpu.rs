@@ -159,8 +159,9 @@ impl Vcpu {
                 None
             }
             Ok(VcpuExit::Shutdown) => {
-                tracing::error!(vcpu = self.index, "triple fault; the CPU was at {}", self.cpu_state());
-                Some(ExitReason::TripleFault)
+                let at = format!("vCPU {}: {}", self.index, self.cpu_state());
+                tracing::error!(vcpu = self.index, "triple fault; the CPU was at {at}");
+                Some(ExitReason::TripleFault(at))
             }
             Ok(VcpuExit::Hlt) => Some(ExitReason::GuestFault("the CPU halted with interrupts off".into())),
             Ok(VcpuExit::InternalError) => {
