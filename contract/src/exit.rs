@@ -43,11 +43,7 @@ impl ExitRecord {
     /// Reads a record; `Ok(None)` when there is none (the VMM has not
     /// ended, or was killed before it could write one).
     pub fn read(path: &Path) -> std::io::Result<Option<Self>> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(std::io::Error::other),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        crate::read_json(path)
     }
 }
 

@@ -28,3 +28,13 @@ pub mod panel;
 pub mod process;
 pub mod status;
 pub mod vm;
+
+/// A JSON file one program wrote for another; `Ok(None)` when there is
+/// none (yet).
+fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> std::io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(std::io::Error::other),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}

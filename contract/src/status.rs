@@ -47,11 +47,7 @@ impl Status {
     /// Reads the file; `Ok(None)` when there is none (not on an appliance,
     /// or init has not written it yet).
     pub fn read(path: &Path) -> std::io::Result<Option<Self>> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(std::io::Error::other),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        crate::read_json(path)
     }
 }
 

@@ -2,6 +2,7 @@
 //! authenticated API calls at a fixed rate over loopback HTTPS, and the
 //! panel's resident memory while it runs.
 
+use crate::panel::{HostPanel, Panel};
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 use std::time::Duration;
@@ -85,4 +86,23 @@ impl Rate<'_> {
             peak_rss_kib: peak,
         })
     }
+}
+
+/// A panel on this host as the load benchmarks use it: set up, 10 VM
+/// definitions, an API token; the panel, a logged-in client and the token.
+pub fn bench_panel(name: &str) -> Result<(HostPanel, Panel, String)> {
+    let host = HostPanel::start(name)?;
+    let mut panel = Panel::new(host.port);
+    panel.setup(&host.setup_code()?, "benchmark password")?;
+    for i in 0..10 {
+        panel.ok(
+            "POST",
+            "/api/v1/vms",
+            Some(serde_json::json!({"name": format!("vm{i}"), "vcpus": 1, "memory_mib": 64,
+                                    "boot": {"type": "guest", "guest": "tiny"}})),
+        )?;
+    }
+    let token = panel.ok("POST", "/api/v1/tokens", Some(serde_json::json!({"name": "bench"})))?;
+    let secret = token["secret"].as_str().context("the token's secret")?.to_string();
+    Ok((host, panel, secret))
 }

@@ -208,17 +208,7 @@ fn firmware_vm_boots_an_uploaded_debian_image() {
 
     let uploaded = panel.upload_file("debian12.img", "disk", &debian).unwrap();
     assert_eq!(uploaded["size"], std::fs::metadata(&debian).unwrap().len(), "{uploaded}");
-    let created = panel
-        .ok(
-            "POST",
-            "/api/v1/vms",
-            Some(json!({"name": "deb1", "vcpus": 1, "memory_mib": 512,
-                        "boot": {"type": "firmware", "firmware": "bios"},
-                        "disks": [{"image": "debian12.img"}], "network": true})),
-        )
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_string();
-    panel.action(&id, "start").unwrap();
+    let id = start_debian(&panel, "deb1", "bios");
 
     // The firmware's and then GRUB's text screens, read through the
     // panel's screen text API while they show.
@@ -228,11 +218,7 @@ fn firmware_vm_boots_an_uploaded_debian_image() {
     let boot = Duration::from_secs(300);
     let mut console = panel.console(&id).unwrap();
     let mut at = console.expect(kvmos_qemu_test::debian::KERNEL_MARKER, boot).unwrap();
-    at = console.expect_after(at, "debian-test login:", boot).unwrap();
-    console.send("root\n").unwrap();
-    at = console.expect_after(at, "Password:", GUEST_TIMEOUT).unwrap();
-    console.send(&format!("{}\n", kvmos_qemu_test::debian::ROOT_PASSWORD)).unwrap();
-    at = console.expect_after(at, "root@debian-test", GUEST_TIMEOUT).unwrap();
+    at = log_in(&mut console, at, boot);
     console.send("echo booted-$((6*7)) from $(grep -o 'root=[^ ]*' /proc/cmdline)\n").unwrap();
     at = console.expect_after(at, "booted-42 from root=LABEL=debroot", GUEST_TIMEOUT).unwrap();
     screen_keyboard_and_tablet(&panel, &id, &mut console, at);
@@ -244,29 +230,42 @@ fn firmware_vm_boots_an_uploaded_debian_image() {
 
     // The same image booted by UEFI (OVMF from the appliance): a login on
     // its serial console.
-    let created = panel
-        .ok(
-            "POST",
-            "/api/v1/vms",
-            Some(json!({"name": "deb2", "vcpus": 1, "memory_mib": 512,
-                        "boot": {"type": "firmware", "firmware": "uefi"},
-                        "disks": [{"image": "debian12.img"}], "network": true})),
-        )
-        .unwrap();
-    let uefi = created["id"].as_str().unwrap().to_string();
-    panel.action(&uefi, "start").unwrap();
+    let uefi = start_debian(&panel, "deb2", "uefi");
     let mut console = panel.console(&uefi).unwrap();
     let mut at = console.expect("BdsDxe: starting", boot).unwrap();
     at = console.expect_after(at, kvmos_qemu_test::debian::KERNEL_MARKER, boot).unwrap();
-    at = console.expect_after(at, "debian-test login:", boot).unwrap();
-    console.send("root\n").unwrap();
-    at = console.expect_after(at, "Password:", GUEST_TIMEOUT).unwrap();
-    console.send(&format!("{}\n", kvmos_qemu_test::debian::ROOT_PASSWORD)).unwrap();
-    at = console.expect_after(at, "root@debian-test", GUEST_TIMEOUT).unwrap();
+    at = log_in(&mut console, at, boot);
     console.send("echo uefi-$((6*7)) $(ls -d /sys/firmware/efi)\n").unwrap();
     console.expect_after(at, "uefi-42 /sys/firmware/efi", GUEST_TIMEOUT).unwrap();
     panel.action(&uefi, "force-off").unwrap();
     panel.wait_state(&uefi, "stopped", GUEST_TIMEOUT).unwrap();
+}
+
+/// A VM named `name` that boots the uploaded Debian image with `firmware`
+/// (bios or uefi), with a NIC on br0, started; its ID.
+fn start_debian(panel: &Panel, name: &str, firmware: &str) -> String {
+    let created = panel
+        .ok(
+            "POST",
+            "/api/v1/vms",
+            Some(json!({"name": name, "vcpus": 1, "memory_mib": 512,
+                        "boot": {"type": "firmware", "firmware": firmware},
+                        "disks": [{"image": "debian12.img"}], "network": true})),
+        )
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    panel.action(&id, "start").unwrap();
+    id
+}
+
+/// Logs in as root on the Debian VM's serial console once its login
+/// prompt shows after `at`; where its shell's prompt is.
+fn log_in(console: &mut Console, at: usize, boot: Duration) -> usize {
+    let at = console.expect_after(at, "debian-test login:", boot).unwrap();
+    console.send("root\n").unwrap();
+    let at = console.expect_after(at, "Password:", GUEST_TIMEOUT).unwrap();
+    console.send(&format!("{}\n", kvmos_qemu_test::debian::ROOT_PASSWORD)).unwrap();
+    console.expect_after(at, "root@debian-test", GUEST_TIMEOUT).unwrap()
 }
 
 /// The panel, seen from `/proc` inside the appliance: kvmos-init started

@@ -17,8 +17,8 @@
 //! panel to CPU 0 and oha to CPU 1)
 
 use anyhow::{Context, Result};
-use kvmos_qemu_test::load::{rss_kib, Rate};
-use kvmos_qemu_test::panel::{connect_from, HostPanel, Panel};
+use kvmos_qemu_test::load::{bench_panel, rss_kib, Rate};
+use kvmos_qemu_test::panel::{connect_from, Panel};
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -97,20 +97,8 @@ fn file_kib(path: &std::path::Path) -> u64 {
 fn main() -> Result<()> {
     let rate: u32 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1000);
     let secs: u32 = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(60);
-    let host = HostPanel::start("panel-abuse-bench")?;
+    let (host, panel, secret) = bench_panel("panel-abuse-bench")?;
     let pid = host.pid().context("panel pid")?;
-    let mut panel = Panel::new(host.port);
-    panel.setup(&host.setup_code()?, "benchmark password")?;
-    for i in 0..10 {
-        panel.ok(
-            "POST",
-            "/api/v1/vms",
-            Some(serde_json::json!({"name": format!("vm{i}"), "vcpus": 1, "memory_mib": 64,
-                                    "boot": {"type": "guest", "guest": "tiny"}})),
-        )?;
-    }
-    let token = panel.ok("POST", "/api/v1/tokens", Some(serde_json::json!({"name": "bench"})))?;
-    let secret = token["secret"].as_str().context("token")?.to_string();
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss = rss_kib(pid);
     let pin = std::env::var("PANEL_BENCH_PIN").is_ok_and(|v| v == "1");

@@ -10,28 +10,15 @@
 //! (needs oha: `cargo install oha --locked`)
 
 use anyhow::{Context, Result};
-use kvmos_qemu_test::load::{rss_kib, Rate};
-use kvmos_qemu_test::panel::{HostPanel, Panel};
+use kvmos_qemu_test::load::{bench_panel, rss_kib, Rate};
 use std::process::Command;
 use std::time::Duration;
 
 fn main() -> Result<()> {
     let rate: u32 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1000);
     let secs: u32 = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(20);
-    let host = HostPanel::start("panel-bench")?;
+    let (host, _panel, secret) = bench_panel("panel-bench")?;
     let pid = host.pid().context("panel pid")?;
-    let mut panel = Panel::new(host.port);
-    panel.setup(&host.setup_code()?, "benchmark password")?;
-    for i in 0..10 {
-        panel.ok(
-            "POST",
-            "/api/v1/vms",
-            Some(serde_json::json!({"name": format!("vm{i}"), "vcpus": 1, "memory_mib": 64,
-                                    "boot": {"type": "guest", "guest": "tiny"}})),
-        )?;
-    }
-    let token = panel.ok("POST", "/api/v1/tokens", Some(serde_json::json!({"name": "bench"})))?;
-    let secret = token["secret"].as_str().context("token")?.to_string();
     std::thread::sleep(Duration::from_secs(2));
     let idle = rss_kib(pid);
 
