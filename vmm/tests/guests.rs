@@ -175,7 +175,7 @@ fn control_api_reports_pauses_resumes_and_stops() {
     use kvmos_contract::control::{Action, Client, ControlError, RunState};
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
-    let m = machine(&[0xeb, 0xfe]); // jmp $
+    let m = machine(&[0xe6, 0x80, 0xeb, 0xfe]); // out 0x80, al; jmp $
     let config =
         VmConfig::from_json(&format!(r#"{{"kernel":"/none","vm_id":"spin","api_socket":"{}"}}"#, sock.display()))
             .unwrap();
@@ -194,10 +194,18 @@ fn control_api_reports_pauses_resumes_and_stops() {
     assert_eq!(info.id, "spin");
     assert_eq!(info.config.vm_id, "spin");
 
+    // The port write is the guest's one exit: once it is counted, the vCPU
+    // is spinning inside the guest and only the pause's kick gets it out.
+    let mut running = control.vm().unwrap();
+    while running.counters.vcpu_exits == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+        running = control.vm().unwrap();
+    }
+    assert!(running.counters.vcpu_exits > 0, "the guest's port write was counted");
     control.act(Action::Pause).unwrap();
     let paused = control.vm().unwrap();
     assert_eq!(paused.state, RunState::Paused);
-    assert!(paused.counters.vcpu_exits > 0, "the pause kicked the vCPU out of the guest");
+    assert!(paused.counters.vcpu_exits > running.counters.vcpu_exits, "the pause kicked the vCPU out of the guest");
     control.act(Action::Resume).unwrap();
     match control.act(Action::PowerOff) {
         Err(ControlError::Refused { status: 409, message }) => assert!(message.contains("use stop"), "{message}"),

@@ -222,6 +222,9 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
 /// parked (pause). A kick can land just before KVM_RUN starts, so repeat.
 pub fn kick_until<T>(threads: &[std::thread::JoinHandle<T>], done: impl Fn() -> bool) {
     use vmm_sys_util::signal::Killable;
+    // A vCPU that is on its way out takes microseconds: look again soon,
+    // then less often (about a second in all).
+    let mut wait = Duration::from_micros(50);
     for _ in 0..500 {
         if done() {
             return;
@@ -231,6 +234,7 @@ pub fn kick_until<T>(threads: &[std::thread::JoinHandle<T>], done: impl Fn() -> 
                 let _ = t.kill(kick_signal());
             }
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_millis(2));
     }
 }
