@@ -5,8 +5,8 @@
 //! sees the NIC get a DHCP lease from a server on the L1 side of its tap,
 //! writes a file, and powers off; the VMM exits with the power-off code and
 //! the file is on the disk. Under OVMF a boot entry made in the guest is
-//! still there at the next boot, read from the VM's variable file (run by
-//! hand: see that test for why).
+//! still there at the next boot, read from the VM's variable file. Both
+//! run by hand for now (`-- --ignored`): see each test for why.
 
 use kvmos_qemu_test::debian;
 use kvmos_qemu_test::nested::{Nested, NestedResult};
@@ -21,7 +21,7 @@ const L1_SETUP: &str = r#"
 ip link set lo up
 mkfifo in
 {vmm} --disk /dev/vda --net tap=kv0,mac=52:54:00:00:00:42 --memory-mib 512 \
-  --serial stdio < in > out 2> vmm.err &
+  --api-socket api.sock --serial stdio < in > out 2> vmm.err &
 vmm=$!
 exec 3>in
 # The guest's console, live in the L1 console (and so in the serial log).
@@ -58,12 +58,36 @@ login() {
   echo kvmos >&3
   wait_for 'root@debian-test'
 }
+# wait_vmm: waits for the VMM to end (after a poweroff). If it is still
+# there after 5 minutes, prints what it was doing (each thread's state and
+# wait channel, the VM's counters twice 10 s apart: are the vCPUs still
+# exiting?, the end of its log), then kills it, so a hang fails the test
+# with facts instead of running into the test's timeout.
+wait_vmm() {
+  n=0
+  while kill -0 $vmm 2>/dev/null && [ $n -lt 300 ]; do sleep 1; n=$((n + 1)); done
+  if kill -0 $vmm 2>/dev/null; then
+    echo "VMM-HUNG: still running 300 s after poweroff"
+    for p in /proc/[0-9]*; do
+      grep -q kvmos-vmm $p/cmdline 2>/dev/null || continue
+      for t in $p/task/*; do
+        echo "THREAD $(cat $t/comm) state=$(cut -d' ' -f3 $t/stat) wchan=$(cat $t/wchan 2>/dev/null)"
+      done
+    done
+    ./kvmos-vmm ctl --api-socket api.sock get | grep -A8 counters
+    sleep 10
+    ./kvmos-vmm ctl --api-socket api.sock get | grep -A8 counters
+    grep -v 'has no device' vmm.err | tail -20
+    kill -9 $vmm
+  fi
+  wait $vmm
+}
 "#;
 
 /// Powers the guest off, waits for the VMM, prints what it saw.
 const L1_FINISH: &str = r#"
 echo poweroff >&3
-wait $vmm
+wait_vmm
 status=$?
 sleep 1
 kill $tail
@@ -134,9 +158,11 @@ fn assert_booted_and_powered_off(r: &NestedResult, firmware_banner: &str) {
 }
 
 /// Run by hand for now (`-- --ignored`): it passed 4 of 5 runs on
-/// 2026-12-01; in the fifth the guest triple-faulted while systemd stopped
-/// networking at poweroff (VMM exit 4). Not yet explained. The appliance
-/// test boots the same image through SeaBIOS in the default run.
+/// 2026-12-01 and 2 of 2 on 2026-12-04; in the fifth the guest
+/// triple-faulted while systemd stopped networking at poweroff (VMM exit
+/// 4). Not yet explained; the UEFI test below once hung at the same point
+/// (see there). The appliance test boots the same image through SeaBIOS in
+/// the default run.
 #[test]
 #[ignore = "1 run in 5 triple-faults at poweroff; under investigation"]
 fn debian_boots_through_seabios_with_two_vcpus() {
@@ -158,7 +184,15 @@ fn debian_boots_through_seabios_with_two_vcpus() {
 
 /// Runs on the patched L0 QEMU (`kvmos_qemu_test::l0_qemu`): Debian's
 /// aborts when OVMF writes CR8 two levels down.
+///
+/// Run by hand for now (`-- --ignored`): it passed twice on 2026-12-04,
+/// then in CI on 2026-12-06 the second boot's poweroff hung, with the L0
+/// QEMU idle, right after systemd printed "Stopping networking.service"
+/// (the same point as the SeaBIOS test's triple fault). `wait_vmm` now
+/// prints the VMM's threads and counters when that happens. The appliance
+/// test boots the same image through OVMF and logs in in the default run.
 #[test]
+#[ignore = "1 run in 3 hangs at the second boot's poweroff; under investigation"]
 fn debian_boots_through_ovmf_and_its_boot_entry_survives_a_restart() {
     // First boot: the fallback loader; the guest adds a boot entry.
     let first = format!(
@@ -168,7 +202,8 @@ fn debian_boots_through_ovmf_and_its_boot_entry_survives_a_restart() {
     );
     let second = r#"
 echo "----- second boot -----"
-{vmm} --disk /dev/vda --net tap=kv0,mac=52:54:00:00:00:42 --memory-mib 512 --serial stdio < in2 > out 2> vmm.err &
+{vmm} --disk /dev/vda --net tap=kv0,mac=52:54:00:00:00:42 --memory-mib 512 --api-socket api.sock \
+  --serial stdio < in2 > out 2> vmm.err &
 "#;
     // The second boot reuses the same variable file: OVMF boots the entry.
     let vmm = "./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --firmware uefi --firmware-path OVMF_CODE_4M.fd --uefi-vars vars.fd";
