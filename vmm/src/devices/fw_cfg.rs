@@ -18,7 +18,7 @@ use crate::devices::bus::BusDevice;
 use crate::vstate::memory::GuestMemory;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemory as _, Permissions};
 
 pub const PORT: u16 = 0x510;
 pub const PORT_LEN: u64 = 12;
@@ -209,12 +209,25 @@ impl FwCfg {
             self.select((control >> 16) as u16);
         }
         if control & DMA_READ != 0 {
-            // Past the end of the item the firmware reads zeros.
+            // The length is the guest's (up to 4 GiB): the item's bytes go
+            // straight into guest memory and the zeros past its end are
+            // written a page at a time, so nothing of that size is
+            // allocated here. A destination outside memory is refused whole.
+            if !self.mem.check_range(GuestAddress(address), length, Permissions::Write) {
+                return Err(());
+            }
             let start = self.offset.min(self.current.len());
-            let end = (start + length).min(self.current.len());
-            let mut buf = self.current[start..end].to_vec();
-            buf.resize(length, 0);
-            self.mem.write_slice(&buf, GuestAddress(address)).map_err(|_| ())?;
+            let end = start.saturating_add(length).min(self.current.len());
+            self.mem.write_slice(&self.current[start..end], GuestAddress(address)).map_err(|_| ())?;
+            const ZEROS: [u8; 4096] = [0; 4096];
+            let mut at = address + (end - start) as u64;
+            let mut left = length - (end - start);
+            while left > 0 {
+                let n = left.min(ZEROS.len());
+                self.mem.write_slice(&ZEROS[..n], GuestAddress(at)).map_err(|_| ())?;
+                at += n as u64;
+                left -= n;
+            }
             self.offset = end;
         } else if control & DMA_SKIP != 0 {
             self.offset = (self.offset + length).min(self.current.len());
@@ -333,6 +346,43 @@ mod tests {
         assert_eq!(u32::from_be(f.mem.read_obj::<u32>(GuestAddress(0x8000)).unwrap()), DMA_ERROR);
         f.write(DMA_HIGH_OFFSET, &0xffffu32.to_be_bytes());
         f.write(DMA_LOW_OFFSET, &0xffff_0000u32.to_be_bytes());
+    }
+
+    /// Found by the fw_cfg fuzzer: the guest's DMA length sized a buffer
+    /// here, so one request could make the VMM allocate 4 GiB.
+    #[test]
+    fn a_dma_read_longer_than_memory_is_refused_and_a_long_one_reads_zeros() {
+        let mut f = fw();
+        f.add_file("etc/e820", vec![1; 40]).unwrap();
+        let key = u16::from_be_bytes(read_item(&mut f, item::FILE_DIR, 4 + 64)[8..10].try_into().unwrap());
+        let request = |f: &mut FwCfg, length: u32, address: u64| {
+            let control = (u32::from(key) << 16) | DMA_SELECT | DMA_READ;
+            f.mem.write_obj(control.to_be(), GuestAddress(0x8000)).unwrap();
+            f.mem.write_obj(length.to_be(), GuestAddress(0x8004)).unwrap();
+            f.mem.write_obj(address.to_be(), GuestAddress(0x8008)).unwrap();
+            f.write(DMA_HIGH_OFFSET, &0u32.to_be_bytes());
+            f.write(DMA_LOW_OFFSET, &0x8000u32.to_be_bytes());
+            u32::from_be(f.mem.read_obj::<u32>(GuestAddress(0x8000)).unwrap())
+        };
+        let peak_before = peak_rss_kib();
+        assert_eq!(request(&mut f, u32::MAX, 0x9000), DMA_ERROR, "4 GiB into 1 MiB of memory");
+        // (Other tests in this process may add a little.)
+        assert!(peak_rss_kib() < peak_before + 64 * 1024, "no buffer of the guest's size");
+        // Past the item's 40 bytes the destination is filled with zeros.
+        f.mem.write_slice(&[0xaa; 3 * 4096], GuestAddress(0x10000)).unwrap();
+        assert_eq!(request(&mut f, 2 * 4096 + 100, 0x10000), 0);
+        let mut got = vec![0u8; 2 * 4096 + 100];
+        f.mem.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+        assert_eq!(got[..40], [1; 40]);
+        assert!(got[40..].iter().all(|&b| b == 0));
+        assert_eq!(f.mem.read_obj::<u8>(GuestAddress(0x10000 + 2 * 4096 + 100)).unwrap(), 0xaa, "and no further");
+    }
+
+    /// The most memory this process has held (VmHWM), in KiB.
+    fn peak_rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     #[test]
