@@ -16,8 +16,8 @@
 
 use crate::store::{self, lock, now_unix};
 use anyhow::Result;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -227,7 +227,7 @@ impl Auth {
             tracing::error!("cannot make a password salt: {e}");
             AuthError::Storage
         })?;
-        let hash = Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|e| {
+        let hash = hash_one_at_a_time(|| Argon2::default().hash_password(password.as_bytes(), &salt)).map_err(|e| {
             tracing::error!("cannot hash the password: {e}");
             AuthError::Storage
         })?;
@@ -244,7 +244,7 @@ impl Auth {
 
     pub fn check_password(&self, password: &str) -> bool {
         let Some(hash) = lock(&self.file).password_hash.clone() else { return false };
-        PasswordHash::new(&hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        verify_password(password, &hash)
     }
 
     /// Refuses an address that failed too often lately.
@@ -382,9 +382,57 @@ impl Auth {
     }
 }
 
+/// Argon2's working memory (19 MiB with the default parameters), allocated
+/// once and used by one hash at a time. A flood of logins waits here for
+/// its turn instead of each holding 19 MiB of its own on a thread of its
+/// own, so the panel's memory stays bounded however many arrive at once.
+static ARGON2_MEMORY: Mutex<Vec<Block>> = Mutex::new(Vec::new());
+
+/// Runs `f` (a hash that allocates its own memory) while no other hash runs.
+fn hash_one_at_a_time<T>(f: impl FnOnce() -> T) -> T {
+    let _turn = lock(&ARGON2_MEMORY);
+    f()
+}
+
+/// Checks `password` against a PHC argon2 string, in the shared memory.
+fn verify_password(password: &str, phc: &str) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else { return false };
+    let (Some(expected), Some(salt)) = (hash.hash, hash.salt) else { return false };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm) else { return false };
+    let version = match hash.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = Params::try_from(&hash) else { return false };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else { return false };
+    let blocks = params.block_count();
+    let mut out = vec![0u8; expected.len()];
+    let mut memory = lock(&ARGON2_MEMORY);
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let argon2 = Argon2::new(algorithm, version, params);
+    // Output's comparison takes the same time wherever the bytes differ.
+    argon2.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut memory[..blocks]).is_ok()
+        && Output::new(&out).is_ok_and(|out| out == expected)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_memory_verifier_agrees_with_argon2() {
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let phc = Argon2::default().hash_password(b"correct horse battery", &salt).unwrap().to_string();
+        assert!(verify_password("correct horse battery", &phc));
+        assert!(!verify_password("correct horse battery!", &phc));
+        assert!(!verify_password("", &phc));
+        assert!(!verify_password("correct horse battery", "not a PHC string"));
+        // Again, in the memory the first check left behind.
+        assert!(verify_password("correct horse battery", &phc));
+    }
 
     #[test]
     fn the_setup_code_works_once_and_the_password_survives_a_restart() {
