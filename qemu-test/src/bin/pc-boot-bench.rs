@@ -34,8 +34,15 @@ boot() {
     grep -q 'login:' out && login=$(now)
     n=$((n + 1)); sleep 0.1
   done
-  total=$(awk '/^Rss:/ {s += $2} END {print s}' /proc/$pid/smaps)
-  guest=$(awk '/^Size:/ {size = $2} /^Rss:/ {if (size >= 102400) s += $2} END {print s + 0}' /proc/$pid/smaps)
+  # A jailed kvmos-vmm runs the VM in a child (its PID namespace's init):
+  # the guest's RAM is there, and both processes count as overhead.
+  vm=$pid
+  for p in /proc/[0-9]*; do
+    [ "$(cut -d' ' -f4 $p/stat 2>/dev/null)" = "$pid" ] && vm=${p#/proc/}
+  done
+  maps=/proc/$pid/smaps; [ "$vm" != "$pid" ] && maps="$maps /proc/$vm/smaps"
+  total=$(cat $maps | awk '/^Rss:/ {s += $2} END {print s}')
+  guest=$(awk '/^Size:/ {size = $2} /^Rss:/ {if (size >= 102400) s += $2} END {print s + 0}' /proc/$vm/smaps)
   kill $pid; wait $pid 2>/dev/null
   echo "RESULT vmm=$name t0=$t0 fw=$fw grub=$grub login=$login rss_kib=$total guest_kib=$guest"
 }
