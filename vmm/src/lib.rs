@@ -28,6 +28,8 @@ pub mod exit;
 pub mod jail;
 pub mod runner;
 pub mod seccomp;
+#[cfg(test)]
+mod test_util;
 pub use kvmos_tap as tap;
 pub mod tiny_guest;
 pub mod vnc;

@@ -364,9 +364,9 @@ mod tests {
             f.write(DMA_LOW_OFFSET, &0x8000u32.to_be_bytes());
             u32::from_be(f.mem.read_obj::<u32>(GuestAddress(0x8000)).unwrap())
         };
+        use crate::test_util::peak_rss_kib;
         let peak_before = peak_rss_kib();
         assert_eq!(request(&mut f, u32::MAX, 0x9000), DMA_ERROR, "4 GiB into 1 MiB of memory");
-        // (Other tests in this process may add a little.)
         assert!(peak_rss_kib() < peak_before + 64 * 1024, "no buffer of the guest's size");
         // Past the item's 40 bytes the destination is filled with zeros.
         f.mem.write_slice(&[0xaa; 3 * 4096], GuestAddress(0x10000)).unwrap();
@@ -376,13 +376,6 @@ mod tests {
         assert_eq!(got[..40], [1; 40]);
         assert!(got[40..].iter().all(|&b| b == 0));
         assert_eq!(f.mem.read_obj::<u8>(GuestAddress(0x10000 + 2 * 4096 + 100)).unwrap(), 0xaa, "and no further");
-    }
-
-    /// The most memory this process has held (VmHWM), in KiB.
-    fn peak_rss_kib() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     #[test]

@@ -428,11 +428,7 @@ mod tests {
         let path = dir.path().join("big.img");
         std::fs::File::create(&path).unwrap().set_len(16 << 30).unwrap();
         let mut d = TestDriver::new(Box::new(Block::open(&path, false, "x").unwrap()));
-        let rss = || {
-            let s = std::fs::read_to_string("/proc/self/status").unwrap();
-            let l = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap().to_string();
-            l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
-        };
+        let rss = crate::test_util::peak_rss_kib;
         let before = rss();
         assert_eq!(request(&mut d, T_IN, 0, 0xFFFF_F000, true).0, S_IOERR);
         assert_eq!(request(&mut d, T_OUT, 0, 0xFFFF_F000, false).0, S_IOERR);
