@@ -5,16 +5,23 @@
 //! - `GET /vm` → [`VmInfo`];
 //! - `PUT /actions` with an [`ActionBody`] → 204;
 //! - `GET /screenshot[?scale=N]` → a PNG (VMs with a display);
-//! - `GET /screen/text` → [`ScreenText`] (a text-mode screen).
+//! - `GET /screen/text` → [`ScreenText`] (a text-mode screen);
+//! - `PUT /disks/{index}/medium` with a [`MediumBody`] → 204: eject the
+//!   medium of the CD-ROM drive that is disk `index`, or put one in. The
+//!   VMM is jailed and opens no files, so the new medium comes as a file
+//!   descriptor passed with the request (SCM_RIGHTS): [`Client::change_medium`].
 //!
 //! Errors come as [`ErrorBody`] with a 4xx or 5xx status.
 
 use crate::vm::VmConfig;
 use serde::{Deserialize, Serialize};
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// What `PUT /actions` asks of the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -60,6 +67,29 @@ pub struct VmInfo {
     pub exit_reason: Option<String>,
     pub config: VmConfig,
     pub counters: Counters,
+    /// The CD-ROM drives, in the order of the disks they are.
+    #[serde(default)]
+    pub cdroms: Vec<CdromInfo>,
+}
+
+/// A CD-ROM drive now.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct CdromInfo {
+    /// Its index in the configuration's `disks`.
+    pub disk: usize,
+    /// The medium's name (the path it was opened from, or the name given
+    /// when it was put in); none when the drive is empty.
+    pub medium: Option<String>,
+    /// Whether the guest has locked the tray (the host's eject still works).
+    pub locked: bool,
+}
+
+/// The body of `PUT /disks/{index}/medium`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediumBody {
+    /// None ejects; a name puts in the file passed with the request.
+    pub medium: Option<String>,
 }
 
 /// What the VMM has counted since it started.
@@ -134,10 +164,28 @@ impl Client {
 
     /// One request; the status and the body as they came.
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
+        self.request_with_file(method, path, body, None)
+    }
+
+    /// One request, with `file`'s descriptor passed along with its first
+    /// bytes (SCM_RIGHTS).
+    fn request_with_file(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        file: Option<&File>,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         let mut s = UnixStream::connect(&self.socket)?;
         s.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         let body = body.unwrap_or("");
-        write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let mut sent = 0;
+        if let Some(f) = file {
+            sent = s.send_with_fd(request.as_bytes(), f.as_raw_fd()).map_err(std::io::Error::from)?;
+        }
+        s.write_all(&request.as_bytes()[sent..])?;
         let mut out = Vec::new();
         s.read_to_end(&mut out)?;
         let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(out.len());
@@ -149,6 +197,11 @@ impl Client {
     /// A request whose success is a 2xx; the body of that answer.
     fn expect(&self, method: &str, path: &str, body: Option<&str>) -> Result<Vec<u8>, ControlError> {
         let (status, answer) = self.request(method, path, body).map_err(ControlError::Unreachable)?;
+        Self::check(status, answer)
+    }
+
+    /// A 2xx answer's body, or the error it carries.
+    fn check(status: u16, answer: Vec<u8>) -> Result<Vec<u8>, ControlError> {
         if (200..300).contains(&status) {
             return Ok(answer);
         }
@@ -182,6 +235,19 @@ impl Client {
     /// `GET /screen/text`.
     pub fn screen_text(&self) -> Result<ScreenText, ControlError> {
         self.expect_json("/screen/text")
+    }
+
+    /// `PUT /disks/{disk}/medium`: ejects the CD-ROM drive's medium (None),
+    /// or puts `file` in under `name`. Open the file read-only: the guest
+    /// never writes a CD.
+    pub fn change_medium(&self, disk: usize, medium: Option<(&str, &File)>) -> Result<(), ControlError> {
+        let body = MediumBody { medium: medium.map(|(name, _)| name.to_string()) };
+        let body = serde_json::to_string(&body).map_err(|e| ControlError::Garbled(e.to_string()))?;
+        let path = format!("/disks/{disk}/medium");
+        let (status, answer) = self
+            .request_with_file("PUT", &path, Some(&body), medium.map(|(_, f)| f))
+            .map_err(ControlError::Unreachable)?;
+        Self::check(status, answer).map(drop)
     }
 }
 

@@ -204,6 +204,29 @@ pub struct DiskConfig {
     /// the file name when absent.
     #[serde(default)]
     pub id: Option<String>,
+    /// How the guest sees the file: a virtio disk (the default), or the
+    /// medium in a CD-ROM drive.
+    #[serde(default, skip_serializing_if = "DiskMedia::is_disk")]
+    pub media: DiskMedia,
+}
+
+/// What a disk entry is to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskMedia {
+    /// A virtio-blk disk.
+    #[default]
+    Disk,
+    /// An ATAPI CD-ROM drive on the PC's IDE controller, with the file (an
+    /// ISO image) as its medium, always read-only: what firmware boots El
+    /// Torito ISOs from and what installers expect. Firmware boot only.
+    Cdrom,
+}
+
+impl DiskMedia {
+    pub fn is_disk(&self) -> bool {
+        *self == DiskMedia::Disk
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

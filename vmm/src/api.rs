@@ -6,17 +6,22 @@
 //!   "reset" | "stop"}`;
 //! - `GET /screenshot`: the screen as a PNG (firmware-booted VMs, which
 //!   have a display); `?scale=N` shrinks it N times (1 to 16);
-//! - `GET /screen/text`: a text-mode screen's characters, row by row.
+//! - `GET /screen/text`: a text-mode screen's characters, row by row;
+//! - `PUT /disks/{index}/medium` with `{"medium": null}` ejects a CD-ROM
+//!   drive's medium, and with `{"medium": "NAME"}` puts in the file whose
+//!   descriptor came with the request (SCM_RIGHTS): a jailed VMM opens no
+//!   files.
 //!
 //! A thread accepts connections and parses requests (httparse); each request
 //! is handed to the VMM's event loop, which owns the VM, and the answer
 //! comes back over a channel. One request per connection.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// Requests larger than this are refused (the API takes tiny JSON bodies).
 const MAX_REQUEST: usize = 64 * 1024;
@@ -32,10 +37,16 @@ pub enum Request {
         scale: u32,
     },
     ScreenText,
+    /// Eject (None) or put in a medium, in the CD-ROM drive that is disk
+    /// `disk`.
+    ChangeMedium {
+        disk: usize,
+        medium: Option<String>,
+    },
 }
 
 /// The resources and their methods, for the errors that list them.
-const RESOURCES: &str = "GET /vm, PUT /actions, GET /screenshot, GET /screen/text";
+const RESOURCES: &str = "GET /vm, PUT /actions, GET /screenshot, GET /screen/text, PUT /disks/{index}/medium";
 
 /// An HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +77,8 @@ impl Response {
 /// A request on its way to the event loop, with where to send the answer.
 pub struct Pending {
     pub request: Request,
+    /// A file descriptor the client passed with the request.
+    pub file: Option<std::fs::File>,
     pub reply: Sender<Response>,
 }
 
@@ -105,11 +118,29 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, Response> {
                 &format!("{e}; send {{\"action\": \"pause\" | \"resume\" | \"power_off\" | \"reset\" | \"stop\"}}"),
             )),
         },
+        ("PUT", path) if medium_disk(path).is_some() => {
+            let disk = medium_disk(path).unwrap_or_default();
+            match serde_json::from_slice::<kvmos_contract::control::MediumBody>(body) {
+                Ok(b) => Ok(Some(Request::ChangeMedium { disk, medium: b.medium })),
+                Err(e) => Err(Response::error(
+                    400,
+                    &format!("{e}; send {{\"medium\": null}} to eject, or {{\"medium\": \"NAME\"}} with the file's descriptor"),
+                )),
+            }
+        }
+        (_, path) if medium_disk(path).is_some() => {
+            Err(Response::error(405, &format!("method not allowed: {RESOURCES}")))
+        }
         (_, "/vm" | "/actions" | "/screenshot" | "/screen/text") => {
             Err(Response::error(405, &format!("method not allowed: {RESOURCES}")))
         }
         (_, path) => Err(Response::error(404, &format!("no such resource {path}: {RESOURCES}"))),
     }
+}
+
+/// The disk index of `/disks/{index}/medium`.
+fn medium_disk(path: &str) -> Option<usize> {
+    path.strip_prefix("/disks/")?.strip_suffix("/medium")?.parse().ok()
 }
 
 /// The `scale` of a screenshot's query (`scale=N`, 1 to 16; 1 without).
@@ -150,22 +181,28 @@ fn serve_connection(mut stream: UnixStream, to_vmm: &Sender<Pending>, wake: &Eve
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
+    let mut file = None;
     let request = loop {
         match parse(&buf) {
             Ok(Some(r)) => break r,
             Err(resp) => return write_response(&mut stream, &resp),
             Ok(None) => {}
         }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        // A descriptor may come with any of the request's bytes; the
+        // first is kept, any other closed.
+        match stream.recv_with_fd(&mut chunk) {
+            Ok((0, _)) | Err(_) => return,
+            Ok((n, f)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                file = file.or(f);
+            }
         }
         if buf.len() > MAX_REQUEST {
             return write_response(&mut stream, &Response::error(413, "request too large"));
         }
     };
     let (reply, answer) = channel();
-    if to_vmm.send(Pending { request, reply }).is_err() {
+    if to_vmm.send(Pending { request, file, reply }).is_err() {
         return write_response(&mut stream, &Response::error(409, "the VM has stopped"));
     }
     let _ = wake.write(1);
@@ -222,6 +259,14 @@ mod tests {
         assert_eq!(parse(b"DELETE /vm HTTP/1.1\r\n\r\n").unwrap_err().status, 405);
         assert_eq!(parse(b"GET /nope HTTP/1.1\r\n\r\n").unwrap_err().status, 404);
         assert_eq!(parse(b"\x00\x01garbage\r\n\r\n").unwrap_err().status, 400);
+        let eject = b"PUT /disks/2/medium HTTP/1.1\r\nContent-Length: 16\r\n\r\n{\"medium\":null}";
+        assert_eq!(parse(eject), Ok(Some(Request::ChangeMedium { disk: 2, medium: None })));
+        let insert = b"PUT /disks/0/medium HTTP/1.1\r\nContent-Length: 18\r\n\r\n{\"medium\":\"a.iso\"}";
+        assert_eq!(parse(insert), Ok(Some(Request::ChangeMedium { disk: 0, medium: Some("a.iso".into()) })));
+        assert_eq!(parse(b"GET /disks/0/medium HTTP/1.1\r\n\r\n").unwrap_err().status, 405);
+        assert_eq!(parse(b"PUT /disks/x/medium HTTP/1.1\r\n\r\n").unwrap_err().status, 404);
+        let bad = parse(b"PUT /disks/0/medium HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}").unwrap_err();
+        assert!(String::from_utf8_lossy(&bad.body).contains("to eject"));
     }
 
     /// A Content-Length near usize::MAX once overflowed the header length

@@ -5,8 +5,8 @@
 //!   legacy devices, virtio-mmio devices, the kernel and its boot data, the
 //!   vCPUs in the kernel's entry state;
 //! - [`build_pc_vm`], the PC machine (QEMU's i440FX "pc"): memory around the
-//!   VGA window, the PC's ISA devices, fw_cfg, the i440FX/PIIX chipset and
-//!   virtio-pci devices on PCI bus 0, the firmware at the top of 4 GiB, and
+//!   VGA window, the PC's ISA devices, fw_cfg, the i440FX/PIIX chipset (with
+//!   its IDE controller and CD-ROM drives) and virtio-pci devices on PCI bus 0, the firmware at the top of 4 GiB, and
 //!   vCPUs left in their reset state, so the first instruction is the
 //!   firmware's reset vector.
 //!
@@ -22,6 +22,7 @@ use crate::devices::chipset::{self, i440fx::HostBridge, piix3::IsaBridge, piix4_
 use crate::devices::display::stdvga::StdVga;
 use crate::devices::flash::Flash;
 use crate::devices::fw_cfg::{FwCfg, FwCfgError};
+use crate::devices::ide::{self, atapi, Ide, IdeFunction};
 use crate::devices::legacy::{boot_marker::BootMarker, cmos::Cmos, i8042::I8042, port92::Port92, serial::SerialDevice};
 use crate::devices::pci::msix::{Msix, MsixError};
 use crate::devices::pci::root::{devfn, PciRoot};
@@ -102,6 +103,8 @@ pub struct Machine {
     /// The PC's virtio tablet, which gets the VNC pointer once the guest
     /// drives it.
     pub tablet: Option<TabletHandle>,
+    /// The PC's IDE channels, whose CD-ROM media the API changes.
+    pub ide: Option<Arc<Ide>>,
 }
 
 /// One virtio device as the event loop sees it: its transport and one
@@ -194,6 +197,7 @@ fn assemble(
         rtc,
         display: None,
         tablet: None,
+        ide: None,
     })
 }
 
@@ -210,7 +214,7 @@ pub fn build_vm(config: &VmConfig, started: Instant) -> Result<Machine, BuildErr
 /// the entropy source.
 fn open_virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
     let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    for (index, disk) in config.disks.iter().enumerate() {
+    for (index, disk) in config.disks.iter().enumerate().filter(|(_, d)| d.media.is_disk()) {
         virtio.push(Box::new(open_disk(index, disk)?));
     }
     for (index, net) in config.nets.iter().enumerate() {
@@ -438,6 +442,7 @@ pub fn build_pc_vm(config: &VmConfig, firmware: &FirmwareConfig, started: Instan
     let rtc = attach_cmos(&vm, &io_bus, ram, vcpu_count)?;
     let mut root = PciRoot::new(Arc::clone(&io_bus), Arc::clone(&mmio_bus), Arc::clone(&base.exit));
     let pm_function = attach_chipset(&mut root, &io_bus, &base.acpi_pm);
+    let ide = attach_ide(&vm, &io_bus, &mut root, open_cdroms(config)?)?;
     let display = attach_display(&mut vm, &io_bus, &mmio_bus, &mut root)?;
     let (tablet, tablet_handle) = Tablet::new();
     let mut devices = open_virtio_devices(config)?;
@@ -449,6 +454,7 @@ pub fn build_pc_vm(config: &VmConfig, firmware: &FirmwareConfig, started: Instan
     let mut machine = assemble(vm, vcpu_count, base, Vec::new(), virtio, Some(rtc))?;
     machine.display = Some(display);
     machine.tablet = Some(tablet_handle);
+    machine.ide = Some(ide);
     configure_vcpus_for_firmware(&machine.vm, &machine.vcpus)?;
     Ok(machine)
 }
@@ -530,6 +536,41 @@ fn attach_chipset(root: &mut PciRoot, io_bus: &Arc<Bus>, acpi_pm: &Arc<Mutex<Acp
     let pm = Arc::new(Mutex::new(PowerManagement::new(Arc::clone(acpi_pm), Arc::clone(io_bus))));
     root.add(devfn(PIIX_SLOT, PIIX4_PM_FUNCTION), pm.clone());
     pm
+}
+
+/// The CD-ROM drives' media, opened read-only (a shared lock: an ISO may
+/// be in many VMs at once).
+fn open_cdroms(config: &VmConfig) -> Result<Vec<atapi::Cdrom>, BuildError> {
+    let cdroms = config.disks.iter().enumerate().filter(|(_, d)| d.media == crate::config::DiskMedia::Cdrom);
+    cdroms
+        .map(|(index, disk)| {
+            let path = disk.path.display().to_string();
+            let fail = |reason: String| BuildError::Config(ConfigError::DiskOpen { index, path: path.clone(), reason });
+            let file = std::fs::File::open(&disk.path).map_err(|e| fail(e.to_string()))?;
+            let medium = atapi::Medium::new(file, path.clone()).map_err(|e| fail(e.to_string()))?;
+            let serial = disk.id.clone().unwrap_or_else(|| format!("CD{index}"));
+            Ok(atapi::Cdrom::new(Some(medium), serial))
+        })
+        .collect()
+}
+
+/// The PIIX's IDE function (00:01.1) and its two channels at their legacy
+/// ports and ISA interrupts, the CD-ROM drives in them.
+fn attach_ide(vm: &Vm, io_bus: &Bus, root: &mut PciRoot, cdroms: Vec<atapi::Cdrom>) -> Result<Arc<Ide>, BuildError> {
+    use crate::devices::ide::channel::{CommandBlock, ControlBlock};
+    let fd = Arc::clone(&vm.fd);
+    let ide = Ide::new(cdroms, move |line, level| {
+        if let Err(e) = fd.set_irq_line(line, level) {
+            tracing::warn!("cannot drive the IDE interrupt {line}: {e}");
+        }
+    });
+    for (channel, &(command, control, _)) in ide.channels.iter().zip(ide::CHANNELS.iter()) {
+        let cmd = Arc::new(Mutex::new(CommandBlock(Arc::clone(channel))));
+        insert(io_bus, u64::from(command), ide::COMMAND_BLOCK_LEN, cmd)?;
+        insert(io_bus, u64::from(control), 1, Arc::new(Mutex::new(ControlBlock(Arc::clone(channel)))))?;
+    }
+    root.add(devfn(chipset::PIIX_SLOT, ide::FUNCTION), Arc::new(Mutex::new(IdeFunction::default())));
+    Ok(Arc::new(ide))
 }
 
 /// The standard VGA at 00:02.0 (where QEMU has it), with its legacy
@@ -683,14 +724,26 @@ fn e820(ram: u64) -> Vec<u8> {
         .collect()
 }
 
-/// `bootorder`: OpenFirmware paths of the disks, the configured order
-/// first (all disks in order when none is given), one per line.
+/// `bootorder`: OpenFirmware paths of the disks and CD-ROM drives, the
+/// configured order first (all in order when none is given), one per line.
 fn bootorder(config: &VmConfig) -> Vec<u8> {
     let mut order = config.boot_order.clone();
     order.extend((0..config.disks.len()).filter(|d| !config.boot_order.contains(d)));
-    let mut text: String = order.iter().map(|&d| format!("/pci@i0cf8/scsi@{:x}/disk@0,0\n", virtio_slot(d))).collect();
+    let mut text: String = order.iter().map(|&d| boot_path(config, d) + "\n").collect();
     text.push('\0');
     text.into_bytes()
+}
+
+/// Where disk `index` is: a virtio disk's slot (virtio disks come first,
+/// in order), or a CD-ROM's IDE position.
+fn boot_path(config: &VmConfig, index: usize) -> String {
+    let before = &config.disks[..index];
+    let same_kind = before.iter().filter(|d| d.media == config.disks[index].media).count();
+    if config.disks[index].media.is_disk() {
+        format!("/pci@i0cf8/scsi@{:x}/disk@0,0", virtio_slot(same_kind))
+    } else {
+        ide::boot_path(chipset::PIIX_SLOT, ide::POSITIONS[same_kind])
+    }
 }
 
 /// The firmware below 4 GiB, and its last 128 KiB in the legacy BIOS area

@@ -57,6 +57,10 @@ pub enum ConfigError {
     DiskLocked { index: usize, path: String },
     /// disks[{index}].id: {id:?} is longer than 20 bytes; shorten it
     DiskIdTooLong { index: usize, id: String },
+    /// disks[{index}].media: a CD-ROM drive is part of the PC machine; boot with firmware (bios or uefi) to use one
+    CdromWithKernel { index: usize },
+    /// disks[{index}].media: a VM has at most {max} CD-ROM drives (the IDE controller's four positions)
+    TooManyCdroms { index: usize, max: usize },
     /// nets[{index}].mac: {mac:?} is not a unicast MAC address like 52:54:00:12:34:56
     BadMac { index: usize, mac: String },
     /// nets[{index}].tap: {tap:?} is not a valid interface name; use 1 to 15 letters, digits, '-' or '_'
@@ -157,7 +161,17 @@ impl Validate for VmConfig {
         if self.memory_mib > limits.available_mib {
             return Err(ConfigError::MemoryTooLarge { requested: self.memory_mib, available: limits.available_mib });
         }
+        let mut cdroms = 0;
         for (index, d) in self.disks.iter().enumerate() {
+            if d.media == DiskMedia::Cdrom {
+                if self.firmware.is_none() {
+                    return Err(ConfigError::CdromWithKernel { index });
+                }
+                cdroms += 1;
+                if cdroms > crate::devices::ide::POSITIONS.len() {
+                    return Err(ConfigError::TooManyCdroms { index, max: crate::devices::ide::POSITIONS.len() });
+                }
+            }
             if !d.path.exists() {
                 return Err(ConfigError::DiskMissing { index, path: d.path.display().to_string() });
             }
@@ -276,7 +290,12 @@ mod tests {
         assert!(c.validate(&limits()).unwrap_err().to_string().starts_with("memory_mib: 4096 MiB is more"));
 
         let mut c = base.clone();
-        c.disks.push(DiskConfig { path: dir.path().join("missing.img"), read_only: false, id: None });
+        c.disks.push(DiskConfig {
+            path: dir.path().join("missing.img"),
+            read_only: false,
+            id: None,
+            media: Default::default(),
+        });
         assert!(c.validate(&limits()).unwrap_err().to_string().starts_with("disks[0].path:"));
 
         let mut c = base.clone();
@@ -320,7 +339,7 @@ mod tests {
         );
 
         let mut c = pc.clone();
-        c.disks.push(DiskConfig { path: k.clone(), read_only: true, id: None });
+        c.disks.push(DiskConfig { path: k.clone(), read_only: true, id: None, media: Default::default() });
         c.boot_order = vec![0, 1];
         assert_eq!(
             c.validate(&limits()).unwrap_err().to_string(),

@@ -89,7 +89,7 @@ impl CgroupLimits {
 
 /// The VM's device I/O threads: one per disk.
 pub fn device_threads(config: &VmConfig) -> u64 {
-    config.disks.len() as u64
+    config.disks.iter().filter(|d| d.media.is_disk()).count() as u64
 }
 
 /// Creates the cgroup `leaf` (with the controllers enabled on the way down
@@ -424,7 +424,12 @@ mod tests {
         assert_eq!(l.memory_max, (512 + MEMORY_OVERHEAD_MIB) << 20);
         assert_eq!(l.pids_max, 2 + 6);
         assert_eq!(l.cpu_max, (250_000, 100_000));
-        c.disks.push(crate::config::DiskConfig { path: "/d".into(), read_only: false, id: None });
+        c.disks.push(crate::config::DiskConfig {
+            path: "/d".into(),
+            read_only: false,
+            id: None,
+            media: Default::default(),
+        });
         assert_eq!(CgroupLimits::for_vm(&c).pids_max, 2 + 1 + 6, "a disk's I/O thread");
     }
 

@@ -3,8 +3,8 @@
 
 use clap::Parser;
 use kvmos_vmm::config::{
-    ConfigError, DiskConfig, ExitRecord, FirmwareConfig, HostLimits, JailConfig, NetConfig, SerialConfig, Validate,
-    VmConfig,
+    ConfigError, DiskConfig, DiskMedia, ExitRecord, FirmwareConfig, HostLimits, JailConfig, NetConfig, SerialConfig,
+    Validate, VmConfig,
 };
 use kvmos_vmm::exit::{EXIT_BAD_CONFIG, EXIT_INTERNAL_ERROR};
 use kvmos_vmm::{builder, jail, runner, seccomp};
@@ -43,8 +43,9 @@ struct Args {
     memory_mib: Option<u64>,
     #[arg(long)]
     vcpus: Option<u16>,
-    /// PATH[,ro] — a raw disk image (repeatable)
-    #[arg(long, value_name = "PATH[,ro]")]
+    /// PATH[,ro][,cdrom] — a raw disk image, or with `cdrom` an ISO in a
+    /// CD-ROM drive (firmware boot; repeatable)
+    #[arg(long, value_name = "PATH[,ro][,cdrom]")]
     disk: Vec<String>,
     /// tap=NAME[,mac=MAC] — a NIC on a TAP device (repeatable)
     #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
@@ -180,11 +181,18 @@ fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
         c.vnc_socket = Some(v);
     }
     for d in args.disk {
-        let (path, ro) = match d.strip_suffix(",ro") {
-            Some(p) => (p.to_string(), true),
-            None => (d.clone(), false),
-        };
-        c.disks.push(DiskConfig { path: path.into(), read_only: ro, id: None });
+        // PATH, then any of the options `ro` and `cdrom`.
+        let (mut path, mut read_only, mut media) = (d.as_str(), false, DiskMedia::Disk);
+        loop {
+            if let Some(p) = path.strip_suffix(",ro") {
+                (path, read_only) = (p, true);
+            } else if let Some(p) = path.strip_suffix(",cdrom") {
+                (path, read_only, media) = (p, true, DiskMedia::Cdrom);
+            } else {
+                break;
+            }
+        }
+        c.disks.push(DiskConfig { path: path.into(), read_only, id: None, media });
     }
     for n in args.net {
         let mut tap = None;

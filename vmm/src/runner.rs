@@ -223,8 +223,8 @@ fn run_inner(
                 TOKEN_API => {
                     if let Some((rx, wake)) = &api {
                         let _ = wake.read();
-                        while let Ok(Pending { request, reply }) = rx.try_recv() {
-                            let _ = reply.send(handle_api(&machine, config, &threads, request));
+                        while let Ok(Pending { request, file, reply }) = rx.try_recv() {
+                            let _ = reply.send(handle_api(&machine, config, &threads, request, file));
                         }
                     }
                 }
@@ -397,6 +397,7 @@ fn handle_api<T>(
     config: &VmConfig,
     threads: &[std::thread::JoinHandle<T>],
     request: Request,
+    file: Option<std::fs::File>,
 ) -> Response {
     let running = threads.iter().filter(|t| !t.is_finished()).count() as u64;
     match request {
@@ -422,6 +423,7 @@ fn handle_api<T>(
                         console_clients: machine.console.clients() as u64,
                         boot_marker_ms: (marker > 0).then(|| marker as f64 / 1000.0),
                     },
+                    cdroms: cdroms(machine, config),
                 },
             )
         }
@@ -444,6 +446,7 @@ fn handle_api<T>(
             }
             None => Response::error(404, NO_DISPLAY),
         },
+        Request::ChangeMedium { disk, medium } => change_medium(machine, config, disk, medium, file),
         Request::Act(Action::Pause) => {
             machine.control.pause();
             kick_until(threads, || machine.control.parked() >= running);
@@ -487,6 +490,68 @@ fn handle_api<T>(
             Response::error(500, "the forbidden system call returned (no seccomp filter?)")
         }
     }
+}
+
+/// The CD-ROM drives as `GET /vm` shows them: (disk index, CD-ROM index).
+fn cdrom_disks(config: &VmConfig) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let cdroms = config.disks.iter().enumerate().filter(|(_, d)| d.media == crate::config::DiskMedia::Cdrom);
+    cdroms.enumerate().map(|(cdrom, (disk, _))| (disk, cdrom))
+}
+
+fn cdroms(machine: &Machine, config: &VmConfig) -> Vec<kvmos_contract::control::CdromInfo> {
+    let Some(ide) = &machine.ide else { return Vec::new() };
+    cdrom_disks(config)
+        .filter_map(|(disk, cdrom)| {
+            ide.with_cdrom(cdrom, |d| kvmos_contract::control::CdromInfo {
+                disk,
+                medium: d.medium().map(str::to_string),
+                locked: d.locked(),
+            })
+        })
+        .collect()
+}
+
+/// `PUT /disks/{disk}/medium`: the eject button, or a new medium from the
+/// descriptor that came with the request.
+fn change_medium(
+    machine: &Machine,
+    config: &VmConfig,
+    disk: usize,
+    medium: Option<String>,
+    file: Option<std::fs::File>,
+) -> Response {
+    use crate::devices::ide::atapi::Medium;
+    let cdrom = cdrom_disks(config).find(|&(d, _)| d == disk).map(|(_, c)| c);
+    let (Some(ide), Some(cdrom)) = (&machine.ide, cdrom) else {
+        return Response::error(404, &format!("disk {disk} is not a CD-ROM drive; GET /vm lists the VM's cdroms"));
+    };
+    let new = match (medium, file) {
+        (None, _) => None,
+        (Some(name), Some(file)) => match Medium::new(file, name) {
+            Ok(m) => Some(m),
+            Err(e) => return Response::error(400, &format!("cannot use the file passed: {e}")),
+        },
+        (Some(name), None) => {
+            return Response::error(
+                400,
+                &format!(
+                    "{name}: pass the medium's file descriptor with the request (SCM_RIGHTS); the jailed VMM opens no files"
+                ),
+            )
+        }
+    };
+    ide.with_cdrom(cdrom, |d| match new {
+        Some(m) => {
+            tracing::info!("CD-ROM (disk {disk}): {} put in", m.name);
+            d.insert(m);
+        }
+        None => {
+            if let Some(old) = d.eject() {
+                tracing::info!("CD-ROM (disk {disk}): {} ejected", old.name);
+            }
+        }
+    });
+    Response::no_content()
 }
 
 fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

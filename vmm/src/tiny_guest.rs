@@ -173,6 +173,73 @@ pub fn boot_disk(message: &str) -> Vec<u8> {
     finish_boot_disk(c, message)
 }
 
+/// What [`cdrom_boot_image`] writes on COM1 before the 9 characters it
+/// read from the medium, or when the BIOS could not read it.
+pub const CDROM_READ: &str = "VOL:";
+pub const CDROM_READ_FAILED: &str = "READ-FAILED";
+
+/// An El Torito no-emulation boot image (one 2 KiB CD sector) that prints
+/// `message` through the BIOS, then reads the medium it booted from
+/// through INT 13h AH=42h (sector 16, the primary volume descriptor, to
+/// 0x8000) and writes [`CDROM_READ`] and the first 9 characters of the
+/// volume ID on COM1 ([`CDROM_READ_FAILED`] if the read fails), then ends
+/// as [`boot_disk`] does. SeaBIOS loads it at 07C0:0000 with the drive
+/// number in DL.
+pub fn cdrom_boot_image(message: &str) -> Vec<u8> {
+    cdrom_image(message, false)
+}
+
+/// [`cdrom_boot_image`] that never ends: it reads and reports the medium
+/// again every 300 ms, so a test sees it ejected and changed.
+pub fn cdrom_watch_image(message: &str) -> Vec<u8> {
+    cdrom_image(message, true)
+}
+
+fn cdrom_image(message: &str, watch: bool) -> Vec<u8> {
+    const DRIVE_AT: u16 = 0x1F0;
+    const PACKET_AT: u16 = 0x1E0;
+    // xor ax, ax; mov ds, ax; mov [drive], dl
+    let mut c = vec![0x31, 0xC0, 0x8E, 0xD8, 0x88, 0x16];
+    c.extend_from_slice(&(0x7C00 + DRIVE_AT).to_le_bytes());
+    c.extend(start_boot_disk());
+    let read_at = c.len();
+    // The BIOS sets the packet's count to what it read: one sector again.
+    c.extend_from_slice(&[0xC6, 0x06]); // mov byte [packet + 2], 1
+    c.extend_from_slice(&(0x7C00 + PACKET_AT + 2).to_le_bytes());
+    c.push(0x01);
+    c.push(0xBE); // mov si, packet
+    c.extend_from_slice(&(0x7C00 + PACKET_AT).to_le_bytes());
+    c.extend_from_slice(&[0x8A, 0x16]); // mov dl, [drive]
+    c.extend_from_slice(&(0x7C00 + DRIVE_AT).to_le_bytes());
+    c.extend_from_slice(&[0xB4, 0x42, 0xFB, 0xCD, 0x13, 0xFA]); // mov ah, 0x42; sti; int 0x13; cli
+    let mut ok = Vec::new();
+    serial_text(&mut ok, CDROM_READ);
+    ok.extend_from_slice(&[0xBE, 0x28, 0x80, 0xB9, 0x09, 0x00]); // mov si, 0x8028 (volume ID); mov cx, 9
+    ok.push(0xAC); // lodsb
+    ok.extend_from_slice(SERIAL_AL);
+    ok.extend_from_slice(&[0xE2, 0xF9]); // loop back to lodsb
+    let mut failed = Vec::new();
+    serial_text(&mut failed, CDROM_READ_FAILED);
+    ok.extend_from_slice(&[0xEB, failed.len() as u8]); // jmp over the failure
+    c.extend_from_slice(&[0x72, ok.len() as u8]); // jc failed
+    c.extend(ok);
+    c.extend(failed);
+    serial_text(&mut c, "\r\n");
+    if watch {
+        // Wait 300 ms (INT 15h AH=86h, CX:DX µs), then read again.
+        c.extend_from_slice(&[0xFB, 0xB4, 0x86, 0xB9, 0x04, 0x00, 0xBA, 0xE0, 0x93, 0xCD, 0x15, 0xFA]);
+        let back = read_at as i32 - (c.len() as i32 + 3);
+        c.push(0xE9); // jmp near
+        c.extend_from_slice(&(back as i16).to_le_bytes());
+    }
+    let mut image = finish_boot_disk(c, message);
+    image.truncate(2048);
+    // The disk address packet: 16 bytes, one sector, to 0000:8000, LBA 16.
+    let packet = [0x10, 0, 1, 0, 0x00, 0x80, 0x00, 0x00, 16, 0, 0, 0, 0, 0, 0, 0];
+    image[usize::from(PACKET_AT)..usize::from(PACKET_AT) + 16].copy_from_slice(&packet);
+    image
+}
+
 /// A bootable disk for the display tests: a boot sector that SeaBIOS loads
 /// after its VGA BIOS has set text mode 3. Written in GNU as, assembled
 /// once (`as --32`, `ld -Ttext 0x7c00 --oformat binary`) and kept here

@@ -5,6 +5,8 @@
 //! what it saw. The boot order picks the disk. OVMF and real operating
 //! systems cannot run on this host's KVM; qemu-test boots those nested.
 
+mod support;
+
 use kvmos_vmm::tiny_guest;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -138,4 +140,103 @@ fn a_hybrid_iso_attached_read_only_boots() {
     assert!(text.contains("booted from the hybrid ISO"), "{text}\n{err}");
     assert_eq!(code, 3, "{err}");
     assert_eq!(std::fs::read(&iso).unwrap(), bytes, "a read-only medium is never written");
+}
+
+/// Makes an ISO 9660 image that is not hybrid (El Torito only, nothing in
+/// its system area), as Windows installers and many rescue media are:
+/// `boot.img` is a no-emulation boot image.
+fn el_torito_iso(dir: &Path, boot_image: &[u8], volume: &str) -> std::path::PathBuf {
+    let content = dir.join(volume);
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join("boot.img"), boot_image).unwrap();
+    std::fs::write(content.join("README.TXT"), "kvmos test medium\n").unwrap();
+    let iso = dir.join(format!("{volume}.iso"));
+    let out = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-V", volume, "-b", "boot.img", "-no-emul-boot"])
+        .args(["-boot-load-size", "4", "-o"])
+        .arg(&iso)
+        .arg(&content)
+        .output()
+        .expect("xorriso is installed by the host tools");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&iso).unwrap();
+    assert_eq!(&bytes[0x8001..0x8006], b"CD001", "an ISO 9660 image");
+    assert!(bytes[..0x8000].iter().all(|&b| b == 0), "not hybrid: no boot sector a disk would boot");
+    iso
+}
+
+/// The CD-ROM drive: SeaBIOS finds it on the PIIX IDE controller, boots
+/// the El Torito image of an ISO that is not hybrid, and the boot image
+/// reads the medium through the BIOS (ATAPI READ underneath).
+#[test]
+fn seabios_boots_an_el_torito_iso_from_the_cdrom_and_the_guest_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = el_torito_iso(dir.path(), &tiny_guest::cdrom_boot_image("booted from the CD-ROM"), "KVMOSTEST");
+    let bytes = std::fs::read(&iso).unwrap();
+    let cd = format!("{},cdrom", iso.display());
+    let (code, out, err) = run_vmm(&["--firmware", "bios", "--disk", &cd]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("DVD/CD"), "SeaBIOS lists the drive: {text}\n{err}");
+    assert!(text.contains("booted from the CD-ROM"), "{text}\n{err}");
+    assert!(!text.contains(tiny_guest::CDROM_READ_FAILED), "{text}\n{err}");
+    assert_eq!(after(&out, tiny_guest::CDROM_READ, 9), b"KVMOSTEST", "the volume ID, read through INT 13h");
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(std::fs::read(&iso).unwrap(), bytes, "the medium is never written");
+}
+
+/// The boot order names the CD-ROM among the disks: a disk and a CD-ROM,
+/// each bootable, boot in the order given.
+#[test]
+fn the_boot_order_picks_the_cdrom_or_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = el_torito_iso(dir.path(), &tiny_guest::cdrom_boot_image("booted the CD-ROM"), "KVMOSTEST");
+    let cd = format!("{},cdrom", iso.display());
+    let d = disk(dir.path(), "a.img", "booted the disk");
+    let (_, out, err) = run_vmm(&["--firmware", "bios", "--disk", &d, "--disk", &cd, "--boot-order", "1,0"]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("booted the CD-ROM") && !text.contains("booted the disk"), "{text}\n{err}");
+    let (_, out, err) = run_vmm(&["--firmware", "bios", "--disk", &d, "--disk", &cd]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("booted the disk") && !text.contains("booted the CD-ROM"), "{text}\n{err}");
+}
+
+/// The CD-ROM's medium changes while the guest runs, through the control
+/// API: the guest (reading the medium through the BIOS every 300 ms) sees
+/// it go when ejected, and the new one when a second ISO is put in, passed
+/// as a file descriptor, since the jailed VMM opens no files. `GET /vm`
+/// shows the drive's medium.
+#[test]
+fn the_cdrom_medium_is_ejected_and_changed_while_the_guest_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = el_torito_iso(dir.path(), &tiny_guest::cdrom_watch_image("watching the CD-ROM"), "KVMOSTEST");
+    let second = el_torito_iso(dir.path(), &tiny_guest::cdrom_watch_image("second medium"), "SECONDISO");
+    let vm = support::Vm::start_disk(&format!("{},cdrom", first.display()), kvmos_vmm::jail::testing::next_slot());
+    let read = |vol: &str| format!("{}{vol}", tiny_guest::CDROM_READ);
+    vm.wait_console(&read("KVMOSTEST"), 2);
+    let (status, body) = vm.api("GET", "/vm", None);
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["cdroms"][0]["disk"], 0);
+    assert_eq!(info["cdroms"][0]["medium"], first.display().to_string());
+
+    let client = kvmos_contract::control::Client::new(vm.path("api.sock"));
+    client.change_medium(0, None).unwrap();
+    vm.wait_console(tiny_guest::CDROM_READ_FAILED, 2);
+    let (_, body) = vm.api("GET", "/vm", None);
+    assert!(body.contains(r#""medium":null"#), "{body}");
+
+    let file = std::fs::File::open(&second).unwrap();
+    client.change_medium(0, Some(("second.iso", &file))).unwrap();
+    vm.wait_console(&read("SECONDISO"), 1);
+    let (_, body) = vm.api("GET", "/vm", None);
+    assert!(body.contains(r#""medium":"second.iso""#), "{body}");
+
+    // Without a descriptor there is nothing to put in; a disk that is not
+    // a CD-ROM has no medium to change.
+    let e = client.change_medium(3, None).unwrap_err().to_string();
+    assert!(e.contains("404") && e.contains("not a CD-ROM"), "{e}");
+    let (status, body) = vm.api("PUT", "/disks/0/medium", Some(r#"{"medium":"x.iso"}"#));
+    assert_eq!(status, 400);
+    assert!(body.contains("file descriptor"), "{body}");
+    assert_eq!(vm.api("PUT", "/actions", Some(r#"{"action":"stop"}"#)).0, 204);
 }

@@ -17,7 +17,7 @@ use crate::store::{lock, now_unix};
 use crate::vms::{Boot, Firmware, Run, VmRecord};
 use kvmos_contract::control::{Action, Client, ControlError, RunState};
 use kvmos_contract::exit::ExitRecord;
-use kvmos_contract::vm::{DiskConfig, FirmwareConfig, JailConfig, NetConfig, Owner, SerialConfig, VmConfig};
+use kvmos_contract::vm::{DiskConfig, DiskMedia, FirmwareConfig, JailConfig, NetConfig, Owner, SerialConfig, VmConfig};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -365,12 +365,13 @@ impl Supervisor {
             .disks
             .iter()
             .map(|d| {
-                // A CD/DVD image is never written.
+                // A CD/DVD image goes in a CD-ROM drive, and is never written.
                 let iso = state.images.get(&d.image).is_some_and(|i| i.kind == ImageKind::Iso);
                 DiskConfig {
                     path: state.images.path(&d.image),
                     read_only: d.read_only || iso,
                     id: Some(d.image.chars().take(20).collect()),
+                    media: if iso { DiskMedia::Cdrom } else { DiskMedia::Disk },
                 }
             })
             .collect();

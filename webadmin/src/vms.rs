@@ -107,6 +107,10 @@ impl HostCapacity {
     }
 }
 
+/// CD-ROM drives a VM can have (the IDE controller's four positions);
+/// each ISO goes in one.
+pub const MAX_CDROMS: usize = 4;
+
 impl VmSpec {
     /// Checks the fields, the references and the host's room.
     pub fn validate(&self, images: &Images, host: HostCapacity) -> ApiResult<()> {
@@ -167,9 +171,18 @@ impl VmSpec {
         if self.disks.len() > 8 {
             return Err(ApiError::bad("disks", "disks: at most 8"));
         }
+        let mut isos = 0;
         for (i, d) in self.disks.iter().enumerate() {
             let field = format!("disks[{i}].image");
             check_name(&field, &d.image, 64)?;
+            let is_iso = d.size_mib.is_none() && images.get(&d.image).is_some_and(|img| img.kind == ImageKind::Iso);
+            isos += usize::from(is_iso);
+            if isos > MAX_CDROMS {
+                return Err(ApiError::bad(
+                    &field,
+                    format!("{field}: a VM has at most {MAX_CDROMS} ISOs, one per CD-ROM drive; remove one"),
+                ));
+            }
             if d.size_mib.is_none() {
                 match images.get(&d.image) {
                     Some(img) if img.kind == ImageKind::Iso && !matches!(self.boot, Boot::Firmware { .. }) => {
@@ -433,8 +446,13 @@ mod tests {
         assert_eq!(err(VmSpec { cmdline: Some("quiet".into()), ..pc.clone() }).field.as_deref(), Some("cmdline"));
         assert_eq!(err(VmSpec { disks: vec![], boot_order: vec![], ..pc.clone() }).field.as_deref(), Some("disks"));
         // An ISO is for firmware boots; a boot order too.
-        assert_eq!(err(VmSpec { disks: vec![iso_disk], ..spec() }).field.as_deref(), Some("disks[0].image"));
+        assert_eq!(err(VmSpec { disks: vec![iso_disk.clone()], ..spec() }).field.as_deref(), Some("disks[0].image"));
         assert_eq!(err(VmSpec { boot_order: vec![0], ..spec() }).field.as_deref(), Some("boot_order"));
+        // One CD-ROM drive per ISO, four at most.
+        let five = VmSpec { disks: vec![iso_disk.clone(); 5], boot_order: vec![], ..pc.clone() };
+        let e = err(five);
+        assert_eq!(e.field.as_deref(), Some("disks[4].image"));
+        assert!(e.message.contains("at most 4 ISOs"), "{}", e.message);
     }
 
     #[test]

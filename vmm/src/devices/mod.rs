@@ -5,6 +5,7 @@ pub mod chipset;
 pub mod display;
 pub mod flash;
 pub mod fw_cfg;
+pub mod ide;
 pub mod legacy;
 pub mod pci;
 pub mod virtio;

@@ -22,6 +22,15 @@ impl Vm {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("disk.img");
         std::fs::write(&disk, image).unwrap();
+        Self::start_in(dir, &disk.display().to_string(), slot)
+    }
+
+    /// Boots from `disk`, a `--disk` argument (`PATH[,ro][,cdrom]`).
+    pub fn start_disk(disk: &str, slot: u32) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), disk, slot)
+    }
+
+    fn start_in(dir: tempfile::TempDir, disk: &str, slot: u32) -> Self {
         let config = dir.path().join("vm.json");
         std::fs::write(&config, serde_json::json!({ "exit_file": dir.path().join("exit.json") }).to_string()).unwrap();
         let child = Command::new(VMM)
@@ -30,7 +39,7 @@ impl Vm {
             .args(["--firmware", "bios", "--memory-mib", "64", "--serial", "stdio"])
             .args(testing::args(slot))
             .arg("--disk")
-            .arg(&disk)
+            .arg(disk)
             .arg("--vnc-socket")
             .arg(dir.path().join("vnc.sock"))
             .arg("--api-socket")
