@@ -259,7 +259,7 @@ mod tests {
         assert_eq!(parse(b"DELETE /vm HTTP/1.1\r\n\r\n").unwrap_err().status, 405);
         assert_eq!(parse(b"GET /nope HTTP/1.1\r\n\r\n").unwrap_err().status, 404);
         assert_eq!(parse(b"\x00\x01garbage\r\n\r\n").unwrap_err().status, 400);
-        let eject = b"PUT /disks/2/medium HTTP/1.1\r\nContent-Length: 16\r\n\r\n{\"medium\":null}";
+        let eject = b"PUT /disks/2/medium HTTP/1.1\r\nContent-Length: 15\r\n\r\n{\"medium\":null}";
         assert_eq!(parse(eject), Ok(Some(Request::ChangeMedium { disk: 2, medium: None })));
         let insert = b"PUT /disks/0/medium HTTP/1.1\r\nContent-Length: 18\r\n\r\n{\"medium\":\"a.iso\"}";
         assert_eq!(parse(insert), Ok(Some(Request::ChangeMedium { disk: 0, medium: Some("a.iso".into()) })));
