@@ -89,6 +89,8 @@ pub struct CdromInfo {
 #[serde(deny_unknown_fields)]
 pub struct MediumBody {
     /// None ejects; a name puts in the file passed with the request.
+    /// Required (`null` to eject), so an empty body ejects nothing.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub medium: Option<String>,
 }
 
