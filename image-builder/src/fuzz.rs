@@ -112,7 +112,7 @@ mod tests {
     fn every_target_has_a_seed_corpus_and_a_source() {
         let layout = Layout::this_checkout();
         let targets = targets(&layout).unwrap();
-        assert!(targets.len() >= 11, "{targets:?}");
+        assert!(targets.len() >= 12, "{targets:?}");
         for t in &targets {
             let seeds = layout.repo.join("fuzz/corpus").join(t);
             assert!(std::fs::read_dir(&seeds).is_ok_and(|d| d.count() > 0), "no seeds in {}", seeds.display());

@@ -224,3 +224,57 @@ async fn the_screen_view_shows_the_guest_and_types_into_it() {
     }
     drop(host);
 }
+
+/// The CD/DVD drive on a VM's page: a BIOS VM boots an ISO (not hybrid)
+/// from its CD-ROM drive; the admin ejects it and the guest (reading its
+/// medium every 300 ms through the BIOS) sees an empty drive, then picks
+/// another ISO and inserts it, and the guest reads the new medium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vm_page_ejects_and_inserts_isos() {
+    use kvmos_vmm::tiny_guest::{self, IsoBoot, CDROM_READ, CDROM_READ_FAILED};
+    let host = tokio::task::spawn_blocking(|| HostPanel::start("browser-cdrom")).await.unwrap().unwrap();
+    let port = host.port;
+    let code = host.setup_code().unwrap();
+    let media = host.dir.join("media");
+    let id = tokio::task::spawn_blocking(move || {
+        let mut panel = Panel::new(port);
+        panel.setup(&code, PASSWORD).unwrap();
+        std::fs::create_dir_all(&media).unwrap();
+        for (name, volume) in [("a.iso", "KVMOSTEST"), ("b.iso", "SECONDISO")] {
+            let iso = media.join(name);
+            let boot = tiny_guest::cdrom_watch_image(&format!("booted {name}"));
+            tiny_guest::el_torito_iso(&iso, volume, IsoBoot::Bios(&boot), &[]).unwrap();
+            panel.upload_file(name, "iso", &iso).unwrap();
+        }
+        let vm = panel
+            .ok(
+                "POST",
+                "/api/v1/vms",
+                Some(json!({"name": "cd1", "vcpus": 1, "memory_mib": 64,
+                    "boot": {"type": "firmware", "firmware": "bios"}, "disks": [{"image": "a.iso"}]})),
+            )
+            .unwrap();
+        let id = vm["id"].as_str().unwrap().to_string();
+        panel.action(&id, "start").unwrap();
+        id
+    })
+    .await
+    .unwrap();
+    let shots = host.dir.join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let b = Browser::logged_in(&shots, port, PASSWORD).await.unwrap();
+    b.client.goto(&format!("https://127.0.0.1:{port}/#/vms/{id}")).await.unwrap();
+    wait_js(&b, "the first medium read", &console_has(&format!("{CDROM_READ}KVMOSTEST")), T).await;
+    b.wait_for("[data-drive='0'] select", T).await.unwrap();
+    b.screenshot("01-cdrom-drive").await.unwrap();
+    b.click("[data-eject='0']").await.unwrap();
+    wait_js(&b, "the empty drive", &console_has(CDROM_READ_FAILED), T).await;
+    let pick = "(() => { const s = document.querySelector(\"[data-drive='0'] select\"); s.value = 'b.iso'; return s.value === 'b.iso'; })()";
+    wait_js(&b, "b.iso picked", pick, T).await;
+    b.click("[data-insert='0']").await.unwrap();
+    b.wait_for(&format!("[data-drive='0'] option[value='b.iso']:checked"), T).await.unwrap();
+    wait_js(&b, "the new medium read", &console_has(&format!("{CDROM_READ}SECONDISO")), T).await;
+    b.screenshot("02-cdrom-changed").await.unwrap();
+    b.close().await.unwrap();
+    drop(host);
+}

@@ -231,6 +231,47 @@ fn a_bios_vm_boots_an_uploaded_disk_image() {
     assert_eq!((status, err["field"].as_str()), (400, Some("cmdline")), "{err}");
 }
 
+/// An ISO that is not hybrid boots from the CD-ROM drive the panel puts it
+/// in, and the admin changes the medium of the running VM: the guest (which
+/// reads its medium through the BIOS every 300 ms) sees it ejected, then
+/// sees the new ISO; the VM's definition keeps the new one.
+#[test]
+fn an_iso_boots_from_the_cdrom_and_the_panel_changes_its_medium() {
+    use kvmos_vmm::tiny_guest::{self, IsoBoot, CDROM_READ, CDROM_READ_FAILED};
+    let host = HostPanel::start("panel-cdrom").unwrap();
+    let panel = logged_in(&host);
+    let media = kvmos_qemu_test::work_dir("panel-cdrom-media").unwrap();
+    for (name, volume) in [("a.iso", "KVMOSTEST"), ("b.iso", "SECONDISO")] {
+        let iso = media.join(name);
+        let boot = tiny_guest::cdrom_watch_image(&format!("booted {name}"));
+        tiny_guest::el_torito_iso(&iso, volume, IsoBoot::Bios(&boot), &[]).unwrap();
+        panel.upload_file(name, "iso", &iso).unwrap();
+    }
+    let vm = panel
+        .ok(
+            "POST",
+            "/api/v1/vms",
+            Some(json!({
+                "name": "cd1", "vcpus": 1, "memory_mib": 64,
+                "boot": {"type": "firmware", "firmware": "bios"}, "disks": [{"image": "a.iso"}],
+            })),
+        )
+        .unwrap();
+    let id = vm["id"].as_str().unwrap().to_string();
+    panel.action(&id, "start").unwrap();
+    let mut console = panel.console(&id).unwrap();
+    console.expect("Booting from DVD/CD", T).unwrap();
+    let at = console.expect(&format!("{CDROM_READ}KVMOSTEST"), T).unwrap();
+    let medium = format!("/api/v1/vms/{id}/disks/0/medium");
+    panel.ok("PUT", &medium, Some(json!({"image": null}))).unwrap();
+    let at = console.expect_after(at, CDROM_READ_FAILED, T).unwrap();
+    let changed = panel.ok("PUT", &medium, Some(json!({"image": "b.iso"}))).unwrap();
+    assert_eq!(changed["spec"]["disks"][0]["image"], "b.iso", "{changed}");
+    console.expect_after(at, &format!("{CDROM_READ}SECONDISO"), T).unwrap();
+    panel.action(&id, "force-off").unwrap();
+    panel.wait_state(&id, "stopped", T).unwrap();
+}
+
 /// Connections that send nothing, or a request head that never ends, are
 /// closed (they were held open for ever): 200 of each, and the panel still
 /// answers while they wait and after.

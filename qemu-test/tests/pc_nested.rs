@@ -7,6 +7,11 @@
 //! the file is on the disk. Under OVMF a boot entry made in the guest is
 //! still there at the next boot, read from the VM's variable file. Both
 //! run by hand for now (`-- --ignored`): see each test for why.
+//!
+//! The CD-ROM drive, in the default run: OVMF boots an El Torito ISO that
+//! is not hybrid (GRUB for UEFI on it reads a file from the medium), and
+//! Debian's own kernel (`ata_piix`, `sr`) reads the medium, sees it
+//! ejected and sees a new one put in through the control API.
 
 use kvmos_qemu_test::debian;
 use kvmos_qemu_test::nested::{Nested, NestedResult};
@@ -244,4 +249,126 @@ echo "----- second boot -----"
         second_boot.contains(&format!("Boot{current}* kvmos-entry")),
         "the entry survived the restart and was booted (BootCurrent {current}):\n{out}"
     );
+}
+
+/// Two test media for the CD-ROM tests: (volume ID, README.TXT) each.
+const MEDIA: [(&str, &str); 2] = [("KVMOSCDA", "medium-A-contents"), ("KVMOSCDB", "medium-B-contents")];
+
+fn data_iso(dir: &std::path::Path, (volume, text): (&str, &str)) -> Vec<u8> {
+    let iso = dir.join(format!("{volume}.iso"));
+    let files = [("README.TXT", text.as_bytes())];
+    kvmos_vmm::tiny_guest::el_torito_iso(&iso, volume, kvmos_vmm::tiny_guest::IsoBoot::None, &files).unwrap();
+    std::fs::read(&iso).unwrap()
+}
+
+/// Debian's kernel drives the CD-ROM with its own drivers: the PIIX IDE
+/// controller binds `ata_piix`, the drive is `sr0` (INQUIRY says KVMOS),
+/// the guest mounts the medium and reads a file. The L1 ejects it through
+/// the control API (`kvmos-vmm ctl eject`): mounting fails, no medium.
+/// It puts another ISO in (`ctl insert`, the file passed to the jailed
+/// VMM as a descriptor): the guest reads the new medium's file.
+#[test]
+fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
+    let dir = kvmos_qemu_test::work_dir("pc-cdrom-debian-media").unwrap();
+    let (a, b) = (data_iso(&dir, MEDIA[0]), data_iso(&dir, MEDIA[1]));
+    let quoted = |marker: &str| format!("\"{}\"\"{}\"", &marker[..3], &marker[3..]);
+    // Mounts the medium: prints MOUNT-<step>-<mount's status> and
+    // README-<step> <the file>, then the step's marker.
+    let mount = |step: &str| {
+        format!(
+            "echo 'sleep 2; mount -o ro /dev/sr0 /mnt; echo \"MOUNT-{step}-$?\"; echo \"README-{step} $(cat /mnt/README.TXT 2>/dev/null)\"; umount /mnt 2>/dev/null; echo {}' >&3\nwait_for 'STEP-{step}'\n",
+            quoted(&format!("STEP-{step}"))
+        )
+    };
+    let checks = format!(
+        "login\n\
+         echo 'echo \"PIIX $(ls /sys/bus/pci/drivers/ata_piix)\"; echo \"VENDOR $(cat /sys/block/sr0/device/vendor)\"; echo {}' >&3\n\
+         wait_for 'DRIVER-DONE'\n\
+         {}\
+         ./kvmos-vmm ctl --api-socket api.sock eject --disk 0 && echo L1-EJECTED\n\
+         {}\
+         ./kvmos-vmm ctl --api-socket api.sock insert --disk 0 --iso b.iso && echo L1-INSERTED\n\
+         {}\
+         ./kvmos-vmm ctl --api-socket api.sock stop\n\
+         wait $vmm\n\
+         kill $tail\n\
+         grep -v 'has no device' vmm.err | tail -20\n",
+        quoted("DRIVER-DONE"),
+        mount("A"),
+        mount("EMPTY"),
+        mount("B"),
+    );
+    let image = debian::image().unwrap();
+    let vmm = "./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --firmware bios --firmware-path bios-256k.bin \
+               --disk a.iso,cdrom --boot-order 1";
+    let script = format!("{}{checks}", L1_SETUP.replace("{vmm}", vmm));
+    let (bios_name, bios) = firmware_file("bios-256k.bin");
+    let n = Nested::new(&script).unwrap().cpus(1).with_vmm().unwrap().drive(&image);
+    let n = n.file(bios_name, bios, 0o644).unwrap().file("a.iso", a, 0o644).unwrap().file("b.iso", b, 0o644).unwrap();
+    let r = n.run("pc-cdrom-debian", TIMEOUT).unwrap();
+    let out = &r.output;
+    assert!(out.contains("PIIX 0000:00:01.1"), "ata_piix drives the IDE function:\n{out}");
+    assert!(out.contains("VENDOR KVMOS"), "sr0 is our drive:\n{out}");
+    assert!(out.contains("MOUNT-A-0") && out.contains(&format!("README-A {}", MEDIA[0].1)), "medium A:\n{out}");
+    assert!(out.contains("L1-EJECTED") && out.contains("L1-INSERTED"), "{out}");
+    assert!(out.contains("MOUNT-EMPTY-32") && out.contains("no medium found"), "no medium after the eject:\n{out}");
+    assert!(out.contains("MOUNT-B-0") && out.contains(&format!("README-B {}", MEDIA[1].1)), "medium B:\n{out}");
+}
+
+/// A UEFI boot loader on a FAT image: GRUB for x86_64-efi (Debian's
+/// `grub-efi-amd64-bin`) with an embedded configuration that prints a
+/// marker, finds the medium by its file, prints the file and powers off.
+fn grub_efi_image(dir: &std::path::Path) -> Vec<u8> {
+    let cfg = dir.join("early.cfg");
+    std::fs::write(
+        &cfg,
+        "serial --unit=0 --speed=115200\nterminal_output serial\necho KVMOS-EFI-CDROM-BOOTED\nsearch --no-floppy --file /README.TXT --set=root\ncat /README.TXT\nhalt\n",
+    )
+    .unwrap();
+    let efi = dir.join("BOOTX64.EFI");
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(std::process::Command::new("grub-mkimage")
+        .args(["-O", "x86_64-efi", "-p", "/boot/grub", "-c"])
+        .arg(&cfg)
+        .arg("-o")
+        .arg(&efi)
+        .args(["iso9660", "fat", "part_msdos", "part_gpt", "search", "search_fs_file", "echo", "cat", "halt"])
+        .args(["serial", "terminal"]));
+    let fat = dir.join("efi.img");
+    run(std::process::Command::new("mkfs.vfat").arg("-C").arg(&fat).arg("4096"));
+    run(std::process::Command::new("mmd").arg("-i").arg(&fat).args(["::/EFI", "::/EFI/BOOT"]));
+    run(std::process::Command::new("mcopy").arg("-i").arg(&fat).arg(&efi).arg("::/EFI/BOOT/BOOTX64.EFI"));
+    std::fs::read(&fat).unwrap()
+}
+
+/// OVMF boots from the CD-ROM: an ISO that is not hybrid, whose El Torito
+/// entry is a UEFI boot image. GRUB on it reads the medium's file through
+/// OVMF's ATAPI driver and powers the VM off.
+#[test]
+fn ovmf_boots_an_el_torito_iso_from_the_cdrom() {
+    let dir = kvmos_qemu_test::work_dir("pc-cdrom-ovmf-media").unwrap();
+    let efi = grub_efi_image(&dir);
+    let iso = dir.join("efi.iso");
+    let files = [("README.TXT", &b"read-from-the-uefi-cdrom\n"[..])];
+    kvmos_vmm::tiny_guest::el_torito_iso(&iso, "KVMOSEFI", kvmos_vmm::tiny_guest::IsoBoot::Uefi(&efi), &files).unwrap();
+    let script = "cp OVMF_VARS_4M.fd vars.fd\n\
+        echo '{\"firmware_log\": \"fw.log\"}' > vm.json\n\
+        timeout 900 ./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --firmware uefi --firmware-path OVMF_CODE_4M.fd \
+        --uefi-vars vars.fd --disk efi.iso,cdrom --memory-mib 256 --config vm.json --serial stdio > out 2> vmm.err\n\
+        echo \"VMM-EXIT $?\"\n\
+        strings -n 4 out | tail -40\n\
+        strings -n 4 fw.log | grep -e Boot -e CdRom -e Ata | tail -20\n\
+        grep -v 'has no device' vmm.err | tail -10\n";
+    let (code_name, code) = firmware_file("OVMF_CODE_4M.fd");
+    let (_, vars) = firmware_file("OVMF_VARS_4M.fd");
+    let n = Nested::new(script).unwrap().cpus(1).with_vmm().unwrap().for_uefi_guests().unwrap();
+    let n = n.file(code_name, code, 0o644).unwrap().file("OVMF_VARS_4M.fd", vars, 0o644).unwrap();
+    let r = n.file("efi.iso", std::fs::read(&iso).unwrap(), 0o644).unwrap().run("pc-cdrom-ovmf", TIMEOUT).unwrap();
+    let out = &r.output;
+    assert!(out.contains("KVMOS-EFI-CDROM-BOOTED"), "GRUB started from the CD-ROM:\n{out}");
+    assert!(out.contains("read-from-the-uefi-cdrom"), "and read the medium:\n{out}");
+    assert!(out.contains("VMM-EXIT 0"), "GRUB's halt powered the VM off:\n{out}");
 }

@@ -86,6 +86,12 @@ enum Cmd {
         api_socket: PathBuf,
         #[arg(value_enum)]
         action: CtlAction,
+        /// eject, insert: the CD-ROM drive, by its index in the VM's disks
+        #[arg(long)]
+        disk: Option<usize>,
+        /// insert: the ISO to put in (opened here, passed to the VMM)
+        #[arg(long, value_name = "PATH")]
+        iso: Option<PathBuf>,
     },
 }
 
@@ -97,13 +103,21 @@ enum CtlAction {
     PowerOff,
     Reset,
     Stop,
+    /// Take the medium out of a CD-ROM drive (--disk)
+    Eject,
+    /// Put an ISO (--iso) in a CD-ROM drive (--disk)
+    Insert,
 }
 
 /// `kvmos-vmm ctl`: one API call; prints the answer; exit 0 on success.
-fn ctl(socket: &std::path::Path, action: CtlAction) -> i32 {
+fn ctl(socket: &std::path::Path, action: CtlAction, disk: Option<usize>, iso: Option<PathBuf>) -> i32 {
     use kvmos_contract::control::{Action, Client};
     let client = Client::new(socket);
+    if let CtlAction::Eject | CtlAction::Insert = action {
+        return change_medium(&client, action, disk, iso);
+    }
     let action = match action {
+        CtlAction::Eject | CtlAction::Insert => None,
         CtlAction::Get => None,
         CtlAction::Pause => Some(Action::Pause),
         CtlAction::Resume => Some(Action::Resume),
@@ -126,6 +140,34 @@ fn ctl(socket: &std::path::Path, action: CtlAction) -> i32 {
             eprintln!("kvmos-vmm ctl: {} ({e})", socket.display());
             1
         }
+    }
+}
+
+/// `ctl eject --disk N` and `ctl insert --disk N --iso PATH`.
+fn change_medium(
+    client: &kvmos_contract::control::Client,
+    action: CtlAction,
+    disk: Option<usize>,
+    iso: Option<PathBuf>,
+) -> i32 {
+    let fail = |message: String| {
+        eprintln!("kvmos-vmm ctl: {message}");
+        1
+    };
+    let Some(disk) = disk else {
+        return fail("give the CD-ROM drive with --disk N (its index in the VM's disks)".into());
+    };
+    let file = match (action, &iso) {
+        (CtlAction::Insert, Some(path)) => match std::fs::File::open(path) {
+            Ok(f) => Some((path.display().to_string(), f)),
+            Err(e) => return fail(format!("cannot open {}: {e}", path.display())),
+        },
+        (CtlAction::Insert, None) => return fail("insert: give the ISO with --iso PATH".into()),
+        _ => None,
+    };
+    match client.change_medium(disk, file.as_ref().map(|(name, f)| (name.as_str(), f))) {
+        Ok(()) => 0,
+        Err(e) => fail(format!("{} ({e})", client.socket().display())),
     }
 }
 
@@ -251,8 +293,8 @@ fn main() {
     let started = Instant::now();
     tracing_subscriber::fmt().with_target(false).with_ansi(false).with_writer(std::io::stderr).init();
     let mut args = Args::parse();
-    if let Some(Cmd::Ctl { api_socket, action }) = args.cmd.take() {
-        std::process::exit(ctl(&api_socket, action));
+    if let Some(Cmd::Ctl { api_socket, action, disk, iso }) = args.cmd.take() {
+        std::process::exit(ctl(&api_socket, action, disk, iso));
     }
     let config = match config_from(args).and_then(|c| c.validate(&host_limits()).map(|_| c)) {
         Ok(c) => c,

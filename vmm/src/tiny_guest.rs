@@ -240,6 +240,53 @@ fn cdrom_image(message: &str, watch: bool) -> Vec<u8> {
     image
 }
 
+/// What an [`el_torito_iso`] boots.
+pub enum IsoBoot<'a> {
+    /// A no-emulation boot image for BIOS (4 sectors are loaded).
+    Bios(&'a [u8]),
+    /// A FAT image holding `\EFI\BOOT\BOOTX64.EFI`, for UEFI.
+    Uefi(&'a [u8]),
+    /// Nothing: a data medium.
+    None,
+}
+
+/// Writes an ISO 9660 image to `iso` with xorriso (Debian's `xorriso`,
+/// installed by the host tools), as Windows installers and many rescue
+/// media are made: El Torito only, nothing in the system area (not
+/// hybrid, so no disk boot), volume ID `volume`, holding `files` (names in
+/// the root) and the boot image.
+pub fn el_torito_iso(iso: &Path, volume: &str, boot: IsoBoot, files: &[(&str, &[u8])]) -> std::io::Result<()> {
+    let content = iso.with_extension("content");
+    std::fs::create_dir_all(&content)?;
+    for (name, data) in files {
+        std::fs::write(content.join(name), data)?;
+    }
+    let mut cmd = std::process::Command::new("xorriso");
+    cmd.args(["-as", "mkisofs", "-quiet", "-V", volume]);
+    match boot {
+        IsoBoot::Bios(image) => {
+            std::fs::write(content.join("boot.img"), image)?;
+            cmd.args(["-b", "boot.img", "-no-emul-boot", "-boot-load-size", "4"]);
+        }
+        IsoBoot::Uefi(image) => {
+            std::fs::write(content.join("efi.img"), image)?;
+            cmd.args(["-e", "efi.img", "-no-emul-boot"]);
+        }
+        IsoBoot::None => {}
+    }
+    let out = cmd.arg("-o").arg(iso).arg(&content).output()?;
+    std::fs::remove_dir_all(&content)?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!("xorriso: {}", String::from_utf8_lossy(&out.stderr))));
+    }
+    let mut head = vec![0u8; 0x8006];
+    std::io::Read::read_exact(&mut std::fs::File::open(iso)?, &mut head)?;
+    if &head[0x8001..0x8006] != b"CD001" || head[..0x8000].iter().any(|&b| b != 0) {
+        return Err(std::io::Error::other("xorriso made something other than a plain ISO 9660 image"));
+    }
+    Ok(())
+}
+
 /// A bootable disk for the display tests: a boot sector that SeaBIOS loads
 /// after its VGA BIOS has set text mode 3. Written in GNU as, assembled
 /// once (`as --32`, `ld -Ttext 0x7c00 --oformat binary`) and kept here

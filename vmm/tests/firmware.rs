@@ -142,26 +142,12 @@ fn a_hybrid_iso_attached_read_only_boots() {
     assert_eq!(std::fs::read(&iso).unwrap(), bytes, "a read-only medium is never written");
 }
 
-/// Makes an ISO 9660 image that is not hybrid (El Torito only, nothing in
-/// its system area), as Windows installers and many rescue media are:
-/// `boot.img` is a no-emulation boot image.
-fn el_torito_iso(dir: &Path, boot_image: &[u8], volume: &str) -> std::path::PathBuf {
-    let content = dir.join(volume);
-    std::fs::create_dir_all(&content).unwrap();
-    std::fs::write(content.join("boot.img"), boot_image).unwrap();
-    std::fs::write(content.join("README.TXT"), "kvmos test medium\n").unwrap();
+/// A test medium that is not hybrid, booting `boot_image` (BIOS, no
+/// emulation), with the volume ID `volume`.
+fn iso(dir: &Path, boot_image: &[u8], volume: &str) -> std::path::PathBuf {
     let iso = dir.join(format!("{volume}.iso"));
-    let out = Command::new("xorriso")
-        .args(["-as", "mkisofs", "-quiet", "-V", volume, "-b", "boot.img", "-no-emul-boot"])
-        .args(["-boot-load-size", "4", "-o"])
-        .arg(&iso)
-        .arg(&content)
-        .output()
-        .expect("xorriso is installed by the host tools");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let bytes = std::fs::read(&iso).unwrap();
-    assert_eq!(&bytes[0x8001..0x8006], b"CD001", "an ISO 9660 image");
-    assert!(bytes[..0x8000].iter().all(|&b| b == 0), "not hybrid: no boot sector a disk would boot");
+    let files = [("README.TXT", &b"kvmos test medium\n"[..])];
+    tiny_guest::el_torito_iso(&iso, volume, tiny_guest::IsoBoot::Bios(boot_image), &files).unwrap();
     iso
 }
 
@@ -171,7 +157,7 @@ fn el_torito_iso(dir: &Path, boot_image: &[u8], volume: &str) -> std::path::Path
 #[test]
 fn seabios_boots_an_el_torito_iso_from_the_cdrom_and_the_guest_reads_it() {
     let dir = tempfile::tempdir().unwrap();
-    let iso = el_torito_iso(dir.path(), &tiny_guest::cdrom_boot_image("booted from the CD-ROM"), "KVMOSTEST");
+    let iso = iso(dir.path(), &tiny_guest::cdrom_boot_image("booted from the CD-ROM"), "KVMOSTEST");
     let bytes = std::fs::read(&iso).unwrap();
     let cd = format!("{},cdrom", iso.display());
     let (code, out, err) = run_vmm(&["--firmware", "bios", "--disk", &cd]);
@@ -189,7 +175,7 @@ fn seabios_boots_an_el_torito_iso_from_the_cdrom_and_the_guest_reads_it() {
 #[test]
 fn the_boot_order_picks_the_cdrom_or_the_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let iso = el_torito_iso(dir.path(), &tiny_guest::cdrom_boot_image("booted the CD-ROM"), "KVMOSTEST");
+    let iso = iso(dir.path(), &tiny_guest::cdrom_boot_image("booted the CD-ROM"), "KVMOSTEST");
     let cd = format!("{},cdrom", iso.display());
     let d = disk(dir.path(), "a.img", "booted the disk");
     let (_, out, err) = run_vmm(&["--firmware", "bios", "--disk", &d, "--disk", &cd, "--boot-order", "1,0"]);
@@ -208,8 +194,8 @@ fn the_boot_order_picks_the_cdrom_or_the_disk() {
 #[test]
 fn the_cdrom_medium_is_ejected_and_changed_while_the_guest_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let first = el_torito_iso(dir.path(), &tiny_guest::cdrom_watch_image("watching the CD-ROM"), "KVMOSTEST");
-    let second = el_torito_iso(dir.path(), &tiny_guest::cdrom_watch_image("second medium"), "SECONDISO");
+    let first = iso(dir.path(), &tiny_guest::cdrom_watch_image("watching the CD-ROM"), "KVMOSTEST");
+    let second = iso(dir.path(), &tiny_guest::cdrom_watch_image("second medium"), "SECONDISO");
     let vm = support::Vm::start_disk(&format!("{},cdrom", first.display()), kvmos_vmm::jail::testing::next_slot());
     let read = |vol: &str| format!("{}{vol}", tiny_guest::CDROM_READ);
     vm.wait_console(&read("KVMOSTEST"), 2);

@@ -49,6 +49,7 @@ pub fn routes(state: State) -> (axum::Router<State>, utoipa::openapi::OpenApi) {
         .routes(routes!(list_vms, create_vm))
         .routes(routes!(get_vm, update_vm, delete_vm))
         .routes(routes!(vm_action))
+        .routes(routes!(put_medium))
         .routes(routes!(crate::console::console))
         .routes(routes!(crate::console::screen))
         .routes(routes!(vm_screenshot))
@@ -639,6 +640,82 @@ async fn vm_action(
     .await;
     let action = format!("vm.{:?}", req.action).to_lowercase();
     state.audit(&caller, &action, &record.spec.name, &r);
+    r?;
+    Ok(Json(view(&state, state.vms.get(&id)?)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct MediumRequest {
+    /// An ISO image's name, or null to eject (required).
+    #[serde(deserialize_with = "Option::deserialize")]
+    image: Option<String>,
+}
+
+/// Puts an ISO in a VM's CD-ROM drive, or ejects the medium. Disk `index`
+/// of the VM must be a CD-ROM drive (an ISO). A running guest sees the
+/// change at once. The ISO put in stays in the VM's definition (it is in
+/// the drive at the next start); an eject lasts until the VM stops: to
+/// start without the ISO, take it out of the VM's disks.
+#[utoipa::path(put, path = "/api/v1/vms/{id}/disks/{index}/medium",
+    params(("id" = String, Path), ("index" = usize, Path)), request_body = MediumRequest,
+    responses((status = 200, body = VmView), (status = 400, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+async fn put_medium(
+    axum::extract::State(state): axum::extract::State<State>,
+    Extension(caller): Extension<Caller>,
+    Path((id, index)): Path<(String, usize)>,
+    ApiJson(req): ApiJson<MediumRequest>,
+) -> ApiResult<Json<VmView>> {
+    let record = state.vms.get(&id)?;
+    let st = state.clone();
+    let vm = id.clone();
+    let image = req.image.clone();
+    let r = blocking(move || {
+        let field = format!("disks[{index}]");
+        let is_iso = |name: &str| st.images.get(name).is_some_and(|i| i.kind == ImageKind::Iso);
+        let disk = record.spec.disks.get(index).ok_or_else(|| {
+            ApiError::field(
+                404,
+                &field,
+                format!("{field}: the VM has {} disk(s), numbered from 0", record.spec.disks.len()),
+            )
+        })?;
+        if disk.size_mib.is_some() || !is_iso(&disk.image) {
+            return Err(ApiError::bad(
+                &field,
+                format!("{field}: {} is a disk, not a CD-ROM drive (ISOs go in one)", disk.image),
+            ));
+        }
+        if let Some(name) = image.as_deref().filter(|n| !is_iso(n)) {
+            return Err(ApiError::bad(
+                "image",
+                format!("image: {name} is not an uploaded ISO; upload it in Images first"),
+            ));
+        }
+        let running = st.supervisor.state(&vm) != VmState::Stopped;
+        match (&image, running) {
+            (None, false) => {
+                return Err(ApiError::conflict(format!(
+                    "{} is off: to start it without {}, take the ISO out of its disks",
+                    record.spec.name, disk.image
+                )))
+            }
+            (None, true) => st.supervisor.change_medium(&vm, index, None)?,
+            (Some(name), true) => {
+                let file = std::fs::File::open(st.images.path(name)).map_err(ApiError::internal)?;
+                st.supervisor.change_medium(&vm, index, Some((name, &file)))?;
+            }
+            (Some(_), false) => {}
+        }
+        if let Some(name) = image {
+            st.vms.modify(&vm, |r| r.spec.disks[index].image = name)?;
+        }
+        Ok(())
+    })
+    .await;
+    let what = req.image.as_deref().map_or_else(|| "eject".to_string(), |n| format!("insert {n}"));
+    state.audit(&caller, "vm.medium", &format!("{} ({what})", state.vms.get(&id)?.spec.name), &r);
     r?;
     Ok(Json(view(&state, state.vms.get(&id)?)))
 }

@@ -108,6 +108,17 @@ fn own_gid() -> u32 {
     unsafe { libc::getegid() }
 }
 
+/// A VMM's refusal as the panel's API error: its conflicts stay 409,
+/// anything else is a bad gateway.
+fn control_error(e: ControlError) -> ApiError {
+    match e {
+        ControlError::Refused { status: 409, message } => ApiError::new(409, message),
+        ControlError::Refused { message, .. } => ApiError::new(502, message),
+        ControlError::Unreachable(e) => ApiError::new(502, format!("the VMM does not answer: {e}")),
+        garbled => ApiError::new(502, garbled.to_string()),
+    }
+}
+
 /// The tap of a VM's NIC: at most 15 bytes, stable per VM.
 pub fn tap_name(id: &str) -> String {
     format!("kv{id}n0")
@@ -534,12 +545,17 @@ impl Supervisor {
         if !lock(&self.running).contains_key(id) {
             return Err(ApiError::conflict("the VM is not running"));
         }
-        self.control(id).act(action).map_err(|e| match e {
-            ControlError::Refused { status: 409, message } => ApiError::new(409, message),
-            ControlError::Refused { message, .. } => ApiError::new(502, message),
-            ControlError::Unreachable(e) => ApiError::new(502, format!("the VMM does not answer: {e}")),
-            garbled => ApiError::new(502, garbled.to_string()),
-        })
+        self.control(id).act(action).map_err(control_error)
+    }
+
+    /// Ejects the medium of the CD-ROM drive that is disk `disk` (None),
+    /// or puts in `medium`: its name and the file, opened read-only here
+    /// and passed to the jailed VMM, which opens no files.
+    pub fn change_medium(&self, id: &str, disk: usize, medium: Option<(&str, &std::fs::File)>) -> ApiResult<()> {
+        if !lock(&self.running).contains_key(id) {
+            return Err(ApiError::conflict("the VM is not running"));
+        }
+        self.control(id).change_medium(disk, medium).map_err(control_error)
     }
 
     fn set_state(&self, id: &str, f: impl FnOnce(&mut Handle)) {

@@ -530,3 +530,44 @@ async fn a_login_flood_leaves_a_bounded_audit_trail() {
     let logins = entries.as_array().unwrap().iter().filter(|e| e["action"] == "login").count();
     assert_eq!(logins, crate::auth::LOGIN_ATTEMPTS + 1, "the failures, then one refusal: {entries}");
 }
+
+#[tokio::test]
+async fn a_cdrom_takes_uploaded_isos_and_says_what_is_wrong() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    let mut iso = vec![0u8; 0x8800];
+    iso[0x8001..0x8006].copy_from_slice(b"CD001");
+    for name in ["a.iso", "b.iso"] {
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri(format!("/api/v1/images/{name}?kind=iso"))
+            .header(header::COOKIE, format!("kvmos_session={}", h.cookie.clone().unwrap()))
+            .header("x-csrf-token", h.csrf.clone().unwrap())
+            .body(Body::from(iso.clone()))
+            .unwrap();
+        assert_eq!(h.raw(req).await.status, StatusCode::CREATED);
+    }
+    let spec = json!({"name": "inst1", "vcpus": 1, "memory_mib": 64, "boot": {"type": "firmware", "firmware": "bios"},
+        "disks": [{"image": "inst1-disk", "size_mib": 8}, {"image": "a.iso"}]});
+    let vm = h.call(Method::POST, "/api/v1/vms", Some(spec)).await;
+    assert_eq!(vm.status, StatusCode::CREATED, "{:?}", vm.body);
+    let id = vm.body["id"].as_str().unwrap().to_string();
+    let medium = |disk: usize| format!("/api/v1/vms/{id}/disks/{disk}/medium");
+
+    let disk = h.call(Method::PUT, &medium(0), Some(json!({"image": "b.iso"}))).await;
+    assert_eq!((disk.status, disk.body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("disks[0]")));
+    assert!(disk.body["error"].as_str().unwrap().contains("not a CD-ROM drive"), "{:?}", disk.body);
+    assert_eq!(h.call(Method::PUT, &medium(5), Some(json!({"image": "b.iso"}))).await.status, StatusCode::NOT_FOUND);
+    let missing = h.call(Method::PUT, &medium(1), Some(json!({"image": "nope.iso"}))).await;
+    assert_eq!((missing.status, missing.body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("image")));
+    assert!(h.call(Method::PUT, &medium(1), Some(json!({}))).await.status.is_client_error(), "image is required");
+    // The VM is off: an eject would not last; a new ISO goes in its definition.
+    let eject = h.call(Method::PUT, &medium(1), Some(json!({"image": null}))).await;
+    assert_eq!(eject.status, StatusCode::CONFLICT);
+    assert!(eject.body["error"].as_str().unwrap().contains("take the ISO out of its disks"), "{:?}", eject.body);
+    let insert = h.call(Method::PUT, &medium(1), Some(json!({"image": "b.iso"}))).await;
+    assert_eq!(insert.status, StatusCode::OK, "{:?}", insert.body);
+    assert_eq!(insert.body["spec"]["disks"][1]["image"], "b.iso");
+    let log = h.call(Method::GET, "/api/v1/audit", None).await;
+    assert!(log.body.to_string().contains("inst1 (insert b.iso)"), "audited: {}", log.body);
+}

@@ -207,7 +207,7 @@ async function newVm() {
         <div class="err" data-err="disks"></div></div>
       <div class="row" id="iso-row" hidden><label for="iso">CD/DVD (ISO)</label>
         <select id="iso">${opt('', isos.length ? 'none' : 'none (upload an ISO in Images)')}${isos.map((i) => opt(i.name, `${i.name} (${mib(i.size)})`)).join('')}</select>
-        <div class="hint">Attached read-only; hybrid ISOs (most Linux installers and rescue ISOs) boot from it.</div></div>
+        <div class="hint">In a CD-ROM drive: installers and rescue ISOs boot from it, hybrid or not (Windows too); change it on the VM's page.</div></div>
       <div class="row" id="first-row" hidden><label for="first">Boot first from</label><select id="first">${opt('disk', 'the disk')}${opt('iso', 'the ISO')}</select><div class="err" data-err="boot_order"></div></div>
       <div class="row"><label class="check"><input id="network" type="checkbox" checked> Network: a NIC on br0, the host's network</label><div class="err" data-err="network"></div></div>
       <div class="row"><label class="check"><input id="autostart" type="checkbox"> Start when kvmos boots</label></div>
@@ -298,8 +298,11 @@ function openScreen(id, tries = 0) {
 }
 
 async function vmDetail(id) {
-  const vm = await api('GET', `/api/v1/vms/${id}`);
+  const [vm, images] = await Promise.all([api('GET', `/api/v1/vms/${id}`), api('GET', '/api/v1/images')]);
   const s = vm.spec;
+  // The CD/DVD drives: the VM's ISOs, each in a drive of its own.
+  const isos = images.images.filter((i) => i.kind === 'iso').map((i) => i.name);
+  const drives = s.disks.map((d, i) => [d, i]).filter(([d]) => !d.size_mib && isos.includes(d.image));
   const boot = {
     guest: () => `bundled guest ${s.boot.guest}`,
     kernel: () => `kernel ${s.boot.kernel}${s.boot.initrd ? ` + ${s.boot.initrd}` : ''}`,
@@ -331,6 +334,10 @@ async function vmDetail(id) {
         <tr><th>Boot</th><td>${esc(boot)}</td></tr>
         ${s.boot.type === 'firmware' ? `<tr><th>Boot order</th><td><ol id="boot-order">${order.map((i, n) => `<li>${esc(s.disks[i].image)}${s.disks[i].read_only ? ' <span class="muted">(read-only)</span>' : ''}${n > 0 && vm.state === 'stopped' ? ` <button class="secondary small" data-first="${i}">Boot first</button>` : ''}</li>`).join('')}</ol></td></tr>` : `<tr><th>Command line</th><td class="mono">${esc(s.cmdline || '(default)')}</td></tr>`}
         <tr><th>Disks</th><td>${esc(s.disks.map((d) => d.image).join(', ') || 'none')}</td></tr>
+        ${drives.length ? `<tr><th>CD/DVD</th><td>${drives.map(([d, i]) => `<div class="actions medium" data-drive="${i}">
+          <select aria-label="ISO in drive ${i}">${isos.map((n) => `<option value="${esc(n)}" ${n === d.image ? 'selected' : ''}>${esc(n)}</option>`).join('')}</select>
+          <button class="secondary small" data-insert="${i}">${vm.state === 'stopped' ? 'Use this ISO' : 'Insert'}</button>
+          ${vm.state !== 'stopped' ? `<button class="secondary small" data-eject="${i}">Eject</button>` : ''}</div>`).join('')}</td></tr>` : ''}
         <tr><th>Network</th><td>${s.network ? `br0 · <span class="mono">${esc(vm.mac)}</span>` : 'none'}</td></tr>
         <tr><th>Autostart</th><td><label class="check"><input type="checkbox" id="autostart" ${s.autostart ? 'checked' : ''} ${vm.state !== 'stopped' ? 'disabled title="Stop the VM to change it"' : ''}> at boot</label></td></tr>
       </table></div>
@@ -350,6 +357,17 @@ async function vmDetail(id) {
       try { await api('PUT', `/api/v1/vms/${id}`, { ...s, boot_order: [first, ...order.filter((i) => i !== first)] }); route(); } catch (e) { toast(e.message, true); }
     };
   });
+  const medium = async (drive, image) => {
+    try {
+      await api('PUT', `/api/v1/vms/${id}/disks/${drive}/medium`, { image });
+      toast(image ? `${image} is in the drive` : 'Ejected: the guest sees an empty drive until the VM stops');
+      if (image) route();
+    } catch (e) { toast(e.message, true); }
+  };
+  app.querySelectorAll('[data-insert]').forEach((b) => {
+    b.onclick = () => medium(b.dataset.insert, b.closest('[data-drive]').querySelector('select').value);
+  });
+  app.querySelectorAll('[data-eject]').forEach((b) => { b.onclick = () => medium(b.dataset.eject, null); });
   const auto = app.querySelector('#autostart');
   auto.onchange = async () => {
     try { await api('PUT', `/api/v1/vms/${id}`, { ...s, autostart: auto.checked }); toast('Saved'); } catch (e) { toast(e.message, true); auto.checked = !auto.checked; }
