@@ -272,7 +272,7 @@ async fn the_vm_page_ejects_and_inserts_isos() {
     let pick = "(() => { const s = document.querySelector(\"[data-drive='0'] select\"); s.value = 'b.iso'; return s.value === 'b.iso'; })()";
     wait_js(&b, "b.iso picked", pick, T).await;
     b.click("[data-insert='0']").await.unwrap();
-    b.wait_for(&format!("[data-drive='0'] option[value='b.iso']:checked"), T).await.unwrap();
+    b.wait_for("[data-drive='0'] option[value='b.iso']:checked", T).await.unwrap();
     wait_js(&b, "the new medium read", &console_has(&format!("{CDROM_READ}SECONDISO")), T).await;
     b.screenshot("02-cdrom-changed").await.unwrap();
     b.close().await.unwrap();
