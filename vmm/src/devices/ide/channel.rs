@@ -208,6 +208,15 @@ impl Channel {
             return;
         }
         if reg == 6 {
+            // Selecting the other drive in the middle of a command ends
+            // the command: its data and status belong to the drive that
+            // took it.
+            if (value ^ self.device) & DEV != 0 && !matches!(self.phase, Phase::Idle) {
+                self.phase = Phase::Idle;
+                let r = &mut self.slot().regs;
+                r.status = status::DRDY | status::DSC | status::ERR;
+                r.error = ABRT;
+            }
             self.device = value;
             return;
         }
@@ -350,8 +359,11 @@ impl Channel {
                 }
                 Source::Sectors { lba, buf, at } => {
                     if *at == buf.len() {
-                        let drive = self.slots[i].drive.as_mut().expect("a transfer runs on a present drive");
-                        if let Err(key) = drive.read_sector(*lba, &mut buf[..]) {
+                        let read = match self.slots[i].drive.as_mut() {
+                            Some(drive) => drive.read_sector(*lba, &mut buf[..]),
+                            None => Err(super::atapi::sense::NOT_READY),
+                        };
+                        if let Err(key) = read {
                             failed = Some(key);
                             break;
                         }
@@ -653,6 +665,21 @@ mod tests {
         r.outb(1, 0);
         r.outb(7, cmd::SET_FEATURES);
         assert_eq!(r.irq.lock().unwrap().last(), Some(&true));
+    }
+
+    /// Found by the fuzzer: a guest started a READ on the master, selected
+    /// the (absent) slave and read the data register; the VMM panicked.
+    #[test]
+    fn selecting_the_other_drive_ends_a_transfer() {
+        let mut r = rig(Some(cdrom(2)), None);
+        r.packet(&[op::READ_10, 0, 0, 0, 0, 0, 0, 0, 2], 0xfffe);
+        assert_eq!(r.byte_count(), 4096);
+        r.outb(6, 0xb0);
+        assert!(r.insw(4096).iter().all(|&b| b == 0), "nothing is transferred");
+        r.outb(6, 0xa0);
+        assert_eq!(r.alt_status() & status::DRQ, 0, "the command is over");
+        r.packet(&[op::TEST_UNIT_READY], 0);
+        assert_eq!(r.inb(7) & status::ERR, 0, "the drive takes the next command");
     }
 
     #[test]
