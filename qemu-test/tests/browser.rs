@@ -278,3 +278,36 @@ async fn the_vm_page_ejects_and_inserts_isos() {
     b.close().await.unwrap();
     drop(host);
 }
+
+/// The Images page: a disk is cloned (the copy shows in the task list as
+/// done, and in the images as a copy) and grown, from the buttons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_images_page_clones_and_grows_disks_and_lists_tasks() {
+    let host = tokio::task::spawn_blocking(|| HostPanel::start("browser-images")).await.unwrap().unwrap();
+    let port = host.port;
+    let code = host.setup_code().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut panel = Panel::new(port);
+        panel.setup(&code, PASSWORD).unwrap();
+        panel.ok("POST", "/api/v1/images/disks", Some(json!({"name": "d1", "size_mib": 8}))).unwrap();
+    })
+    .await
+    .unwrap();
+    let shots = host.dir.join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let b = Browser::logged_in(&shots, port, PASSWORD).await.unwrap();
+    b.client.goto(&format!("https://127.0.0.1:{port}/#/images")).await.unwrap();
+    b.wait_text("#task-table", "No tasks yet", T).await.unwrap();
+    // The name and size the admin types into the prompts.
+    b.eval("(() => { window.prompt = () => 'copy-b'; return true; })()").await.unwrap();
+    b.click("[data-clone='d1']").await.unwrap();
+    b.wait_for("#task-table [data-state=done]", T).await.unwrap();
+    b.wait_text("#task-table", "copy-b", T).await.unwrap();
+    b.wait_text("#image-table", "copy of d1", T).await.unwrap();
+    b.eval("(() => { window.prompt = () => '24'; return true; })()").await.unwrap();
+    b.click("[data-grow='copy-b']").await.unwrap();
+    b.wait_text("#image-table", "24 MiB", T).await.unwrap();
+    b.screenshot("01-images-and-tasks").await.unwrap();
+    b.close().await.unwrap();
+    drop(host);
+}

@@ -8,9 +8,10 @@
 use crate::app::{ApiError, ApiJson, ApiResult, State};
 use crate::auth::{self, Caller, TokenInfo, CSRF_HEADER, SESSION_COOKIE, SESSION_MAX};
 use crate::host::{self, HostSettings, Overview, PowerAction};
-use crate::images::{BundledGuest, Image, ImageKind};
+use crate::images::{check_name, BundledGuest, Image, ImageKind};
 use crate::store::now_unix;
 use crate::supervisor::VmState;
+use crate::tasks::TaskView;
 use crate::vms::{HostCapacity, Run, VmRecord, VmSpec};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, Request};
@@ -61,6 +62,11 @@ pub fn routes(state: State) -> (axum::Router<State>, utoipa::openapi::OpenApi) {
         .routes(routes!(list_images))
         .routes(routes!(create_disk))
         .routes(routes!(upload_image, delete_image))
+        .routes(routes!(clone_image))
+        .routes(routes!(grow_image))
+        .routes(routes!(clone_vm))
+        .routes(routes!(list_tasks))
+        .routes(routes!(get_task))
         .routes(routes!(openapi_json))
         .layer(axum::middleware::from_fn_with_state(state, require_auth));
     let public = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -798,6 +804,203 @@ async fn delete_image(
     };
     state.audit(&caller, "image.delete", &name, &r);
     r.map(|_| StatusCode::NO_CONTENT)
+}
+
+/// The running VMs that use image `name`, by name.
+fn running_users(state: &State, name: &str) -> Vec<String> {
+    let users = state.vms.users_of(name);
+    state
+        .vms
+        .list()
+        .into_iter()
+        .filter(|r| users.contains(&r.spec.name) && state.supervisor.state(&r.id) != VmState::Stopped)
+        .map(|r| r.spec.name)
+        .collect()
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CloneRequest {
+    /// The new image's or VM's name.
+    name: String,
+}
+
+/// Copies a disk image to a new one, in the background (a task): only its
+/// data is copied, so the copy is as sparse as the disk. The disk must not
+/// be in use by a running VM.
+#[utoipa::path(post, path = "/api/v1/images/{name}/clone", params(("name" = String, Path)), request_body = CloneRequest,
+    responses((status = 202, body = TaskView), (status = 400, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError), (status = 507, body = ApiError)))]
+async fn clone_image(
+    axum::extract::State(state): axum::extract::State<State>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<CloneRequest>,
+) -> ApiResult<(StatusCode, Json<TaskView>)> {
+    let r = (|| {
+        let running = running_users(&state, &name);
+        if !running.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "{name} is in use by {}, which runs; stop it first",
+                running.join(", ")
+            )));
+        }
+        let (source, bytes) = state.images.prepare_clone(&name, &req.name)?;
+        state.images.check_room(bytes)?;
+        let task = state.images.tasks.start("clone", &req.name);
+        task.log(format!("copy of {name} ({} MiB, {} MiB of data)", source.size >> 20, bytes >> 20));
+        task.progress(0, bytes);
+        let (st, t, to) = (state.clone(), task.clone(), req.name.clone());
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let r = st.images.copy_disk(source, &to, |done| t.progress(done, bytes));
+            if r.is_ok() {
+                t.log(format!("done in {:.1} s", started.elapsed().as_secs_f64()));
+            }
+            t.finish(&r);
+        });
+        Ok(task.view())
+    })();
+    state.audit(
+        &caller,
+        "image.clone",
+        &format!("{name} → {}", req.name),
+        &r.as_ref().map(|_| ()).map_err(Clone::clone),
+    );
+    Ok((StatusCode::ACCEPTED, Json(r?)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct GrowRequest {
+    /// The disk's new size, larger than now.
+    size_mib: u64,
+}
+
+/// Grows a disk image (never shrinks it). No running VM may use it; the
+/// guest sees the larger disk at its next start and grows its partitions
+/// and file systems itself (cloud-init does it at boot).
+#[utoipa::path(post, path = "/api/v1/images/{name}/grow", params(("name" = String, Path)), request_body = GrowRequest,
+    responses((status = 200, body = Image), (status = 400, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+async fn grow_image(
+    axum::extract::State(state): axum::extract::State<State>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<GrowRequest>,
+) -> ApiResult<Json<Image>> {
+    let r = (|| {
+        let running = running_users(&state, &name);
+        if !running.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "{name} is in use by {}, which runs; stop it first",
+                running.join(", ")
+            )));
+        }
+        state.images.grow_disk(&name, req.size_mib)
+    })();
+    state.audit(
+        &caller,
+        "image.grow",
+        &format!("{name} to {} MiB", req.size_mib),
+        &r.as_ref().map(|_| ()).map_err(Clone::clone),
+    );
+    Ok(Json(r?))
+}
+
+/// Clones a stopped VM: a new VM with the same settings, a new MAC, and a
+/// copy of each of its writable disks (`NAME-disk`, `NAME-disk1`, ...);
+/// ISOs and read-only disks are shared. In the background (a task); the
+/// new VM appears when its disks are copied, with autostart off.
+#[utoipa::path(post, path = "/api/v1/vms/{id}/clone", params(("id" = String, Path)), request_body = CloneRequest,
+    responses((status = 202, body = TaskView), (status = 400, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError), (status = 507, body = ApiError)))]
+async fn clone_vm(
+    axum::extract::State(state): axum::extract::State<State>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<CloneRequest>,
+) -> ApiResult<(StatusCode, Json<TaskView>)> {
+    let record = state.vms.get(&id)?;
+    let r = (|| {
+        if state.supervisor.state(&id) != VmState::Stopped {
+            return Err(ApiError::conflict(format!("{} is running; shut it down before cloning it", record.spec.name)));
+        }
+        check_name("name", &req.name, 32)?;
+        if state.vms.list().iter().any(|r| r.spec.name == req.name) {
+            return Err(ApiError::field(409, "name", format!("name: a VM called {} already exists", req.name)));
+        }
+        // The disks to copy, and their new names.
+        let mut spec = record.spec.clone();
+        spec.name = req.name.clone();
+        spec.autostart = false;
+        let mut copies = Vec::new();
+        for (i, d) in spec.disks.iter_mut().enumerate() {
+            let is_disk = state.images.get(&d.image).is_some_and(|img| img.kind == ImageKind::Disk);
+            if d.read_only || !is_disk {
+                continue;
+            }
+            let to = if i == 0 { format!("{}-disk", req.name) } else { format!("{}-disk{i}", req.name) };
+            let (source, bytes) = state.images.prepare_clone(&d.image, &to)?;
+            copies.push((source, to.clone(), bytes));
+            d.image = to;
+        }
+        let total: u64 = copies.iter().map(|c| c.2).sum();
+        state.images.check_room(total)?;
+        let task = state.images.tasks.start("clone", &req.name);
+        task.log(format!(
+            "clone of VM {} with {} disk(s), {} MiB of data",
+            record.spec.name,
+            copies.len(),
+            total >> 20
+        ));
+        task.progress(0, total);
+        let (st, t) = (state.clone(), task.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut made: Vec<String> = Vec::new();
+            let r = (|| {
+                let mut before = 0;
+                for (source, to, bytes) in copies {
+                    t.log(format!("copying {} to {to}", source.name));
+                    st.images.copy_disk(source, &to, |done| t.progress(before + done, total))?;
+                    made.push(to);
+                    before += bytes;
+                }
+                spec.validate(&st.images, HostCapacity::read())?;
+                let vm = st.vms.create(spec, now_unix())?;
+                t.log(format!("VM {} created", vm.spec.name));
+                Ok(vm)
+            })();
+            if r.is_err() {
+                made.iter().for_each(|m| drop(st.images.delete(m)));
+            }
+            t.finish(&r);
+        });
+        Ok(task.view())
+    })();
+    state.audit(
+        &caller,
+        "vm.clone",
+        &format!("{} → {}", record.spec.name, req.name),
+        &r.as_ref().map(|_| ()).map_err(Clone::clone),
+    );
+    Ok((StatusCode::ACCEPTED, Json(r?)))
+}
+
+/// The long tasks (conversions, clones), newest first, with their
+/// progress, log and result; finished ones stay listed for a while.
+#[utoipa::path(get, path = "/api/v1/tasks", responses((status = 200, body = Vec<TaskView>)))]
+async fn list_tasks(axum::extract::State(state): axum::extract::State<State>) -> Json<Vec<TaskView>> {
+    Json(state.images.tasks.list())
+}
+
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = TaskView), (status = 404, body = ApiError)))]
+async fn get_task(
+    axum::extract::State(state): axum::extract::State<State>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TaskView>> {
+    state.images.tasks.get(&id).map(Json).ok_or_else(|| ApiError::not_found("task"))
 }
 
 /// This document.

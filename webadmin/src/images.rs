@@ -47,6 +47,9 @@ pub struct Image {
     /// image itself is always raw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub converted_from: Option<String>,
+    /// The image this one is a copy of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloned_from: Option<String>,
     /// Unix seconds.
     pub created: u64,
 }
@@ -67,6 +70,8 @@ pub struct Images {
     dir: PathBuf,
     guests_dir: PathBuf,
     pub max_upload: u64,
+    /// Conversions and clones, as the task list shows them.
+    pub tasks: crate::tasks::Tasks,
 }
 
 /// Names: 1 to 64 of `a-z 0-9 . _ -`, starting with a letter or digit.
@@ -102,7 +107,7 @@ impl Images {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(Self { dir, guests_dir: guests_dir.to_path_buf(), max_upload })
+        Ok(Self { dir, guests_dir: guests_dir.to_path_buf(), max_upload, tasks: Default::default() })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -190,6 +195,7 @@ impl Images {
             size: size_mib << 20,
             sha256: None,
             converted_from: None,
+            cloned_from: None,
             created: now_unix(),
         };
         self.publish(&tmp, &image)?;
@@ -253,13 +259,14 @@ impl Images {
                 size,
                 sha256: Some(hex::encode(hash.finalize())),
                 converted_from: None,
+                cloned_from: None,
                 created: now_unix(),
             };
             match kind {
                 ImageKind::Kernel => check_kernel(&tmp)?,
                 ImageKind::Iso => check_iso(&tmp)?,
                 ImageKind::Disk if read_at(&tmp, 0, 4) == qcow2::MAGIC => {
-                    image.size = self.convert_qcow2(&tmp, &raw).await?;
+                    image.size = self.convert_qcow2(name, &tmp, &raw).await?;
                     image.converted_from = Some("qcow2".into());
                     std::fs::remove_file(&tmp).map_err(ApiError::internal)?;
                     self.publish(&raw, &image)?;
@@ -279,30 +286,119 @@ impl Images {
         result
     }
 
-    /// Converts an uploaded qcow2 (`src`) to a sparse raw disk (`dst`);
-    /// returns the disk's size.
-    async fn convert_qcow2(&self, src: &Path, dst: &Path) -> ApiResult<u64> {
+    /// Converts an uploaded qcow2 (`src`) to a sparse raw disk (`dst`), as
+    /// a task the task list shows; returns the disk's size.
+    async fn convert_qcow2(&self, name: &str, src: &Path, dst: &Path) -> ApiResult<u64> {
         let free = free_space(&self.dir).saturating_sub(64 << 20);
         let started = std::time::Instant::now();
+        let task = self.tasks.start("convert", name);
+        task.log(format!("qcow2 upload → sparse raw disk {name}"));
         // On a blocking thread: decompressing is CPU work, and imago's
         // futures are not Send.
-        let (src, dst) = (src.to_path_buf(), dst.to_path_buf());
+        let (src, dst, t) = (src.to_path_buf(), dst.to_path_buf(), task.clone());
         let done = tokio::task::spawn_blocking(move || {
-            tokio::runtime::Handle::current().block_on(qcow2::convert_to_raw(&src, &dst, free, |_, _| {}))
+            let progress = |done, total| t.progress(done, total);
+            tokio::runtime::Handle::current().block_on(qcow2::convert_to_raw(&src, &dst, free, progress))
         })
         .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| match e {
-            qcow2::Qcow2Error::Write(e) => ApiError::internal(e),
-            e => ApiError::bad("file", format!("file: {e}")),
-        })?;
-        tracing::info!(
-            "converted a qcow2 upload to a raw disk: {} MiB, {} MiB of data, in {:.1} s",
-            done.virtual_size >> 20,
-            done.data_bytes >> 20,
-            started.elapsed().as_secs_f64()
-        );
-        Ok(done.virtual_size)
+        .map_err(ApiError::internal)
+        .and_then(|r| {
+            r.map_err(|e| match e {
+                qcow2::Qcow2Error::Write(e) => ApiError::internal(e),
+                e => ApiError::bad("file", format!("file: {e}")),
+            })
+        });
+        if let Ok(done) = &done {
+            task.log(format!(
+                "{} MiB disk, {} MiB of data, in {:.1} s",
+                done.virtual_size >> 20,
+                done.data_bytes >> 20,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        task.finish(&done);
+        Ok(done?.virtual_size)
+    }
+
+    /// Checks that disk `from` can be copied to a new disk `to`: a disk, a
+    /// free name. Returns the source and the bytes of data it holds (what
+    /// the copy takes).
+    pub fn prepare_clone(&self, from: &str, to: &str) -> ApiResult<(Image, u64)> {
+        let source = self.get(from).ok_or_else(|| ApiError::not_found("image"))?;
+        if source.kind != ImageKind::Disk {
+            return Err(ApiError::bad("name", format!("{from} is not a disk; only disks are cloned")));
+        }
+        check_name("name", to, 64)?;
+        if self.path(to).exists() {
+            return Err(ApiError::field(409, "name", format!("name: an image called {to} already exists")));
+        }
+        Ok((source.clone(), allocated_bytes(&self.path(from))))
+    }
+
+    /// Refuses copies of `bytes` of data that would fill the data disk.
+    pub fn check_room(&self, bytes: u64) -> ApiResult<()> {
+        let free = free_space(&self.dir);
+        if bytes + (64 << 20) > free {
+            return Err(ApiError::field(
+                507,
+                "name",
+                format!(
+                    "the copy needs {} MiB and the data disk has {} MiB free; free some space first",
+                    bytes >> 20,
+                    free >> 20
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Copies `source` to a new disk `to`, keeping it sparse (only its
+    /// data extents, found with SEEK_DATA and SEEK_HOLE, are copied); the
+    /// copy appears under its name once complete, and a failed copy leaves
+    /// nothing. Blocking. `progress(bytes copied)` follows. The caller
+    /// makes sure no running VM writes the source.
+    pub fn copy_disk(&self, source: Image, to: &str, progress: impl FnMut(u64)) -> ApiResult<Image> {
+        let tmp = self.dir.join(format!(".upload-{to}-{}", crate::auth::random_hex(4)));
+        let result = (|| {
+            sparse_copy(&self.path(&source.name), &tmp, progress)
+                .map_err(|e| ApiError::internal(format!("copying {}: {e}", source.name)))?;
+            let image =
+                Image { name: to.into(), cloned_from: Some(source.name.clone()), created: now_unix(), ..source };
+            self.publish(&tmp, &image)?;
+            Ok(image)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Grows disk `name` to `size_mib` (never shrinks it: that would cut
+    /// the guest's file systems). The caller makes sure no VM runs on it;
+    /// the guest sees the new size at its next start.
+    pub fn grow_disk(&self, name: &str, size_mib: u64) -> ApiResult<Image> {
+        let mut image = self.get(name).ok_or_else(|| ApiError::not_found("image"))?;
+        if image.kind != ImageKind::Disk {
+            return Err(ApiError::bad("size_mib", format!("{name} is not a disk; only disks grow")));
+        }
+        let size = size_mib.checked_mul(1 << 20).filter(|&s| s <= qcow2::MAX_SIZE);
+        let Some(size) = size else {
+            return Err(ApiError::bad("size_mib", "size_mib: at most 16 TiB"));
+        };
+        if size <= image.size {
+            return Err(ApiError::bad(
+                "size_mib",
+                format!(
+                    "size_mib: {name} is {} MiB already; disks only grow (a smaller disk would cut the guest's file systems)",
+                    image.size >> 20
+                ),
+            ));
+        }
+        let f = std::fs::OpenOptions::new().write(true).open(self.path(name)).map_err(ApiError::internal)?;
+        f.set_len(size).and_then(|_| f.sync_all()).map_err(ApiError::internal)?;
+        image.size = size;
+        store::save_json(&self.meta_path(name), &image).map_err(ApiError::from)?;
+        Ok(image)
     }
 
     pub fn delete(&self, name: &str) -> ApiResult<()> {
@@ -312,6 +408,60 @@ impl Images {
         store::remove(&self.path(name)).map_err(ApiError::from)?;
         store::remove(&self.meta_path(name)).map_err(ApiError::from)
     }
+}
+
+/// The bytes a file really holds on disk (a sparse disk holds less than its size).
+fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+/// Copies `src` to a new file `dst` of the same size, only the extents
+/// that hold data (SEEK_DATA/SEEK_HOLE), so the copy is as sparse as the
+/// source; fsyncs it. `progress(bytes copied)` follows. Returns the bytes
+/// copied.
+fn sparse_copy(src: &Path, dst: &Path, mut progress: impl FnMut(u64)) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let from = std::fs::File::open(src)?;
+    let to = std::fs::File::create(dst)?;
+    let size = from.metadata()?.len();
+    to.set_len(size)?;
+    let seek = |offset: u64, whence: i32| -> std::io::Result<Option<u64>> {
+        // SAFETY: lseek on an open file descriptor with a valid whence.
+        let r = unsafe { libc::lseek(from.as_raw_fd(), offset as libc::off_t, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        // ENXIO: no data at or after `offset`.
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    };
+    let mut buf = vec![0u8; 4 << 20];
+    let (mut at, mut copied) = (0u64, 0u64);
+    while at < size {
+        let Some(data) = seek(at, libc::SEEK_DATA)? else { break };
+        let end = seek(data, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
+        let mut pos = data;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            from.read_exact_at(&mut buf[..n], pos)?;
+            // Zeros inside a data extent stay a hole in the copy.
+            if buf[..n].iter().any(|&b| b != 0) {
+                to.write_all_at(&buf[..n], pos)?;
+            }
+            pos += n as u64;
+            copied += n as u64;
+            progress(copied);
+        }
+        at = end;
+    }
+    to.sync_all()?;
+    Ok(copied)
 }
 
 /// The test kvmos-vmm itself makes: a bzImage or an ELF vmlinux.
@@ -449,6 +599,12 @@ mod tests {
         assert_eq!(img.size, want.len() as u64);
         assert_eq!(std::fs::read(images.path("cloud.img")).unwrap(), want);
         assert_eq!(images.get("cloud.img").unwrap().converted_from.as_deref(), Some("qcow2"));
+        // The conversion is in the task list, done, with its log.
+        let task = &images.tasks.list()[0];
+        assert_eq!((task.kind.as_str(), task.target.as_str()), ("convert", "cloud.img"));
+        assert_eq!(task.state, crate::tasks::TaskState::Done);
+        assert!(task.total_bytes > 0 && task.done_bytes == task.total_bytes, "{task:?}");
+        assert!(task.log.iter().any(|l| l.contains("MiB of data")), "{:?}", task.log);
         let names: Vec<String> = std::fs::read_dir(dir.path().join("images"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

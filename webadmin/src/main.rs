@@ -26,6 +26,7 @@ mod server;
 mod store;
 mod supervisor;
 mod switch;
+mod tasks;
 #[cfg(test)]
 mod tests;
 mod tls;

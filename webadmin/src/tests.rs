@@ -571,3 +571,80 @@ async fn a_cdrom_takes_uploaded_isos_and_says_what_is_wrong() {
     let log = h.call(Method::GET, "/api/v1/audit", None).await;
     assert!(log.body.to_string().contains("inst1 (insert b.iso)"), "audited: {}", log.body);
 }
+
+/// Polls a task until it ends.
+async fn wait_task(h: &Harness, id: &str) -> Value {
+    for _ in 0..500 {
+        let t = h.call(Method::GET, &format!("/api/v1/tasks/{id}"), None).await;
+        assert_eq!(t.status, StatusCode::OK, "{:?}", t.body);
+        if t.body["state"] != "running" {
+            return t.body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("task {id} still runs");
+}
+
+#[tokio::test]
+async fn disks_and_vms_are_cloned_in_tasks_and_disks_grow_but_never_shrink() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    let spec = json!({"name": "src1", "vcpus": 1, "memory_mib": 32, "boot": {"type": "guest", "guest": "tiny"},
+        "disks": [{"image": "src1-disk", "size_mib": 64}]});
+    let vm = h.call(Method::POST, "/api/v1/vms", Some(spec)).await;
+    assert_eq!(vm.status, StatusCode::CREATED, "{:?}", vm.body);
+    let id = vm.body["id"].as_str().unwrap().to_string();
+    let images = h.dir.path().join("data/images");
+    let disk = std::fs::OpenOptions::new().write(true).open(images.join("src1-disk")).unwrap();
+    disk.write_all_at(b"first block", 1 << 20).unwrap();
+    disk.write_all_at(b"second block", 40 << 20).unwrap();
+
+    // A disk clone: a task, then a sparse copy with the same bytes.
+    let c = h.call(Method::POST, "/api/v1/images/src1-disk/clone", Some(json!({"name": "copy1"}))).await;
+    assert_eq!(c.status, StatusCode::ACCEPTED, "{:?}", c.body);
+    assert_eq!((c.body["kind"].as_str(), c.body["target"].as_str()), (Some("clone"), Some("copy1")));
+    let done = wait_task(&h, c.body["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let (a, b) = (std::fs::read(images.join("src1-disk")).unwrap(), std::fs::read(images.join("copy1")).unwrap());
+    assert!(a == b && a.len() == 64 << 20, "the copy has the disk's bytes");
+    let allocated = std::fs::metadata(images.join("copy1")).unwrap().blocks() * 512;
+    assert!(allocated < 4 << 20, "the copy is sparse: {allocated} bytes allocated");
+    let list = h.call(Method::GET, "/api/v1/images", None).await;
+    let copy = list.body["images"].as_array().unwrap().iter().find(|i| i["name"] == "copy1").cloned().unwrap();
+    assert_eq!((copy["cloned_from"].as_str(), copy["size"].as_u64()), (Some("src1-disk"), Some(64 << 20)));
+
+    let taken = h.call(Method::POST, "/api/v1/images/src1-disk/clone", Some(json!({"name": "copy1"}))).await;
+    assert_eq!((taken.status, taken.body["field"].as_str()), (StatusCode::CONFLICT, Some("name")));
+    let missing = h.call(Method::POST, "/api/v1/images/nope/clone", Some(json!({"name": "copy2"}))).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    // Growing: never smaller, and the file is longer after.
+    let shrink = h.call(Method::POST, "/api/v1/images/copy1/grow", Some(json!({"size_mib": 32}))).await;
+    assert_eq!((shrink.status, shrink.body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("size_mib")));
+    assert!(shrink.body["error"].as_str().unwrap().contains("only grow"), "{:?}", shrink.body);
+    let grow = h.call(Method::POST, "/api/v1/images/copy1/grow", Some(json!({"size_mib": 96}))).await;
+    assert_eq!((grow.status, grow.body["size"].as_u64()), (StatusCode::OK, Some(96 << 20)), "{:?}", grow.body);
+    assert_eq!(std::fs::metadata(images.join("copy1")).unwrap().len(), 96 << 20);
+    assert_eq!(std::fs::read(images.join("copy1")).unwrap()[..64 << 20], a[..], "the data is still there");
+
+    // A VM clone: its disk copied under the new name, a new MAC, autostart off.
+    let vc = h.call(Method::POST, &format!("/api/v1/vms/{id}/clone"), Some(json!({"name": "src2"}))).await;
+    assert_eq!(vc.status, StatusCode::ACCEPTED, "{:?}", vc.body);
+    let done = wait_task(&h, vc.body["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert!(done["log"].to_string().contains("VM src2 created"), "{done}");
+    let vms = h.call(Method::GET, "/api/v1/vms", None).await;
+    let src2 = vms.body.as_array().unwrap().iter().find(|v| v["name"] == "src2").cloned().unwrap();
+    assert_eq!(src2["spec"]["disks"][0]["image"], "src2-disk");
+    assert_ne!(src2["mac"], vm.body["mac"]);
+    assert_eq!(std::fs::read(images.join("src2-disk")).unwrap(), a);
+    let again = h.call(Method::POST, &format!("/api/v1/vms/{id}/clone"), Some(json!({"name": "src2"}))).await;
+    assert_eq!((again.status, again.body["field"].as_str()), (StatusCode::CONFLICT, Some("name")));
+
+    // The task list: newest first.
+    let tasks = h.call(Method::GET, "/api/v1/tasks", None).await;
+    let targets: Vec<&str> = tasks.body.as_array().unwrap().iter().map(|t| t["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["src2", "copy1"]);
+    assert_eq!(h.call(Method::GET, "/api/v1/tasks/nope", None).await.status, StatusCode::NOT_FOUND);
+}

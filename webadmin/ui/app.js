@@ -314,7 +314,7 @@ async function vmDetail(id) {
     <h1>${esc(vm.name)} <span id="vm-state">${stateBadge(vm.state)}</span></h1>
     <div class="card"><div class="actions" id="vm-actions">${vmButtons(vm)}
       ${vm.state === 'running' ? `<button class="secondary" data-action="reboot" data-vm="${esc(id)}">Reboot</button><button class="secondary" data-action="pause" data-vm="${esc(id)}">Pause</button>` : ''}
-      ${vm.state === 'stopped' ? `<button class="danger" id="delete-vm">Delete</button>` : ''}</div></div>
+      ${vm.state === 'stopped' ? `<button class="secondary" id="clone-vm">Clone</button><button class="danger" id="delete-vm">Delete</button>` : ''}</div></div>
     ${s.boot.type === 'firmware' ? `<div class="card"><h2>Screen</h2>${vm.state === 'stopped' ? '<p class="muted">Start the VM to see its screen.</p>' : `
       <div class="actions screen-tools">
         <button class="secondary small" id="screen-cad">Ctrl-Alt-Del</button>
@@ -346,6 +346,12 @@ async function vmDetail(id) {
       </tbody></table></div></div>
     </div>`;
   wireActions(app.querySelector('#vm-actions'));
+  const clone = app.querySelector('#clone-vm');
+  if (clone) clone.onclick = async () => {
+    const name = prompt(`Name of the clone of ${vm.name} (its disks are copied)`, `${vm.name}-copy`);
+    if (!name) return;
+    try { await api('POST', `/api/v1/vms/${id}/clone`, { name: name.trim() }); toast(`Cloning to ${name}: see Images → Tasks`); } catch (e) { toast(e.message, true); }
+  };
   const del = app.querySelector('#delete-vm');
   if (del) del.onclick = async () => {
     if (!confirm(`Delete ${vm.name}? Its disk images stay in Images.`)) return;
@@ -395,8 +401,17 @@ async function switchPage(tries = 0) {
   switchView = window.kvmosSwitch(app, { settings, api, toast });
 }
 
+// The task list (conversions, clones): progress, result, log.
+function taskRows(tasks) {
+  const pct = (t) => (t.total_bytes ? Math.floor((100 * t.done_bytes) / t.total_bytes) : 0);
+  return tasks.map((t) => `<tr data-task="${esc(t.id)}"><td>${esc(t.kind)}</td><td>${esc(t.target)}</td>
+    <td>${t.state === 'running' ? `<progress value="${pct(t)}" max="100"></progress> ${pct(t)}%` : stateBadge(t.state === 'done' ? 'done' : 'failed')}</td>
+    <td>${when(t.started)}</td><td class="hide-narrow muted">${esc(t.error || t.log[t.log.length - 1] || '')}</td></tr>`).join('')
+    || '<tr><td colspan="5" class="muted">No tasks yet.</td></tr>';
+}
+
 async function imagesPage() {
-  const list = await api('GET', '/api/v1/images');
+  const [list, tasks] = await Promise.all([api('GET', '/api/v1/images'), api('GET', '/api/v1/tasks')]);
   app.innerHTML = `
     <h1>Images</h1>
     <div class="card"><h2>Upload</h2><form id="upload-form">
@@ -414,8 +429,10 @@ async function imagesPage() {
       <div class="row" style="justify-content:flex-end"><button type="submit">Create</button></div></form></div>
     <div class="card"><h2>Images</h2><div class="table-wrap"><table id="image-table"><thead><tr><th>Name</th><th>Kind</th><th>Size</th><th class="hide-narrow">SHA-256</th><th></th></tr></thead><tbody>
       ${list.guests.map((g) => `<tr><td>${esc(g.name)}</td><td>bundled guest</td><td>—</td><td class="hide-narrow muted">${esc(g.description)}</td><td></td></tr>`).join('')}
-      ${list.images.map((i) => `<tr><td>${esc(i.name)}</td><td>${esc(i.kind)}</td><td>${mib(i.size)}</td><td class="hide-narrow mono">${esc(i.sha256 ? i.sha256.slice(0, 16) + '…' : '—')}</td><td><button class="danger" data-delete="${esc(i.name)}">Delete</button></td></tr>`).join('')}
-    </tbody></table></div></div>`;
+      ${list.images.map((i) => `<tr><td>${esc(i.name)}</td><td>${esc(i.kind)}${i.converted_from ? ` <span class="muted">(from ${esc(i.converted_from)})</span>` : ''}${i.cloned_from ? ` <span class="muted">(copy of ${esc(i.cloned_from)})</span>` : ''}</td><td>${mib(i.size)}</td><td class="hide-narrow mono">${esc(i.sha256 ? i.sha256.slice(0, 16) + '…' : '—')}</td><td class="actions">${i.kind === 'disk' ? `<button class="secondary small" data-clone="${esc(i.name)}">Clone</button><button class="secondary small" data-grow="${esc(i.name)}" data-size="${i.size}">Grow</button>` : ''}<button class="danger small" data-delete="${esc(i.name)}">Delete</button></td></tr>`).join('')}
+    </tbody></table></div></div>
+    <div class="card"><h2>Tasks</h2><div class="table-wrap"><table id="task-table"><thead><tr><th>Task</th><th>Target</th><th>State</th><th>Started</th><th class="hide-narrow">Last message</th></tr></thead>
+      <tbody>${taskRows(tasks)}</tbody></table></div></div>`;
   const f = document.getElementById('upload-form');
   const file = f.querySelector('#file');
   file.onchange = () => { if (!f.querySelector('#up-name').value && file.files[0]) f.querySelector('#up-name').value = file.files[0].name.toLowerCase().replace(/[^a-z0-9._-]/g, '-'); };
@@ -441,6 +458,31 @@ async function imagesPage() {
     ev.preventDefault();
     try { await api('POST', '/api/v1/images/disks', { name: d.querySelector('#disk-name').value.trim(), size_mib: Number(d.querySelector('#disk-size').value) }); route(); } catch (e) { showError(d, e); }
   };
+  app.querySelectorAll('[data-clone]').forEach((b) => {
+    b.onclick = async () => {
+      const name = prompt(`Name of the copy of ${b.dataset.clone}`, `${b.dataset.clone}-copy`);
+      if (!name) return;
+      try { await api('POST', `/api/v1/images/${encodeURIComponent(b.dataset.clone)}/clone`, { name: name.trim() }); toast(`Copying to ${name}: see Tasks`); route(); } catch (e) { toast(e.message, true); }
+    };
+  });
+  app.querySelectorAll('[data-grow]').forEach((b) => {
+    b.onclick = async () => {
+      const now = Math.ceil(Number(b.dataset.size) / 1048576);
+      const size = prompt(`New size of ${b.dataset.grow} in MiB (now ${now}; disks only grow)`, String(now * 2));
+      if (!size) return;
+      try { await api('POST', `/api/v1/images/${encodeURIComponent(b.dataset.grow)}/grow`, { size_mib: Number(size) }); toast(`${b.dataset.grow} is ${size} MiB now`); route(); } catch (e) { toast(e.message, true); }
+    };
+  });
+  // Running tasks: refresh the list until they end.
+  if (tasks.some((t) => t.state === 'running')) {
+    timer = setInterval(async () => {
+      try {
+        const now = await api('GET', '/api/v1/tasks');
+        document.querySelector('#task-table tbody').innerHTML = taskRows(now);
+        if (!now.some((t) => t.state === 'running')) route();
+      } catch (e) { /* next navigation shows it */ }
+    }, 1000);
+  }
   app.querySelectorAll('[data-delete]').forEach((b) => {
     b.onclick = async () => {
       if (!confirm(`Delete the image ${b.dataset.delete}?`)) return;
