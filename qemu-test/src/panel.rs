@@ -148,6 +148,33 @@ impl Panel {
         self.ok("POST", &format!("/api/v1/vms/{id}/actions"), Some(serde_json::json!({"action": action})))
     }
 
+    /// Creates a BIOS VM (64 MiB) that boots the uploaded image `disk`,
+    /// starts it, and returns its ID.
+    pub fn start_bios_vm(&self, name: &str, disk: &str) -> Result<String> {
+        let spec = serde_json::json!({"name": name, "vcpus": 1, "memory_mib": 64,
+            "boot": {"type": "firmware", "firmware": "bios"}, "disks": [{"image": disk}]});
+        let vm = self.ok("POST", "/api/v1/vms", Some(spec))?;
+        let id = vm["id"].as_str().context("the new VM's id")?.to_string();
+        self.action(&id, "start")?;
+        Ok(id)
+    }
+
+    /// Uploads the CD-ROM tests' two ISOs (not hybrid), made in `dir`:
+    /// `a.iso` (volume KVMOSTEST) and `b.iso` (SECONDISO), each booting
+    /// the guest that reads its medium every 300 ms
+    /// (`tiny_guest::cdrom_watch_image`).
+    pub fn upload_cdrom_media(&self, dir: &std::path::Path) -> Result<()> {
+        use kvmos_vmm::tiny_guest::{self, IsoBoot};
+        std::fs::create_dir_all(dir)?;
+        for (name, volume) in [("a.iso", "KVMOSTEST"), ("b.iso", "SECONDISO")] {
+            let iso = dir.join(name);
+            let boot = tiny_guest::cdrom_watch_image(&format!("booted {name}"));
+            tiny_guest::el_torito_iso(&iso, volume, IsoBoot::Bios(&boot), &[])?;
+            self.upload_file(name, "iso", &iso)?;
+        }
+        Ok(())
+    }
+
     /// Opens a VM's serial console (the WebSocket the browser uses).
     pub fn console(&self, id: &str) -> Result<Console> {
         let ws = self.websocket(&format!("/api/v1/vms/{id}/console"))?;

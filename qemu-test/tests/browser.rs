@@ -131,17 +131,7 @@ async fn the_screen_view_shows_the_guest_and_types_into_it() {
         let mut panel = Panel::new(port);
         panel.setup(&code, PASSWORD).unwrap();
         panel.upload("display.img", "disk", kvmos_vmm::tiny_guest::display_disk()).unwrap();
-        let vm = panel
-            .ok(
-                "POST",
-                "/api/v1/vms",
-                Some(json!({"name": "screen1", "vcpus": 1, "memory_mib": 64,
-                    "boot": {"type": "firmware", "firmware": "bios"}, "disks": [{"image": "display.img"}]})),
-            )
-            .unwrap();
-        let id = vm["id"].as_str().unwrap().to_string();
-        panel.action(&id, "start").unwrap();
-        id
+        panel.start_bios_vm("screen1", "display.img").unwrap()
     })
     .await
     .unwrap();
@@ -231,7 +221,7 @@ async fn the_screen_view_shows_the_guest_and_types_into_it() {
 /// another ISO and inserts it, and the guest reads the new medium.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vm_page_ejects_and_inserts_isos() {
-    use kvmos_vmm::tiny_guest::{self, IsoBoot, CDROM_READ, CDROM_READ_FAILED};
+    use kvmos_vmm::tiny_guest::{CDROM_READ, CDROM_READ_FAILED};
     let host = tokio::task::spawn_blocking(|| HostPanel::start("browser-cdrom")).await.unwrap().unwrap();
     let port = host.port;
     let code = host.setup_code().unwrap();
@@ -239,24 +229,8 @@ async fn the_vm_page_ejects_and_inserts_isos() {
     let id = tokio::task::spawn_blocking(move || {
         let mut panel = Panel::new(port);
         panel.setup(&code, PASSWORD).unwrap();
-        std::fs::create_dir_all(&media).unwrap();
-        for (name, volume) in [("a.iso", "KVMOSTEST"), ("b.iso", "SECONDISO")] {
-            let iso = media.join(name);
-            let boot = tiny_guest::cdrom_watch_image(&format!("booted {name}"));
-            tiny_guest::el_torito_iso(&iso, volume, IsoBoot::Bios(&boot), &[]).unwrap();
-            panel.upload_file(name, "iso", &iso).unwrap();
-        }
-        let vm = panel
-            .ok(
-                "POST",
-                "/api/v1/vms",
-                Some(json!({"name": "cd1", "vcpus": 1, "memory_mib": 64,
-                    "boot": {"type": "firmware", "firmware": "bios"}, "disks": [{"image": "a.iso"}]})),
-            )
-            .unwrap();
-        let id = vm["id"].as_str().unwrap().to_string();
-        panel.action(&id, "start").unwrap();
-        id
+        panel.upload_cdrom_media(&media).unwrap();
+        panel.start_bios_vm("cd1", "a.iso").unwrap()
     })
     .await
     .unwrap();

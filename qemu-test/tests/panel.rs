@@ -237,28 +237,11 @@ fn a_bios_vm_boots_an_uploaded_disk_image() {
 /// sees the new ISO; the VM's definition keeps the new one.
 #[test]
 fn an_iso_boots_from_the_cdrom_and_the_panel_changes_its_medium() {
-    use kvmos_vmm::tiny_guest::{self, IsoBoot, CDROM_READ, CDROM_READ_FAILED};
+    use kvmos_vmm::tiny_guest::{CDROM_READ, CDROM_READ_FAILED};
     let host = HostPanel::start("panel-cdrom").unwrap();
     let panel = logged_in(&host);
-    let media = kvmos_qemu_test::work_dir("panel-cdrom-media").unwrap();
-    for (name, volume) in [("a.iso", "KVMOSTEST"), ("b.iso", "SECONDISO")] {
-        let iso = media.join(name);
-        let boot = tiny_guest::cdrom_watch_image(&format!("booted {name}"));
-        tiny_guest::el_torito_iso(&iso, volume, IsoBoot::Bios(&boot), &[]).unwrap();
-        panel.upload_file(name, "iso", &iso).unwrap();
-    }
-    let vm = panel
-        .ok(
-            "POST",
-            "/api/v1/vms",
-            Some(json!({
-                "name": "cd1", "vcpus": 1, "memory_mib": 64,
-                "boot": {"type": "firmware", "firmware": "bios"}, "disks": [{"image": "a.iso"}],
-            })),
-        )
-        .unwrap();
-    let id = vm["id"].as_str().unwrap().to_string();
-    panel.action(&id, "start").unwrap();
+    panel.upload_cdrom_media(&kvmos_qemu_test::work_dir("panel-cdrom-media").unwrap()).unwrap();
+    let id = panel.start_bios_vm("cd1", "a.iso").unwrap();
     let mut console = panel.console(&id).unwrap();
     console.expect("Booting from DVD/CD", T).unwrap();
     let at = console.expect(&format!("{CDROM_READ}KVMOSTEST"), T).unwrap();

@@ -806,16 +806,21 @@ async fn delete_image(
     r.map(|_| StatusCode::NO_CONTENT)
 }
 
-/// The running VMs that use image `name`, by name.
-fn running_users(state: &State, name: &str) -> Vec<String> {
+/// Refuses a change to image `name` while a running VM uses it.
+fn refuse_if_running(state: &State, name: &str) -> ApiResult<()> {
     let users = state.vms.users_of(name);
-    state
+    let running: Vec<String> = state
         .vms
         .list()
         .into_iter()
         .filter(|r| users.contains(&r.spec.name) && state.supervisor.state(&r.id) != VmState::Stopped)
         .map(|r| r.spec.name)
-        .collect()
+        .collect();
+    if running.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::conflict(format!("{name} is in use by {}, which runs; stop it first", running.join(", "))))
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -838,13 +843,7 @@ async fn clone_image(
     ApiJson(req): ApiJson<CloneRequest>,
 ) -> ApiResult<(StatusCode, Json<TaskView>)> {
     let r = (|| {
-        let running = running_users(&state, &name);
-        if !running.is_empty() {
-            return Err(ApiError::conflict(format!(
-                "{name} is in use by {}, which runs; stop it first",
-                running.join(", ")
-            )));
-        }
+        refuse_if_running(&state, &name)?;
         let (source, bytes) = state.images.prepare_clone(&name, &req.name)?;
         state.images.check_room(bytes)?;
         let task = state.images.tasks.start("clone", &req.name);
@@ -890,13 +889,7 @@ async fn grow_image(
     ApiJson(req): ApiJson<GrowRequest>,
 ) -> ApiResult<Json<Image>> {
     let r = (|| {
-        let running = running_users(&state, &name);
-        if !running.is_empty() {
-            return Err(ApiError::conflict(format!(
-                "{name} is in use by {}, which runs; stop it first",
-                running.join(", ")
-            )));
-        }
+        refuse_if_running(&state, &name)?;
         state.images.grow_disk(&name, req.size_mib)
     })();
     state.audit(
