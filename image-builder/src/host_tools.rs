@@ -104,6 +104,9 @@ pub const TEST: &[Requirement] = &[
     cmd("mcopy", "mtools"),
     // qcow2 images for the panel's conversion tests.
     cmd("qemu-img", "qemu-utils"),
+    // cloud-init itself checks the seeds the panel makes (its schema, its
+    // network-config conversion).
+    cmd("cloud-init", "cloud-init"),
     // Hybrid ISOs for the firmware tests.
     cmd("xorriso", "xorriso"),
     cmd("grub-mkimage", "grub-common"),

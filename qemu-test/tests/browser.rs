@@ -285,3 +285,54 @@ async fn the_images_page_clones_and_grows_disks_and_lists_tasks() {
     b.close().await.unwrap();
     drop(host);
 }
+
+/// The wizard's cloud-init section: a wrong SSH key is shown next to the
+/// key box; with a good key, a static address and a password the VM is
+/// made, and its page shows what the guest gets (the user-data with the
+/// key, the network-config with the address; the password only as a hash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wizard_provisions_a_cloud_image_with_cloud_init() {
+    let host = tokio::task::spawn_blocking(|| HostPanel::start("browser-cloud-init")).await.unwrap().unwrap();
+    let port = host.port;
+    let code = host.setup_code().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut panel = Panel::new(port);
+        panel.setup(&code, PASSWORD).unwrap();
+        panel.ok("POST", "/api/v1/images/disks", Some(json!({"name": "cloud.img", "size_mib": 8}))).unwrap();
+    })
+    .await
+    .unwrap();
+    let shots = host.dir.join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let b = Browser::logged_in(&shots, port, PASSWORD).await.unwrap();
+    b.client.goto(&format!("https://127.0.0.1:{port}/#/vms/new")).await.unwrap();
+    b.wait_for("#vm-form", T).await.unwrap();
+    b.fill("#name", "cloud1").await.unwrap();
+    b.fill("#memory", "64").await.unwrap();
+    b.eval("(() => { const s = document.querySelector('#source'); s.value = 'firmware:bios'; s.dispatchEvent(new Event('change')); const d = document.querySelector('#disk-mode'); d.value = 'existing'; d.dispatchEvent(new Event('change')); return true; })()").await.unwrap();
+    b.click("#network").await.unwrap(); // this host has no br0
+    b.click("#ci-on").await.unwrap();
+    b.fill("#ci-user", "ops").await.unwrap();
+    b.fill("#ci-keys", "not a key").await.unwrap();
+    b.click("#create").await.unwrap();
+    b.wait_text("[data-err='cloud_init.ssh_keys']", "not an SSH public key", T).await.unwrap();
+    b.screenshot("01-wizard-bad-key").await.unwrap();
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKvmosKvmosKvmosKvmosKvmosKvmosKvmosKvmos admin@laptop";
+    b.eval(&format!("(() => {{ document.querySelector('#ci-keys').value = {key:?}; return true; }})()")).await.unwrap();
+    b.fill("#ci-password", "a long console password").await.unwrap();
+    b.eval("(() => { const s = document.querySelector('#ci-net'); s.value = 'static'; s.dispatchEvent(new Event('change')); return true; })()").await.unwrap();
+    b.fill("#ci-address", "192.0.2.10/24").await.unwrap();
+    b.fill("#ci-gateway", "192.0.2.1").await.unwrap();
+    b.click("#create").await.unwrap();
+    b.wait_for("#vm-state [data-state=stopped]", T).await.unwrap();
+    b.wait_text("#ci-seed", "What the guest gets", T).await.unwrap();
+    b.click("#ci-seed summary").await.unwrap();
+    b.wait_text("#ci-seed", "ssh_authorized_keys", T).await.unwrap();
+    let text = b.eval("document.querySelector('#ci-seed').textContent").await.unwrap();
+    let text = text.as_str().unwrap_or_default().to_string();
+    assert!(text.contains(key) && text.contains("\"ops\"") && text.contains("$6$"), "{text}");
+    assert!(!text.contains("a long console password"), "the password is shown only as a hash");
+    b.screenshot("02-vm-cloud-init").await.unwrap();
+    b.close().await.unwrap();
+    drop(host);
+}

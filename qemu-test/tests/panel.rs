@@ -255,6 +255,38 @@ fn an_iso_boots_from_the_cdrom_and_the_panel_changes_its_medium() {
     panel.wait_state(&id, "stopped", T).unwrap();
 }
 
+/// cloud-init's seed reaches the guest: a VM with cloud-init settings gets
+/// a second disk, a FAT volume labelled CIDATA, whose label a boot sector
+/// reads through the BIOS; the panel shows what the seed holds.
+#[test]
+fn a_vm_with_cloud_init_settings_gets_its_seed_as_a_disk() {
+    use kvmos_vmm::tiny_guest::{self, CDROM_READ};
+    let host = HostPanel::start("panel-cloud-init").unwrap();
+    let panel = logged_in(&host);
+    panel.upload("reader.img", "disk", tiny_guest::disk_label_reader("reading the second disk")).unwrap();
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKvmosKvmosKvmosKvmosKvmosKvmosKvmosKvmos admin@laptop";
+    let vm = panel
+        .ok(
+            "POST",
+            "/api/v1/vms",
+            Some(json!({
+                "name": "cloud1", "vcpus": 1, "memory_mib": 64,
+                "boot": {"type": "firmware", "firmware": "bios"}, "disks": [{"image": "reader.img"}],
+                "cloud_init": {"hostname": "web1", "user": "ops", "ssh_keys": [key]},
+            })),
+        )
+        .unwrap();
+    let id = vm["id"].as_str().unwrap().to_string();
+    panel.action(&id, "start").unwrap();
+    let mut console = panel.console(&id).unwrap();
+    console.expect("reading the second disk", T).unwrap();
+    console.expect(&format!("{CDROM_READ}CIDATA     "), T).unwrap();
+    let seed = panel.ok("GET", &format!("/api/v1/vms/{id}/cloud-init"), None).unwrap();
+    assert!(seed["user_data"].as_str().unwrap().contains(key), "{seed}");
+    panel.action(&id, "force-off").unwrap();
+    panel.wait_state(&id, "stopped", T).unwrap();
+}
+
 /// Connections that send nothing, or a request head that never ends, are
 /// closed (they were held open for ever): 200 of each, and the panel still
 /// answers while they wait and after.

@@ -189,18 +189,47 @@ pub fn cdrom_boot_image(message: &str) -> Vec<u8> {
     cdrom_image(message, false)
 }
 
+/// A bootable disk that reads the first sector of the second BIOS disk
+/// (drive 0x81) and writes [`CDROM_READ`] and the 11 bytes of its FAT
+/// volume label (offset 0x2B) on COM1, then ends as [`boot_disk`] does:
+/// a test sees the label of the disk the VM got second.
+pub fn disk_label_reader(message: &str) -> Vec<u8> {
+    reader_disk(message, Read { drive: Some(0x81), lba: 0, at: 0x2B, len: 11 }, false)
+}
+
+/// What a reading test guest reads: a sector of a BIOS drive (the boot
+/// drive when `drive` is None), and `len` bytes at `at` in it.
+struct Read {
+    drive: Option<u8>,
+    lba: u32,
+    at: u16,
+    len: u8,
+}
+
 /// [`cdrom_boot_image`] that never ends: it reads and reports the medium
 /// again every 300 ms, so a test sees it ejected and changed.
 pub fn cdrom_watch_image(message: &str) -> Vec<u8> {
     cdrom_image(message, true)
 }
 
+/// The CD-ROM guests: one 2 KiB sector, reading the volume ID (9
+/// characters at 0x28 of sector 16, the primary volume descriptor).
 fn cdrom_image(message: &str, watch: bool) -> Vec<u8> {
+    let mut image = reader_disk(message, Read { drive: None, lba: 16, at: 0x28, len: 9 }, watch);
+    image.truncate(2048);
+    image
+}
+
+fn reader_disk(message: &str, read: Read, watch: bool) -> Vec<u8> {
     const DRIVE_AT: u16 = 0x1F0;
     const PACKET_AT: u16 = 0x1E0;
-    // xor ax, ax; mov ds, ax; mov [drive], dl
-    let mut c = vec![0x31, 0xC0, 0x8E, 0xD8, 0x88, 0x16];
+    let mut c = vec![0x31, 0xC0, 0x8E, 0xD8]; // xor ax, ax; mov ds, ax
+    match read.drive {
+        None => c.extend_from_slice(&[0x88, 0x16]),    // mov [drive], dl
+        Some(_) => c.extend_from_slice(&[0xC6, 0x06]), // mov byte [drive], imm8
+    }
     c.extend_from_slice(&(0x7C00 + DRIVE_AT).to_le_bytes());
+    c.extend(read.drive);
     c.extend(start_boot_disk());
     let read_at = c.len();
     // The BIOS sets the packet's count to what it read: one sector again.
@@ -214,7 +243,9 @@ fn cdrom_image(message: &str, watch: bool) -> Vec<u8> {
     c.extend_from_slice(&[0xB4, 0x42, 0xFB, 0xCD, 0x13, 0xFA]); // mov ah, 0x42; sti; int 0x13; cli
     let mut ok = Vec::new();
     serial_text(&mut ok, CDROM_READ);
-    ok.extend_from_slice(&[0xBE, 0x28, 0x80, 0xB9, 0x09, 0x00]); // mov si, 0x8028 (volume ID); mov cx, 9
+    ok.push(0xBE); // mov si, 0x8000 + at
+    ok.extend_from_slice(&(0x8000 + read.at).to_le_bytes());
+    ok.extend_from_slice(&[0xB9, read.len, 0x00]); // mov cx, len
     ok.push(0xAC); // lodsb
     ok.extend_from_slice(SERIAL_AL);
     ok.extend_from_slice(&[0xE2, 0xF9]); // loop back to lodsb
@@ -233,9 +264,9 @@ fn cdrom_image(message: &str, watch: bool) -> Vec<u8> {
         c.extend_from_slice(&(back as i16).to_le_bytes());
     }
     let mut image = finish_boot_disk(c, message);
-    image.truncate(2048);
-    // The disk address packet: 16 bytes, one sector, to 0000:8000, LBA 16.
-    let packet = [0x10, 0, 1, 0, 0x00, 0x80, 0x00, 0x00, 16, 0, 0, 0, 0, 0, 0, 0];
+    // The disk address packet: 16 bytes, one sector, to 0000:8000, the LBA.
+    let mut packet = vec![0x10, 0, 1, 0, 0x00, 0x80, 0x00, 0x00];
+    packet.extend_from_slice(&u64::from(read.lba).to_le_bytes());
     image[usize::from(PACKET_AT)..usize::from(PACKET_AT) + 16].copy_from_slice(&packet);
     image
 }

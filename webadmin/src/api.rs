@@ -51,6 +51,7 @@ pub fn routes(state: State) -> (axum::Router<State>, utoipa::openapi::OpenApi) {
         .routes(routes!(get_vm, update_vm, delete_vm))
         .routes(routes!(vm_action))
         .routes(routes!(put_medium))
+        .routes(routes!(vm_cloud_init))
         .routes(routes!(crate::console::console))
         .routes(routes!(crate::console::screen))
         .routes(routes!(vm_screenshot))
@@ -648,6 +649,21 @@ async fn vm_action(
     state.audit(&caller, &action, &record.spec.name, &r);
     r?;
     Ok(Json(view(&state, state.vms.get(&id)?)))
+}
+
+/// What cloud-init gets from kvmos at the VM's next start: the NoCloud
+/// seed's `meta-data`, `user-data` and `network-config`.
+#[utoipa::path(get, path = "/api/v1/vms/{id}/cloud-init", params(("id" = String, Path)),
+    responses((status = 200, body = crate::cloud_init::Seed), (status = 404, body = ApiError)))]
+async fn vm_cloud_init(
+    axum::extract::State(state): axum::extract::State<State>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<crate::cloud_init::Seed>> {
+    let r = state.vms.get(&id)?;
+    let c = r.spec.cloud_init.as_ref().ok_or_else(|| {
+        ApiError::new(404, format!("{} has no cloud-init settings; give cloud_init in its definition", r.spec.name))
+    })?;
+    Ok(Json(c.seed(&r.id, &r.spec.name, r.spec.network.then_some(r.mac.as_str()))))
 }
 
 #[derive(Deserialize, ToSchema)]

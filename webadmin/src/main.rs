@@ -16,6 +16,7 @@ mod api;
 mod app;
 mod audit;
 mod auth;
+mod cloud_init;
 mod console;
 mod host;
 mod images;

@@ -119,6 +119,9 @@ fn control_error(e: ControlError) -> ApiError {
     }
 }
 
+/// cloud-init's seed volume, in a VM's run directory.
+const SEED: &str = "seed.img";
+
 /// The tap of a VM's NIC: at most 15 bytes, stable per VM.
 pub fn tap_name(id: &str) -> String {
     format!("kv{id}n0")
@@ -317,8 +320,8 @@ impl Supervisor {
     }
 
     /// The steps of a start: no VMM of ours already running from an earlier
-    /// panel, the configuration, the runtime directory, the tap, the VMM
-    /// process, and its control socket answering.
+    /// panel, the configuration, the runtime directory, the cloud-init
+    /// seed, the tap, the VMM process, and its control socket answering.
     fn launch(&self, state: &State, record: &VmRecord) -> ApiResult<i32> {
         let id = record.id.as_str();
         let dir = self.dir(id);
@@ -330,6 +333,7 @@ impl Supervisor {
         let uid = lock(&self.running).get(id).map(|h| h.uid).unwrap_or(0);
         let config = self.vmm_config(state, record, uid)?;
         self.prepare_run_dir(&dir)?;
+        self.write_seed(&dir, record)?;
         if record.spec.network {
             self.create_tap(id)?;
         }
@@ -345,6 +349,15 @@ impl Supervisor {
             return Err(e);
         }
         Ok(pid)
+    }
+
+    /// cloud-init's NoCloud seed in the run directory, made again from the
+    /// VM's settings at every start.
+    fn write_seed(&self, dir: &Path, r: &VmRecord) -> ApiResult<()> {
+        let Some(c) = &r.spec.cloud_init else { return Ok(()) };
+        let seed = c.seed(&r.id, &r.spec.name, r.spec.network.then_some(r.mac.as_str()));
+        seed.write_image(&dir.join(SEED))
+            .map_err(|e| ApiError::internal(format!("cannot write the cloud-init seed: {e}")))
     }
 
     /// The kvmos-vmm configuration for a VM definition.
@@ -371,7 +384,7 @@ impl Supervisor {
                 (None, Some(FirmwareConfig::Uefi { code: None, vars }), None, direct_cmdline())
             }
         };
-        let disks = r
+        let mut disks: Vec<DiskConfig> = r
             .spec
             .disks
             .iter()
@@ -395,6 +408,11 @@ impl Supervisor {
         }
         let nets =
             if r.spec.network { vec![NetConfig { tap: tap_name(&r.id), mac: Some(r.mac.clone()) }] } else { vec![] };
+        // cloud-init's seed ([`Self::write_seed`]), as the last disk.
+        if r.spec.cloud_init.is_some() {
+            let path = dir.join(SEED);
+            disks.push(DiskConfig { path, read_only: true, id: Some("cidata".into()), media: DiskMedia::Disk });
+        }
         let firmware_boot = firmware.is_some();
         Ok(VmConfig {
             vm_id: r.spec.name.clone(),

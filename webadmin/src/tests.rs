@@ -648,3 +648,47 @@ async fn disks_and_vms_are_cloned_in_tasks_and_disks_grow_but_never_shrink() {
     assert_eq!(targets, ["src2", "copy1"]);
     assert_eq!(h.call(Method::GET, "/api/v1/tasks/nope", None).await.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn cloud_init_settings_are_checked_kept_without_the_password_and_shown() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKvmosKvmosKvmosKvmosKvmosKvmosKvmosKvmos admin@laptop";
+    let mut spec = json!({"name": "cloud1", "vcpus": 1, "memory_mib": 32, "boot": {"type": "guest", "guest": "tiny"},
+        "cloud_init": {"hostname": "web1", "user": "ops", "ssh_keys": ["not a key"]}});
+    let bad = h.call(Method::POST, "/api/v1/vms", Some(spec.clone())).await;
+    assert_eq!((bad.status, bad.body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("cloud_init.ssh_keys[0]")));
+    spec["cloud_init"]["ssh_keys"] = json!([key]);
+    spec["cloud_init"]["password"] = json!("a long console password");
+    let vm = h.call(Method::POST, "/api/v1/vms", Some(spec)).await;
+    assert_eq!(vm.status, StatusCode::CREATED, "{:?}", vm.body);
+    let ci = &vm.body["spec"]["cloud_init"];
+    assert!(ci.get("password").is_none() && ci["password_hash"].as_str().unwrap().starts_with("$6$"), "{ci}");
+    let id = vm.body["id"].as_str().unwrap();
+    let stored = std::fs::read_dir(h.dir.path().join("data"))
+        .unwrap()
+        .flatten()
+        .flat_map(|e| walk(&e.path()))
+        .any(|p| std::fs::read(&p).is_ok_and(|b| String::from_utf8_lossy(&b).contains("a long console password")));
+    assert!(!stored, "the password is on no file");
+    let seed = h.call(Method::GET, &format!("/api/v1/vms/{id}/cloud-init"), None).await;
+    assert_eq!(seed.status, StatusCode::OK);
+    let user_data = seed.body["user_data"].as_str().unwrap();
+    assert!(user_data.starts_with("#cloud-config") && user_data.contains(key) && user_data.contains("\"ops\""));
+    assert!(seed.body["meta_data"].as_str().unwrap().contains("\"local-hostname\": \"web1\""));
+    assert!(seed.body["network_config"].is_null(), "no NIC, no network-config");
+    // An update that sends the definition back keeps the hash.
+    let mut again = vm.body["spec"].clone();
+    again["memory_mib"] = json!(48);
+    let u = h.call(Method::PUT, &format!("/api/v1/vms/{id}"), Some(again)).await;
+    assert_eq!(u.status, StatusCode::OK, "{:?}", u.body);
+    assert_eq!(u.body["spec"]["cloud_init"]["password_hash"], ci["password_hash"]);
+}
+
+/// Every file below `dir` (or `dir` itself).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(d) => d.flatten().flat_map(|e| walk(&e.path())).collect(),
+        Err(_) => vec![dir.to_path_buf()],
+    }
+}

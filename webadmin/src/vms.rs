@@ -65,6 +65,10 @@ pub struct VmSpec {
     pub network: bool,
     #[serde(default)]
     pub autostart: bool,
+    /// Provisioning for cloud images: handed to the guest as a NoCloud
+    /// seed (`crate::cloud_init`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<crate::cloud_init::CloudInit>,
 }
 
 /// One run of a VM.
@@ -112,6 +116,11 @@ impl HostCapacity {
 pub const MAX_CDROMS: usize = 4;
 
 impl VmSpec {
+    /// Keeps secrets only as hashes before the definition is stored.
+    fn seal(&mut self) -> ApiResult<()> {
+        self.cloud_init.as_mut().map_or(Ok(()), |c| c.seal())
+    }
+
     /// Checks the fields, the references and the host's room.
     pub fn validate(&self, images: &Images, host: HostCapacity) -> ApiResult<()> {
         check_name("name", &self.name, 32)?;
@@ -153,10 +162,13 @@ impl VmSpec {
             }
         }
         self.validate_boot_order()?;
+        if let Some(c) = &self.cloud_init {
+            c.validate()?;
+        }
         if let Some(c) = &self.cmdline {
             // The VMM's own limit: the panel's VMs have virtio-rng, the
             // disks and the NIC.
-            let devices = self.disks.len() + usize::from(self.network) + 1;
+            let devices = self.disks.len() + usize::from(self.network) + 1 + usize::from(self.cloud_init.is_some());
             let max = kvmos_contract::vm::cmdline_room(devices);
             if c.len() > max {
                 return Err(ApiError::bad(
@@ -276,7 +288,8 @@ impl VmStore {
         lock(&self.vms).values().any(|r| r.spec.name == name && Some(r.id.as_str()) != except)
     }
 
-    pub fn create(&self, spec: VmSpec, now: u64) -> ApiResult<VmRecord> {
+    pub fn create(&self, mut spec: VmSpec, now: u64) -> ApiResult<VmRecord> {
+        spec.seal()?;
         if self.name_taken(&spec.name, None) {
             return Err(ApiError::field(409, "name", format!("name: a VM called {} already exists", spec.name)));
         }
@@ -289,7 +302,8 @@ impl VmStore {
         Ok(r)
     }
 
-    pub fn update_spec(&self, id: &str, spec: VmSpec) -> ApiResult<VmRecord> {
+    pub fn update_spec(&self, id: &str, mut spec: VmSpec) -> ApiResult<VmRecord> {
+        spec.seal()?;
         if self.name_taken(&spec.name, Some(id)) {
             return Err(ApiError::field(409, "name", format!("name: a VM called {} already exists", spec.name)));
         }
@@ -386,6 +400,7 @@ mod tests {
             boot_order: vec![],
             network: false,
             autostart: false,
+            cloud_init: None,
         }
     }
 

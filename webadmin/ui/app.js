@@ -42,7 +42,9 @@ function toast(msg, error) {
 // Shows an API error next to its field (data-err="field"), or as a toast.
 function showError(form, e) {
   form.querySelectorAll('.err').forEach((el) => { el.textContent = ''; });
-  const slot = e.field && (form.querySelector(`[data-err="${CSS.escape(e.field)}"]`) || form.querySelector(`[data-err="${CSS.escape(e.field.split('.')[0])}"]`));
+  // The field's own slot, else its list's (`ssh_keys[1]` → `ssh_keys`), else its section's.
+  const slot = e.field && [e.field, e.field.replace(/\[\d+\]$/, ''), e.field.split('.')[0]]
+    .map((f) => form.querySelector(`[data-err="${CSS.escape(f)}"]`)).find(Boolean);
   if (slot) slot.textContent = e.message; else toast(e.message, true);
 }
 
@@ -210,6 +212,22 @@ async function newVm() {
         <div class="hint">In a CD-ROM drive: installers and rescue ISOs boot from it, hybrid or not (Windows too); change it on the VM's page.</div></div>
       <div class="row" id="first-row" hidden><label for="first">Boot first from</label><select id="first">${opt('disk', 'the disk')}${opt('iso', 'the ISO')}</select><div class="err" data-err="boot_order"></div></div>
       <div class="row"><label class="check"><input id="network" type="checkbox" checked> Network: a NIC on br0, the host's network</label><div class="err" data-err="network"></div></div>
+      <div class="row"><label class="check"><input id="ci-on" type="checkbox"> Provision with cloud-init (cloud images: Debian, Ubuntu, Rocky…)</label></div>
+      <fieldset id="ci" hidden><legend>cloud-init</legend>
+        <div class="inline">
+          <div class="row"><label for="ci-hostname">Host name</label><input id="ci-hostname" placeholder="(the VM's name)"><div class="err" data-err="cloud_init.hostname"></div></div>
+          <div class="row"><label for="ci-user">User</label><input id="ci-user" value="admin"><div class="hint">With sudo.</div><div class="err" data-err="cloud_init.user"></div></div>
+          <div class="row"><label for="ci-password">Password</label><input id="ci-password" type="password" autocomplete="new-password" placeholder="(SSH keys only)"><div class="hint">For the console; kept only as a hash.</div><div class="err" data-err="cloud_init.password"></div></div>
+        </div>
+        <div class="row"><label for="ci-keys">SSH public keys</label><textarea id="ci-keys" rows="3" placeholder="ssh-ed25519 AAAA… you@laptop (one per line)"></textarea><div class="err" data-err="cloud_init.ssh_keys"></div></div>
+        <div class="row"><label for="ci-net">Address</label><select id="ci-net">${opt('dhcp', 'DHCP')}${opt('static', 'Static')}</select></div>
+        <div class="inline" id="ci-static" hidden>
+          <div class="row"><label for="ci-address">Address/prefix</label><input id="ci-address" placeholder="192.0.2.10/24"><div class="err" data-err="cloud_init.network.address"></div></div>
+          <div class="row"><label for="ci-gateway">Gateway</label><input id="ci-gateway" placeholder="192.0.2.1"><div class="err" data-err="cloud_init.network.gateway"></div></div>
+          <div class="row"><label for="ci-dns">DNS servers</label><input id="ci-dns" placeholder="192.0.2.53, 192.0.2.54"><div class="err" data-err="cloud_init.network.dns"></div></div>
+        </div>
+        <div class="err" data-err="cloud_init"></div>
+      </fieldset>
       <div class="row"><label class="check"><input id="autostart" type="checkbox"> Start when kvmos boots</label></div>
       <div class="actions"><button id="create" type="submit">Create</button><button id="create-start" type="button" class="secondary">Create and start</button></div>
     </form>`;
@@ -223,9 +241,11 @@ async function newVm() {
     $('#first-row').hidden = !firmware || !$('#iso').value || $('#disk-mode').value === 'none';
     $('#disk-new').hidden = $('#disk-mode').value !== 'new';
     $('#disk-existing').hidden = $('#disk-mode').value !== 'existing';
+    $('#ci').hidden = !$('#ci-on').checked;
+    $('#ci-static').hidden = $('#ci-net').value !== 'static';
     if (!$('#disk-name').value && $('#name').value) $('#disk-name').placeholder = `${$('#name').value}-disk`;
   };
-  ['#source', '#disk-mode', '#name', '#iso'].forEach((s) => { $(s).addEventListener('input', sync); $(s).addEventListener('change', sync); });
+  ['#source', '#disk-mode', '#name', '#iso', '#ci-on', '#ci-net'].forEach((s) => { $(s).addEventListener('input', sync); $(s).addEventListener('change', sync); });
   sync();
   const submit = async (start) => {
     const [kind, ref] = $('#source').value.split(/:(.*)/);
@@ -244,6 +264,17 @@ async function newVm() {
     if (kind === 'firmware' && $('#iso').value) {
       spec.disks.push({ image: $('#iso').value, read_only: true });
       if ($('#first').value === 'iso' && spec.disks.length === 2) spec.boot_order = [1, 0];
+    }
+    if ($('#ci-on').checked) {
+      const list = (v) => v.split(/[\n,]/).map((x) => x.trim()).filter(Boolean);
+      spec.cloud_init = {
+        hostname: $('#ci-hostname').value.trim() || null, user: $('#ci-user').value.trim() || 'admin',
+        ssh_keys: $('#ci-keys').value.split('\n').map((x) => x.trim()).filter(Boolean),
+        password: $('#ci-password').value || null,
+        network: $('#ci-net').value === 'static'
+          ? { mode: 'static', address: $('#ci-address').value.trim(), gateway: $('#ci-gateway').value.trim() || null, dns: list($('#ci-dns').value) }
+          : { mode: 'dhcp' },
+      };
     }
     try {
       const vm = await api('POST', '/api/v1/vms', spec);
@@ -339,6 +370,8 @@ async function vmDetail(id) {
           <button class="secondary small" data-insert="${i}">${vm.state === 'stopped' ? 'Use this ISO' : 'Insert'}</button>
           ${vm.state !== 'stopped' ? `<button class="secondary small" data-eject="${i}">Eject</button>` : ''}</div>`).join('')}</td></tr>` : ''}
         <tr><th>Network</th><td>${s.network ? `br0 · <span class="mono">${esc(vm.mac)}</span>` : 'none'}</td></tr>
+        ${s.cloud_init ? `<tr><th>cloud-init</th><td>user <b>${esc(s.cloud_init.user)}</b>, ${s.cloud_init.ssh_keys.length} SSH key(s)${s.cloud_init.password_hash ? ', a password' : ''}, ${s.cloud_init.network.mode === 'static' ? esc(s.cloud_init.network.address) : 'DHCP'}
+          <details id="ci-seed"><summary>What the guest gets</summary><div class="muted">Loading…</div></details></td></tr>` : ''}
         <tr><th>Autostart</th><td><label class="check"><input type="checkbox" id="autostart" ${s.autostart ? 'checked' : ''} ${vm.state !== 'stopped' ? 'disabled title="Stop the VM to change it"' : ''}> at boot</label></td></tr>
       </table></div>
       <div class="card"><h2>Runs</h2><div class="table-wrap"><table id="runs"><thead><tr><th>Started</th><th>Ended</th><th>Exit</th></tr></thead><tbody>
@@ -374,6 +407,15 @@ async function vmDetail(id) {
     b.onclick = () => medium(b.dataset.insert, b.closest('[data-drive]').querySelector('select').value);
   });
   app.querySelectorAll('[data-eject]').forEach((b) => { b.onclick = () => medium(b.dataset.eject, null); });
+  const seedBox = app.querySelector('#ci-seed');
+  if (seedBox) seedBox.ontoggle = async () => {
+    if (!seedBox.open) return;
+    try {
+      const seed = await api('GET', `/api/v1/vms/${id}/cloud-init`);
+      seedBox.querySelector('div').outerHTML = ['meta_data', 'user_data', 'network_config'].filter((k) => seed[k])
+        .map((k) => `<h3>${k.replace('_', '-')}</h3><pre class="mono seed">${esc(seed[k])}</pre>`).join('');
+    } catch (e) { toast(e.message, true); }
+  };
   const auto = app.querySelector('#autostart');
   auto.onchange = async () => {
     try { await api('PUT', `/api/v1/vms/${id}`, { ...s, autostart: auto.checked }); toast('Saved'); } catch (e) { toast(e.message, true); auto.checked = !auto.checked; }
