@@ -88,6 +88,29 @@ async fn setup_login_create_start_console_and_stop_in_chromium() {
     drop(host);
 }
 
+/// A panel on this host (`name`: its folder under target/qemu-test), set
+/// up with the admin password; `prepare` runs against its API first (on a
+/// blocking thread, given the panel's folder); then Chromium, logged in,
+/// with its screenshots in the panel's folder.
+async fn logged_in_browser<T: Send + 'static>(
+    name: &'static str,
+    prepare: impl FnOnce(&Panel, &std::path::Path) -> T + Send + 'static,
+) -> (HostPanel, Browser, T) {
+    let host = tokio::task::spawn_blocking(move || HostPanel::start(name)).await.unwrap().unwrap();
+    let (port, code, dir) = (host.port, host.setup_code().unwrap(), host.dir.clone());
+    let prepared = tokio::task::spawn_blocking(move || {
+        let mut panel = Panel::new(port);
+        panel.setup(&code, PASSWORD).unwrap();
+        prepare(&panel, &dir)
+    })
+    .await
+    .unwrap();
+    let shots = host.dir.join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let b = Browser::logged_in(&shots, port, PASSWORD).await.unwrap();
+    (host, b, prepared)
+}
+
 /// Runs `script` (a JavaScript expression) in the page until it is true.
 async fn wait_js(b: &Browser, what: &str, script: &str, timeout: Duration) {
     b.wait_js(what, script, timeout).await.unwrap();
@@ -124,20 +147,12 @@ fn canvas_has(rgb: (u8, u8, u8)) -> String {
 /// it then sets resizes the canvas; the dashboard shows a live thumbnail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_screen_view_shows_the_guest_and_types_into_it() {
-    let host = tokio::task::spawn_blocking(|| HostPanel::start("browser-screen")).await.unwrap().unwrap();
-    let port = host.port;
-    let code = host.setup_code().unwrap();
-    let id = tokio::task::spawn_blocking(move || {
-        let mut panel = Panel::new(port);
-        panel.setup(&code, PASSWORD).unwrap();
+    let (host, b, id) = logged_in_browser("browser-screen", |panel, _| {
         panel.upload("display.img", "disk", kvmos_vmm::tiny_guest::display_disk()).unwrap();
         panel.start_bios_vm("screen1", "display.img").unwrap()
     })
-    .await
-    .unwrap();
-    let shots = host.dir.join("screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let b = Browser::logged_in(&shots, port, PASSWORD).await.unwrap();
+    .await;
+    let port = host.port;
     let url = format!("https://127.0.0.1:{port}/");
 
     // The dashboard's thumbnail of the running VM.
@@ -209,7 +224,7 @@ async fn the_screen_view_shows_the_guest_and_types_into_it() {
         "05-screen-actual-size",
         "06-screen-full",
     ] {
-        let len = std::fs::metadata(shots.join(format!("{shot}.png"))).unwrap().len();
+        let len = std::fs::metadata(host.dir.join("screenshots").join(format!("{shot}.png"))).unwrap().len();
         assert!(len > 1000, "{shot}.png was saved");
     }
     drop(host);
@@ -222,21 +237,12 @@ async fn the_screen_view_shows_the_guest_and_types_into_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vm_page_ejects_and_inserts_isos() {
     use kvmos_vmm::tiny_guest::{CDROM_READ, CDROM_READ_FAILED};
-    let host = tokio::task::spawn_blocking(|| HostPanel::start("browser-cdrom")).await.unwrap().unwrap();
-    let port = host.port;
-    let code = host.setup_code().unwrap();
-    let media = host.dir.join("media");
-    let id = tokio::task::spawn_blocking(move || {
-        let mut panel = Panel::new(port);
-        panel.setup(&code, PASSWORD).unwrap();
-        panel.upload_cdrom_media(&media).unwrap();
+    let (host, b, id) = logged_in_browser("browser-cdrom", |panel, dir| {
+        panel.upload_cdrom_media(&dir.join("media")).unwrap();
         panel.start_bios_vm("cd1", "a.iso").unwrap()
     })
-    .await
-    .unwrap();
-    let shots = host.dir.join("screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let b = Browser::logged_in(&shots, port, PASSWORD).await.unwrap();
+    .await;
+    let port = host.port;
     b.client.goto(&format!("https://127.0.0.1:{port}/#/vms/{id}")).await.unwrap();
     wait_js(&b, "the first medium read", &console_has(&format!("{CDROM_READ}KVMOSTEST")), T).await;
     b.wait_for("[data-drive='0'] select", T).await.unwrap();
@@ -257,19 +263,11 @@ async fn the_vm_page_ejects_and_inserts_isos() {
 /// done, and in the images as a copy) and grown, from the buttons.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_images_page_clones_and_grows_disks_and_lists_tasks() {
-    let host = tokio::task::spawn_blocking(|| HostPanel::start("browser-images")).await.unwrap().unwrap();
-    let port = host.port;
-    let code = host.setup_code().unwrap();
-    tokio::task::spawn_blocking(move || {
-        let mut panel = Panel::new(port);
-        panel.setup(&code, PASSWORD).unwrap();
+    let (host, b, ()) = logged_in_browser("browser-images", |panel, _| {
         panel.ok("POST", "/api/v1/images/disks", Some(json!({"name": "d1", "size_mib": 8}))).unwrap();
     })
-    .await
-    .unwrap();
-    let shots = host.dir.join("screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let b = Browser::logged_in(&shots, port, PASSWORD).await.unwrap();
+    .await;
+    let port = host.port;
     b.client.goto(&format!("https://127.0.0.1:{port}/#/images")).await.unwrap();
     b.wait_text("#task-table", "No tasks yet", T).await.unwrap();
     // The name and size the admin types into the prompts.
@@ -292,19 +290,11 @@ async fn the_images_page_clones_and_grows_disks_and_lists_tasks() {
 /// key, the network-config with the address; the password only as a hash).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wizard_provisions_a_cloud_image_with_cloud_init() {
-    let host = tokio::task::spawn_blocking(|| HostPanel::start("browser-cloud-init")).await.unwrap().unwrap();
-    let port = host.port;
-    let code = host.setup_code().unwrap();
-    tokio::task::spawn_blocking(move || {
-        let mut panel = Panel::new(port);
-        panel.setup(&code, PASSWORD).unwrap();
+    let (host, b, ()) = logged_in_browser("browser-cloud-init", |panel, _| {
         panel.ok("POST", "/api/v1/images/disks", Some(json!({"name": "cloud.img", "size_mib": 8}))).unwrap();
     })
-    .await
-    .unwrap();
-    let shots = host.dir.join("screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let b = Browser::logged_in(&shots, port, PASSWORD).await.unwrap();
+    .await;
+    let port = host.port;
     b.client.goto(&format!("https://127.0.0.1:{port}/#/vms/new")).await.unwrap();
     b.wait_for("#vm-form", T).await.unwrap();
     b.fill("#name", "cloud1").await.unwrap();
