@@ -191,10 +191,10 @@ pub fn cdrom_boot_image(message: &str) -> Vec<u8> {
 
 /// A bootable disk that reads the first sector of the second BIOS disk
 /// (drive 0x81) and writes [`CDROM_READ`] and the 11 bytes of its FAT
-/// volume label (offset 0x2B) on COM1, then ends as [`boot_disk`] does:
-/// a test sees the label of the disk the VM got second.
+/// volume label (offset 0x2B) on COM1, again every 300 ms: a test sees the
+/// label of the disk the VM got second (and the VM keeps running).
 pub fn disk_label_reader(message: &str) -> Vec<u8> {
-    reader_disk(message, Read { drive: Some(0x81), lba: 0, at: 0x2B, len: 11 }, false)
+    reader_disk(message, Read { drive: Some(0x81), lba: 0, at: 0x2B, len: 11 }, true)
 }
 
 /// What a reading test guest reads: a sector of a BIOS drive (the boot

@@ -613,6 +613,12 @@ impl Supervisor {
                 tracing::warn!(vm = %id, "the VMM does not stop ({}); killing it", e.message);
                 match self.launcher.ask(&Request::Kill { id: id.to_string(), pid }) {
                     Ok(Reply::Done) => {}
+                    // The launcher kills only a live VMM of this VM: this one
+                    // has ended already (a guest's reboot, say); the stop
+                    // flag keeps it from being started again.
+                    Ok(Reply::Refused { reason }) => {
+                        tracing::info!(vm = %id, "no VMM to kill: {reason}");
+                    }
                     Ok(other) => return Err(ApiError::internal(format!("cannot kill the VMM: {other:?}"))),
                     Err(e) => return Err(ApiError::internal(format!("cannot reach the launcher: {e:#}"))),
                 }
