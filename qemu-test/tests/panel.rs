@@ -287,6 +287,32 @@ fn a_vm_with_cloud_init_settings_gets_its_seed_as_a_disk() {
     panel.wait_state(&id, "stopped", T).unwrap();
 }
 
+/// Force off while the guest reboots over and over (its boot sector resets
+/// the machine at once): whenever it lands (the VMM running, ended, or
+/// being started again), it answers OK and the VM stays off. It once
+/// answered 500 (the old VMM already gone) or 409 (between a VMM's end and
+/// the next one's start) and the VM came back.
+#[test]
+fn force_off_during_a_reboot_loop_stops_the_vm() {
+    let host = HostPanel::start("panel-reboot-loop").unwrap();
+    let panel = logged_in(&host);
+    panel.upload("loop.img", "disk", kvmos_vmm::tiny_guest::boot_disk("rebooting at once")).unwrap();
+    let id = panel.start_bios_vm("loop1", "loop.img").unwrap();
+    for delay_ms in [0u64, 200, 400, 600, 800, 1000, 1300] {
+        let mut console = panel.console(&id).unwrap();
+        console.expect("rebooting at once", T).unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        panel.action(&id, "force-off").unwrap_or_else(|e| panic!("force off {delay_ms} ms after a boot: {e}"));
+        panel.wait_state(&id, "stopped", T).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let vm = panel.ok("GET", &format!("/api/v1/vms/{id}"), None).unwrap();
+        assert_eq!(vm["state"], "stopped", "it stays off ({delay_ms} ms): {vm}");
+        panel.action(&id, "start").unwrap();
+    }
+    panel.action(&id, "force-off").unwrap();
+    panel.wait_state(&id, "stopped", T).unwrap();
+}
+
 /// Connections that send nothing, or a request head that never ends, are
 /// closed (they were held open for ever): 200 of each, and the panel still
 /// answers while they wait and after.

@@ -301,21 +301,41 @@ impl Supervisor {
             let uid = self.free_uid(&running)?;
             running.insert(id.to_string(), Handle { pid: 0, uid, state: VmState::Starting, stopping: false });
         }
-        let pid = match self.launch(state, &record) {
+        self.run(state, &record)
+    }
+
+    /// Launches the VMM of a VM whose handle is claimed (state Starting),
+    /// records the run and watches it. A stop asked for while it started
+    /// (a force off during a guest's reboot) is carried out once it is up.
+    fn run(&self, state: &State, record: &VmRecord) -> ApiResult<()> {
+        let id = record.id.as_str();
+        let pid = match self.launch(state, record) {
             Ok(pid) => pid,
             Err(e) => {
                 lock(&self.running).remove(id);
                 return Err(e);
             }
         };
-        self.set_state(id, |h| {
-            h.pid = pid;
-            h.state = VmState::Running;
-        });
+        let stop_now = match lock(&self.running).get_mut(id) {
+            Some(h) => {
+                h.pid = pid;
+                if !h.stopping {
+                    h.state = VmState::Running;
+                }
+                h.stopping
+            }
+            None => true,
+        };
         state
             .vms
             .modify(id, |r| r.runs.push(Run { started: now_unix(), ended: None, exit_code: None, reason: None }))?;
         self.watch(state.clone(), id.to_string(), pid);
+        if stop_now {
+            tracing::info!(vm = %id, "stopped while it started: stopping it now");
+            if let Err(e) = self.force_off(id) {
+                tracing::warn!(vm = %id, "cannot stop it: {}", e.message);
+            }
+        }
         Ok(())
     }
 
@@ -541,7 +561,21 @@ impl Supervisor {
     fn on_exit(&self, state: &State, id: &str) {
         let dir = self.dir(id);
         let exit = ExitRecord::read(&dir.join("exit.json")).ok().flatten();
-        let stopping = lock(&self.running).remove(id).is_some_and(|h| h.stopping);
+        let code = exit.as_ref().map(|e| e.code);
+        // A guest's reboot keeps the VM's handle (state Starting) until the
+        // VMM runs again, so a stop in between is seen, never refused.
+        let (stopping, restart) = {
+            let mut running = lock(&self.running);
+            let stopping = running.get(id).is_some_and(|h| h.stopping);
+            let restart = code == Some(kvmos_contract::exit::EXIT_REBOOT) && !stopping;
+            match running.get_mut(id) {
+                Some(h) if restart => {
+                    (h.pid, h.state) = (0, VmState::Starting);
+                }
+                _ => drop(running.remove(id)),
+            }
+            (stopping, restart)
+        };
         let (code, reason) = match exit {
             Some(e) => (Some(e.code), e.reason),
             // The VMM's waiting parent writes a record for every end but
@@ -552,8 +586,10 @@ impl Supervisor {
         tracing::info!(vm = %id, ?code, %reason, "VM ended");
         let _ = state.vms.modify(id, |r| close_run(r, code, Some(reason.clone())));
         self.clean_up(id);
-        if code == Some(kvmos_contract::exit::EXIT_REBOOT) && !stopping {
-            if let Err(e) = self.start(state, id) {
+        if restart {
+            let started = state.vms.get(id).and_then(|record| self.run(state, &record));
+            if let Err(e) = started {
+                lock(&self.running).remove(id);
                 tracing::error!(vm = %id, "cannot restart after the guest rebooted: {}", e.message);
             }
         }
