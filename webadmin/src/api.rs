@@ -8,6 +8,7 @@
 use crate::app::{ApiError, ApiJson, ApiResult, State};
 use crate::auth::{self, Caller, TokenInfo, CSRF_HEADER, SESSION_COOKIE, SESSION_MAX};
 use crate::host::{self, HostSettings, Overview, PowerAction};
+use crate::download::Checksum;
 use crate::images::{check_name, BundledGuest, Image, ImageKind};
 use crate::store::now_unix;
 use crate::supervisor::VmState;
@@ -63,6 +64,7 @@ pub fn routes(state: State) -> (axum::Router<State>, utoipa::openapi::OpenApi) {
         .routes(routes!(list_images))
         .routes(routes!(create_disk))
         .routes(routes!(upload_image, delete_image))
+        .routes(routes!(import_image))
         .routes(routes!(clone_image))
         .routes(routes!(grow_image))
         .routes(routes!(clone_vm))
@@ -841,6 +843,62 @@ fn refuse_if_running(state: &State, name: &str) -> ApiResult<()> {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+struct ImportRequest {
+    /// The new image's name.
+    name: String,
+    /// Where to download it from: `https://…`, or `http://…` with a
+    /// checksum. Servers that take range requests resume broken downloads.
+    url: String,
+    /// kernel, initrd, disk or iso; when absent, the file's content says
+    /// (qcow2, ISO 9660, a partition table, a kernel).
+    #[serde(default)]
+    kind: Option<ImageKind>,
+    /// The file's SHA-256 or SHA-512 in hex, optionally as `sha256:…` or
+    /// `sha512:…`; a file that does not match is not kept.
+    #[serde(default)]
+    checksum: Option<String>,
+}
+
+/// Downloads an image from a URL, in the background (a task with progress
+/// and a log): limited to the upload limit and the free space, resumed
+/// where the server allows it, checked against the checksum given, and
+/// recognised and converted (qcow2) like an upload. A failed download
+/// leaves nothing behind.
+#[utoipa::path(post, path = "/api/v1/images/import", request_body = ImportRequest,
+    responses((status = 202, body = TaskView), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn import_image(
+    axum::extract::State(state): axum::extract::State<State>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<ImportRequest>,
+) -> ApiResult<(StatusCode, Json<TaskView>)> {
+    let r = (|| {
+        let checksum = req.checksum.as_deref().filter(|c| !c.trim().is_empty()).map(Checksum::parse).transpose()?;
+        let url = crate::download::check_url(&req.url, checksum.as_ref())?;
+        let reservation = state.images.check_new(&req.name, 0)?;
+        let task = state.images.tasks.start("download", &req.name);
+        task.log(format!("from {url}"));
+        let (st, t, kind) = (state.clone(), task.clone(), req.kind);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = st.images.import(reservation, kind, url, checksum, &t).await;
+            if let Ok(image) = &r {
+                t.log(format!("{} is ready ({} MiB) after {:.1} s", image.name, image.size >> 20, started.elapsed().as_secs_f64()));
+            }
+            t.finish(&r);
+        });
+        Ok(task.view())
+    })();
+    state.audit(
+        &caller,
+        "image.import",
+        &format!("{} ← {}", req.name, req.url),
+        &r.as_ref().map(|_| ()).map_err(Clone::clone),
+    );
+    Ok((StatusCode::ACCEPTED, Json(r?)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 struct CloneRequest {
     /// The new image's or VM's name.
     name: String,
@@ -860,7 +918,7 @@ async fn clone_image(
 ) -> ApiResult<(StatusCode, Json<TaskView>)> {
     let r = (|| {
         refuse_if_running(&state, &name)?;
-        let (source, bytes) = state.images.prepare_clone(&name, &req.name)?;
+        let (source, bytes, reservation) = state.images.prepare_clone(&name, &req.name)?;
         state.images.check_room(bytes)?;
         let task = state.images.tasks.start("clone", &req.name);
         task.log(format!("copy of {name} ({} MiB, {} MiB of data)", source.size >> 20, bytes >> 20));
@@ -869,6 +927,7 @@ async fn clone_image(
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let r = st.images.copy_disk(source, &to, |done| t.progress(done, bytes));
+            drop(reservation);
             if r.is_ok() {
                 t.log(format!("done in {:.1} s", started.elapsed().as_secs_f64()));
             }
@@ -950,8 +1009,8 @@ async fn clone_vm(
                 continue;
             }
             let to = if i == 0 { format!("{}-disk", req.name) } else { format!("{}-disk{i}", req.name) };
-            let (source, bytes) = state.images.prepare_clone(&d.image, &to)?;
-            copies.push((source, to.clone(), bytes));
+            let (source, bytes, reservation) = state.images.prepare_clone(&d.image, &to)?;
+            copies.push((source, to.clone(), bytes, reservation));
             d.image = to;
         }
         let total: u64 = copies.iter().map(|c| c.2).sum();
@@ -969,7 +1028,7 @@ async fn clone_vm(
             let mut made: Vec<String> = Vec::new();
             let r = (|| {
                 let mut before = 0;
-                for (source, to, bytes) in copies {
+                for (source, to, bytes, _reservation) in copies {
                     t.log(format!("copying {} to {to}", source.name));
                     st.images.copy_disk(source, &to, |done| t.progress(before + done, total))?;
                     made.push(to);

@@ -9,7 +9,10 @@ use crate::qcow2;
 use crate::store::{self, now_unix};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use crate::download::{Checksum, Downloader};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -32,6 +35,18 @@ impl std::str::FromStr for ImageKind {
             "disk" => Ok(Self::Disk),
             "iso" => Ok(Self::Iso),
             _ => Err(ApiError::bad("kind", "kind: use kernel, initrd, disk or iso")),
+        }
+    }
+}
+
+impl ImageKind {
+    /// What the admin reads.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Kernel => "Linux kernel",
+            Self::Initrd => "initrd",
+            Self::Disk => "disk image",
+            Self::Iso => "CD/DVD image (ISO 9660)",
         }
     }
 }
@@ -70,8 +85,24 @@ pub struct Images {
     dir: PathBuf,
     guests_dir: PathBuf,
     pub max_upload: u64,
-    /// Conversions and clones, as the task list shows them.
+    /// Downloads, conversions and clones, as the task list shows them.
     pub tasks: crate::tasks::Tasks,
+    /// Names of images being made (uploads, downloads), so that two
+    /// cannot make the same one.
+    pending: Arc<Mutex<HashSet<String>>>,
+    downloader: Arc<Downloader>,
+}
+
+/// A name taken for an image being made; given back when dropped.
+pub struct Reservation {
+    pending: Arc<Mutex<HashSet<String>>>,
+    name: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.name);
+    }
 }
 
 /// Names: 1 to 64 of `a-z 0-9 . _ -`, starting with a letter or digit.
@@ -107,7 +138,14 @@ impl Images {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(Self { dir, guests_dir: guests_dir.to_path_buf(), max_upload, tasks: Default::default() })
+        Ok(Self {
+            dir,
+            guests_dir: guests_dir.to_path_buf(),
+            max_upload,
+            tasks: Default::default(),
+            pending: Default::default(),
+            downloader: Arc::new(Downloader::new(data_dir)?),
+        })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -158,7 +196,10 @@ impl Images {
         (dir.join(&g.kernel), dir.join(&g.initrd))
     }
 
-    fn check_new(&self, name: &str, size: u64) -> ApiResult<()> {
+    /// Checks that a new image `name` of `size` bytes (0: not known yet)
+    /// can be made, and takes the name until the returned reservation is
+    /// dropped.
+    pub fn check_new(&self, name: &str, size: u64) -> ApiResult<Reservation> {
         check_name("name", name, 64)?;
         if name.ends_with(".meta.json") {
             return Err(ApiError::bad("name", "name: may not end in .meta.json"));
@@ -174,7 +215,11 @@ impl Images {
                 format!("size: {} MiB does not fit; {} MiB are free on the data disk", size >> 20, free >> 20),
             ));
         }
-        Ok(())
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if !pending.insert(name.to_string()) {
+            return Err(ApiError::field(409, "name", format!("name: {name} is being made (an upload or download); wait for it")));
+        }
+        Ok(Reservation { pending: Arc::clone(&self.pending), name: name.into() })
     }
 
     /// Makes an empty (sparse) raw disk.
@@ -228,10 +273,8 @@ impl Images {
         if declared.is_some_and(|d| d > limit) {
             return Err(ApiError::field(413, "file", format!("file: larger than the {} MiB limit", limit >> 20)));
         }
-        self.check_new(name, declared.unwrap_or(0))?;
+        let _name = self.check_new(name, declared.unwrap_or(0))?;
         let tmp = self.dir.join(format!(".upload-{name}-{}", crate::auth::random_hex(4)));
-        // Where a converted disk is written before it is published.
-        let raw = self.dir.join(format!(".upload-{name}-{}.raw", crate::auth::random_hex(4)));
         let result = async {
             let mut f = tokio::fs::File::create(&tmp).await.map_err(ApiError::internal)?;
             let mut hash = Sha256::new();
@@ -253,37 +296,108 @@ impl Images {
             if size == 0 {
                 return Err(ApiError::bad("file", "file: the upload is empty"));
             }
-            let mut image = Image {
-                name: name.into(),
-                kind,
-                size,
-                sha256: Some(hex::encode(hash.finalize())),
-                converted_from: None,
-                cloned_from: None,
-                created: now_unix(),
-            };
-            match kind {
-                ImageKind::Kernel => check_kernel(&tmp)?,
-                ImageKind::Iso => check_iso(&tmp)?,
-                ImageKind::Disk if read_at(&tmp, 0, 4) == qcow2::MAGIC => {
-                    image.size = self.convert_qcow2(name, &tmp, &raw).await?;
-                    image.converted_from = Some("qcow2".into());
-                    std::fs::remove_file(&tmp).map_err(ApiError::internal)?;
-                    self.publish(&raw, &image)?;
-                    return Ok(image);
-                }
-                ImageKind::Disk => check_raw_disk(&tmp)?,
-                ImageKind::Initrd => {}
-            }
-            self.publish(&tmp, &image)?;
-            Ok(image)
+            self.accept(name, kind, &tmp, size, hex::encode(hash.finalize()), "file").await
         }
         .await;
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
-            let _ = std::fs::remove_file(&raw);
         }
         result
+    }
+
+    /// Downloads `url` into the new image `name` (taken by `reservation`),
+    /// of `kind` or, if not given, the kind its content shows; checks it
+    /// against `checksum`; reports to `task`. A failed download leaves
+    /// nothing behind.
+    pub async fn import(
+        &self,
+        _reservation: Reservation,
+        kind: Option<ImageKind>,
+        url: ureq::http::Uri,
+        checksum: Option<Checksum>,
+        task: &crate::tasks::Task,
+    ) -> ApiResult<Image> {
+        let name = _reservation.name.clone();
+        let tmp = self.dir.join(format!(".upload-{name}-{}", crate::auth::random_hex(4)));
+        let result = async {
+            let mut file = std::fs::File::create(&tmp).map_err(ApiError::internal)?;
+            let free = free_space(&self.dir).saturating_sub(64 << 20);
+            let limit = if free < self.max_upload {
+                (free, format!("the data disk has {} MiB free", free >> 20))
+            } else {
+                (self.max_upload, format!("images are limited to {} MiB", self.max_upload >> 20))
+            };
+            let (downloader, mut t) = (Arc::clone(&self.downloader), task.clone());
+            let fetched = tokio::task::spawn_blocking(move || {
+                downloader.fetch(&url, &mut file, (limit.0, &limit.1), checksum.as_ref(), &mut t)
+            })
+            .await
+            .map_err(ApiError::internal)??;
+            let kind = match kind {
+                Some(k) => k,
+                None => detect_kind(&tmp)?,
+            };
+            task.log(format!("{} MiB, SHA-256 {}; a {}", fetched.size >> 20, fetched.sha256, kind.label()));
+            self.accept(&name, kind, &tmp, fetched.size, fetched.sha256, "url").await
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Makes a received file (`tmp`: `size` bytes with this SHA-256) the
+    /// image `name` of `kind`: checks its content, converts a qcow2 disk to
+    /// raw, publishes it. What it made is removed if it fails; the caller
+    /// removes `tmp`. `field` is what the admin gave (the file, the URL).
+    async fn accept(
+        &self,
+        name: &str,
+        kind: ImageKind,
+        tmp: &Path,
+        size: u64,
+        sha256: String,
+        field: &str,
+    ) -> ApiResult<Image> {
+        let mut image = Image {
+            name: name.into(),
+            kind,
+            size,
+            sha256: Some(sha256),
+            converted_from: None,
+            cloned_from: None,
+            created: now_unix(),
+        };
+        let on_field = |mut e: ApiError| {
+            if e.field.as_deref() == Some("file") {
+                e.message = e.message.replacen("file: ", &format!("{field}: "), 1);
+                e.field = Some(field.into());
+            }
+            e
+        };
+        match kind {
+            ImageKind::Kernel => check_kernel(tmp).map_err(on_field)?,
+            ImageKind::Iso => check_iso(tmp).map_err(on_field)?,
+            ImageKind::Disk if read_at(tmp, 0, 4) == qcow2::MAGIC => {
+                let raw = self.dir.join(format!(".upload-{name}-{}.raw", crate::auth::random_hex(4)));
+                let converted = async {
+                    image.size = self.convert_qcow2(name, tmp, &raw).await.map_err(on_field)?;
+                    image.converted_from = Some("qcow2".into());
+                    std::fs::remove_file(tmp).map_err(ApiError::internal)?;
+                    self.publish(&raw, &image)
+                }
+                .await;
+                if converted.is_err() {
+                    let _ = std::fs::remove_file(&raw);
+                }
+                return converted.map(|_| image);
+            }
+            ImageKind::Disk => check_raw_disk(tmp).map_err(on_field)?,
+            ImageKind::Initrd => {}
+        }
+        self.publish(tmp, &image)?;
+        Ok(image)
     }
 
     /// Converts an uploaded qcow2 (`src`) to a sparse raw disk (`dst`), as
@@ -321,18 +435,15 @@ impl Images {
     }
 
     /// Checks that disk `from` can be copied to a new disk `to`: a disk, a
-    /// free name. Returns the source and the bytes of data it holds (what
-    /// the copy takes).
-    pub fn prepare_clone(&self, from: &str, to: &str) -> ApiResult<(Image, u64)> {
+    /// free name. Returns the source, the bytes of data it holds (what
+    /// the copy takes), and the new name, taken until the copy ends.
+    pub fn prepare_clone(&self, from: &str, to: &str) -> ApiResult<(Image, u64, Reservation)> {
         let source = self.get(from).ok_or_else(|| ApiError::not_found("image"))?;
         if source.kind != ImageKind::Disk {
             return Err(ApiError::bad("name", format!("{from} is not a disk; only disks are cloned")));
         }
-        check_name("name", to, 64)?;
-        if self.path(to).exists() {
-            return Err(ApiError::field(409, "name", format!("name: an image called {to} already exists")));
-        }
-        Ok((source.clone(), allocated_bytes(&self.path(from))))
+        let reservation = self.check_new(to, 0)?;
+        Ok((source.clone(), allocated_bytes(&self.path(from)), reservation))
     }
 
     /// Refuses copies of `bytes` of data that would fill the data disk.
@@ -489,6 +600,30 @@ fn check_iso(path: &Path) -> ApiResult<()> {
         Err(ApiError::bad(
             "file",
             "file: this is not an ISO 9660 CD/DVD image; upload it as a disk if it is a disk image",
+        ))
+    }
+}
+
+/// The kind a file's content shows: a qcow2 or a disk with a partition
+/// table (MBR or GPT) is a disk, an ISO 9660 volume an ISO (a hybrid ISO
+/// too: it goes in a CD-ROM drive, as on a server), a bzImage or vmlinux a
+/// kernel. Anything else needs its kind given.
+pub fn detect_kind(path: &Path) -> ApiResult<ImageKind> {
+    let head = read_at(path, 0, 1024);
+    if head.starts_with(qcow2::MAGIC) {
+        Ok(ImageKind::Disk)
+    } else if read_at(path, 0x8001, 5) == b"CD001" {
+        Ok(ImageKind::Iso)
+    } else if check_kernel(path).is_ok() {
+        Ok(ImageKind::Kernel)
+    } else if head.get(510..512) == Some(&[0x55, 0xaa]) || head.get(512..520) == Some(b"EFI PART") {
+        Ok(ImageKind::Disk)
+    } else if head.trim_ascii_start().first() == Some(&b'<') {
+        Err(ApiError::bad("url", "url: the server sent a web page, not an image; link to the file itself, not to its download page"))
+    } else {
+        Err(ApiError::bad(
+            "kind",
+            "kind: the file is not a qcow2, an ISO, a kernel or a disk with a partition table; give its kind (disk, iso, kernel or initrd)",
         ))
     }
 }

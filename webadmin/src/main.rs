@@ -18,6 +18,7 @@ mod audit;
 mod auth;
 mod cloud_init;
 mod console;
+mod download;
 mod host;
 mod images;
 mod keys;
@@ -28,6 +29,8 @@ mod store;
 mod supervisor;
 mod switch;
 mod tasks;
+#[cfg(test)]
+mod test_https;
 #[cfg(test)]
 mod tests;
 mod tls;

@@ -136,6 +136,16 @@ impl Task {
     }
 }
 
+/// A download reports to its task.
+impl crate::download::Progress for Task {
+    fn progress(&mut self, done: u64, total: Option<u64>) {
+        Task::progress(self, done, total.unwrap_or(0));
+    }
+    fn log(&mut self, line: String) {
+        Task::log(self, line);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,8 @@ impl Harness {
             ram_only: false,
             user: None,
         };
+        // The local HTTPS server the download tests fetch from.
+        crate::test_https::trust(&args.data_dir);
         let tls = crate::tls::load_or_create(&args.data_dir, &args.status_file).await.unwrap();
         let launcher = Arc::new(crate::privsep::Launcher::in_thread(crate::privsep::Scope {
             run_dir: args.run_dir.clone(),
@@ -583,6 +585,76 @@ async fn wait_task(h: &Harness, id: &str) -> Value {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("task {id} still runs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_are_downloaded_in_tasks_recognised_converted_and_checked() {
+    use sha2::Digest;
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    // A compressed qcow2 made by qemu-img, as distributions publish cloud images.
+    let dir = h.dir.path();
+    let raw = [b"\xebboot sector".repeat(30), vec![0; 2 << 20], b"the end".to_vec()].concat();
+    std::fs::write(dir.join("cloud.raw"), &raw).unwrap();
+    let ok = std::process::Command::new("qemu-img")
+        .args(["convert", "-c", "-O", "qcow2"])
+        .args([dir.join("cloud.raw"), dir.join("cloud.qcow2")])
+        .status()
+        .expect("qemu-img (package qemu-utils)");
+    assert!(ok.success());
+    let qcow2 = std::fs::read(dir.join("cloud.qcow2")).unwrap();
+    let sha256 = hex::encode(sha2::Sha256::digest(&qcow2));
+    let server = crate::test_https::FileServer::start(qcow2).await;
+    let import = |body: Value| h.call(Method::POST, "/api/v1/images/import", Some(body));
+
+    // Broken off halfway and resumed; its kind and format found by its content.
+    let a = import(json!({"name": "debian-12", "url": server.url("cut-once", "debian.qcow2"), "checksum": format!("sha256:{sha256}")})).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+    assert_eq!(a.body["kind"], "download");
+    let task = wait_task(&h, a.body["id"].as_str().unwrap()).await;
+    assert_eq!(task["state"], "done", "{task}");
+    let log = task["log"].to_string();
+    assert!(log.contains("resuming") && log.contains("SHA-256 checked") && log.contains("a disk image"), "{log}");
+    let image = h.call(Method::GET, "/api/v1/images", None).await.body["images"][0].clone();
+    assert_eq!((image["name"].as_str(), image["kind"].as_str()), (Some("debian-12"), Some("disk")));
+    assert_eq!((image["converted_from"].as_str(), image["sha256"].as_str()), (Some("qcow2"), Some(sha256.as_str())));
+    let mut want = raw.clone();
+    want.resize(raw.len().next_multiple_of(512), 0);
+    assert!(std::fs::read(dir.join("data/images/debian-12")).unwrap() == want, "the raw disk is the qcow2's content");
+
+    // Mistakes found before anything is fetched.
+    let e = import(json!({"name": "x", "url": "http://mirror.example/x.qcow2"})).await;
+    assert_eq!((e.status, e.body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("url")));
+    let e = import(json!({"name": "x", "url": server.url("whole", "x"), "checksum": "abc"})).await;
+    assert_eq!(e.body["field"], "checksum");
+    let e = import(json!({"name": "debian-12", "url": server.url("whole", "x")})).await;
+    assert_eq!((e.status, e.body["field"].as_str()), (StatusCode::CONFLICT, Some("name")));
+
+    // Mistakes found by the download: each task fails with its reason, and leaves nothing.
+    let failing = [
+        (json!({"name": "bad-sum", "url": server.url("whole", "a"), "checksum": "0".repeat(64)}), "not the one given"),
+        (json!({"name": "page", "url": server.url("page", "a")}), "a web page, not an image"),
+        (json!({"name": "gone", "url": server.url("missing", "a")}), "404 Not Found"),
+        (json!({"name": "cut", "url": server.url("no-ranges", "a")}), "does not resume downloads"),
+        (json!({"name": "notiso", "url": server.url("whole", "b"), "kind": "iso"}), "url: this is not an ISO 9660"),
+    ];
+    for (body, why) in failing {
+        let a = import(body.clone()).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+        let task = wait_task(&h, a.body["id"].as_str().unwrap()).await;
+        assert_eq!(task["state"], "failed", "{body}: {task}");
+        assert!(task["error"].as_str().unwrap().contains(why), "{body}: {task}");
+    }
+    let images = h.call(Method::GET, "/api/v1/images", None).await.body["images"].as_array().unwrap().len();
+    assert_eq!(images, 1, "failed downloads never appear");
+    let left: Vec<String> = std::fs::read_dir(dir.join("data/images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".upload-"))
+        .collect();
+    assert!(left.is_empty(), "no temporary files remain: {left:?}");
+    let audit = h.call(Method::GET, "/api/v1/audit", None).await.body.to_string();
+    assert!(audit.contains("image.import") && audit.contains("debian-12"), "{audit}");
 }
 
 #[tokio::test]
