@@ -280,8 +280,44 @@ async fn the_images_page_clones_and_grows_disks_and_lists_tasks() {
     b.click("[data-grow='copy-b']").await.unwrap();
     b.wait_text("#image-table", "24 MiB", T).await.unwrap();
     b.screenshot("01-images-and-tasks").await.unwrap();
+
+    // Import from a URL: plain http is refused without a checksum, and
+    // with one the download runs as a task and the ISO is recognised.
+    let mut iso = vec![0u8; 0x9000];
+    iso[0x8001..0x8006].copy_from_slice(b"CD001");
+    let sum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&iso));
+    let url = format!("http://{}/rescue-1.0.iso", serve_http_once(iso));
+    b.fill("#im-url", &url).await.unwrap();
+    b.click("#import").await.unwrap();
+    b.wait_text("[data-err='url']", "give the file's checksum", T).await.unwrap();
+    b.fill("#im-sum", &sum).await.unwrap();
+    b.click("#import").await.unwrap();
+    b.wait_text("#task-table", "rescue-1.0.iso", T).await.unwrap();
+    b.wait_text("#image-table", "rescue-1.0.iso", T).await.unwrap();
+    let row = b.eval("document.querySelector('#image-table').textContent").await.unwrap();
+    assert!(row.as_str().unwrap_or_default().contains("rescue-1.0.isoiso"), "named from the URL, an ISO by content: {row}");
+    b.screenshot("02-imported").await.unwrap();
     b.close().await.unwrap();
     drop(host);
+}
+
+/// Serves `body` over plain HTTP on 127.0.0.1 to one request; returns
+/// the address.
+fn serve_http_once(body: Vec<u8>) -> std::net::SocketAddr {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+        conn.write_all(head.as_bytes()).and_then(|_| conn.write_all(&body)).unwrap();
+    });
+    addr
 }
 
 /// The wizard's cloud-init section: a wrong SSH key is shown next to the
@@ -299,9 +335,12 @@ async fn the_wizard_provisions_a_cloud_image_with_cloud_init() {
     b.wait_for("#vm-form", T).await.unwrap();
     b.fill("#name", "cloud1").await.unwrap();
     b.fill("#memory", "64").await.unwrap();
-    b.eval("(() => { const s = document.querySelector('#source'); s.value = 'firmware:bios'; s.dispatchEvent(new Event('change')); const d = document.querySelector('#disk-mode'); d.value = 'existing'; d.dispatchEvent(new Event('change')); return true; })()").await.unwrap();
+    // "From a cloud image" turns cloud-init on and takes a copy of the image.
+    b.eval("(() => { const s = document.querySelector('#source'); s.value = 'cloud:bios'; s.dispatchEvent(new Event('change')); return true; })()").await.unwrap();
+    b.wait_for("#ci-on:checked", T).await.unwrap();
+    b.fill("#cloud-size", "16").await.unwrap();
+    b.fill("#memory", "64").await.unwrap();
     b.click("#network").await.unwrap(); // this host has no br0
-    b.click("#ci-on").await.unwrap();
     b.fill("#ci-user", "ops").await.unwrap();
     b.fill("#ci-keys", "not a key").await.unwrap();
     b.click("#create").await.unwrap();
@@ -322,7 +361,21 @@ async fn the_wizard_provisions_a_cloud_image_with_cloud_init() {
     let text = text.as_str().unwrap_or_default().to_string();
     assert!(text.contains(key) && text.contains("\"ops\"") && text.contains("$6$"), "{text}");
     assert!(!text.contains("a long console password"), "the password is shown only as a hash");
+    // The VM's disk is a 16 MiB copy of the image; the copy made for the
+    // refused first try was removed.
+    let images = panel_images(&b).await;
+    assert!(images.contains("\"cloud1-disk\"") && images.contains("\"cloned_from\":\"cloud.img\""), "{images}");
+    assert!(images.contains(&format!("\"size\":{}", 16 << 20)), "{images}");
     b.screenshot("02-vm-cloud-init").await.unwrap();
     b.close().await.unwrap();
     drop(host);
+}
+
+/// The panel's image list, fetched by the page's own session.
+async fn panel_images(b: &Browser) -> String {
+    let v = b
+        .eval("(async () => JSON.stringify(await (await fetch('/api/v1/images')).json()))()")
+        .await
+        .unwrap();
+    v.as_str().unwrap_or_default().to_string()
 }

@@ -189,6 +189,9 @@ async function newVm() {
   const opt = (v, label) => `<option value="${esc(v)}">${esc(label)}</option>`;
   const sources = images.guests.map((g) => opt(`guest:${g.name}`, `Bundled: ${g.name} — ${g.description}`)).join('')
     + kernels.map((k) => opt(`kernel:${k.name}`, `Kernel image: ${k.name}`)).join('')
+    + (disks.length ? opt('cloud:bios', 'From a cloud image (a copy of an imported disk, provisioned by cloud-init)') : '')
+    + opt('install:bios', 'Install from an ISO — an empty disk and the ISO in the CD-ROM, BIOS')
+    + opt('install:uefi', 'Install from an ISO — an empty disk and the ISO in the CD-ROM, UEFI')
     + opt('firmware:bios', 'Boot from a disk image or ISO — BIOS (SeaBIOS)')
     + opt('firmware:uefi', 'Boot from a disk image or ISO — UEFI (OVMF)');
   app.innerHTML = `
@@ -201,6 +204,11 @@ async function newVm() {
       </div>
       <div class="row"><label for="source">Boot</label><select id="source">${sources}</select><div class="err" data-err="boot"></div></div>
       <div class="row" id="initrd-row" hidden><label for="initrd">Initrd</label><select id="initrd">${opt('', 'none')}${initrds.map((i) => opt(i.name, i.name)).join('')}</select></div>
+      <div class="inline" id="cloud-row" hidden>
+        <div class="row"><label for="cloud-image">Cloud image</label><select id="cloud-image">${disks.map((d) => opt(d.name, `${d.name} (${mib(d.size)})`)).join('')}</select><div class="hint">The VM gets a copy; import images from a URL in Images.</div></div>
+        <div class="row"><label for="cloud-size">Disk size (MiB)</label><input id="cloud-size" type="number" min="1" value="10240"><div class="hint">At least the image's size; the guest grows into it.</div><div class="err" data-err="size_mib"></div></div>
+        <div class="row"><label for="cloud-fw">Firmware</label><select id="cloud-fw">${opt('bios', 'BIOS')}${opt('uefi', 'UEFI')}</select></div>
+      </div>
       <div class="row" id="cmdline-row"><label for="cmdline">Kernel command line</label><input id="cmdline" placeholder="(the guest's default)"><div class="err" data-err="cmdline"></div></div>
       <div class="row"><label for="disk-mode">Disk</label>
         <select id="disk-mode">${opt('none', 'No disk')}${opt('new', 'New empty disk')}${disks.length ? opt('existing', 'Existing disk image') : ''}</select>
@@ -229,15 +237,34 @@ async function newVm() {
         <div class="err" data-err="cloud_init"></div>
       </fieldset>
       <div class="row"><label class="check"><input id="autostart" type="checkbox"> Start when kvmos boots</label></div>
-      <div class="actions"><button id="create" type="submit">Create</button><button id="create-start" type="button" class="secondary">Create and start</button></div>
+      <div class="actions"><button id="create" type="submit">Create</button><button id="create-start" type="button" class="secondary">Create and start</button><span class="muted" id="create-status"></span></div>
     </form>`;
   const f = document.getElementById('vm-form');
   const $ = (s) => f.querySelector(s);
+  // The presets set the form the way a new admin wants it, and can be changed.
+  const preset = () => {
+    const [kind] = $('#source').value.split(':');
+    if (kind === 'cloud') {
+      $('#ci-on').checked = true; $('#memory').value = Math.max(Number($('#memory').value), 1024);
+      const img = disks.find((d) => d.name === $('#cloud-image').value);
+      if (img) $('#cloud-size').value = Math.max(10240, Math.ceil(img.size / 1048576));
+    }
+    if (kind === 'install') {
+      $('#disk-mode').value = 'new'; $('#disk-size').value = Math.max(Number($('#disk-size').value), 20480);
+      $('#memory').value = Math.max(Number($('#memory').value), 2048); $('#first').value = 'iso';
+    }
+  };
+  $('#source').addEventListener('change', preset);
+  $('#cloud-image').addEventListener('change', preset);
   const sync = () => {
-    const firmware = $('#source').value.startsWith('firmware:');
+    const [kind] = $('#source').value.split(':');
+    const cloud = kind === 'cloud';
+    const firmware = kind === 'firmware' || kind === 'install' || cloud;
+    $('#cloud-row').hidden = !cloud;
+    $('#disk-mode').closest('.row').hidden = cloud;
     $('#initrd-row').hidden = !$('#source').value.startsWith('kernel:');
     $('#cmdline-row').hidden = firmware;
-    $('#iso-row').hidden = !firmware;
+    $('#iso-row').hidden = !firmware || cloud;
     $('#first-row').hidden = !firmware || !$('#iso').value || $('#disk-mode').value === 'none';
     $('#disk-new').hidden = $('#disk-mode').value !== 'new';
     $('#disk-existing').hidden = $('#disk-mode').value !== 'existing';
@@ -253,15 +280,19 @@ async function newVm() {
       guest: () => ({ type: 'guest', guest: ref }),
       kernel: () => ({ type: 'kernel', kernel: ref, initrd: $('#initrd').value || null }),
       firmware: () => ({ type: 'firmware', firmware: ref }),
+      install: () => ({ type: 'firmware', firmware: ref }),
+      cloud: () => ({ type: 'firmware', firmware: $('#cloud-fw').value }),
     };
+    const firmware = boots[kind]().type === 'firmware';
     const spec = {
       name: $('#name').value.trim(), vcpus: Number($('#vcpus').value), memory_mib: Number($('#memory').value),
-      boot: boots[kind](), cmdline: kind === 'firmware' ? null : ($('#cmdline').value.trim() || null),
+      boot: boots[kind](), cmdline: firmware ? null : ($('#cmdline').value.trim() || null),
       disks: [], network: $('#network').checked, autostart: $('#autostart').checked,
     };
-    if ($('#disk-mode').value === 'new') spec.disks.push({ image: $('#disk-name').value.trim() || `${spec.name}-disk`, size_mib: Number($('#disk-size').value) });
-    if ($('#disk-mode').value === 'existing') spec.disks.push({ image: $('#disk-existing').value });
-    if (kind === 'firmware' && $('#iso').value) {
+    if (kind === 'cloud') spec.disks.push({ image: `${spec.name}-disk` });
+    else if ($('#disk-mode').value === 'new') spec.disks.push({ image: $('#disk-name').value.trim() || `${spec.name}-disk`, size_mib: Number($('#disk-size').value) });
+    else if ($('#disk-mode').value === 'existing') spec.disks.push({ image: $('#disk-existing').value });
+    if (firmware && kind !== 'cloud' && $('#iso').value) {
       spec.disks.push({ image: $('#iso').value, read_only: true });
       if ($('#first').value === 'iso' && spec.disks.length === 2) spec.boot_order = [1, 0];
     }
@@ -276,14 +307,44 @@ async function newVm() {
           : { mode: 'dhcp' },
       };
     }
+    let copied = null;
     try {
+      if (kind === 'cloud') copied = await copyCloudImage(f, $('#cloud-image').value, `${spec.name}-disk`, Number($('#cloud-size').value));
       const vm = await api('POST', '/api/v1/vms', spec);
+      copied = null;
       if (start) await api('POST', `/api/v1/vms/${vm.id}/actions`, { action: 'start' });
       go(`#/vms/${vm.id}`);
-    } catch (e) { showError(f, e); }
+    } catch (e) {
+      // A copy made for a VM that was not created is not left behind.
+      if (copied) await api('DELETE', `/api/v1/images/${encodeURIComponent(copied)}`).catch(() => {});
+      showError(f, e);
+    }
   };
   f.onsubmit = (ev) => { ev.preventDefault(); submit(false); };
   $('#create-start').onclick = () => { if (f.reportValidity()) submit(true); };
+}
+
+// A VM from a cloud image gets its own copy of the image (a clone task),
+// grown to the size asked for; the guest grows into it at first boot.
+async function copyCloudImage(form, image, disk, sizeMib) {
+  const status = form.querySelector('#create-status');
+  const task = await api('POST', `/api/v1/images/${encodeURIComponent(image)}/clone`, { name: disk });
+  for (;;) {
+    const t = await api('GET', `/api/v1/tasks/${task.id}`);
+    if (t.state === 'failed') throw new ApiError(400, { error: t.error });
+    if (t.state === 'done') break;
+    status.textContent = `Copying ${image}: ${t.total_bytes ? Math.floor((100 * t.done_bytes) / t.total_bytes) : 0}%`;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  const copy = (await api('GET', '/api/v1/images')).images.find((i) => i.name === disk);
+  status.textContent = '';
+  if (copy && sizeMib * 1048576 > copy.size) {
+    try { await api('POST', `/api/v1/images/${encodeURIComponent(disk)}/grow`, { size_mib: sizeMib }); } catch (e) {
+      await api('DELETE', `/api/v1/images/${encodeURIComponent(disk)}`).catch(() => {});
+      throw e;
+    }
+  }
+  return disk;
 }
 
 function openConsole(id) {
@@ -443,7 +504,7 @@ async function switchPage(tries = 0) {
   switchView = window.kvmosSwitch(app, { settings, api, toast });
 }
 
-// The task list (conversions, clones): progress, result, log.
+// The task list (downloads, conversions, clones): progress, result, log.
 function taskRows(tasks) {
   const pct = (t) => (t.total_bytes ? Math.floor((100 * t.done_bytes) / t.total_bytes) : 0);
   return tasks.map((t) => `<tr data-task="${esc(t.id)}"><td>${esc(t.kind)}</td><td>${esc(t.target)}</td>
@@ -465,6 +526,14 @@ async function imagesPage() {
       <progress id="progress" value="0" max="100" hidden></progress>
       <div class="hint" id="upload-status">Up to ${mib(list.max_upload)}.</div>
       <button type="submit" id="upload">Upload</button></form></div>
+    <div class="card"><h2>Import from a URL</h2><form id="import-form">
+      <div class="row"><label for="im-url">URL</label><input id="im-url" required placeholder="https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"><div class="hint">The panel downloads it itself, resuming if the connection breaks; qcow2 becomes a raw disk.</div><div class="err" data-err="url"></div></div>
+      <div class="inline">
+        <div class="row"><label for="im-name">Name</label><input id="im-name"><div class="err" data-err="name"></div></div>
+        <div class="row"><label for="im-kind">Kind</label><select id="im-kind"><option value="">From its content</option><option value="disk">Disk</option><option value="iso">ISO (CD/DVD image)</option><option value="kernel">Kernel</option><option value="initrd">Initrd</option></select><div class="err" data-err="kind"></div></div>
+        <div class="row"><label for="im-sum">SHA-256 or SHA-512</label><input id="im-sum" class="mono" placeholder="(optional, from the SHA512SUMS file)"><div class="err" data-err="checksum"></div></div>
+      </div>
+      <button type="submit" id="import">Download</button></form></div>
     <div class="card"><h2>New empty disk</h2><form id="disk-form" class="inline">
       <div class="row"><label for="disk-name">Name</label><input id="disk-name" required><div class="err" data-err="name"></div></div>
       <div class="row"><label for="disk-size">Size (MiB)</label><input id="disk-size" type="number" min="1" value="1024"><div class="err" data-err="size_mib"></div></div>
@@ -494,6 +563,19 @@ async function imagesPage() {
     xhr.setRequestHeader('X-CSRF-Token', csrf);
     xhr.setRequestHeader('Content-Type', 'application/octet-stream');
     xhr.send(file.files[0]);
+  };
+  const im = document.getElementById('import-form');
+  im.querySelector('#im-url').oninput = () => {
+    const last = im.querySelector('#im-url').value.split(/[?#]/)[0].split('/').pop() || '';
+    im.querySelector('#im-name').placeholder = last.toLowerCase().replace(/\.(qcow2|img|raw)$/, '').replace(/[^a-z0-9._-]/g, '-');
+  };
+  im.onsubmit = async (ev) => {
+    ev.preventDefault();
+    const name = im.querySelector('#im-name').value.trim() || im.querySelector('#im-name').placeholder;
+    try {
+      await api('POST', '/api/v1/images/import', { name, url: im.querySelector('#im-url').value.trim(), kind: im.querySelector('#im-kind').value || null, checksum: im.querySelector('#im-sum').value.trim() || null });
+      toast(`Downloading ${name}: see Tasks`); route();
+    } catch (e) { showError(im, e); }
   };
   const d = document.getElementById('disk-form');
   d.onsubmit = async (ev) => {
