@@ -295,7 +295,10 @@ async fn the_images_page_clones_and_grows_disks_and_lists_tasks() {
     b.wait_text("#task-table", "rescue-1.0.iso", T).await.unwrap();
     b.wait_text("#image-table", "rescue-1.0.iso", T).await.unwrap();
     let row = b.eval("document.querySelector('#image-table').textContent").await.unwrap();
-    assert!(row.as_str().unwrap_or_default().contains("rescue-1.0.isoiso"), "named from the URL, an ISO by content: {row}");
+    assert!(
+        row.as_str().unwrap_or_default().contains("rescue-1.0.isoiso"),
+        "named from the URL, an ISO by content: {row}"
+    );
     b.screenshot("02-imported").await.unwrap();
     b.close().await.unwrap();
     drop(host);
@@ -373,9 +376,6 @@ async fn the_wizard_provisions_a_cloud_image_with_cloud_init() {
 
 /// The panel's image list, fetched by the page's own session.
 async fn panel_images(b: &Browser) -> String {
-    let v = b
-        .eval("(async () => JSON.stringify(await (await fetch('/api/v1/images')).json()))()")
-        .await
-        .unwrap();
+    let v = b.eval("(async () => JSON.stringify(await (await fetch('/api/v1/images')).json()))()").await.unwrap();
     v.as_str().unwrap_or_default().to_string()
 }

@@ -7,8 +7,8 @@
 
 use crate::app::{ApiError, ApiJson, ApiResult, State};
 use crate::auth::{self, Caller, TokenInfo, CSRF_HEADER, SESSION_COOKIE, SESSION_MAX};
-use crate::host::{self, HostSettings, Overview, PowerAction};
 use crate::download::Checksum;
+use crate::host::{self, HostSettings, Overview, PowerAction};
 use crate::images::{check_name, BundledGuest, Image, ImageKind};
 use crate::store::now_unix;
 use crate::supervisor::VmState;
@@ -882,7 +882,12 @@ async fn import_image(
             let started = std::time::Instant::now();
             let r = st.images.import(reservation, kind, url, checksum, &t).await;
             if let Ok(image) = &r {
-                t.log(format!("{} is ready ({} MiB) after {:.1} s", image.name, image.size >> 20, started.elapsed().as_secs_f64()));
+                t.log(format!(
+                    "{} is ready ({} MiB) after {:.1} s",
+                    image.name,
+                    image.size >> 20,
+                    started.elapsed().as_secs_f64()
+                ));
             }
             t.finish(&r);
         });

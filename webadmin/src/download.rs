@@ -169,9 +169,8 @@ impl Downloader {
         progress: &mut dyn Progress,
     ) -> ApiResult<Fetched> {
         let host = url.host().unwrap_or("the server").to_string();
-        let too_big = |size: u64| {
-            ApiError::field(413, "url", format!("url: the file is {} or more, and {}", mib(size), limit.1))
-        };
+        let too_big =
+            |size: u64| ApiError::field(413, "url", format!("url: the file is {} or more, and {}", mib(size), limit.1));
         let limit = limit.0;
         let mut hashes = Hashes::new(want);
         let (mut done, mut total) = (0u64, None::<u64>);
@@ -210,7 +209,9 @@ impl Downloader {
             match status {
                 StatusCode::OK => {
                     if done > 0 {
-                        progress.log(format!("{host} sent the whole file again (it changed, or does not resume); starting over"));
+                        progress.log(format!(
+                            "{host} sent the whole file again (it changed, or does not resume); starting over"
+                        ));
                         out.set_len(0).and_then(|_| out.rewind()).map_err(ApiError::internal)?;
                         hashes = Hashes::new(want);
                         done = 0;
@@ -433,7 +434,8 @@ mod tests {
         let server = crate::test_https::FileServer::start(data.clone()).await;
         let dir = tempfile::tempdir().unwrap();
         crate::test_https::trust(dir.path());
-        let dl = Arc::new(Downloader::with_timeouts(dir.path(), Duration::from_secs(5), Duration::from_secs(1)).unwrap());
+        let dl =
+            Arc::new(Downloader::with_timeouts(dir.path(), Duration::from_secs(5), Duration::from_secs(1)).unwrap());
         let sha256 = hex::encode(Sha256::digest(&data));
         let sha512 = Checksum::Sha512(Sha512::digest(&data).to_vec());
 
@@ -463,7 +465,13 @@ mod tests {
 
         let mut wrong = sha256.clone().into_bytes();
         wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
-        let o = fetch(&dl, server.url("whole", "e.img"), 10 << 20, Checksum::parse(std::str::from_utf8(&wrong).unwrap()).ok()).await;
+        let o = fetch(
+            &dl,
+            server.url("whole", "e.img"),
+            10 << 20,
+            Checksum::parse(std::str::from_utf8(&wrong).unwrap()).ok(),
+        )
+        .await;
         let e = o.result.unwrap_err();
         assert_eq!(e.field.as_deref(), Some("checksum"));
         assert!(e.message.contains(&format!("SHA-256 is {sha256}, not the one given")), "{}", e.message);

@@ -5,11 +5,11 @@
 //! demo guest) are listed too, read-only.
 
 use crate::app::{ApiError, ApiResult};
+use crate::download::{Checksum, Downloader};
 use crate::qcow2;
 use crate::store::{self, now_unix};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use crate::download::{Checksum, Downloader};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -217,7 +217,11 @@ impl Images {
         }
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if !pending.insert(name.to_string()) {
-            return Err(ApiError::field(409, "name", format!("name: {name} is being made (an upload or download); wait for it")));
+            return Err(ApiError::field(
+                409,
+                "name",
+                format!("name: {name} is being made (an upload or download); wait for it"),
+            ));
         }
         Ok(Reservation { pending: Arc::clone(&self.pending), name: name.into() })
     }
@@ -619,7 +623,10 @@ pub fn detect_kind(path: &Path) -> ApiResult<ImageKind> {
     } else if head.get(510..512) == Some(&[0x55, 0xaa]) || head.get(512..520) == Some(b"EFI PART") {
         Ok(ImageKind::Disk)
     } else if head.trim_ascii_start().first() == Some(&b'<') {
-        Err(ApiError::bad("url", "url: the server sent a web page, not an image; link to the file itself, not to its download page"))
+        Err(ApiError::bad(
+            "url",
+            "url: the server sent a web page, not an image; link to the file itself, not to its download page",
+        ))
     } else {
         Err(ApiError::bad(
             "kind",

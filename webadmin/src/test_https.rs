@@ -13,8 +13,8 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use std::net::SocketAddr;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 struct Ca {
@@ -81,7 +81,11 @@ impl FileServer {
     }
 }
 
-async fn serve(State(s): State<Arc<Served>>, Path((mode, name)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn serve(
+    State(s): State<Arc<Served>>,
+    Path((mode, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let hit = {
         let mut hits = s.hits.lock().unwrap();
         let n = hits.entry(format!("{mode}/{name}")).or_default();
@@ -89,7 +93,9 @@ async fn serve(State(s): State<Arc<Served>>, Path((mode, name)): Path<(String, S
         *n - 1
     };
     match mode.as_str() {
-        "page" => return ([(header::CONTENT_TYPE, "text/html")], "<!doctype html><title>Downloads</title>").into_response(),
+        "page" => {
+            return ([(header::CONTENT_TYPE, "text/html")], "<!doctype html><title>Downloads</title>").into_response()
+        }
         "missing" => return StatusCode::NOT_FOUND.into_response(),
         _ => {}
     }
