@@ -69,7 +69,7 @@ pub fn routes(state: State) -> (axum::Router<State>, utoipa::openapi::OpenApi) {
         .routes(routes!(grow_image))
         .routes(routes!(clone_vm))
         .routes(routes!(list_tasks))
-        .routes(routes!(get_task))
+        .routes(routes!(get_task, stop_task))
         .routes(routes!(openapi_json))
         .layer(axum::middleware::from_fn_with_state(state, require_auth));
     let public = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -931,7 +931,10 @@ async fn clone_image(
         let (st, t, to) = (state.clone(), task.clone(), req.name.clone());
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let r = st.images.copy_disk(source, &to, |done| t.progress(done, bytes));
+            let r = st.images.copy_disk(source, &to, |done| {
+                t.progress(done, bytes);
+                !t.stopping()
+            });
             drop(reservation);
             if r.is_ok() {
                 t.log(format!("done in {:.1} s", started.elapsed().as_secs_f64()));
@@ -1035,7 +1038,10 @@ async fn clone_vm(
                 let mut before = 0;
                 for (source, to, bytes, _reservation) in copies {
                     t.log(format!("copying {} to {to}", source.name));
-                    st.images.copy_disk(source, &to, |done| t.progress(before + done, total))?;
+                    st.images.copy_disk(source, &to, |done| {
+                        t.progress(before + done, total);
+                        !t.stopping()
+                    })?;
                     made.push(to);
                     before += bytes;
                 }
@@ -1080,4 +1086,19 @@ async fn get_task(
 #[utoipa::path(get, path = "/api/v1/openapi.json", responses((status = 200, description = "the OpenAPI document")))]
 async fn openapi_json(Extension(doc): Extension<std::sync::Arc<utoipa::openapi::OpenApi>>) -> Response {
     Json(doc.as_ref().clone()).into_response()
+}
+
+/// Stops a running download or clone: it ends failed at its next block,
+/// and what it had written is removed.
+#[utoipa::path(delete, path = "/api/v1/tasks/{id}", params(("id" = String, Path)),
+    responses((status = 202, body = TaskView), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn stop_task(
+    axum::extract::State(state): axum::extract::State<State>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<TaskView>)> {
+    let r = state.images.tasks.stop(&id);
+    let target = r.as_ref().map(|t| format!("{} {}", t.kind, t.target)).unwrap_or_else(|_| id.clone());
+    state.audit(&caller, "task.stop", &target, &r.as_ref().map(|_| ()).map_err(Clone::clone));
+    Ok((StatusCode::ACCEPTED, Json(r?)))
 }

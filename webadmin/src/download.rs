@@ -117,6 +117,10 @@ impl Hashes {
 pub trait Progress {
     fn progress(&mut self, done: u64, total: Option<u64>);
     fn log(&mut self, line: String);
+    /// The admin asked the download to stop.
+    fn stopping(&self) -> bool {
+        false
+    }
 }
 
 fn mib(bytes: u64) -> String {
@@ -254,6 +258,7 @@ impl Downloader {
             let broke = loop {
                 match body.read(&mut buf) {
                     Ok(0) => break None,
+                    Ok(_) if progress.stopping() => return Err(crate::tasks::stopped()),
                     Ok(n) => {
                         done += n as u64;
                         if done > limit {
@@ -276,6 +281,9 @@ impl Downloader {
             }
             if resumes == RESUMES {
                 return Err(cut_off(done, format!("{why}; {RESUMES} resumes failed, try again later")));
+            }
+            if progress.stopping() {
+                return Err(crate::tasks::stopped());
             }
             resumes += 1;
             progress.log(format!("cut off after {} ({why}); resuming ({resumes} of {RESUMES})", mib(done)));

@@ -470,13 +470,16 @@ impl Images {
     /// Copies `source` to a new disk `to`, keeping it sparse (only its
     /// data extents, found with SEEK_DATA and SEEK_HOLE, are copied); the
     /// copy appears under its name once complete, and a failed copy leaves
-    /// nothing. Blocking. `progress(bytes copied)` follows. The caller
+    /// nothing. Blocking. `progress(bytes copied)` follows, and stops the
+    /// copy when it answers false. The caller
     /// makes sure no running VM writes the source.
-    pub fn copy_disk(&self, source: Image, to: &str, progress: impl FnMut(u64)) -> ApiResult<Image> {
+    pub fn copy_disk(&self, source: Image, to: &str, progress: impl FnMut(u64) -> bool) -> ApiResult<Image> {
         let tmp = self.dir.join(format!(".upload-{to}-{}", crate::auth::random_hex(4)));
         let result = (|| {
-            sparse_copy(&self.path(&source.name), &tmp, progress)
-                .map_err(|e| ApiError::internal(format!("copying {}: {e}", source.name)))?;
+            sparse_copy(&self.path(&source.name), &tmp, progress).map_err(|e| match e.kind() {
+                std::io::ErrorKind::Interrupted => crate::tasks::stopped(),
+                _ => ApiError::internal(format!("copying {}: {e}", source.name)),
+            })?;
             let image =
                 Image { name: to.into(), cloned_from: Some(source.name.clone()), created: now_unix(), ..source };
             self.publish(&tmp, &image)?;
@@ -533,9 +536,9 @@ fn allocated_bytes(path: &Path) -> u64 {
 
 /// Copies `src` to a new file `dst` of the same size, only the extents
 /// that hold data (SEEK_DATA/SEEK_HOLE), so the copy is as sparse as the
-/// source; fsyncs it. `progress(bytes copied)` follows. Returns the bytes
-/// copied.
-fn sparse_copy(src: &Path, dst: &Path, mut progress: impl FnMut(u64)) -> std::io::Result<u64> {
+/// source; fsyncs it. `progress(bytes copied)` follows, and stops the copy
+/// (an `Interrupted` error) when it answers false. Returns the bytes copied.
+fn sparse_copy(src: &Path, dst: &Path, mut progress: impl FnMut(u64) -> bool) -> std::io::Result<u64> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     let from = std::fs::File::open(src)?;
@@ -571,7 +574,9 @@ fn sparse_copy(src: &Path, dst: &Path, mut progress: impl FnMut(u64)) -> std::io
             }
             pos += n as u64;
             copied += n as u64;
-            progress(copied);
+            if !progress(copied) {
+                return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stopped"));
+            }
         }
         at = end;
     }

@@ -41,7 +41,14 @@ pub struct TaskView {
     pub log: Vec<String>,
     /// The error, for a failed task.
     pub error: Option<String>,
+    /// Whether the admin can stop it while it runs (downloads, clones).
+    pub stoppable: bool,
+    /// The admin asked it to stop; it ends failed, leaving nothing behind.
+    pub stopping: bool,
 }
+
+/// Task kinds the admin can stop: they check between blocks.
+const STOPPABLE: [&str; 2] = ["download", "clone"];
 
 /// The panel's tasks, newest first.
 #[derive(Default)]
@@ -71,6 +78,8 @@ impl Tasks {
             ended: None,
             log: Vec::new(),
             error: None,
+            stoppable: STOPPABLE.contains(&kind),
+            stopping: false,
         };
         tracing::info!(task = %view.id, "{kind} {target}: started");
         let task = Arc::new(Mutex::new(view));
@@ -93,6 +102,28 @@ impl Tasks {
     pub fn get(&self, id: &str) -> Option<TaskView> {
         lock(&self.list).iter().map(|t| lock(t).clone()).find(|t| t.id == id)
     }
+
+    /// Asks task `id` to stop; it ends at its next block.
+    pub fn stop(&self, id: &str) -> Result<TaskView, crate::app::ApiError> {
+        use crate::app::ApiError;
+        let list = lock(&self.list);
+        let task = list.iter().find(|t| lock(t).id == id).ok_or_else(|| ApiError::not_found("task"))?;
+        let mut t = lock(task);
+        if t.state != TaskState::Running {
+            return Err(ApiError::conflict(format!("task {id} has ended already")));
+        }
+        if !t.stoppable {
+            return Err(ApiError::conflict(format!("a {} cannot be stopped; it ends by itself", t.kind)));
+        }
+        t.stopping = true;
+        t.log.push("stopping, as the admin asked".into());
+        Ok(t.clone())
+    }
+}
+
+/// The error a task stopped by the admin ends with.
+pub fn stopped() -> crate::app::ApiError {
+    crate::app::ApiError::conflict("stopped by the admin; nothing was kept")
 }
 
 impl Task {
@@ -102,6 +133,11 @@ impl Task {
 
     pub fn view(&self) -> TaskView {
         lock(&self.0).clone()
+    }
+
+    /// Whether the admin asked it to stop.
+    pub fn stopping(&self) -> bool {
+        lock(&self.0).stopping
     }
 
     pub fn progress(&self, done: u64, total: u64) {
@@ -144,6 +180,9 @@ impl crate::download::Progress for Task {
     fn log(&mut self, line: String) {
         Task::log(self, line);
     }
+    fn stopping(&self) -> bool {
+        Task::stopping(self)
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +205,13 @@ mod tests {
         bad.finish(&Err::<(), _>(crate::app::ApiError::bad("file", "file: broken")));
         assert_eq!(tasks.list()[0].error.as_deref(), Some("file: broken"), "newest first");
         let running = tasks.start("clone", "long");
+        assert!(!running.stopping());
+        assert!(tasks.stop(&running.id()).unwrap().stopping && running.stopping());
+        assert_eq!(tasks.stop(&t.id()).unwrap_err().status, 409, "an ended task is not stopped");
+        let convert = tasks.start("convert", "c");
+        assert!(tasks.stop(&convert.id()).unwrap_err().message.contains("cannot be stopped"));
+        convert.finish(&Ok::<(), crate::app::ApiError>(()));
+        assert_eq!(tasks.stop("nope").unwrap_err().status, 404);
         for i in 0..2 * KEEP {
             tasks.start("clone", &format!("t{i}")).finish(&Ok::<(), crate::app::ApiError>(()));
         }

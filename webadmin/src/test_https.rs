@@ -7,6 +7,7 @@
 //! - `/cut-always/…`: every answer breaks off halfway; ranges work.
 //! - `/no-ranges/…`: the first answer breaks off; no range requests.
 //! - `/stall-once/…`: the first answer stops sending halfway.
+//! - `/slow/…`: the file in 64 KiB pieces, 50 ms apart.
 //! - `/page/…`: a web page; `/missing/…`: 404.
 
 use axum::body::Body;
@@ -126,7 +127,13 @@ async fn serve(
             .status(StatusCode::PARTIAL_CONTENT)
             .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", len - 1));
     }
-    let body = if breaks {
+    let body = if mode == "slow" {
+        let pieces: Vec<bytes::Bytes> = part.chunks(64 << 10).map(bytes::Bytes::copy_from_slice).collect();
+        Body::from_stream(futures_util::StreamExt::then(futures_util::stream::iter(pieces), |p| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            Ok::<_, std::io::Error>(p)
+        }))
+    } else if breaks {
         let half = bytes::Bytes::from(part[..part.len() / 2].to_vec());
         let first = futures_util::stream::iter([Ok::<_, std::io::Error>(half)]);
         if mode == "stall-once" {

@@ -655,6 +655,32 @@ async fn images_are_downloaded_in_tasks_recognised_converted_and_checked() {
     assert!(left.is_empty(), "no temporary files remain: {left:?}");
     let audit = h.call(Method::GET, "/api/v1/audit", None).await.body.to_string();
     assert!(audit.contains("image.import") && audit.contains("debian-12"), "{audit}");
+
+    // A slow download is stopped by the admin: it ends failed, and leaves nothing.
+    let big: Vec<u8> = (0..900_000u32).map(|i| i as u8).collect();
+    let slow = crate::test_https::FileServer::start(big).await;
+    let a = import(json!({"name": "slow", "url": slow.url("slow", "big.img"), "kind": "disk"})).await;
+    let id = a.body["id"].as_str().unwrap().to_string();
+    assert_eq!(a.body["stoppable"], true);
+    for _ in 0..200 {
+        if h.call(Method::GET, &format!("/api/v1/tasks/{id}"), None).await.body["done_bytes"].as_u64() > Some(0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let stop = h.call(Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await;
+    assert_eq!((stop.status, &stop.body["stopping"]), (StatusCode::ACCEPTED, &json!(true)), "{:?}", stop.body);
+    let task = wait_task(&h, &id).await;
+    assert_eq!(task["state"], "failed", "{task}");
+    assert!(task["error"].as_str().unwrap().contains("stopped by the admin"), "{task}");
+    assert!(task["done_bytes"].as_u64() < Some(900_000), "it stopped before the end: {task}");
+    assert_eq!(h.call(Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await.status, StatusCode::CONFLICT);
+    let left: Vec<String> = std::fs::read_dir(dir.join("data/images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".upload-") || n.starts_with("slow"))
+        .collect();
+    assert!(left.is_empty(), "a stopped download leaves nothing: {left:?}");
 }
 
 #[tokio::test]

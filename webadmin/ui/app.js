@@ -509,8 +509,9 @@ function taskRows(tasks) {
   const pct = (t) => (t.total_bytes ? Math.floor((100 * t.done_bytes) / t.total_bytes) : 0);
   return tasks.map((t) => `<tr data-task="${esc(t.id)}"><td>${esc(t.kind)}</td><td>${esc(t.target)}</td>
     <td>${t.state === 'running' ? `<progress value="${pct(t)}" max="100"></progress> ${pct(t)}%` : stateBadge(t.state === 'done' ? 'done' : 'failed')}</td>
-    <td>${when(t.started)}</td><td class="hide-narrow muted">${esc(t.error || t.log[t.log.length - 1] || '')}</td></tr>`).join('')
-    || '<tr><td colspan="5" class="muted">No tasks yet.</td></tr>';
+    <td>${when(t.started)}</td><td class="hide-narrow muted">${esc(t.error || t.log[t.log.length - 1] || '')}</td>
+    <td>${t.state === 'running' && t.stoppable && !t.stopping ? `<button class="secondary small" data-stop="${esc(t.id)}">Stop</button>` : ''}</td></tr>`).join('')
+    || '<tr><td colspan="6" class="muted">No tasks yet.</td></tr>';
 }
 
 async function imagesPage() {
@@ -542,7 +543,7 @@ async function imagesPage() {
       ${list.guests.map((g) => `<tr><td>${esc(g.name)}</td><td>bundled guest</td><td>—</td><td class="hide-narrow muted">${esc(g.description)}</td><td></td></tr>`).join('')}
       ${list.images.map((i) => `<tr><td>${esc(i.name)}</td><td>${esc(i.kind)}${i.converted_from ? ` <span class="muted">(from ${esc(i.converted_from)})</span>` : ''}${i.cloned_from ? ` <span class="muted">(copy of ${esc(i.cloned_from)})</span>` : ''}</td><td>${mib(i.size)}</td><td class="hide-narrow mono">${esc(i.sha256 ? i.sha256.slice(0, 16) + '…' : '—')}</td><td class="actions">${i.kind === 'disk' ? `<button class="secondary small" data-clone="${esc(i.name)}">Clone</button><button class="secondary small" data-grow="${esc(i.name)}" data-size="${i.size}">Grow</button>` : ''}<button class="danger small" data-delete="${esc(i.name)}">Delete</button></td></tr>`).join('')}
     </tbody></table></div></div>
-    <div class="card"><h2>Tasks</h2><div class="table-wrap"><table id="task-table"><thead><tr><th>Task</th><th>Target</th><th>State</th><th>Started</th><th class="hide-narrow">Last message</th></tr></thead>
+    <div class="card"><h2>Tasks</h2><div class="table-wrap"><table id="task-table"><thead><tr><th>Task</th><th>Target</th><th>State</th><th>Started</th><th class="hide-narrow">Last message</th><th></th></tr></thead>
       <tbody>${taskRows(tasks)}</tbody></table></div></div>`;
   const f = document.getElementById('upload-form');
   const file = f.querySelector('#file');
@@ -597,6 +598,12 @@ async function imagesPage() {
       try { await api('POST', `/api/v1/images/${encodeURIComponent(b.dataset.grow)}/grow`, { size_mib: Number(size) }); toast(`${b.dataset.grow} is ${size} MiB now`); route(); } catch (e) { toast(e.message, true); }
     };
   });
+  // Stop buttons, in rows the refresh below replaces.
+  document.getElementById('task-table').onclick = async (ev) => {
+    const id = ev.target.dataset && ev.target.dataset.stop;
+    if (!id) return;
+    try { await api('DELETE', `/api/v1/tasks/${encodeURIComponent(id)}`); ev.target.remove(); } catch (e) { toast(e.message, true); }
+  };
   // Running tasks: refresh the list until they end.
   if (tasks.some((t) => t.state === 'running')) {
     timer = setInterval(async () => {
