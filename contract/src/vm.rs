@@ -204,8 +204,8 @@ pub struct DiskConfig {
     /// the file name when absent.
     #[serde(default)]
     pub id: Option<String>,
-    /// How the guest sees the file: a virtio disk (the default), or the
-    /// medium in a CD-ROM drive.
+    /// How the guest sees the file: a virtio disk (the default), the
+    /// medium in a CD-ROM drive, or an IDE hard disk.
     #[serde(default, skip_serializing_if = "DiskMedia::is_disk")]
     pub media: DiskMedia,
 }
@@ -221,6 +221,10 @@ pub enum DiskMedia {
     /// ISO image) as its medium, always read-only: what firmware boots El
     /// Torito ISOs from and what installers expect. Firmware boot only.
     Cdrom,
+    /// An ATA hard disk on the PC's IDE controller, for guests without
+    /// virtio drivers (a Windows installer). Slower than virtio: every
+    /// sector goes through port I/O. Firmware boot only.
+    Ide,
 }
 
 impl DiskMedia {

@@ -342,6 +342,8 @@ async fn the_wizard_provisions_a_cloud_image_with_cloud_init() {
     b.eval("(() => { const s = document.querySelector('#source'); s.value = 'cloud:bios'; s.dispatchEvent(new Event('change')); return true; })()").await.unwrap();
     b.wait_for("#ci-on:checked", T).await.unwrap();
     b.fill("#cloud-size", "16").await.unwrap();
+    // Its disk on the IDE bus, as for a guest without virtio drivers.
+    b.eval("(() => { const s = document.querySelector('#bus'); s.value = 'ide'; s.dispatchEvent(new Event('change')); return true; })()").await.unwrap();
     b.fill("#memory", "64").await.unwrap();
     b.click("#network").await.unwrap(); // this host has no br0
     b.fill("#ci-user", "ops").await.unwrap();
@@ -358,6 +360,7 @@ async fn the_wizard_provisions_a_cloud_image_with_cloud_init() {
     b.click("#create").await.unwrap();
     b.wait_for("#vm-state [data-state=stopped]", T).await.unwrap();
     b.wait_text("#ci-seed", "What the guest gets", T).await.unwrap();
+    b.wait_text("#vm-disks", "cloud1-disk (IDE)", T).await.unwrap();
     b.click("#ci-seed summary").await.unwrap();
     b.wait_text("#ci-seed", "ssh_authorized_keys", T).await.unwrap();
     let text = b.eval("document.querySelector('#ci-seed').textContent").await.unwrap();

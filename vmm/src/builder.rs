@@ -22,11 +22,12 @@ use crate::devices::chipset::{self, i440fx::HostBridge, piix3::IsaBridge, piix4_
 use crate::devices::display::stdvga::StdVga;
 use crate::devices::flash::Flash;
 use crate::devices::fw_cfg::{FwCfg, FwCfgError};
+use crate::devices::ide::ata::AtaDisk;
 use crate::devices::ide::{self, atapi, Ide, IdeFunction};
 use crate::devices::legacy::{boot_marker::BootMarker, cmos::Cmos, i8042::I8042, port92::Port92, serial::SerialDevice};
 use crate::devices::pci::msix::{Msix, MsixError};
 use crate::devices::pci::root::{devfn, PciRoot};
-use crate::devices::virtio::block::{Block, OpenError};
+use crate::devices::virtio::block::{open_locked, Block, OpenError};
 use crate::devices::virtio::input::{Tablet, TabletHandle};
 use crate::devices::virtio::mmio::{reg, MmioTransport};
 use crate::devices::virtio::pci::VirtioPci;
@@ -253,20 +254,38 @@ pub fn build_linux_vm(config: &VmConfig, started: Instant) -> Result<Machine, Bu
     Ok(machine)
 }
 
-/// Opens and locks one disk; the guest sees `id` (or the file name) as its
-/// serial.
-fn open_disk(index: usize, disk: &crate::config::DiskConfig) -> Result<Block, BuildError> {
-    let path = disk.path.display().to_string();
-    let id = disk
-        .id
+/// The serial a disk shows the guest: its `id`, or the file name.
+fn disk_serial(disk: &crate::config::DiskConfig) -> String {
+    disk.id
         .clone()
-        .unwrap_or_else(|| disk.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-    Block::open(&disk.path, disk.read_only, &id).map_err(|e| {
-        BuildError::Config(match e {
-            OpenError::Locked => ConfigError::DiskLocked { index, path },
-            OpenError::Open(err) => ConfigError::DiskOpen { index, path, reason: err.to_string() },
-        })
+        .unwrap_or_else(|| disk.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+}
+
+/// The configuration error for disk `index` that could not be opened.
+fn disk_open_error(index: usize, disk: &crate::config::DiskConfig, e: OpenError) -> BuildError {
+    let path = disk.path.display().to_string();
+    BuildError::Config(match e {
+        OpenError::Locked => ConfigError::DiskLocked { index, path },
+        OpenError::Open(err) => ConfigError::DiskOpen { index, path, reason: err.to_string() },
     })
+}
+
+/// Opens and locks one virtio disk; the guest sees `id` (or the file
+/// name) as its serial.
+fn open_disk(index: usize, disk: &crate::config::DiskConfig) -> Result<Block, BuildError> {
+    Block::open(&disk.path, disk.read_only, &disk_serial(disk)).map_err(|e| disk_open_error(index, disk, e))
+}
+
+/// Opens and locks the IDE hard disks.
+fn open_ide_disks(config: &VmConfig) -> Result<Vec<AtaDisk>, BuildError> {
+    let disks = config.disks.iter().enumerate().filter(|(_, d)| d.media == crate::config::DiskMedia::Ide);
+    disks
+        .map(|(index, disk)| {
+            let file = open_locked(&disk.path, disk.read_only).map_err(|e| disk_open_error(index, disk, e))?;
+            AtaDisk::new(file, disk.read_only, disk_serial(disk))
+                .map_err(|e| disk_open_error(index, disk, OpenError::Open(e)))
+        })
+        .collect()
 }
 
 /// Opens a NIC's tap; the MAC is the configured one or one derived from
@@ -442,7 +461,7 @@ pub fn build_pc_vm(config: &VmConfig, firmware: &FirmwareConfig, started: Instan
     let rtc = attach_cmos(&vm, &io_bus, ram, vcpu_count)?;
     let mut root = PciRoot::new(Arc::clone(&io_bus), Arc::clone(&mmio_bus), Arc::clone(&base.exit));
     let pm_function = attach_chipset(&mut root, &io_bus, &base.acpi_pm);
-    let ide = attach_ide(&vm, &io_bus, &mut root, open_cdroms(config)?)?;
+    let ide = attach_ide(&vm, &io_bus, &mut root, open_ide_disks(config)?, open_cdroms(config)?)?;
     let display = attach_display(&mut vm, &io_bus, &mmio_bus, &mut root)?;
     let (tablet, tablet_handle) = Tablet::new();
     let mut devices = open_virtio_devices(config)?;
@@ -555,11 +574,17 @@ fn open_cdroms(config: &VmConfig) -> Result<Vec<atapi::Cdrom>, BuildError> {
 }
 
 /// The PIIX's IDE function (00:01.1) and its two channels at their legacy
-/// ports and ISA interrupts, the CD-ROM drives in them.
-fn attach_ide(vm: &Vm, io_bus: &Bus, root: &mut PciRoot, cdroms: Vec<atapi::Cdrom>) -> Result<Arc<Ide>, BuildError> {
+/// ports and ISA interrupts, the hard disks and CD-ROM drives in them.
+fn attach_ide(
+    vm: &Vm,
+    io_bus: &Bus,
+    root: &mut PciRoot,
+    disks: Vec<AtaDisk>,
+    cdroms: Vec<atapi::Cdrom>,
+) -> Result<Arc<Ide>, BuildError> {
     use crate::devices::ide::channel::{CommandBlock, ControlBlock};
     let fd = Arc::clone(&vm.fd);
-    let ide = Ide::new(cdroms, move |line, level| {
+    let ide = Ide::new(disks, cdroms, move |line, level| {
         if let Err(e) = fd.set_irq_line(line, level) {
             tracing::warn!("cannot drive the IDE interrupt {line}: {e}");
         }
@@ -735,14 +760,19 @@ fn bootorder(config: &VmConfig) -> Vec<u8> {
 }
 
 /// Where disk `index` is: a virtio disk's slot (virtio disks come first,
-/// in order), or a CD-ROM's IDE position.
+/// in order), or an IDE disk's or CD-ROM's IDE position.
 fn boot_path(config: &VmConfig, index: usize) -> String {
-    let before = &config.disks[..index];
-    let same_kind = before.iter().filter(|d| d.media == config.disks[index].media).count();
-    if config.disks[index].media.is_disk() {
-        format!("/pci@i0cf8/scsi@{:x}/disk@0,0", virtio_slot(same_kind))
-    } else {
-        ide::boot_path(chipset::PIIX_SLOT, ide::POSITIONS[same_kind])
+    use crate::config::DiskMedia;
+    let count =
+        |media: DiskMedia, disks: &[crate::config::DiskConfig]| disks.iter().filter(|d| d.media == media).count();
+    let media = config.disks[index].media;
+    let same_kind = count(media, &config.disks[..index]);
+    let (ide_disks, cdroms) =
+        ide::placement(count(DiskMedia::Ide, &config.disks), count(DiskMedia::Cdrom, &config.disks));
+    match media {
+        DiskMedia::Disk => format!("/pci@i0cf8/scsi@{:x}/disk@0,0", virtio_slot(same_kind)),
+        DiskMedia::Ide => ide::boot_path(chipset::PIIX_SLOT, ide_disks[same_kind]),
+        DiskMedia::Cdrom => ide::boot_path(chipset::PIIX_SLOT, cdroms[same_kind]),
     }
 }
 

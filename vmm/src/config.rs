@@ -57,9 +57,9 @@ pub enum ConfigError {
     DiskLocked { index: usize, path: String },
     /// disks[{index}].id: {id:?} is longer than 20 bytes; shorten it
     DiskIdTooLong { index: usize, id: String },
-    /// disks[{index}].media: a CD-ROM drive is part of the PC machine; boot with firmware (bios or uefi) to use one
+    /// disks[{index}].media: CD-ROM drives and IDE disks are part of the PC machine; boot with firmware (bios or uefi) to use one
     CdromWithKernel { index: usize },
-    /// disks[{index}].media: a VM has at most {max} CD-ROM drives (the IDE controller's four positions)
+    /// disks[{index}].media: a VM has at most {max} CD-ROM drives and IDE disks together (the IDE controller's four positions); make the others virtio disks
     TooManyCdroms { index: usize, max: usize },
     /// nets[{index}].mac: {mac:?} is not a unicast MAC address like 52:54:00:12:34:56
     BadMac { index: usize, mac: String },
@@ -163,7 +163,7 @@ impl Validate for VmConfig {
         }
         let mut cdroms = 0;
         for (index, d) in self.disks.iter().enumerate() {
-            if d.media == DiskMedia::Cdrom {
+            if d.media != DiskMedia::Disk {
                 if self.firmware.is_none() {
                     return Err(ConfigError::CdromWithKernel { index });
                 }
@@ -347,6 +347,22 @@ mod tests {
         );
         c.boot_order = vec![0, 0];
         assert!(matches!(c.validate(&limits()), Err(ConfigError::BootOrderTwice { index: 1, disk: 0 })));
+
+        // IDE drives: CD-ROMs and hard disks share the controller's four
+        // positions, and only the PC machine has one.
+        let ide = |media| DiskConfig { path: k.clone(), read_only: false, id: None, media };
+        let mut c = pc.clone();
+        c.disks = vec![ide(DiskMedia::Ide), ide(DiskMedia::Cdrom), ide(DiskMedia::Ide), ide(DiskMedia::Disk)];
+        assert_eq!(c.validate(&limits()), Ok(()));
+        c.disks.push(ide(DiskMedia::Ide));
+        c.disks.push(ide(DiskMedia::Cdrom));
+        assert_eq!(c.validate(&limits()), Err(ConfigError::TooManyCdroms { index: 5, max: 4 }));
+        let mut c = json(&format!(r#"{{"kernel":"{}"}}"#, k.display()));
+        c.disks = vec![ide(DiskMedia::Disk), ide(DiskMedia::Ide)];
+        let e = c.validate(&limits()).unwrap_err();
+        assert_eq!(e, ConfigError::CdromWithKernel { index: 1 });
+        assert!(e.to_string().contains("boot with firmware"), "{e}");
+        assert_eq!(serde_json::from_str::<DiskConfig>(r#"{"path":"/d","media":"ide"}"#).unwrap().media, DiskMedia::Ide);
 
         let mut c = pc.clone();
         c.firmware = Some(FirmwareConfig::Bios { path: Some(k.clone()) });

@@ -223,13 +223,15 @@ fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
         c.vnc_socket = Some(v);
     }
     for d in args.disk {
-        // PATH, then any of the options `ro` and `cdrom`.
+        // PATH, then any of the options `ro`, `cdrom` and `ide`.
         let (mut path, mut read_only, mut media) = (d.as_str(), false, DiskMedia::Disk);
         loop {
             if let Some(p) = path.strip_suffix(",ro") {
                 (path, read_only) = (p, true);
             } else if let Some(p) = path.strip_suffix(",cdrom") {
                 (path, read_only, media) = (p, true, DiskMedia::Cdrom);
+            } else if let Some(p) = path.strip_suffix(",ide") {
+                (path, media) = (p, DiskMedia::Ide);
             } else {
                 break;
             }

@@ -108,6 +108,42 @@ fn garbage_in_fw_cfg_cmos_and_pci_config_does_not_bring_the_vmm_down() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// An IDE hard disk (`--disk F,ide`), for guests without virtio drivers:
+/// SeaBIOS finds it on the PIIX IDE controller (IDENTIFY DEVICE), boots
+/// from it (PIO reads), and the boot order can put it before a virtio
+/// disk; a boot sector on a virtio disk reads an IDE disk's first sector
+/// through the BIOS as the second hard disk.
+#[test]
+fn seabios_boots_and_reads_ide_hard_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    let ide_disk = |name: &str, mut bytes: Vec<u8>| {
+        bytes.resize(4 << 20, 0);
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        format!("{},ide", p.display())
+    };
+    let ide = ide_disk("ide.img", tiny_guest::boot_disk("booted from the IDE disk"));
+    let (code, out, err) = run_vmm(&["--firmware", "bios", "--disk", &ide]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("Booting from Hard Disk"), "{text}\n{err}");
+    assert!(text.contains("booted from the IDE disk"), "{text}\n{err}");
+    assert_eq!(code, 3, "{err}");
+
+    let virtio = disk(dir.path(), "virtio.img", "booted from virtio");
+    let (_, out, err) = run_vmm(&["--firmware", "bios", "--disk", &virtio, "--disk", &ide, "--boot-order", "1,0"]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("booted from the IDE disk") && !text.contains("booted from virtio"), "{text}\n{err}");
+
+    // A FAT-style volume label at 0x2B of the IDE disk's first sector.
+    let mut labelled = vec![0u8; 512];
+    labelled[0x2b..0x36].copy_from_slice(b"IDE-LABEL01");
+    let second = ide_disk("labelled.img", labelled);
+    let reader = dir.path().join("reader.img");
+    std::fs::write(&reader, tiny_guest::disk_label_reader("reading the IDE disk")).unwrap();
+    let vm = support::Vm::start_disks(&[&reader.display().to_string(), &second], kvmos_vmm::jail::testing::next_slot());
+    vm.wait_console(&format!("{}IDE-LABEL01", tiny_guest::CDROM_READ), 1);
+}
+
 /// A hybrid ISO (an ISO 9660 image whose system area holds an MBR boot
 /// sector, as most Linux installers are made) attached read-only as a disk
 /// boots through SeaBIOS. The ISO is made here with xorriso.

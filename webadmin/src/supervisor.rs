@@ -415,7 +415,11 @@ impl Supervisor {
                     path: state.images.path(&d.image),
                     read_only: d.read_only || iso,
                     id: Some(d.image.chars().take(20).collect()),
-                    media: if iso { DiskMedia::Cdrom } else { DiskMedia::Disk },
+                    media: match (iso, d.bus) {
+                        (true, _) => DiskMedia::Cdrom,
+                        (false, crate::vms::DiskBus::Ide) => DiskMedia::Ide,
+                        (false, crate::vms::DiskBus::Virtio) => DiskMedia::Disk,
+                    },
                 }
             })
             .collect();

@@ -33,7 +33,7 @@ pub enum Firmware {
 
 /// A disk of the VM: an existing disk image, or a new empty one of
 /// `size_mib` made when the VM is created.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiskSpec {
     pub image: String,
@@ -41,6 +41,26 @@ pub struct DiskSpec {
     pub size_mib: Option<u64>,
     #[serde(default)]
     pub read_only: bool,
+    /// How the guest sees a disk: virtio (fast; Linux and BSD have the
+    /// driver) or an IDE hard disk (firmware boots only; for guests
+    /// without virtio drivers, such as a Windows installer). ISOs always go
+    /// in CD-ROM drives.
+    #[serde(default, skip_serializing_if = "DiskBus::is_virtio")]
+    pub bus: DiskBus,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    #[default]
+    Virtio,
+    Ide,
+}
+
+impl DiskBus {
+    fn is_virtio(&self) -> bool {
+        *self == DiskBus::Virtio
+    }
 }
 
 /// A VM as the admin describes it.
@@ -183,16 +203,31 @@ impl VmSpec {
         if self.disks.len() > 8 {
             return Err(ApiError::bad("disks", "disks: at most 8"));
         }
-        let mut isos = 0;
+        // The IDE controller's four positions: CD-ROM drives and IDE disks.
+        let mut ide_drives = 0;
         for (i, d) in self.disks.iter().enumerate() {
             let field = format!("disks[{i}].image");
             check_name(&field, &d.image, 64)?;
             let is_iso = d.size_mib.is_none() && images.get(&d.image).is_some_and(|img| img.kind == ImageKind::Iso);
-            isos += usize::from(is_iso);
-            if isos > MAX_CDROMS {
+            if d.bus == DiskBus::Ide {
+                let bus = format!("disks[{i}].bus");
+                if is_iso {
+                    return Err(ApiError::bad(&bus, format!("{bus}: an ISO goes in a CD-ROM drive; leave bus out")));
+                }
+                if !matches!(self.boot, Boot::Firmware { .. }) {
+                    return Err(ApiError::bad(
+                        &bus,
+                        format!("{bus}: IDE disks are for firmware boots (BIOS or UEFI); use virtio"),
+                    ));
+                }
+            }
+            ide_drives += usize::from(is_iso || d.bus == DiskBus::Ide);
+            if ide_drives > MAX_CDROMS {
                 return Err(ApiError::bad(
                     &field,
-                    format!("{field}: a VM has at most {MAX_CDROMS} ISOs, one per CD-ROM drive; remove one"),
+                    format!(
+                        "{field}: a VM has at most {MAX_CDROMS} ISOs and IDE disks together (the IDE controller's four drives); remove one or make a disk virtio"
+                    ),
                 ));
             }
             if d.size_mib.is_none() {
@@ -417,7 +452,7 @@ mod tests {
         assert_eq!(field(VmSpec { memory_mib: 1024, ..spec() }), "memory_mib");
         assert_eq!(field(VmSpec { boot: Boot::Guest { guest: "nope".into() }, ..spec() }), "boot.guest");
         assert_eq!(field(VmSpec { boot: Boot::Kernel { kernel: "k".into(), initrd: None }, ..spec() }), "boot.kernel");
-        let disk = DiskSpec { image: "missing".into(), size_mib: None, read_only: false };
+        let disk = DiskSpec { image: "missing".into(), ..Default::default() };
         assert_eq!(field(VmSpec { disks: vec![disk], ..spec() }), "disks[0].image");
     }
 
@@ -425,7 +460,7 @@ mod tests {
     fn the_command_line_limit_is_the_vmms() {
         let (_dir, images) = setup();
         let host = HostCapacity { cpus: 2, mem_available_mib: 1024 };
-        let disk = DiskSpec { image: "web1-disk".into(), size_mib: Some(64), read_only: false };
+        let disk = DiskSpec { image: "web1-disk".into(), size_mib: Some(64), ..Default::default() };
         let with =
             |len: usize| VmSpec { cmdline: Some("x".repeat(len)), disks: vec![disk.clone()], network: true, ..spec() };
         // A disk, the NIC and virtio-rng: what the VMM adds for three devices.
@@ -444,11 +479,11 @@ mod tests {
         iso[0x8001..0x8006].copy_from_slice(b"CD001");
         let body = futures_util::stream::iter(vec![Ok::<_, String>(bytes::Bytes::from(iso))]);
         images.upload("installer.iso", ImageKind::Iso, None, body).await.unwrap();
-        let new_disk = DiskSpec { image: "web1-disk".into(), size_mib: Some(64), read_only: false };
-        let iso_disk = DiskSpec { image: "installer.iso".into(), size_mib: None, read_only: true };
+        let new_disk = DiskSpec { image: "web1-disk".into(), size_mib: Some(64), ..Default::default() };
+        let iso_disk = DiskSpec { image: "installer.iso".into(), read_only: true, ..Default::default() };
         let pc = VmSpec {
             boot: Boot::Firmware { firmware: Firmware::Uefi },
-            disks: vec![new_disk, iso_disk.clone()],
+            disks: vec![new_disk.clone(), iso_disk.clone()],
             boot_order: vec![1, 0],
             ..spec()
         };
@@ -468,6 +503,24 @@ mod tests {
         let e = err(five);
         assert_eq!(e.field.as_deref(), Some("disks[4].image"));
         assert!(e.message.contains("at most 4 ISOs"), "{}", e.message);
+        // IDE disks: firmware boots only, not for ISOs, sharing the four drives with them.
+        let ide = DiskSpec { bus: DiskBus::Ide, ..new_disk.clone() };
+        assert!(VmSpec { disks: vec![ide.clone(), iso_disk.clone()], ..pc.clone() }.validate(&images, host).is_ok());
+        let e = err(VmSpec { disks: vec![ide.clone()], boot_order: vec![], ..spec() });
+        assert!(e.field.as_deref() == Some("disks[0].bus") && e.message.contains("use virtio"), "{}", e.message);
+        let e = err(VmSpec {
+            disks: vec![DiskSpec { bus: DiskBus::Ide, ..iso_disk.clone() }],
+            boot_order: vec![],
+            ..pc.clone()
+        });
+        assert!(e.message.contains("CD-ROM drive; leave bus out"), "{}", e.message);
+        let three = vec![iso_disk.clone(), iso_disk.clone(), iso_disk.clone()];
+        let e = err(VmSpec { disks: [three, vec![ide.clone(), ide]].concat(), boot_order: vec![], ..pc.clone() });
+        assert!(
+            e.field.as_deref() == Some("disks[4].image") && e.message.contains("ISOs and IDE disks"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -215,6 +215,7 @@ async function newVm() {
         <div class="inline" id="disk-new" hidden><div class="row"><label for="disk-name">Disk name</label><input id="disk-name"></div><div class="row"><label for="disk-size">Size (MiB)</label><input id="disk-size" type="number" min="1" value="64"></div></div>
         <select id="disk-existing" hidden>${disks.map((d) => opt(d.name, `${d.name} (${mib(d.size)})`)).join('')}</select>
         <div class="err" data-err="disks"></div></div>
+      <div class="row" id="bus-row" hidden><label for="bus">Disk bus</label><select id="bus">${opt('virtio', 'virtio (fast; Linux and BSD have the driver)')}${opt('ide', 'IDE (for guests without virtio drivers, such as a Windows installer)')}</select><div class="err" data-err="disks[0].bus"></div></div>
       <div class="row" id="iso-row" hidden><label for="iso">CD/DVD (ISO)</label>
         <select id="iso">${opt('', isos.length ? 'none' : 'none (upload an ISO in Images)')}${isos.map((i) => opt(i.name, `${i.name} (${mib(i.size)})`)).join('')}</select>
         <div class="hint">In a CD-ROM drive: installers and rescue ISOs boot from it, hybrid or not (Windows too); change it on the VM's page.</div></div>
@@ -267,6 +268,7 @@ async function newVm() {
     $('#iso-row').hidden = !firmware || cloud;
     $('#first-row').hidden = !firmware || !$('#iso').value || $('#disk-mode').value === 'none';
     $('#disk-new').hidden = $('#disk-mode').value !== 'new';
+    $('#bus-row').hidden = !firmware || (!cloud && $('#disk-mode').value === 'none');
     $('#disk-existing').hidden = $('#disk-mode').value !== 'existing';
     $('#ci').hidden = !$('#ci-on').checked;
     $('#ci-static').hidden = $('#ci-net').value !== 'static';
@@ -292,6 +294,7 @@ async function newVm() {
     if (kind === 'cloud') spec.disks.push({ image: `${spec.name}-disk` });
     else if ($('#disk-mode').value === 'new') spec.disks.push({ image: $('#disk-name').value.trim() || `${spec.name}-disk`, size_mib: Number($('#disk-size').value) });
     else if ($('#disk-mode').value === 'existing') spec.disks.push({ image: $('#disk-existing').value });
+    if (firmware && spec.disks.length && $('#bus').value === 'ide') spec.disks[0].bus = 'ide';
     if (firmware && kind !== 'cloud' && $('#iso').value) {
       spec.disks.push({ image: $('#iso').value, read_only: true });
       if ($('#first').value === 'iso' && spec.disks.length === 2) spec.boot_order = [1, 0];
@@ -425,7 +428,7 @@ async function vmDetail(id) {
         ${vm.usage ? `<tr><th>In use now</th><td id="vm-usage">${mib(vm.usage.memory_bytes)} of ${vm.usage.memory_max_bytes ? mib(vm.usage.memory_max_bytes) : 'no limit'} · CPU ${(vm.usage.cpu_usec / 1e6).toFixed(1)} s</td></tr>` : ''}
         <tr><th>Boot</th><td>${esc(boot)}</td></tr>
         ${s.boot.type === 'firmware' ? `<tr><th>Boot order</th><td><ol id="boot-order">${order.map((i, n) => `<li>${esc(s.disks[i].image)}${s.disks[i].read_only ? ' <span class="muted">(read-only)</span>' : ''}${n > 0 && vm.state === 'stopped' ? ` <button class="secondary small" data-first="${i}">Boot first</button>` : ''}</li>`).join('')}</ol></td></tr>` : `<tr><th>Command line</th><td class="mono">${esc(s.cmdline || '(default)')}</td></tr>`}
-        <tr><th>Disks</th><td>${esc(s.disks.map((d) => d.image).join(', ') || 'none')}</td></tr>
+        <tr><th>Disks</th><td id="vm-disks">${esc(s.disks.map((d) => d.image + (d.bus === 'ide' ? ' (IDE)' : '')).join(', ') || 'none')}</td></tr>
         ${drives.length ? `<tr><th>CD/DVD</th><td>${drives.map(([d, i]) => `<div class="actions medium" data-drive="${i}">
           <select aria-label="ISO in drive ${i}">${isos.map((n) => `<option value="${esc(n)}" ${n === d.image ? 'selected' : ''}>${esc(n)}</option>`).join('')}</select>
           <button class="secondary small" data-insert="${i}">${vm.state === 'stopped' ? 'Use this ISO' : 'Insert'}</button>

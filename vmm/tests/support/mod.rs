@@ -22,15 +22,20 @@ impl Vm {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("disk.img");
         std::fs::write(&disk, image).unwrap();
-        Self::start_in(dir, &disk.display().to_string(), slot)
+        Self::start_in(dir, &[&disk.display().to_string()], slot)
     }
 
-    /// Boots from `disk`, a `--disk` argument (`PATH[,ro][,cdrom]`).
+    /// Boots from `disk`, a `--disk` argument (`PATH[,ro][,cdrom][,ide]`).
     pub fn start_disk(disk: &str, slot: u32) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), disk, slot)
+        Self::start_disks(&[disk], slot)
     }
 
-    fn start_in(dir: tempfile::TempDir, disk: &str, slot: u32) -> Self {
+    /// Boots with these `--disk` arguments, from the first.
+    pub fn start_disks(disks: &[&str], slot: u32) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), disks, slot)
+    }
+
+    fn start_in(dir: tempfile::TempDir, disks: &[&str], slot: u32) -> Self {
         let config = dir.path().join("vm.json");
         std::fs::write(&config, serde_json::json!({ "exit_file": dir.path().join("exit.json") }).to_string()).unwrap();
         let child = Command::new(VMM)
@@ -38,8 +43,7 @@ impl Vm {
             .arg(&config)
             .args(["--firmware", "bios", "--memory-mib", "64", "--serial", "stdio"])
             .args(testing::args(slot))
-            .arg("--disk")
-            .arg(disk)
+            .args(disks.iter().flat_map(|d| ["--disk", d]))
             .arg("--vnc-socket")
             .arg(dir.path().join("vnc.sock"))
             .arg("--api-socket")

@@ -2,7 +2,12 @@
 //! 0x170/0x376 on IRQ 15): the ATA task file, a master and a slave, PIO
 //! data transfers and the interrupt line.
 //!
-//! The drives are ATAPI CD-ROMs ([`super::atapi::Cdrom`]). A packet command
+//! A drive is an ATAPI CD-ROM ([`super::atapi::Cdrom`]) or an ATA hard disk
+//! ([`super::ata::AtaDisk`]). A disk's data commands move 512-byte sectors
+//! in DRQ blocks of one sector, or of the READ/WRITE MULTIPLE count, with
+//! an interrupt for each block the host is to read or write next and, for
+//! writes, one at the end; the address is 28-bit LBA, 48-bit LBA (from the
+//! registers' previous contents, the HOB bytes) or CHS. A packet command
 //! runs as ATA-8 ACS describes it: PACKET (0xA0) raises DRQ for the 12-byte
 //! packet; data goes to the host in DRQ blocks no larger than the byte
 //! count limit the host wrote into the cylinder registers, with an
@@ -16,6 +21,7 @@
 //! position without a drive reads as status 0 with the signature 0xFF, so
 //! that probes find nothing there.
 
+use super::ata::{self, AtaDisk};
 use super::atapi::{Cdrom, Outcome, SECTOR};
 use crate::devices::bus::BusDevice;
 
@@ -29,11 +35,14 @@ pub mod status {
 }
 /// The error register's "command aborted".
 const ABRT: u8 = 0x04;
-/// Device control: interrupts disabled, software reset.
+/// Device control: interrupts disabled, software reset, and reads of the
+/// previous register contents (48-bit addresses).
 const NIEN: u8 = 0x02;
 const SRST: u8 = 0x04;
-/// The device register's drive select bit.
+const HOB: u8 = 0x80;
+/// The device register's drive select and LBA bits.
 const DEV: u8 = 0x10;
+const LBA: u8 = 0x40;
 /// Interrupt reason (sector count register during a packet command).
 const REASON_COD: u8 = 0x01;
 const REASON_IO: u8 = 0x02;
@@ -50,6 +59,64 @@ mod cmd {
     pub const SET_FEATURES: u8 = 0xef;
 }
 
+/// ATA commands a hard disk takes besides those.
+mod disk_cmd {
+    pub const READ_SECTORS: u8 = 0x20;
+    pub const READ_SECTORS_NORETRY: u8 = 0x21;
+    pub const READ_SECTORS_EXT: u8 = 0x24;
+    pub const READ_MULTIPLE_EXT: u8 = 0x29;
+    pub const WRITE_SECTORS: u8 = 0x30;
+    pub const WRITE_SECTORS_NORETRY: u8 = 0x31;
+    pub const WRITE_SECTORS_EXT: u8 = 0x34;
+    pub const WRITE_MULTIPLE_EXT: u8 = 0x39;
+    pub const READ_VERIFY: u8 = 0x40;
+    pub const READ_VERIFY_NORETRY: u8 = 0x41;
+    pub const READ_VERIFY_EXT: u8 = 0x42;
+    pub const EXECUTE_DEVICE_DIAGNOSTIC: u8 = 0x90;
+    pub const INITIALIZE_DEVICE_PARAMETERS: u8 = 0x91;
+    pub const READ_MULTIPLE: u8 = 0xc4;
+    pub const WRITE_MULTIPLE: u8 = 0xc5;
+    pub const SET_MULTIPLE_MODE: u8 = 0xc6;
+    pub const STANDBY: u8 = 0xe2;
+    pub const IDLE: u8 = 0xe3;
+    pub const FLUSH_CACHE: u8 = 0xe7;
+    pub const FLUSH_CACHE_EXT: u8 = 0xea;
+}
+
+/// What sits in a drive position.
+pub enum Drive {
+    Cdrom(Cdrom),
+    Disk(AtaDisk),
+}
+
+impl Drive {
+    /// Its signature in the LBA mid and high registers after a reset.
+    fn signature(&self) -> (u8, u8) {
+        match self {
+            Drive::Cdrom(_) => (0x14, 0xeb),
+            Drive::Disk(_) => (0, 0),
+        }
+    }
+
+    /// The status after a reset: an ATA disk is ready at once, an ATAPI
+    /// drive shows DRDY from its first command on.
+    fn reset_status(&self) -> u8 {
+        match self {
+            Drive::Cdrom(_) => 0,
+            Drive::Disk(_) => status::DRDY | status::DSC,
+        }
+    }
+
+    /// Reads block `lba` (a CD's 2 KiB sector, a disk's 512 bytes); the
+    /// error is a sense key for a CD-ROM, the error register for a disk.
+    fn read_block(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), u8> {
+        match self {
+            Drive::Cdrom(c) => c.read_sector(lba, buf),
+            Drive::Disk(d) => d.read_sector(lba, buf),
+        }
+    }
+}
+
 /// The task file registers of one drive position.
 #[derive(Debug, Clone, Copy, Default)]
 struct TaskFile {
@@ -60,6 +127,9 @@ struct TaskFile {
     lba_mid: u8,
     lba_high: u8,
     status: u8,
+    /// The previous contents of sector count, LBA low, mid and high: the
+    /// high halves of a 48-bit command's count and address.
+    hob: [u8; 4],
 }
 
 /// Where the bytes of a data-in transfer come from.
@@ -68,10 +138,11 @@ enum Source {
         data: Vec<u8>,
         at: usize,
     },
-    /// Sectors read from the medium one at a time, as the host takes them.
+    /// Blocks read from the medium one at a time, as the host takes them
+    /// (`buf` holds one block).
     Sectors {
         lba: u64,
-        buf: Box<[u8; SECTOR as usize]>,
+        buf: Vec<u8>,
         at: usize,
     },
 }
@@ -86,6 +157,19 @@ enum Phase {
     },
     /// Sending data to the host.
     DataIn(DataIn),
+    /// Taking a disk write's sectors from the host.
+    DataOut(DataOut),
+}
+
+struct DataOut {
+    lba: u64,
+    /// Bytes left in the whole transfer, and in this DRQ block.
+    left: u64,
+    block_left: u64,
+    /// The DRQ block's size (one sector, or the MULTIPLE count's).
+    limit: u64,
+    /// The sector being filled.
+    buf: Vec<u8>,
 }
 
 struct DataIn {
@@ -103,7 +187,7 @@ struct DataIn {
 /// One drive position.
 #[derive(Default)]
 struct Slot {
-    drive: Option<Cdrom>,
+    drive: Option<Drive>,
     regs: TaskFile,
 }
 
@@ -122,7 +206,7 @@ pub struct Channel {
 impl Channel {
     /// A channel with a master and a slave (either may be absent); `irq`
     /// drives its interrupt line.
-    pub fn new(master: Option<Cdrom>, slave: Option<Cdrom>, irq: Box<dyn FnMut(bool) + Send>) -> Self {
+    pub fn new(master: Option<Drive>, slave: Option<Drive>, irq: Box<dyn FnMut(bool) + Send>) -> Self {
         let mut c = Self {
             slots: [Slot { drive: master, ..Default::default() }, Slot { drive: slave, ..Default::default() }],
             device: 0,
@@ -136,9 +220,12 @@ impl Channel {
         c
     }
 
-    /// The drive at `position` (0 master, 1 slave).
-    pub fn drive_mut(&mut self, position: usize) -> Option<&mut Cdrom> {
-        self.slots.get_mut(position)?.drive.as_mut()
+    /// The CD-ROM drive at `position` (0 master, 1 slave), if that is one.
+    pub fn cdrom_mut(&mut self, position: usize) -> Option<&mut Cdrom> {
+        match self.slots.get_mut(position)?.drive.as_mut()? {
+            Drive::Cdrom(c) => Some(c),
+            Drive::Disk(_) => None,
+        }
     }
 
     fn selected(&self) -> usize {
@@ -156,13 +243,14 @@ impl Channel {
         self.phase = Phase::Idle;
         self.device = 0;
         for slot in &mut self.slots {
-            let present = slot.drive.is_some();
+            let (lba_mid, lba_high) = slot.drive.as_ref().map_or((0xff, 0xff), Drive::signature);
             slot.regs = TaskFile {
                 error: 0x01, // diagnostics passed
                 sector_count: 1,
                 lba_low: 1,
-                lba_mid: if present { 0x14 } else { 0xff },
-                lba_high: if present { 0xeb } else { 0xff },
+                lba_mid,
+                lba_high,
+                status: slot.drive.as_ref().map_or(0, Drive::reset_status),
                 ..Default::default()
             };
         }
@@ -188,8 +276,10 @@ impl Channel {
         if !present || (reg == 7 && slot.drive.is_none()) {
             return 0;
         }
+        let hob = self.control & HOB != 0;
         match reg {
             1 => r.error,
+            2..=5 if hob => r.hob[reg as usize - 2],
             2 => r.sector_count,
             3 => r.lba_low,
             4 => r.lba_mid,
@@ -222,12 +312,16 @@ impl Channel {
         }
         for slot in &mut self.slots {
             let r = &mut slot.regs;
-            match reg {
-                1 => r.features = value,
-                2 => r.sector_count = value,
-                3 => r.lba_low = value,
-                4 => r.lba_mid = value,
-                _ => r.lba_high = value,
+            let current = match reg {
+                1 => &mut r.features,
+                2 => &mut r.sector_count,
+                3 => &mut r.lba_low,
+                4 => &mut r.lba_mid,
+                _ => &mut r.lba_high,
+            };
+            let previous = std::mem::replace(current, value);
+            if reg >= 2 {
+                r.hob[reg as usize - 2] = previous;
             }
         }
     }
@@ -243,7 +337,7 @@ impl Channel {
         } else if was_reset {
             // The reset ends: the drives are idle, ATAPI ones with DRDY clear.
             for slot in &mut self.slots {
-                slot.regs.status = 0;
+                slot.regs.status = slot.drive.as_ref().map_or(0, Drive::reset_status);
             }
         }
         let pending = self.pending;
@@ -253,11 +347,16 @@ impl Channel {
     /// An ATA command for the selected drive. Commands for a position
     /// without a drive are ignored, as on a real bus.
     fn command(&mut self, command: u8) {
-        if self.slot().drive.is_none() {
-            return;
-        }
+        let is_disk = match self.slot().drive {
+            None => return,
+            Some(Drive::Disk(_)) => true,
+            Some(Drive::Cdrom(_)) => false,
+        };
         self.phase = Phase::Idle;
         self.set_pending(false);
+        if is_disk {
+            return self.disk_command(command);
+        }
         match command {
             cmd::PACKET => {
                 if self.slot().regs.features & 1 != 0 {
@@ -270,7 +369,10 @@ impl Channel {
                 self.phase = Phase::Packet { packet: [0; 12], got: 0 };
             }
             cmd::IDENTIFY_PACKET_DEVICE => {
-                let serial = self.slot().drive.as_ref().map(|d| d.serial.clone()).unwrap_or_default();
+                let serial = match &self.slot().drive {
+                    Some(Drive::Cdrom(c)) => c.serial.clone(),
+                    _ => String::new(),
+                };
                 let data = identify_packet_device(&serial);
                 self.start_data_in(Source::Bytes { data, at: 0 }, 512, 512, false);
             }
@@ -291,6 +393,117 @@ impl Channel {
                 self.complete(status::DRDY, 0);
             }
             _ => self.abort(),
+        }
+    }
+
+    /// An ATA command for the hard disk selected.
+    fn disk_command(&mut self, command: u8) {
+        use disk_cmd::*;
+        let Some(Drive::Disk(disk)) = &mut self.slot().drive else { return };
+        match command {
+            cmd::IDENTIFY_DEVICE => {
+                let data = disk.identify();
+                self.start_data_in(Source::Bytes { data, at: 0 }, 512, 512, false);
+            }
+            READ_SECTORS | READ_SECTORS_NORETRY | READ_SECTORS_EXT | READ_MULTIPLE | READ_MULTIPLE_EXT => {
+                let multiple = matches!(command, READ_MULTIPLE | READ_MULTIPLE_EXT);
+                let Some((lba, count, block)) = self.disk_transfer(command == READ_SECTORS_EXT || command == READ_MULTIPLE_EXT, multiple) else {
+                    return;
+                };
+                let source = Source::Sectors { lba, buf: vec![0; ata::SECTOR as usize], at: ata::SECTOR as usize };
+                self.start_data_in(source, count * ata::SECTOR, block, false);
+            }
+            WRITE_SECTORS | WRITE_SECTORS_NORETRY | WRITE_SECTORS_EXT | WRITE_MULTIPLE | WRITE_MULTIPLE_EXT => {
+                let multiple = matches!(command, WRITE_MULTIPLE | WRITE_MULTIPLE_EXT);
+                let ext = command == WRITE_SECTORS_EXT || command == WRITE_MULTIPLE_EXT;
+                let Some((lba, count, block)) = self.disk_transfer(ext, multiple) else { return };
+                let left = count * ata::SECTOR;
+                // The host writes the first block when it sees DRQ, without
+                // an interrupt.
+                self.phase = Phase::DataOut(DataOut {
+                    lba,
+                    left,
+                    block_left: left.min(block),
+                    limit: block,
+                    buf: Vec::with_capacity(ata::SECTOR as usize),
+                });
+                self.slot().regs.status = status::DRDY | status::DSC | status::DRQ;
+            }
+            READ_VERIFY | READ_VERIFY_NORETRY | READ_VERIFY_EXT => {
+                if self.disk_transfer(command == READ_VERIFY_EXT, false).is_some() {
+                    self.complete(status::DRDY, 0);
+                }
+            }
+            SET_MULTIPLE_MODE => {
+                let n = self.slot().regs.sector_count;
+                let Some(Drive::Disk(disk)) = &mut self.slot().drive else { return };
+                if n == 0 || (n.is_power_of_two() && n <= ata::MAX_MULTIPLE) {
+                    disk.multiple = n;
+                    self.complete(status::DRDY, 0);
+                } else {
+                    self.abort();
+                }
+            }
+            FLUSH_CACHE | FLUSH_CACHE_EXT => match disk.flush() {
+                Ok(()) => self.complete(status::DRDY, 0),
+                Err(e) => self.complete(status::DRDY | status::ERR, e),
+            },
+            EXECUTE_DEVICE_DIAGNOSTIC => {
+                let r = &mut self.slot().regs;
+                (r.sector_count, r.lba_low, r.lba_mid, r.lba_high) = (1, 1, 0, 0);
+                self.complete(status::DRDY, 0x01);
+            }
+            cmd::CHECK_POWER_MODE => {
+                self.slot().regs.sector_count = 0xff; // active
+                self.complete(status::DRDY, 0);
+            }
+            // Geometry, seeks, power and features: nothing to do on a file.
+            INITIALIZE_DEVICE_PARAMETERS
+            | 0x10..=0x1f // RECALIBRATE
+            | 0x70..=0x7f // SEEK
+            | STANDBY
+            | IDLE
+            | cmd::SET_FEATURES
+            | cmd::IDLE_IMMEDIATE
+            | cmd::STANDBY_IMMEDIATE => self.complete(status::DRDY, 0),
+            _ => self.abort(),
+        }
+    }
+
+    /// A disk data command's first sector, sector count and DRQ block size
+    /// in bytes, from the task file; or the command ends with the error
+    /// (an address beyond the disk, MULTIPLE without SET MULTIPLE MODE).
+    fn disk_transfer(&mut self, ext: bool, multiple: bool) -> Option<(u64, u64, u64)> {
+        let device = self.device;
+        let r = self.slot().regs;
+        let low = u64::from(r.lba_low) | u64::from(r.lba_mid) << 8 | u64::from(r.lba_high) << 16;
+        let (lba, count) = if ext {
+            let high = u64::from(r.hob[1]) | u64::from(r.hob[2]) << 8 | u64::from(r.hob[3]) << 16;
+            let count = u64::from(r.sector_count) | u64::from(r.hob[0]) << 8;
+            (Some(high << 24 | low), if count == 0 { 65536 } else { count })
+        } else {
+            let count = if r.sector_count == 0 { 256 } else { u64::from(r.sector_count) };
+            let lba = if device & LBA != 0 {
+                Some(u64::from(device & 0x0f) << 24 | low)
+            } else {
+                let cylinder = u64::from(r.lba_mid) | u64::from(r.lba_high) << 8;
+                AtaDisk::chs_to_lba(cylinder, u64::from(device & 0x0f), u64::from(r.lba_low))
+            };
+            (lba, count)
+        };
+        let Some(Drive::Disk(disk)) = &self.slot().drive else { return None };
+        let per_block = if multiple { u64::from(disk.multiple) } else { 1 };
+        let checked = match lba {
+            _ if per_block == 0 => Err(ABRT),
+            Some(lba) => disk.check_range(lba, count).map(|()| lba),
+            None => Err(ata::error::IDNF),
+        };
+        match checked {
+            Ok(lba) => Some((lba, count, per_block * ata::SECTOR)),
+            Err(e) => {
+                self.complete(status::DRDY | status::ERR, e);
+                None
+            }
         }
     }
 
@@ -318,11 +531,19 @@ impl Channel {
         self.next_block();
     }
 
-    /// The next DRQ block of a data-in transfer, or its end.
+    /// The next DRQ block of a data-in transfer, or its end: a packet
+    /// command's status phase interrupts; an ATA read just ends, as the
+    /// host reads the status after its last block without waiting.
     fn next_block(&mut self) {
         let Phase::DataIn(t) = &mut self.phase else { return };
         if t.left == 0 {
-            return if t.packet { self.complete_packet(status::DRDY, 0) } else { self.complete(status::DRDY, 0) };
+            if t.packet {
+                return self.complete_packet(status::DRDY, 0);
+            }
+            self.phase = Phase::Idle;
+            let r = &mut self.slot().regs;
+            (r.status, r.error) = (status::DRDY | status::DSC, 0);
+            return;
         }
         let mut block = t.left.min(t.limit);
         if block < t.left {
@@ -360,7 +581,7 @@ impl Channel {
                 Source::Sectors { lba, buf, at } => {
                     if *at == buf.len() {
                         let read = match self.slots[i].drive.as_mut() {
-                            Some(drive) => drive.read_sector(*lba, &mut buf[..]),
+                            Some(drive) => drive.read_block(*lba, &mut buf[..]),
                             None => Err(super::atapi::sense::NOT_READY),
                         };
                         if let Err(key) = read {
@@ -381,16 +602,23 @@ impl Channel {
             t.left -= chunk as u64;
         }
         out[done..].fill(0);
-        if let Some(key) = failed {
-            return self.complete_packet(status::DRDY | status::ERR, key << 4);
+        let packet = t.packet;
+        match failed {
+            Some(key) if packet => return self.complete_packet(status::DRDY | status::ERR, key << 4),
+            Some(error) => return self.complete(status::DRDY | status::ERR, error),
+            None => {}
         }
         if t.block_left == 0 {
             self.next_block();
         }
     }
 
-    /// The host writes the data register: a packet command's bytes.
+    /// The host writes the data register: a packet command's bytes, or a
+    /// disk write's sectors.
     fn write_data(&mut self, data: &[u8]) {
+        if matches!(self.phase, Phase::DataOut(_)) {
+            return self.write_sectors(data);
+        }
         let Phase::Packet { packet, got } = &mut self.phase else { return };
         let n = data.len().min(12 - *got);
         packet[*got..*got + n].copy_from_slice(&data[..n]);
@@ -403,12 +631,69 @@ impl Channel {
         self.run_packet(&packet);
     }
 
+    /// A disk write's bytes: each whole sector goes to the file; each DRQ
+    /// block taken interrupts, for the next block or the command's end.
+    fn write_sectors(&mut self, mut data: &[u8]) {
+        enum Next {
+            More,
+            Failed(u8),
+            Block,
+            Done,
+        }
+        let i = self.selected();
+        while !data.is_empty() {
+            let next = {
+                let Phase::DataOut(t) = &mut self.phase else { return };
+                if t.block_left == 0 {
+                    return;
+                }
+                let n = data.len().min(ata::SECTOR as usize - t.buf.len()).min(t.block_left as usize);
+                t.buf.extend_from_slice(&data[..n]);
+                data = &data[n..];
+                t.block_left -= n as u64;
+                t.left -= n as u64;
+                let mut next = Next::More;
+                if t.buf.len() == ata::SECTOR as usize {
+                    let written = match &self.slots[i].drive {
+                        Some(Drive::Disk(disk)) => disk.write_sector(t.lba, &t.buf),
+                        _ => Err(ABRT),
+                    };
+                    match written {
+                        Ok(()) => {
+                            t.lba += 1;
+                            t.buf.clear();
+                        }
+                        Err(e) => next = Next::Failed(e),
+                    }
+                }
+                if matches!(next, Next::More) && t.block_left == 0 {
+                    next = if t.left == 0 {
+                        Next::Done
+                    } else {
+                        t.block_left = t.left.min(t.limit);
+                        Next::Block
+                    };
+                }
+                next
+            };
+            match next {
+                Next::More => {}
+                Next::Failed(e) => return self.complete(status::DRDY | status::ERR, e),
+                Next::Done => return self.complete(status::DRDY, 0),
+                Next::Block => {
+                    self.slot().regs.status = status::DRDY | status::DSC | status::DRQ;
+                    self.set_pending(true);
+                }
+            }
+        }
+    }
+
     fn run_packet(&mut self, packet: &[u8; 12]) {
         let limit = match u64::from(u16::from_le_bytes([self.slot().regs.lba_mid, self.slot().regs.lba_high])) {
             0 | 0xffff => 0xfffe,
             l => l,
         };
-        let Some(drive) = self.slot().drive.as_mut() else { return };
+        let Some(Drive::Cdrom(drive)) = self.slot().drive.as_mut() else { return };
         match drive.execute(packet) {
             Outcome::Done => self.complete_packet(status::DRDY, 0),
             Outcome::Error { key } => self.complete_packet(status::DRDY | status::ERR, key << 4),
@@ -417,7 +702,7 @@ impl Channel {
                 self.start_data_in(Source::Bytes { data, at: 0 }, len, limit, true);
             }
             Outcome::Read { lba, count } => {
-                let source = Source::Sectors { lba, buf: Box::new([0; SECTOR as usize]), at: SECTOR as usize };
+                let source = Source::Sectors { lba, buf: vec![0; SECTOR as usize], at: SECTOR as usize };
                 self.start_data_in(source, count * SECTOR, limit, true);
             }
         }
@@ -451,7 +736,7 @@ fn identify_packet_device(serial: &str) -> Vec<u8> {
 
 /// An ATA string: space-padded, two characters to a word, the first in
 /// the high byte.
-fn put_string(words: &mut [u16], text: &str) {
+pub(super) fn put_string(words: &mut [u16], text: &str) {
     let mut bytes = text.bytes().chain(std::iter::repeat(b' '));
     for w in words {
         let (hi, lo) = (bytes.next().unwrap_or(b' '), bytes.next().unwrap_or(b' '));
@@ -519,6 +804,10 @@ mod tests {
     }
 
     fn rig(master: Option<Cdrom>, slave: Option<Cdrom>) -> Rig {
+        rig_drives(master.map(Drive::Cdrom), slave.map(Drive::Cdrom))
+    }
+
+    fn rig_drives(master: Option<Drive>, slave: Option<Drive>) -> Rig {
         let irq = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&irq);
         let channel = Channel::new(master, slave, Box::new(move |l| log.lock().unwrap().push(l)));
@@ -566,6 +855,13 @@ mod tests {
             for pair in p.chunks(2) {
                 self.cmd.write(0, pair);
             }
+        }
+        /// The sector count's previous contents, read with HOB set.
+        fn ctl_hob_count(&mut self) -> u8 {
+            self.ctl.write(0, &[HOB]);
+            let v = self.inb(2);
+            self.ctl.write(0, &[0]);
+            v
         }
         fn byte_count(&mut self) -> usize {
             usize::from(self.inb(4)) | usize::from(self.inb(5)) << 8
@@ -696,5 +992,129 @@ mod tests {
         assert!(data.iter().all(|&b| b == 0));
         assert_eq!(r.inb(7) & status::ERR, status::ERR);
         assert_eq!(r.inb(1) >> 4, 3, "MEDIUM ERROR");
+    }
+
+    /// A disk of `sectors` sectors, sector n filled with n + 1.
+    fn disk(sectors: u64, read_only: bool) -> (Drive, std::path::PathBuf, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let data: Vec<u8> = (0..sectors).flat_map(|s| [s as u8 + 1; 512]).collect();
+        std::fs::write(&path, data).unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        (Drive::Disk(AtaDisk::new(f, read_only, "QM00001".into()).unwrap()), path, dir)
+    }
+
+    impl Rig {
+        fn irqs(&self) -> usize {
+            self.irq.lock().unwrap().iter().filter(|&&l| l).count()
+        }
+        /// A 28-bit LBA command for the master.
+        fn lba28(&mut self, command: u8, lba: u32, count: u8) {
+            self.outb(6, 0xe0 | (lba >> 24) as u8);
+            self.outb(2, count);
+            self.outb(3, lba as u8);
+            self.outb(4, (lba >> 8) as u8);
+            self.outb(5, (lba >> 16) as u8);
+            self.outb(7, command);
+        }
+        /// A 48-bit LBA command: each register written twice, high half first.
+        fn lba48(&mut self, command: u8, lba: u64, count: u16) {
+            self.outb(6, 0x40);
+            let high = [(count >> 8) as u8, (lba >> 24) as u8, (lba >> 32) as u8, (lba >> 40) as u8];
+            let low = [count as u8, lba as u8, (lba >> 8) as u8, (lba >> 16) as u8];
+            for bytes in [high, low] {
+                (2..6).zip(bytes).for_each(|(reg, v)| self.outb(reg, v));
+            }
+            self.outb(7, command);
+        }
+    }
+
+    #[test]
+    fn a_disk_shows_the_ata_signature_is_ready_and_identifies_itself() {
+        let (d, _, _dir) = disk(8, false);
+        let mut r = rig_drives(Some(d), None);
+        assert_eq!((r.inb(2), r.inb(3), r.inb(4), r.inb(5)), (1, 1, 0, 0), "the ATA signature");
+        assert_eq!(r.inb(7) & status::DRDY, status::DRDY, "an ATA disk is ready after reset");
+        r.ctl.write(0, &[SRST]);
+        r.ctl.write(0, &[0]);
+        assert_eq!(r.alt_status(), status::DRDY | status::DSC);
+        r.outb(6, 0xa0);
+        r.outb(7, cmd::IDENTIFY_DEVICE);
+        assert_eq!((r.alt_status() & status::DRQ, r.irqs()), (status::DRQ, 1), "DRQ and an interrupt for the block");
+        let id = r.insw(512);
+        assert_eq!(u16::from_le_bytes([id[0], id[1]]), 0x40, "a fixed disk");
+        assert_eq!(u32::from_le_bytes([id[120], id[121], id[122], id[123]]), 8, "8 sectors");
+        assert_eq!(r.inb(7), status::DRDY | status::DSC, "done, without DRQ");
+        assert_eq!(r.irqs(), 1, "a PIO read ends without an interrupt");
+        r.outb(7, cmd::IDENTIFY_PACKET_DEVICE);
+        assert_eq!((r.inb(7) & status::ERR, r.inb(1)), (status::ERR, ABRT), "a disk is not ATAPI");
+    }
+
+    #[test]
+    fn disk_reads_come_in_sector_blocks_by_lba_chs_and_multiple() {
+        let (d, _, _dir) = disk(64, false);
+        let mut r = rig_drives(Some(d), None);
+        r.lba28(disk_cmd::READ_SECTORS, 5, 2);
+        for sector in [5u8, 6] {
+            assert_eq!(r.inb(7), status::DRDY | status::DSC | status::DRQ);
+            assert_eq!(r.insw(512), vec![sector + 1; 512]);
+        }
+        assert_eq!(r.inb(7), status::DRDY | status::DSC);
+        assert_eq!(r.irqs(), 2, "one interrupt per block");
+        // CHS: cylinder 0, head 0, sector 3 is LBA 2.
+        r.outb(6, 0xa0);
+        r.outb(2, 1);
+        (3..6).zip([3u8, 0, 0]).for_each(|(reg, v)| r.outb(reg, v));
+        r.outb(7, disk_cmd::READ_SECTORS);
+        assert_eq!(r.insw(512), vec![3; 512]);
+        // READ MULTIPLE needs SET MULTIPLE MODE first; then blocks of 4.
+        r.lba28(disk_cmd::READ_MULTIPLE, 0, 6);
+        assert_eq!((r.inb(7) & status::ERR, r.inb(1)), (status::ERR, ABRT));
+        r.lba28(disk_cmd::SET_MULTIPLE_MODE, 0, 3);
+        assert_eq!(r.inb(7) & status::ERR, status::ERR, "3 is not a power of two");
+        r.lba28(disk_cmd::SET_MULTIPLE_MODE, 0, 4);
+        assert_eq!(r.inb(7), status::DRDY | status::DSC);
+        let before = r.irqs();
+        r.lba28(disk_cmd::READ_MULTIPLE, 10, 6);
+        // As a driver does: the status (acknowledging the interrupt), then the block.
+        assert_eq!(r.inb(7) & status::DRQ, status::DRQ);
+        let first = r.insw(4 * 512);
+        assert_eq!((first[0], first[4 * 512 - 1]), (11, 14));
+        assert_eq!(r.inb(7) & status::DRQ, status::DRQ, "a second, shorter block");
+        assert_eq!(r.insw(2 * 512)[512], 16);
+        assert_eq!((r.inb(7), r.irqs() - before), (status::DRDY | status::DSC, 2));
+        // Past the end: IDNF, and nothing to read.
+        r.lba28(disk_cmd::READ_SECTORS, 63, 2);
+        assert_eq!((r.inb(7), r.inb(1)), (status::DRDY | status::DSC | status::ERR, ata::error::IDNF));
+        r.lba28(disk_cmd::READ_VERIFY, 60, 4);
+        assert_eq!(r.inb(7), status::DRDY | status::DSC);
+    }
+
+    #[test]
+    fn disk_writes_take_sector_blocks_with_48_bit_addresses_and_flush() {
+        let (d, path, _dir) = disk(16, false);
+        let mut r = rig_drives(Some(d), None);
+        r.lba48(disk_cmd::WRITE_SECTORS_EXT, 9, 2);
+        assert_eq!(r.ctl_hob_count(), 0, "the count's high byte reads back with HOB");
+        assert_eq!((r.inb(7) & status::DRQ, r.irqs()), (status::DRQ, 0), "the first block without an interrupt");
+        r.cmd.write(0, &[0xaa; 512]);
+        assert_eq!((r.inb(7) & status::DRQ, r.irqs()), (status::DRQ, 1), "the next block, with an interrupt");
+        for _ in 0..128 {
+            r.cmd.write(0, &[0xbb; 4]); // as `rep outsl` in pieces
+        }
+        assert_eq!((r.inb(7), r.irqs()), (status::DRDY | status::DSC, 2), "the end, with an interrupt");
+        r.outb(7, disk_cmd::FLUSH_CACHE_EXT);
+        assert_eq!(r.inb(7), status::DRDY | status::DSC);
+        let file = std::fs::read(&path).unwrap();
+        assert_eq!((file[9 * 512], file[10 * 512 + 511], file[11 * 512]), (0xaa, 0xbb, 12));
+        r.lba48(disk_cmd::READ_SECTORS_EXT, 10, 1);
+        assert_eq!(r.insw(512), vec![0xbb; 512]);
+        // A read-only disk refuses the write, at its first sector.
+        let (ro, path, _dir) = disk(4, true);
+        let mut r = rig_drives(Some(ro), None);
+        r.lba28(disk_cmd::WRITE_SECTORS, 0, 1);
+        r.cmd.write(0, &[0xcc; 512]);
+        assert_eq!((r.inb(7) & status::ERR, r.inb(1)), (status::ERR, ABRT));
+        assert_eq!(std::fs::read(&path).unwrap()[0], 1);
     }
 }

@@ -1,8 +1,10 @@
 //! The PIIX3 IDE controller (00:01.1, 8086:7010) in legacy mode, with
-//! ATAPI CD-ROM drives: what SeaBIOS and OVMF boot El Torito ISOs from, and
-//! what Linux (`ata_piix`, `sr`) and Windows drive without extra drivers.
+//! ATAPI CD-ROM drives and ATA hard disks: what SeaBIOS and OVMF boot El
+//! Torito ISOs and disks from, and what Linux (`ata_piix`, `sr`, `sd`) and
+//! Windows drive without extra drivers.
 //!
 //! - [`atapi`]: the CD-ROM drive, its packet commands and its medium;
+//! - [`ata`]: the hard disk;
 //! - [`channel`]: an IDE channel's task file, PIO transfers and interrupt.
 //!
 //! The two channels sit at the legacy ports and ISA interrupts (primary
@@ -10,16 +12,19 @@
 //! and operating systems look for them whatever the PCI function says. The
 //! function has no BARs: no bus-master DMA, so every transfer is PIO.
 //! CD-ROMs take the positions in [`POSITIONS`] order, the first where QEMU
-//! puts its CD-ROM (secondary master), so that firmware and guests find it
-//! where they are used to.
+//! puts its CD-ROM (secondary master), and hard disks the free ones in
+//! [`DISK_POSITIONS`] order, from the primary master, so that firmware and
+//! guests find them where they are used to.
 
+pub mod ata;
 pub mod atapi;
 pub mod channel;
 
 use crate::devices::pci::config_space::{ConfigSpace, Identity};
 use crate::devices::pci::{PciDevice, SUBSYSTEM_QEMU, VENDOR_INTEL, VENDOR_REDHAT_QUMRANET};
+use ata::AtaDisk;
 use atapi::Cdrom;
-use channel::Channel;
+use channel::{Channel, Drive};
 use std::sync::{Arc, Mutex};
 
 pub const DEVICE_ID: u16 = 0x7010;
@@ -35,6 +40,20 @@ const IDETIM_DECODE_ENABLE: u16 = 0x8000;
 
 /// (channel, position) of the 1st, 2nd, ... CD-ROM drive.
 pub const POSITIONS: [(usize, usize); 4] = [(1, 0), (1, 1), (0, 0), (0, 1)];
+/// The positions hard disks take, in order, where no CD-ROM is.
+pub const DISK_POSITIONS: [(usize, usize); 4] = [(0, 0), (0, 1), (1, 0), (1, 1)];
+
+/// A drive position: (channel, master 0 or slave 1).
+pub type Position = (usize, usize);
+
+/// The positions of `disks` hard disks and `cdroms` CD-ROM drives (at
+/// most four drives in all): CD-ROMs take theirs first, then the disks the
+/// free ones.
+pub fn placement(disks: usize, cdroms: usize) -> (Vec<Position>, Vec<Position>) {
+    let cdroms: Vec<_> = POSITIONS.iter().take(cdroms).copied().collect();
+    let disks = DISK_POSITIONS.iter().filter(|p| !cdroms.contains(p)).take(disks).copied().collect();
+    (disks, cdroms)
+}
 
 /// The OpenFirmware path SeaBIOS and OVMF match in `bootorder` for the
 /// drive at (channel, position).
@@ -81,29 +100,38 @@ impl PciDevice for IdeFunction {
 /// The two channels, with the drives in their positions.
 pub struct Ide {
     pub channels: [Arc<Mutex<Channel>>; 2],
+    /// Where the 1st, 2nd, ... CD-ROM drive is.
+    cdroms: Vec<(usize, usize)>,
 }
 
 impl Ide {
-    /// Places `cdroms` (at most [`POSITIONS`]`.len()`) in order; `irq(line,
-    /// level)` drives ISA interrupt `line`.
-    pub fn new(cdroms: Vec<Cdrom>, irq: impl Fn(u32, bool) + Send + Sync + Clone + 'static) -> Self {
-        let mut drives: [[Option<Cdrom>; 2]; 2] = Default::default();
-        for (cdrom, &(channel, position)) in cdroms.into_iter().zip(POSITIONS.iter()) {
-            drives[channel][position] = Some(cdrom);
+    /// Places `disks` and `cdroms` (at most four in all) as [`placement`]
+    /// says; `irq(line, level)` drives ISA interrupt `line`.
+    pub fn new(
+        disks: Vec<AtaDisk>,
+        cdroms: Vec<Cdrom>,
+        irq: impl Fn(u32, bool) + Send + Sync + Clone + 'static,
+    ) -> Self {
+        let (disk_at, cdrom_at) = placement(disks.len(), cdroms.len());
+        let mut drives: [[Option<Drive>; 2]; 2] = Default::default();
+        let all =
+            disks.into_iter().map(Drive::Disk).zip(&disk_at).chain(cdroms.into_iter().map(Drive::Cdrom).zip(&cdrom_at));
+        for (drive, &(channel, position)) in all {
+            drives[channel][position] = Some(drive);
         }
         let [[m0, s0], [m1, s1]] = drives;
         let channel = |master, slave, line: u32| {
             let irq = irq.clone();
             Arc::new(Mutex::new(Channel::new(master, slave, Box::new(move |level| irq(line, level)))))
         };
-        Self { channels: [channel(m0, s0, CHANNELS[0].2), channel(m1, s1, CHANNELS[1].2)] }
+        Self { channels: [channel(m0, s0, CHANNELS[0].2), channel(m1, s1, CHANNELS[1].2)], cdroms: cdrom_at }
     }
 
-    /// Runs `f` on the `index`th CD-ROM drive (in [`POSITIONS`] order).
+    /// Runs `f` on the `index`th CD-ROM drive.
     pub fn with_cdrom<T>(&self, index: usize, f: impl FnOnce(&mut Cdrom) -> T) -> Option<T> {
-        let &(channel, position) = POSITIONS.get(index)?;
+        let &(channel, position) = self.cdroms.get(index)?;
         let mut c = self.channels[channel].lock().unwrap_or_else(|p| p.into_inner());
-        c.drive_mut(position).map(f)
+        c.cdrom_mut(position).map(f)
     }
 }
 
@@ -114,7 +142,7 @@ mod tests {
     #[test]
     fn the_first_cdrom_is_the_secondary_master_as_in_qemu() {
         assert_eq!(boot_path(1, POSITIONS[0]), "/pci@i0cf8/ide@1,1/drive@1/disk@0");
-        let ide = Ide::new(vec![Cdrom::new(None, "a".into()), Cdrom::new(None, "b".into())], |_, _| {});
+        let ide = Ide::new(Vec::new(), vec![Cdrom::new(None, "a".into()), Cdrom::new(None, "b".into())], |_, _| {});
         assert_eq!(ide.with_cdrom(0, |d| d.serial.clone()).as_deref(), Some("a"));
         assert_eq!(ide.with_cdrom(1, |d| d.serial.clone()).as_deref(), Some("b"));
         assert!(ide.with_cdrom(2, |_| ()).is_none());
@@ -122,5 +150,17 @@ mod tests {
         assert_eq!((f.config().u16(0), f.config().u16(2)), (0x8086, 0x7010));
         assert_eq!(f.config().u32(8) >> 8, 0x01_01_80, "IDE, legacy mode");
         assert_eq!(f.config().u16(IDETIM + 2), 0x8000, "the secondary channel decodes");
+    }
+
+    #[test]
+    fn disks_start_at_the_primary_master_and_leave_cdroms_their_places() {
+        assert_eq!(placement(1, 1), (vec![(0, 0)], vec![(1, 0)]));
+        assert_eq!(placement(3, 1), (vec![(0, 0), (0, 1), (1, 1)], vec![(1, 0)]));
+        assert_eq!(placement(1, 3), (vec![(0, 1)], vec![(1, 0), (1, 1), (0, 0)]));
+        assert_eq!(placement(2, 0), (vec![(0, 0), (0, 1)], vec![]));
+        let disk = AtaDisk::new(tempfile::tempfile().unwrap(), false, "d".into()).unwrap();
+        let ide = Ide::new(vec![disk], vec![Cdrom::new(None, "cd".into())], |_, _| {});
+        assert_eq!(ide.with_cdrom(0, |d| d.serial.clone()).as_deref(), Some("cd"));
+        assert!(ide.channels[0].lock().unwrap().cdrom_mut(0).is_none(), "a disk is not a CD-ROM");
     }
 }

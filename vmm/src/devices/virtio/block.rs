@@ -87,15 +87,22 @@ impl Outcome {
     }
 }
 
+/// Opens a disk image and locks it: shared when read-only, exclusive when
+/// writable (for every disk the VM sees, virtio or IDE).
+pub fn open_locked(path: &Path, read_only: bool) -> Result<File, OpenError> {
+    let file = File::options().read(true).write(!read_only).open(path).map_err(OpenError::Open)?;
+    let op = if read_only { libc::LOCK_SH } else { libc::LOCK_EX };
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+        return Err(OpenError::Locked);
+    }
+    Ok(file)
+}
+
 impl Block {
     /// Opens and locks a disk image.
     pub fn open(path: &Path, read_only: bool, id: &str) -> Result<Self, OpenError> {
-        let file = File::options().read(true).write(!read_only).open(path).map_err(OpenError::Open)?;
-        let op = if read_only { libc::LOCK_SH } else { libc::LOCK_EX };
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
-            return Err(OpenError::Locked);
-        }
+        let file = open_locked(path, read_only)?;
         // The end, not the metadata: a block device's metadata says 0 bytes.
         let len = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(OpenError::Open)?;
         let mut id_bytes = [0u8; ID_LEN];
