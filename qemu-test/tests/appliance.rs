@@ -450,7 +450,7 @@ fn wait_screen_text(panel: &Panel, id: &str, needle: &str, timeout: Duration) ->
 fn screen_keyboard_and_tablet(panel: &Panel, id: &str, console: &mut Console, mut at: usize) {
     console
         .send(
-            "echo \"FB-$((40+2)) $(cat /proc/fb)\"; grep -o 'Name=.*' /proc/bus/input/devices; \
+            "dmesg -n 1; echo \"FB-$((40+2)) $(cat /proc/fb)\"; grep -o 'Name=.*' /proc/bus/input/devices; \
              ev=$(grep -l 'Virtio Tablet' /sys/class/input/event*/device/name | cut -d/ -f5); \
              kb=$(grep -l 'AT Translated' /sys/class/input/event*/device/name | cut -d/ -f5); \
              (timeout 900 cat /dev/input/$ev > /tmp/ev &); (timeout 900 cat /dev/input/$kb > /tmp/kev &); \
@@ -512,10 +512,16 @@ fn screen_keyboard_and_tablet(panel: &Panel, id: &str, console: &mut Console, mu
     // input_event: type in the low half of the fifth word, code in the high.
     let abs_x = x * 0x7fff / (width - 1);
     let abs_y = y * 0x7fff / (height - 1);
-    assert!(seen.contains(&format!("EV 3 {abs_x}\r\n")), "ABS_X {abs_x}:\n{seen}");
-    assert!(seen.contains(&format!("EV {} {abs_y}\r\n", 3 + (1 << 16))), "ABS_Y {abs_y}:\n{seen}");
-    assert!(seen.contains(&format!("EV {} 1\r\n", 1 + (0x110 << 16))), "BTN_LEFT pressed:\n{seen}");
-    assert!(seen.contains(&format!("EV {} 0\r\n", 1 + (0x110 << 16))), "and released:\n{seen}");
+    // (A kernel message may follow an event on the same line: the value
+    // ends where its digits do.)
+    let event = |code: u32, value: u32| {
+        let probe = format!("EV {code} {value}");
+        seen.match_indices(&probe).any(|(i, _)| !seen[i + probe.len()..].starts_with(|c: char| c.is_ascii_digit()))
+    };
+    assert!(event(3, abs_x as u32), "ABS_X {abs_x}:\n{seen}");
+    assert!(event(3 + (1 << 16), abs_y as u32), "ABS_Y {abs_y}:\n{seen}");
+    assert!(event(1 + (0x110 << 16), 1), "BTN_LEFT pressed:\n{seen}");
+    assert!(event(1 + (0x110 << 16), 0), "and released:\n{seen}");
 }
 
 /// A guest that touches more memory than its VMM's cgroup allows is

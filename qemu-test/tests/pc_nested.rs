@@ -267,6 +267,10 @@ fn data_iso(dir: &std::path::Path, (volume, text): (&str, &str)) -> Vec<u8> {
 /// the control API (`kvmos-vmm ctl eject`): mounting fails, no medium.
 /// It puts another ISO in (`ctl insert`, the file passed to the jailed
 /// VMM as a descriptor): the guest reads the new medium's file.
+///
+/// On the same controller, an IDE hard disk (`--disk F,ide`): Debian's
+/// `sd` sees it as sda (IDENTIFY's model), reads a marker from it and
+/// writes one with a flush, which the L1 finds in the file afterwards.
 #[test]
 fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
     let dir = kvmos_qemu_test::work_dir("pc-cdrom-debian-media").unwrap();
@@ -284,6 +288,8 @@ fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
         "login\n\
          echo 'echo \"PIIX $(ls /sys/bus/pci/drivers/ata_piix)\"; echo \"VENDOR $(cat /sys/block/sr0/device/vendor)\"; echo {}' >&3\n\
          wait_for 'DRIVER-DONE'\n\
+         echo 'echo \"SDA $(cat /sys/block/sda/device/model)\"; echo \"READ-$(dd if=/dev/sda bs=512 skip=100 count=1 2>/dev/null | head -c 16)\"; echo IDE-WRITTEN-42 | dd of=/dev/sda bs=512 seek=200 conv=fsync 2>/dev/null; echo \"DD-$?\"; echo {}' >&3\n\
+         wait_for 'IDE-DONE'\n\
          {}\
          ./kvmos-vmm ctl --api-socket api.sock eject --disk 0 && echo L1-EJECTED\n\
          {}\
@@ -292,19 +298,24 @@ fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
          ./kvmos-vmm ctl --api-socket api.sock stop\n\
          wait $vmm\n\
          kill $tail\n\
+         echo \"L1-READ $(dd if=ide.img bs=512 skip=200 count=1 2>/dev/null | head -c 14)\"\n\
          grep -v 'has no device' vmm.err | tail -20\n",
         quoted("DRIVER-DONE"),
+        quoted("IDE-DONE"),
         mount("A"),
         mount("EMPTY"),
         mount("B"),
     );
     let image = debian::image().unwrap();
     let vmm = "./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --firmware bios --firmware-path bios-256k.bin \
-               --disk a.iso,cdrom --boot-order 1";
+               --disk a.iso,cdrom --disk ide.img,ide --boot-order 2";
     let script = format!("{}{checks}", L1_SETUP.replace("{vmm}", vmm));
     let (bios_name, bios) = firmware_file("bios-256k.bin");
     let n = Nested::new(&script).unwrap().cpus(1).with_vmm().unwrap().drive(&image);
     let n = n.file(bios_name, bios, 0o644).unwrap().file("a.iso", a, 0o644).unwrap().file("b.iso", b, 0o644).unwrap();
+    let mut ide = vec![0u8; 8 << 20];
+    ide[100 * 512..100 * 512 + 16].copy_from_slice(b"IDE-MARKER-READ!");
+    let n = n.file("ide.img", ide, 0o644).unwrap();
     let r = n.run("pc-cdrom-debian", TIMEOUT).unwrap();
     let out = &r.output;
     assert!(out.contains("PIIX 0000:00:01.1"), "ata_piix drives the IDE function:\n{out}");
@@ -313,6 +324,9 @@ fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
     assert!(out.contains("L1-EJECTED") && out.contains("L1-INSERTED"), "{out}");
     assert!(out.contains("MOUNT-EMPTY-32") && out.contains("no medium found"), "no medium after the eject:\n{out}");
     assert!(out.contains("MOUNT-B-0") && out.contains(&format!("README-B {}", MEDIA[1].1)), "medium B:\n{out}");
+    assert!(out.contains("SDA KVMOS HARDDISK"), "sd drives the IDE disk:\n{out}");
+    assert!(out.contains("READ-IDE-MARKER-READ!") && out.contains("DD-0"), "read and written in the guest:\n{out}");
+    assert!(out.contains("L1-READ IDE-WRITTEN-42"), "the write is in the file:\n{out}");
 }
 
 /// A UEFI boot loader on a FAT image: GRUB for x86_64-efi (Debian's
