@@ -300,6 +300,12 @@ async fn the_images_page_clones_and_grows_disks_and_lists_tasks() {
         "named from the URL, an ISO by content: {row}"
     );
     b.screenshot("02-imported").await.unwrap();
+    // The CAs trusted for downloads: a paste that is not PEM is refused.
+    b.click("#trusted-ca summary").await.unwrap();
+    b.wait_text("#ca-count", "0 trusted", T).await.unwrap();
+    b.fill("#ca-pem", "not a certificate").await.unwrap();
+    b.click("#ca-save").await.unwrap();
+    b.wait_text("[data-err='pem']", "paste the CA certificates as PEM", T).await.unwrap();
     b.close().await.unwrap();
     drop(host);
 }

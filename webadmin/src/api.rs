@@ -65,6 +65,7 @@ pub fn routes(state: State) -> (axum::Router<State>, utoipa::openapi::OpenApi) {
         .routes(routes!(create_disk))
         .routes(routes!(upload_image, delete_image))
         .routes(routes!(import_image))
+        .routes(routes!(get_trusted_ca, put_trusted_ca))
         .routes(routes!(clone_image))
         .routes(routes!(grow_image))
         .routes(routes!(clone_vm))
@@ -839,6 +840,41 @@ fn refuse_if_running(state: &State, name: &str) -> ApiResult<()> {
     } else {
         Err(ApiError::conflict(format!("{name} is in use by {}, which runs; stop it first", running.join(", "))))
     }
+}
+
+/// The certificate authorities downloads trust beside Mozilla's.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TrustedCa {
+    /// PEM certificates (a company's CA, for its own mirror); empty for none.
+    pem: String,
+    /// How many certificates that is (ignored in a PUT).
+    #[serde(default)]
+    count: usize,
+}
+
+#[utoipa::path(get, path = "/api/v1/settings/trusted-ca", responses((status = 200, body = TrustedCa)))]
+async fn get_trusted_ca(axum::extract::State(state): axum::extract::State<State>) -> Json<TrustedCa> {
+    let pem = state.images.trusted_ca();
+    let count = crate::download::parse_trusted_ca(&pem).map(|c| c.len()).unwrap_or(0);
+    Json(TrustedCa { pem, count })
+}
+
+/// Replaces the certificate authorities downloads trust beside Mozilla's
+/// roots (for an HTTPS mirror whose certificate a company CA signed);
+/// every certificate is checked first. The next download trusts them.
+#[utoipa::path(put, path = "/api/v1/settings/trusted-ca", request_body = TrustedCa,
+    responses((status = 200, body = TrustedCa), (status = 400, body = ApiError)))]
+async fn put_trusted_ca(
+    axum::extract::State(state): axum::extract::State<State>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<TrustedCa>,
+) -> ApiResult<Json<TrustedCa>> {
+    let r = state.images.set_trusted_ca(&req.pem);
+    let what = format!("{} certificate(s)", r.as_ref().copied().unwrap_or(0));
+    state.audit(&caller, "settings.trusted-ca", &what, &r.as_ref().map(|_| ()).map_err(Clone::clone));
+    let count = r?;
+    Ok(Json(TrustedCa { pem: state.images.trusted_ca(), count }))
 }
 
 #[derive(Deserialize, ToSchema)]

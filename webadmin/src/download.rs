@@ -7,11 +7,13 @@
 //! SHA-256 or SHA-512 the distribution publishes.
 //!
 //! HTTPS is verified against Mozilla's root certificates, plus the
-//! certificates an admin puts in `trusted-ca.pem` on the data disk (for a
-//! mirror inside the company). Plain HTTP is accepted only with a checksum,
-//! so what arrives is what the admin asked for.
+//! certificate authorities the admin adds (for a mirror inside the
+//! company: `PUT /api/v1/settings/trusted-ca`, kept as `trusted-ca.pem`
+//! in the data directory). Plain HTTP is accepted only with a checksum, so
+//! what arrives is what the admin asked for.
 
 use crate::app::{ApiError, ApiResult};
+use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256, Sha512};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -21,7 +23,8 @@ use ureq::http::{header, StatusCode, Uri};
 
 /// Times a download is resumed after the connection broke.
 const RESUMES: u32 = 5;
-/// The certificates trusted beside Mozilla's, on the data disk.
+/// The certificate authorities trusted beside Mozilla's, in the data
+/// directory.
 pub const TRUSTED_CA_FILE: &str = "trusted-ca.pem";
 
 /// The checksum an admin expects, as distributions publish it.
@@ -127,27 +130,53 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
+/// Reads an admin's certificate authorities (PEM): each must be a
+/// certificate a TLS client can trust; none at all is fine (only
+/// Mozilla's roots then).
+pub fn parse_trusted_ca(pem: &str) -> ApiResult<Vec<CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |why: String| {
+        ApiError::bad("pem", format!("pem: {why}; paste the CA certificates as PEM (-----BEGIN CERTIFICATE-----)"))
+    };
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not PEM certificates ({e})")))?;
+    if certs.is_empty() && !pem.trim().is_empty() {
+        return Err(bad("there is no certificate in it".into()));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        store.add(cert.clone()).map_err(|e| bad(format!("certificate {} cannot be a trust anchor ({e})", i + 1)))?;
+    }
+    Ok(certs)
+}
+
+/// The admin's certificate authorities in `data_dir`; a file that cannot
+/// be read as such is left out with a warning (the panel still starts).
+pub fn load_trusted_ca(data_dir: &Path) -> Vec<CertificateDer<'static>> {
+    let path = data_dir.join(TRUSTED_CA_FILE);
+    let Ok(pem) = std::fs::read_to_string(&path) else { return Vec::new() };
+    parse_trusted_ca(&pem).unwrap_or_else(|e| {
+        tracing::warn!("{}: {}; downloads trust only Mozilla's roots", path.display(), e.message);
+        Vec::new()
+    })
+}
+
 impl Downloader {
-    /// A client that trusts Mozilla's roots and the PEM certificates in
-    /// `data_dir/trusted-ca.pem`, if there is one.
-    pub fn new(data_dir: &Path) -> anyhow::Result<Self> {
-        Self::with_timeouts(data_dir, Duration::from_secs(15), Duration::from_secs(30))
+    /// A client that trusts Mozilla's roots and `extra`.
+    pub fn new(extra: &[CertificateDer<'static>]) -> Self {
+        Self::with_timeouts(extra, Duration::from_secs(15), Duration::from_secs(30))
     }
 
     /// As [`Self::new`], with the time to connect and the time one read
     /// may wait for bytes (a server that stalls is a broken connection).
-    pub fn with_timeouts(data_dir: &Path, connect: Duration, read: Duration) -> anyhow::Result<Self> {
-        use rustls::pki_types::{pem::PemObject, CertificateDer};
+    pub fn with_timeouts(extra: &[CertificateDer<'static>], connect: Duration, read: Duration) -> Self {
         use ureq::tls::{Certificate, RootCerts, TlsConfig};
-        let mut roots: Vec<Certificate<'static>> =
-            webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().map(|c| Certificate::from_der(c.as_ref())).collect();
-        let extra = data_dir.join(TRUSTED_CA_FILE);
-        if let Ok(pem) = std::fs::read(&extra) {
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| anyhow::anyhow!("{}: not PEM certificates: {e}", extra.display()))?;
-                roots.push(Certificate::from_der(cert.as_ref()).to_owned());
-            }
-        }
+        let roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .chain(extra)
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
         let tls = TlsConfig::builder().root_certs(RootCerts::new_with_certs(&roots)).build();
         let agent = ureq::Agent::config_builder()
             .tls_config(tls)
@@ -158,7 +187,7 @@ impl Downloader {
             .user_agent(concat!("kvmos/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        Ok(Self { agent })
+        Self { agent }
     }
 
     /// Fetches `url` into `out` (empty), at most `limit.0` bytes (`limit.1`
@@ -397,6 +426,23 @@ mod tests {
         assert_eq!(parse_content_range("items 1-2/3"), None);
     }
 
+    #[test]
+    fn trusted_cas_are_checked_and_a_bad_file_is_left_out() {
+        let ca = crate::test_https::ca_pem();
+        assert_eq!(parse_trusted_ca(&ca).unwrap().len(), 1);
+        assert_eq!(parse_trusted_ca(&format!("{ca}\n{ca}")).unwrap().len(), 2);
+        assert!(parse_trusted_ca("  \n").unwrap().is_empty(), "none: only Mozilla's roots");
+        for bad in ["hello", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"] {
+            let e = parse_trusted_ca(bad).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("pem"), "{bad}: {}", e.message);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TRUSTED_CA_FILE), "garbage").unwrap();
+        assert!(load_trusted_ca(dir.path()).is_empty());
+        std::fs::write(dir.path().join(TRUSTED_CA_FILE), &ca).unwrap();
+        assert_eq!(load_trusted_ca(dir.path()).len(), 1);
+    }
+
     #[derive(Default)]
     struct Recorded {
         log: Vec<String>,
@@ -440,10 +486,8 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let server = crate::test_https::FileServer::start(data.clone()).await;
-        let dir = tempfile::tempdir().unwrap();
-        crate::test_https::trust(dir.path());
-        let dl =
-            Arc::new(Downloader::with_timeouts(dir.path(), Duration::from_secs(5), Duration::from_secs(1)).unwrap());
+        let ca = parse_trusted_ca(&crate::test_https::ca_pem()).unwrap();
+        let dl = Arc::new(Downloader::with_timeouts(&ca, Duration::from_secs(5), Duration::from_secs(1)));
         let sha256 = hex::encode(Sha256::digest(&data));
         let sha512 = Checksum::Sha512(Sha512::digest(&data).to_vec());
 
@@ -498,7 +542,7 @@ mod tests {
         assert!(e.contains("cannot download from 127.0.0.1") && e.contains("refused"), "{e}");
 
         // A server whose certificate no trusted CA signed.
-        let untrusting = Arc::new(Downloader::new(&dir.path().join("elsewhere")).unwrap());
+        let untrusting = Arc::new(Downloader::new(&[]));
         let o = fetch(&untrusting, server.url("whole", "h.img"), 10 << 20, None).await;
         let e = o.result.unwrap_err().message;
         assert!(e.contains("not trusted"), "{e}");

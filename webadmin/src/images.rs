@@ -90,7 +90,10 @@ pub struct Images {
     /// Names of images being made (uploads, downloads), so that two
     /// cannot make the same one.
     pending: Arc<Mutex<HashSet<String>>>,
-    downloader: Arc<Downloader>,
+    /// The client downloads go through, made again when the admin's
+    /// certificate authorities change.
+    downloader: Mutex<Arc<Downloader>>,
+    data_dir: PathBuf,
 }
 
 /// A name taken for an image being made; given back when dropped.
@@ -144,7 +147,8 @@ impl Images {
             max_upload,
             tasks: Default::default(),
             pending: Default::default(),
-            downloader: Arc::new(Downloader::new(data_dir)?),
+            downloader: Mutex::new(Arc::new(Downloader::new(&crate::download::load_trusted_ca(data_dir)))),
+            data_dir: data_dir.to_path_buf(),
         })
     }
 
@@ -331,7 +335,8 @@ impl Images {
             } else {
                 (self.max_upload, format!("images are limited to {} MiB", self.max_upload >> 20))
             };
-            let (downloader, mut t) = (Arc::clone(&self.downloader), task.clone());
+            let downloader = Arc::clone(&self.downloader.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut t = task.clone();
             let fetched = tokio::task::spawn_blocking(move || {
                 downloader.fetch(&url, &mut file, (limit.0, &limit.1), checksum.as_ref(), &mut t)
             })
@@ -349,6 +354,25 @@ impl Images {
             let _ = std::fs::remove_file(&tmp);
         }
         result
+    }
+
+    /// The admin's certificate authorities for downloads, as PEM.
+    pub fn trusted_ca(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join(crate::download::TRUSTED_CA_FILE)).unwrap_or_default()
+    }
+
+    /// Replaces the admin's certificate authorities (empty: none); the
+    /// next download trusts them. Returns how many there are.
+    pub fn set_trusted_ca(&self, pem: &str) -> ApiResult<usize> {
+        let certs = crate::download::parse_trusted_ca(pem)?;
+        let path = self.data_dir.join(crate::download::TRUSTED_CA_FILE);
+        if certs.is_empty() {
+            store::remove(&path).map_err(ApiError::from)?;
+        } else {
+            store::write_atomic(&path, pem.as_bytes(), 0o600).map_err(ApiError::from)?;
+        }
+        *self.downloader.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Downloader::new(&certs));
+        Ok(certs.len())
     }
 
     /// Makes a received file (`tmp`: `size` bytes with this SHA-256) the

@@ -656,6 +656,24 @@ async fn images_are_downloaded_in_tasks_recognised_converted_and_checked() {
     let audit = h.call(Method::GET, "/api/v1/audit", None).await.body.to_string();
     assert!(audit.contains("image.import") && audit.contains("debian-12"), "{audit}");
 
+    // The admin's CAs: without the test CA, the server is not trusted;
+    // a bad PEM is refused and changes nothing.
+    let ca = h.call(Method::GET, "/api/v1/settings/trusted-ca", None).await;
+    assert_eq!(ca.body["count"], 1, "{:?}", ca.body);
+    let bad = h.call(Method::PUT, "/api/v1/settings/trusted-ca", Some(json!({"pem": "not a certificate"}))).await;
+    assert_eq!((bad.status, bad.body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("pem")));
+    assert_eq!(h.call(Method::GET, "/api/v1/settings/trusted-ca", None).await.body["count"], 1);
+    let none = h.call(Method::PUT, "/api/v1/settings/trusted-ca", Some(json!({"pem": ""}))).await;
+    assert_eq!((none.status, &none.body["count"]), (StatusCode::OK, &json!(0)));
+    let a = import(json!({"name": "untrusted", "url": server.url("whole", "c")})).await;
+    let task = wait_task(&h, a.body["id"].as_str().unwrap()).await;
+    assert!(task["error"].as_str().unwrap().contains("not trusted"), "{task}");
+    let pem = crate::test_https::ca_pem();
+    let back = h.call(Method::PUT, "/api/v1/settings/trusted-ca", Some(json!({"pem": pem}))).await;
+    assert_eq!((back.status, &back.body["count"]), (StatusCode::OK, &json!(1)), "{:?}", back.body);
+    let a = import(json!({"name": "trusted", "url": server.url("whole", "d"), "kind": "disk"})).await;
+    assert_eq!(wait_task(&h, a.body["id"].as_str().unwrap()).await["state"], "done");
+
     // A slow download is stopped by the admin: it ends failed, and leaves nothing.
     let big: Vec<u8> = (0..900_000u32).map(|i| i as u8).collect();
     let slow = crate::test_https::FileServer::start(big).await;

@@ -537,7 +537,11 @@ async function imagesPage() {
         <div class="row"><label for="im-kind">Kind</label><select id="im-kind"><option value="">From its content</option><option value="disk">Disk</option><option value="iso">ISO (CD/DVD image)</option><option value="kernel">Kernel</option><option value="initrd">Initrd</option></select><div class="err" data-err="kind"></div></div>
         <div class="row"><label for="im-sum">SHA-256 or SHA-512</label><input id="im-sum" class="mono" placeholder="(optional, from the SHA512SUMS file)"><div class="err" data-err="checksum"></div></div>
       </div>
-      <button type="submit" id="import">Download</button></form></div>
+      <button type="submit" id="import">Download</button></form>
+      <details id="trusted-ca"><summary>Certificate authorities trusted for downloads</summary>
+        <form id="ca-form"><div class="hint">HTTPS servers are checked against Mozilla's root certificates. For a mirror whose certificate your company's CA signed, paste that CA here (PEM).</div>
+        <textarea id="ca-pem" rows="5" class="mono" placeholder="-----BEGIN CERTIFICATE-----"></textarea><div class="err" data-err="pem"></div>
+        <button type="submit" class="secondary" id="ca-save">Save</button> <span class="muted" id="ca-count"></span></form></details></div>
     <div class="card"><h2>New empty disk</h2><form id="disk-form" class="inline">
       <div class="row"><label for="disk-name">Name</label><input id="disk-name" required><div class="err" data-err="name"></div></div>
       <div class="row"><label for="disk-size">Size (MiB)</label><input id="disk-size" type="number" min="1" value="1024"><div class="err" data-err="size_mib"></div></div>
@@ -580,6 +584,13 @@ async function imagesPage() {
       await api('POST', '/api/v1/images/import', { name, url: im.querySelector('#im-url').value.trim(), kind: im.querySelector('#im-kind').value || null, checksum: im.querySelector('#im-sum').value.trim() || null });
       toast(`Downloading ${name}: see Tasks`); route();
     } catch (e) { showError(im, e); }
+  };
+  const ca = document.getElementById('ca-form');
+  const showCa = (t) => { ca.querySelector('#ca-pem').value = t.pem; ca.querySelector('#ca-count').textContent = `${t.count} trusted`; };
+  document.getElementById('trusted-ca').addEventListener('toggle', async () => { try { showCa(await api('GET', '/api/v1/settings/trusted-ca')); } catch (e) { toast(e.message, true); } }, { once: true });
+  ca.onsubmit = async (ev) => {
+    ev.preventDefault();
+    try { showCa(await api('PUT', '/api/v1/settings/trusted-ca', { pem: ca.querySelector('#ca-pem').value })); ca.querySelector('.err').textContent = ''; toast('Saved'); } catch (e) { showError(ca, e); }
   };
   const d = document.getElementById('disk-form');
   d.onsubmit = async (ev) => {
