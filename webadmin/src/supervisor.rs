@@ -565,21 +565,7 @@ impl Supervisor {
     fn on_exit(&self, state: &State, id: &str) {
         let dir = self.dir(id);
         let exit = ExitRecord::read(&dir.join("exit.json")).ok().flatten();
-        let code = exit.as_ref().map(|e| e.code);
-        // A guest's reboot keeps the VM's handle (state Starting) until the
-        // VMM runs again, so a stop in between is seen, never refused.
-        let (stopping, restart) = {
-            let mut running = lock(&self.running);
-            let stopping = running.get(id).is_some_and(|h| h.stopping);
-            let restart = code == Some(kvmos_contract::exit::EXIT_REBOOT) && !stopping;
-            match running.get_mut(id) {
-                Some(h) if restart => {
-                    (h.pid, h.state) = (0, VmState::Starting);
-                }
-                _ => drop(running.remove(id)),
-            }
-            (stopping, restart)
-        };
+        let stopping = lock(&self.running).get(id).is_some_and(|h| h.stopping);
         let (code, reason) = match exit {
             Some(e) => (Some(e.code), e.reason),
             // The VMM's waiting parent writes a record for every end but
@@ -588,8 +574,25 @@ impl Supervisor {
             None => (None, "the VMM ended without a reason".into()),
         };
         tracing::info!(vm = %id, ?code, %reason, "VM ended");
+        // The run is closed and its files cleaned up while the VM still has
+        // its handle: whoever sees it stopped sees how it ended, and a new
+        // start cannot meet the old run's files.
         let _ = state.vms.modify(id, |r| close_run(r, code, Some(reason.clone())));
         self.clean_up(id);
+        // A guest's reboot keeps the VM's handle (state Starting) until the
+        // VMM runs again, so a stop in between is seen, never refused.
+        let restart = {
+            let mut running = lock(&self.running);
+            let restart =
+                code == Some(kvmos_contract::exit::EXIT_REBOOT) && running.get(id).is_some_and(|h| !h.stopping);
+            match running.get_mut(id) {
+                Some(h) if restart => {
+                    (h.pid, h.state) = (0, VmState::Starting);
+                }
+                _ => drop(running.remove(id)),
+            }
+            restart
+        };
         if restart {
             let started = state.vms.get(id).and_then(|record| self.run(state, &record));
             if let Err(e) = started {
