@@ -196,7 +196,7 @@ fn audit_attempt<T>(state: &State, addr: SocketAddr, action: &str, target: &str,
         return;
     }
     let caller = Caller { who: "admin".into(), addr: addr.ip(), csrf: None };
-    state.audit(&caller, action, target, &result.as_ref().map(|_| ()).map_err(Clone::clone));
+    state.audit(&caller, action, target, result);
 }
 
 fn session_response(token: &str, csrf: String) -> Response {
@@ -400,7 +400,7 @@ async fn create_token(
         return Err(ApiError::bad("name", "name: give 1 to 64 characters"));
     }
     let r = state.auth.create_token(name).map_err(ApiError::from);
-    state.audit(&caller, "token.create", name, &r.as_ref().map(|_| ()).map_err(Clone::clone));
+    state.audit(&caller, "token.create", name, &r);
     let (token, secret) = r?;
     Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }
@@ -506,7 +506,7 @@ async fn create_vm(
         spec.disks.iter_mut().for_each(|d| d.size_mib = None);
         state.vms.create(spec, now_unix()).inspect_err(|_| made.iter().for_each(|m| drop(state.images.delete(m))))
     })();
-    state.audit(&caller, "vm.create", &name, &r.as_ref().map(|_| ()).map_err(Clone::clone));
+    state.audit(&caller, "vm.create", &name, &r);
     Ok((StatusCode::CREATED, Json(view(&state, r?))))
 }
 
@@ -581,7 +581,7 @@ async fn update_vm(
         spec.validate(&state.images, HostCapacity::read())?;
         state.vms.update_spec(&id, spec)
     })();
-    state.audit(&caller, "vm.update", &old.spec.name, &r.as_ref().map(|_| ()).map_err(Clone::clone));
+    state.audit(&caller, "vm.update", &old.spec.name, &r);
     Ok(Json(view(&state, r?)))
 }
 
@@ -776,7 +776,7 @@ async fn create_disk(
     ApiJson(req): ApiJson<NewDisk>,
 ) -> ApiResult<(StatusCode, Json<Image>)> {
     let r = state.images.create_disk(&req.name, req.size_mib);
-    state.audit(&caller, "image.create-disk", &req.name, &r.as_ref().map(|_| ()).map_err(Clone::clone));
+    state.audit(&caller, "image.create-disk", &req.name, &r);
     Ok((StatusCode::CREATED, Json(r?)))
 }
 
@@ -803,7 +803,7 @@ async fn upload_image(
         Ok(kind) => state.images.upload(&name, kind, declared, body.into_data_stream()).await,
         Err(e) => Err(e),
     };
-    state.audit(&caller, "image.upload", &name, &r.as_ref().map(|_| ()).map_err(Clone::clone));
+    state.audit(&caller, "image.upload", &name, &r);
     Ok((StatusCode::CREATED, Json(r?)))
 }
 
@@ -872,7 +872,7 @@ async fn put_trusted_ca(
 ) -> ApiResult<Json<TrustedCa>> {
     let r = state.images.set_trusted_ca(&req.pem);
     let what = format!("{} certificate(s)", r.as_ref().copied().unwrap_or(0));
-    state.audit(&caller, "settings.trusted-ca", &what, &r.as_ref().map(|_| ()).map_err(Clone::clone));
+    state.audit(&caller, "settings.trusted-ca", &what, &r);
     let count = r?;
     Ok(Json(TrustedCa { pem: state.images.trusted_ca(), count }))
 }
@@ -929,12 +929,7 @@ async fn import_image(
         });
         Ok(task.view())
     })();
-    state.audit(
-        &caller,
-        "image.import",
-        &format!("{} ← {}", req.name, req.url),
-        &r.as_ref().map(|_| ()).map_err(Clone::clone),
-    );
+    state.audit(&caller, "image.import", &format!("{} ← {}", req.name, req.url), &r);
     Ok((StatusCode::ACCEPTED, Json(r?)))
 }
 
@@ -979,12 +974,7 @@ async fn clone_image(
         });
         Ok(task.view())
     })();
-    state.audit(
-        &caller,
-        "image.clone",
-        &format!("{name} → {}", req.name),
-        &r.as_ref().map(|_| ()).map_err(Clone::clone),
-    );
+    state.audit(&caller, "image.clone", &format!("{name} → {}", req.name), &r);
     Ok((StatusCode::ACCEPTED, Json(r?)))
 }
 
@@ -1011,12 +1001,7 @@ async fn grow_image(
         refuse_if_running(&state, &name)?;
         state.images.grow_disk(&name, req.size_mib)
     })();
-    state.audit(
-        &caller,
-        "image.grow",
-        &format!("{name} to {} MiB", req.size_mib),
-        &r.as_ref().map(|_| ()).map_err(Clone::clone),
-    );
+    state.audit(&caller, "image.grow", &format!("{name} to {} MiB", req.size_mib), &r);
     Ok(Json(r?))
 }
 
@@ -1093,12 +1078,7 @@ async fn clone_vm(
         });
         Ok(task.view())
     })();
-    state.audit(
-        &caller,
-        "vm.clone",
-        &format!("{} → {}", record.spec.name, req.name),
-        &r.as_ref().map(|_| ()).map_err(Clone::clone),
-    );
+    state.audit(&caller, "vm.clone", &format!("{} → {}", record.spec.name, req.name), &r);
     Ok((StatusCode::ACCEPTED, Json(r?)))
 }
 
@@ -1135,6 +1115,6 @@ async fn stop_task(
 ) -> ApiResult<(StatusCode, Json<TaskView>)> {
     let r = state.images.tasks.stop(&id);
     let target = r.as_ref().map(|t| format!("{} {}", t.kind, t.target)).unwrap_or_else(|_| id.clone());
-    state.audit(&caller, "task.stop", &target, &r.as_ref().map(|_| ()).map_err(Clone::clone));
+    state.audit(&caller, "task.stop", &target, &r);
     Ok((StatusCode::ACCEPTED, Json(r?)))
 }

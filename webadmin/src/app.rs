@@ -44,9 +44,9 @@ pub type State = Arc<AppState>;
 
 impl AppState {
     /// Records an action in the audit log.
-    pub fn audit(&self, caller: &Caller, action: &str, target: &str, outcome: &Result<(), ApiError>) {
+    pub fn audit<T>(&self, caller: &Caller, action: &str, target: &str, outcome: &Result<T, ApiError>) {
         let outcome = match outcome {
-            Ok(()) => "ok".to_string(),
+            Ok(_) => "ok".to_string(),
             Err(e) => e.message.clone(),
         };
         self.audit.record(&caller.who, &caller.addr.to_string(), action, target, &outcome);

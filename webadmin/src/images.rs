@@ -156,6 +156,12 @@ impl Images {
         self.dir.join(name)
     }
 
+    /// A hidden temporary file for image `name` (removed at start if a
+    /// crash left it), unique to this upload, download or copy.
+    fn temp_path(&self, name: &str, suffix: &str) -> PathBuf {
+        self.dir.join(format!(".upload-{name}-{}{suffix}", crate::auth::random_hex(4)))
+    }
+
     fn meta_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.meta.json"))
     }
@@ -235,11 +241,8 @@ impl Images {
         if size_mib == 0 || size_mib > qcow2::MAX_SIZE >> 20 {
             return Err(ApiError::bad("size_mib", "size_mib: give a size from 1 MiB to 16 TiB"));
         }
-        check_name("name", name, 64)?;
-        if self.path(name).exists() {
-            return Err(ApiError::field(409, "name", format!("name: an image called {name} already exists")));
-        }
-        let tmp = self.dir.join(format!(".upload-{name}"));
+        let _name = self.check_new(name, 0)?;
+        let tmp = self.temp_path(name, "");
         let f = std::fs::File::create(&tmp).map_err(ApiError::internal)?;
         f.set_len(size_mib << 20).and_then(|_| f.sync_all()).map_err(ApiError::internal)?;
         let image = Image {
@@ -282,7 +285,7 @@ impl Images {
             return Err(ApiError::field(413, "file", format!("file: larger than the {} MiB limit", limit >> 20)));
         }
         let _name = self.check_new(name, declared.unwrap_or(0))?;
-        let tmp = self.dir.join(format!(".upload-{name}-{}", crate::auth::random_hex(4)));
+        let tmp = self.temp_path(name, "");
         let result = async {
             let mut f = tokio::fs::File::create(&tmp).await.map_err(ApiError::internal)?;
             let mut hash = Sha256::new();
@@ -326,7 +329,7 @@ impl Images {
         task: &crate::tasks::Task,
     ) -> ApiResult<Image> {
         let name = _reservation.name.clone();
-        let tmp = self.dir.join(format!(".upload-{name}-{}", crate::auth::random_hex(4)));
+        let tmp = self.temp_path(&name, "");
         let result = async {
             let mut file = std::fs::File::create(&tmp).map_err(ApiError::internal)?;
             let free = free_space(&self.dir).saturating_sub(64 << 20);
@@ -397,20 +400,13 @@ impl Images {
             cloned_from: None,
             created: now_unix(),
         };
-        let on_field = |mut e: ApiError| {
-            if e.field.as_deref() == Some("file") {
-                e.message = e.message.replacen("file: ", &format!("{field}: "), 1);
-                e.field = Some(field.into());
-            }
-            e
-        };
         match kind {
-            ImageKind::Kernel => check_kernel(tmp).map_err(on_field)?,
-            ImageKind::Iso => check_iso(tmp).map_err(on_field)?,
+            ImageKind::Kernel => check_kernel(tmp, field)?,
+            ImageKind::Iso => check_iso(tmp, field)?,
             ImageKind::Disk if read_at(tmp, 0, 4) == qcow2::MAGIC => {
-                let raw = self.dir.join(format!(".upload-{name}-{}.raw", crate::auth::random_hex(4)));
+                let raw = self.temp_path(name, ".raw");
                 let converted = async {
-                    image.size = self.convert_qcow2(name, tmp, &raw).await.map_err(on_field)?;
+                    image.size = self.convert_qcow2(name, tmp, &raw, field).await?;
                     image.converted_from = Some("qcow2".into());
                     std::fs::remove_file(tmp).map_err(ApiError::internal)?;
                     self.publish(&raw, &image)
@@ -421,20 +417,21 @@ impl Images {
                 }
                 return converted.map(|_| image);
             }
-            ImageKind::Disk => check_raw_disk(tmp).map_err(on_field)?,
+            ImageKind::Disk => check_raw_disk(tmp, field)?,
             ImageKind::Initrd => {}
         }
         self.publish(tmp, &image)?;
         Ok(image)
     }
 
-    /// Converts an uploaded qcow2 (`src`) to a sparse raw disk (`dst`), as
-    /// a task the task list shows; returns the disk's size.
-    async fn convert_qcow2(&self, name: &str, src: &Path, dst: &Path) -> ApiResult<u64> {
+    /// Converts a received qcow2 (`src`) to a sparse raw disk (`dst`), as
+    /// a task the task list shows; returns the disk's size. Its errors are
+    /// on `field`, what the admin gave.
+    async fn convert_qcow2(&self, name: &str, src: &Path, dst: &Path, field: &str) -> ApiResult<u64> {
         let free = free_space(&self.dir).saturating_sub(64 << 20);
         let started = std::time::Instant::now();
         let task = self.tasks.start("convert", name);
-        task.log(format!("qcow2 upload → sparse raw disk {name}"));
+        task.log(format!("qcow2 → sparse raw disk {name}"));
         // On a blocking thread: decompressing is CPU work, and imago's
         // futures are not Send.
         let (src, dst, t) = (src.to_path_buf(), dst.to_path_buf(), task.clone());
@@ -447,7 +444,7 @@ impl Images {
         .and_then(|r| {
             r.map_err(|e| match e {
                 qcow2::Qcow2Error::Write(e) => ApiError::internal(e),
-                e => ApiError::bad("file", format!("file: {e}")),
+                e => ApiError::bad(field, format!("{field}: {e}")),
             })
         });
         if let Ok(done) = &done {
@@ -498,7 +495,7 @@ impl Images {
     /// copy when it answers false. The caller
     /// makes sure no running VM writes the source.
     pub fn copy_disk(&self, source: Image, to: &str, progress: impl FnMut(u64) -> bool) -> ApiResult<Image> {
-        let tmp = self.dir.join(format!(".upload-{to}-{}", crate::auth::random_hex(4)));
+        let tmp = self.temp_path(to, "");
         let result = (|| {
             sparse_copy(&self.path(&source.name), &tmp, progress).map_err(|e| match e.kind() {
                 std::io::ErrorKind::Interrupted => crate::tasks::stopped(),
@@ -609,11 +606,17 @@ fn sparse_copy(src: &Path, dst: &Path, mut progress: impl FnMut(u64) -> bool) ->
 }
 
 /// The test kvmos-vmm itself makes: a bzImage or an ELF vmlinux.
-fn check_kernel(path: &Path) -> ApiResult<()> {
-    match kvmos_contract::vm::is_kernel(path) {
-        Ok(true) => Ok(()),
-        _ => Err(ApiError::bad("file", "file: this is not a Linux kernel (neither a bzImage nor an ELF vmlinux)")),
+/// `field` names what the admin gave (the file, the URL).
+fn check_kernel(path: &Path, field: &str) -> ApiResult<()> {
+    if is_kernel(path) {
+        Ok(())
+    } else {
+        Err(ApiError::bad(field, format!("{field}: this is not a Linux kernel (neither a bzImage nor an ELF vmlinux)")))
     }
+}
+
+fn is_kernel(path: &Path) -> bool {
+    kvmos_contract::vm::is_kernel(path).unwrap_or(false)
 }
 
 /// Reads `len` bytes at `offset` of `path` (fewer at its end).
@@ -626,13 +629,17 @@ fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
 }
 
 /// An ISO 9660 image has its primary volume descriptor's "CD001" at 0x8001.
-fn check_iso(path: &Path) -> ApiResult<()> {
-    if read_at(path, 0x8001, 5) == b"CD001" {
+fn is_iso(path: &Path) -> bool {
+    read_at(path, 0x8001, 5) == b"CD001"
+}
+
+fn check_iso(path: &Path, field: &str) -> ApiResult<()> {
+    if is_iso(path) {
         Ok(())
     } else {
         Err(ApiError::bad(
-            "file",
-            "file: this is not an ISO 9660 CD/DVD image; upload it as a disk if it is a disk image",
+            field,
+            format!("{field}: this is not an ISO 9660 CD/DVD image; give it as a disk if it is a disk image"),
         ))
     }
 }
@@ -645,9 +652,9 @@ pub fn detect_kind(path: &Path) -> ApiResult<ImageKind> {
     let head = read_at(path, 0, 1024);
     if head.starts_with(qcow2::MAGIC) {
         Ok(ImageKind::Disk)
-    } else if read_at(path, 0x8001, 5) == b"CD001" {
+    } else if is_iso(path) {
         Ok(ImageKind::Iso)
-    } else if check_kernel(path).is_ok() {
+    } else if is_kernel(path) {
         Ok(ImageKind::Kernel)
     } else if head.get(510..512) == Some(&[0x55, 0xaa]) || head.get(512..520) == Some(b"EFI PART") {
         Ok(ImageKind::Disk)
@@ -667,7 +674,7 @@ pub fn detect_kind(path: &Path) -> ApiResult<ImageKind> {
 /// A raw disk is any bytes, but another format's container stored as a
 /// disk would have its metadata read as sectors: refuse the formats kvmos
 /// does not convert (qcow2 is converted before this) and say how to.
-fn check_raw_disk(path: &Path) -> ApiResult<()> {
+fn check_raw_disk(path: &Path, field: &str) -> ApiResult<()> {
     let head = read_at(path, 0, 8);
     let format = match &head[..] {
         [b'K', b'D', b'M', b'V', ..] => Some("VMDK"),
@@ -677,9 +684,9 @@ fn check_raw_disk(path: &Path) -> ApiResult<()> {
     };
     match format {
         Some(f) => Err(ApiError::bad(
-            "file",
+            field,
             format!(
-                "file: this is a {f} image, not a raw disk; convert it to qcow2 or raw first (qemu-img convert -O qcow2 in out.qcow2)"
+                "{field}: this is a {f} image, not a raw disk; convert it to qcow2 or raw first (qemu-img convert -O qcow2 in out.qcow2)"
             ),
         )),
         None => Ok(()),

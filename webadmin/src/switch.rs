@@ -147,7 +147,7 @@ pub async fn send_keys(
     let plan = match r {
         Ok(plan) => plan,
         Err(e) => {
-            state.audit(&caller, "screens.keys", &target, &Err(e.clone()));
+            state.audit(&caller, "screens.keys", &target, &Err::<(), _>(e.clone()));
             return Err(e);
         }
     };
