@@ -332,12 +332,7 @@ impl Images {
         let tmp = self.temp_path(&name, "");
         let result = async {
             let mut file = std::fs::File::create(&tmp).map_err(ApiError::internal)?;
-            let free = free_space(&self.dir).saturating_sub(64 << 20);
-            let limit = if free < self.max_upload {
-                (free, format!("the data disk has {} MiB free", free >> 20))
-            } else {
-                (self.max_upload, format!("images are limited to {} MiB", self.max_upload >> 20))
-            };
+            let limit = download_limit(free_space(&self.dir), self.max_upload);
             let downloader = Arc::clone(&self.downloader.lock().unwrap_or_else(|p| p.into_inner()));
             let mut t = task.clone();
             let fetched = tokio::task::spawn_blocking(move || {
@@ -546,6 +541,17 @@ impl Images {
         }
         store::remove(&self.path(name)).map_err(ApiError::from)?;
         store::remove(&self.meta_path(name)).map_err(ApiError::from)
+    }
+}
+
+/// The most a download may bring, and why, for the admin: the upload
+/// limit, or less when the data disk (keeping 64 MiB) has less room.
+fn download_limit(free: u64, max_upload: u64) -> (u64, String) {
+    let free = free.saturating_sub(64 << 20);
+    if free < max_upload {
+        (free, format!("the data disk has {} MiB free", free >> 20))
+    } else {
+        (max_upload, format!("images are limited to {} MiB", max_upload >> 20))
     }
 }
 
@@ -788,6 +794,13 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(names.iter().all(|n| !n.starts_with(".upload-")), "no temporary files remain: {names:?}");
+    }
+
+    #[test]
+    fn a_download_is_limited_by_the_upload_limit_or_the_free_space() {
+        assert_eq!(download_limit(10 << 30, 4 << 30), (4 << 30, "images are limited to 4096 MiB".into()));
+        assert_eq!(download_limit(1 << 30, 4 << 30), (960 << 20, "the data disk has 960 MiB free".into()));
+        assert_eq!(download_limit(0, 4 << 30).0, 0, "a full disk takes nothing");
     }
 
     #[test]
