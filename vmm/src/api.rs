@@ -14,12 +14,15 @@
 //!
 //! A thread accepts connections and parses requests (httparse); each request
 //! is handed to the VMM's event loop, which owns the VM, and the answer
-//! comes back over a channel. One request per connection.
+//! comes back over a channel. One request per connection. A VMM that ends
+//! (`stop`, `reset`) first lets the answers under way reach their clients
+//! ([`Api::finish`]).
 
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -177,7 +180,37 @@ fn write_response(stream: &mut UnixStream, r: &Response) {
     let _ = stream.write_all(&r.body);
 }
 
-fn serve_connection(mut stream: UnixStream, to_vmm: &Sender<Pending>, wake: &EventFd) {
+/// The requests handed to the event loop whose answers are not yet written.
+#[derive(Default)]
+struct Answering {
+    count: Mutex<usize>,
+    done: Condvar,
+}
+
+impl Answering {
+    fn begin(&self) {
+        *self.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+
+    fn end(&self) {
+        let mut n = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        self.done.notify_all();
+    }
+
+    /// Waits until no answer is under way, at most `timeout`; whether none is.
+    fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut n = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        while *n > 0 {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
+            n = self.done.wait_timeout(n, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+}
+
+fn serve_connection(mut stream: UnixStream, to_vmm: &Sender<Pending>, wake: &EventFd, answering: &Answering) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -202,38 +235,60 @@ fn serve_connection(mut stream: UnixStream, to_vmm: &Sender<Pending>, wake: &Eve
         }
     };
     let (reply, answer) = channel();
+    answering.begin();
     if to_vmm.send(Pending { request, file, reply }).is_err() {
-        return write_response(&mut stream, &Response::error(409, "the VM has stopped"));
+        write_response(&mut stream, &Response::error(409, "the VM has stopped"));
+        return answering.end();
     }
     let _ = wake.write(1);
     let resp = answer
         .recv_timeout(Duration::from_secs(10))
         .unwrap_or_else(|_| Response::error(500, "the VMM did not answer in time"));
     write_response(&mut stream, &resp);
+    answering.end();
 }
 
-/// Serves the API on `listener` until the process ends. Returns the
-/// receiving end for the event loop and the event fd that wakes it.
+/// The event loop's end of the control API.
+pub struct Api {
+    /// The requests, each with where its answer goes.
+    pub requests: Receiver<Pending>,
+    /// Signalled when a request is waiting.
+    pub wake: EventFd,
+    answering: Arc<Answering>,
+}
+
+impl Api {
+    /// Lets the answers already given reach their clients before the VMM
+    /// ends: the answer to `stop` would otherwise die with the process.
+    /// Waits at most a second (a client that does not read its answer does
+    /// not hold the VMM).
+    pub fn finish(&self) {
+        if !self.answering.wait_idle(Duration::from_secs(1)) {
+            tracing::debug!("an API answer was still being written when the VMM ended");
+        }
+    }
+}
+
+/// Serves the API on `listener` until the process ends, on its own thread.
 /// With `filters` (a jailed VMM) the thread runs under the API's seccomp
 /// filter.
-pub fn spawn(
-    listener: UnixListener,
-    filters: Option<std::sync::Arc<crate::seccomp::Filters>>,
-) -> std::io::Result<(Receiver<Pending>, EventFd)> {
+pub fn spawn(listener: UnixListener, filters: Option<Arc<crate::seccomp::Filters>>) -> std::io::Result<Api> {
     listener.set_nonblocking(false)?;
-    let (tx, rx) = channel();
+    let (tx, requests) = channel();
     let wake = EventFd::new(libc::EFD_NONBLOCK)?;
     let wake2 = wake.try_clone()?;
+    let answering = Arc::new(Answering::default());
+    let answering2 = Arc::clone(&answering);
     std::thread::Builder::new().name("api".into()).spawn(move || {
         if let Err(e) = crate::seccomp::confine(filters.as_deref(), crate::seccomp::Thread::Api) {
             tracing::error!("the control API is off: {e}");
             return;
         }
         for stream in listener.incoming().flatten() {
-            serve_connection(stream, &tx, &wake2);
+            serve_connection(stream, &tx, &wake2, &answering2);
         }
     })?;
-    Ok((rx, wake))
+    Ok(Api { requests, wake, answering })
 }
 
 #[cfg(test)]
@@ -277,5 +332,38 @@ mod tests {
         let err = parse(req.as_bytes()).unwrap_err();
         assert_eq!(err.status, 413);
         assert!(String::from_utf8_lossy(&err.body).contains("at most 65536 bytes"));
+    }
+
+    /// `stop` is answered before the VMM ends: the event loop's `finish`
+    /// waits for the answer to be written, and the client reads a 204.
+    #[test]
+    fn the_answer_to_stop_reaches_the_client_before_the_vmm_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let api = spawn(UnixListener::bind(&path).unwrap(), None).unwrap();
+        let client = std::thread::spawn(move || {
+            kvmos_contract::control::Client::new(path).request("PUT", "/actions", Some(r#"{"action":"stop"}"#))
+        });
+        let pending = api.requests.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(pending.request, Request::Act(Action::Stop));
+        pending.reply.send(Response::no_content()).unwrap();
+        api.finish();
+        assert!(api.answering.wait_idle(Duration::ZERO), "finish returned with an answer unwritten");
+        assert_eq!(client.join().unwrap().unwrap().0, 204);
+    }
+
+    #[test]
+    fn waiting_for_answers_ends_when_the_last_is_written_or_at_the_limit() {
+        let answering = Arc::new(Answering::default());
+        assert!(answering.wait_idle(Duration::ZERO));
+        answering.begin();
+        assert!(!answering.wait_idle(Duration::from_millis(20)), "one is under way");
+        let other = Arc::clone(&answering);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            other.end();
+        });
+        assert!(answering.wait_idle(Duration::from_secs(10)));
+        t.join().unwrap();
     }
 }

@@ -164,9 +164,9 @@ fn run_inner(
 
     let api = match sockets.api {
         Some(l) => {
-            let (rx, wake) = api::spawn(l, filters.clone())?;
-            add(wake.as_raw_fd(), TOKEN_API)?;
-            Some((rx, wake))
+            let api = api::spawn(l, filters.clone())?;
+            add(api.wake.as_raw_fd(), TOKEN_API)?;
+            Some(api)
         }
         None => None,
     };
@@ -221,9 +221,9 @@ fn run_inner(
                     }
                 }
                 TOKEN_API => {
-                    if let Some((rx, wake)) = &api {
-                        let _ = wake.read();
-                        while let Ok(Pending { request, file, reply }) = rx.try_recv() {
+                    if let Some(api) = &api {
+                        let _ = api.wake.read();
+                        while let Ok(Pending { request, file, reply }) = api.requests.try_recv() {
                             let _ = reply.send(handle_api(&machine, config, &threads, request, file));
                         }
                     }
@@ -273,6 +273,9 @@ fn run_inner(
         }
     }
 
+    if let Some(api) = &api {
+        api.finish();
+    }
     machine.control.stop();
     kick_until(&threads, || threads.iter().all(|t| t.is_finished()));
     for t in threads {
