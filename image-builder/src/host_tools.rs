@@ -107,6 +107,9 @@ pub const TEST: &[Requirement] = &[
     // cloud-init itself checks the seeds the panel makes (its schema, its
     // network-config conversion).
     cmd("cloud-init", "cloud-init"),
+    // Logging in to a cloud image's VM as its user, with a key.
+    cmd("ssh", "openssh-client"),
+    cmd("ssh-keygen", "openssh-client"),
     // Hybrid ISOs for the firmware tests.
     cmd("xorriso", "xorriso"),
     cmd("grub-mkimage", "grub-common"),

@@ -41,6 +41,9 @@ pub struct QemuOptions {
     pub cpus: u32,
     /// Host port forwarded (on 127.0.0.1) to the panel's port 443.
     pub panel_host_port: Option<u16>,
+    /// More host ports forwarded (on 127.0.0.1), each to an address on the
+    /// appliance's network: `(port, "10.0.2.50:22")` reaches a VM on br0.
+    pub forwards: Vec<(u16, String)>,
     /// Appended to the kernel command line (direct boot only: a UEFI boot
     /// uses the command line built into the kernel).
     pub append: String,
@@ -74,6 +77,7 @@ impl QemuOptions {
             memory_mib: 2048,
             cpus: 2,
             panel_host_port: None,
+            forwards: Vec::new(),
             append: String::new(),
             drives: Vec::new(),
             snapshot_drives: Vec::new(),
@@ -97,6 +101,9 @@ impl QemuOptions {
         let mut netdev = String::from("user,id=uplink");
         if let Some(port) = self.panel_host_port {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{PANEL_PORT}"));
+        }
+        for (port, to) in &self.forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-{to}"));
         }
         c.arg("-netdev").arg(netdev);
         c.args(["-device", "virtio-net-pci,netdev=uplink"]);
@@ -162,11 +169,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut o = QemuOptions::new(Boot::Direct { kernel: "k".into(), initrd: "i".into() }, dir.path());
         o.panel_host_port = Some(8443);
+        o.forwards = vec![(2222, "10.0.2.50:22".into())];
         o.append = "kvmos.debug".into();
         let a = args(&o.command().unwrap()).join(" ");
         assert!(a.contains("-accel tcg -cpu max"), "{a}");
         assert!(a.contains("virtio-rng-pci"), "{a}");
-        assert!(a.contains("hostfwd=tcp:127.0.0.1:8443-:443"), "{a}");
+        assert!(a.contains("hostfwd=tcp:127.0.0.1:8443-:443,hostfwd=tcp:127.0.0.1:2222-10.0.2.50:22"), "{a}");
         assert!(a.contains("-kernel k -initrd i -append kvmos.debug"), "{a}");
     }
 

@@ -1,8 +1,14 @@
-//! A real Debian 12 disk image for the PC-machine tests, built once from
-//! Debian's packages and cached in `~/.cache/kvmos/guests/`. Nothing in it
-//! knows about kvmos: a stock `linux-image-amd64`, systemd, ifupdown with
+//! Real Debian 12 disk images for the PC-machine tests, built once from
+//! Debian's packages and cached in `~/.cache/kvmos/guests/`. Nothing in
+//! them knows about kvmos: a stock Debian kernel, systemd, ifupdown with
 //! the ISC DHCP client, and GRUB for both BIOS and UEFI on a GPT disk, as a
 //! cloud image has them (`console=ttyS0` on the kernel command line).
+//!
+//! Two flavours ([`Flavour`]): the test image has a root password and
+//! takes its address by DHCP; the cloud image is what a cloud provider
+//! ships, with Debian's cloud kernel, cloud-init, OpenSSH and growpart,
+//! and no password, key or network configuration of its own: it learns
+//! them from a NoCloud seed at its first boot.
 //!
 //! The build needs no loop devices or mounts: mmdebstrap makes the root
 //! tree, `mke2fs -d` writes it straight into the disk image at the root
@@ -33,6 +39,11 @@ pub const GRUB_MARKER: &str = "GRUB: loading the Debian kernel";
 pub const KERNEL_MARKER: &str = "Command line: BOOT_IMAGE=/vmlinuz root=LABEL=debroot";
 
 const PACKAGES: &str = "linux-image-amd64,systemd-sysv,udev,ifupdown,isc-dhcp-client,iproute2,efibootmgr,kmod,procps";
+/// The cloud image's: Debian's cloud kernel (virtio, no desktop hardware),
+/// cloud-init with what its modules run (growpart, sgdisk, resize2fs,
+/// sudo, hostnamectl over D-Bus) and an SSH server.
+const CLOUD_PACKAGES: &str = "linux-image-cloud-amd64,systemd-sysv,udev,dbus,ifupdown,isc-dhcp-client,iproute2,kmod,\
+                              procps,e2fsprogs,cloud-init,cloud-guest-utils,fdisk,gdisk,openssh-server,sudo";
 const DISK_MIB: u64 = 2048;
 const BIOS_BOOT_LBA: u64 = 2048;
 const ESP_LBA: u64 = 4096;
@@ -53,47 +64,93 @@ fn grub_config() -> String {
     )
 }
 
-/// mmdebstrap's hooks: the root password, host name, network, fstab, and
-/// a small initramfs.
-fn hooks() -> Vec<String> {
-    vec![
-        format!("echo root:{ROOT_PASSWORD} | chroot \"$1\" chpasswd"),
-        format!("echo {HOSTNAME} > \"$1/etc/hostname\""),
-        "printf 'auto lo\\niface lo inet loopback\\nauto eth0\\niface eth0 inet dhcp\\n' > \"$1/etc/network/interfaces\""
-            .into(),
-        "printf 'LABEL=debroot / ext4 errors=remount-ro 0 1\\n' > \"$1/etc/fstab\"".into(),
-        "echo MODULES=list > \"$1/etc/initramfs-tools/conf.d/kvmos-test.conf\"".into(),
-        format!("printf '{}' > \"$1/etc/initramfs-tools/modules\"", INITRAMFS_MODULES.replace('\n', "\\n")),
-        "chroot \"$1\" update-initramfs -u -k all".into(),
-        // Keep the image small: no package lists or caches.
-        "rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*".into(),
-    ]
+/// Which Debian image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// Root logs in with [`ROOT_PASSWORD`]; eth0 takes an address by DHCP.
+    Test,
+    /// A cloud image: no password, key or network of its own; cloud-init
+    /// sets them from a NoCloud seed, and grows the root partition to the
+    /// disk at every boot.
+    Cloud,
+}
+
+impl Flavour {
+    fn name(self) -> &'static str {
+        match self {
+            Flavour::Test => "debian12",
+            Flavour::Cloud => "debian12-cloud",
+        }
+    }
+
+    fn packages(self) -> &'static str {
+        match self {
+            Flavour::Test => PACKAGES,
+            Flavour::Cloud => CLOUD_PACKAGES,
+        }
+    }
+
+    /// mmdebstrap's hooks: the root password, host name, network, fstab,
+    /// and a small initramfs.
+    fn hooks(self) -> Vec<String> {
+        let mut hooks = match self {
+            Flavour::Test => vec![
+                format!("echo root:{ROOT_PASSWORD} | chroot \"$1\" chpasswd"),
+                format!("echo {HOSTNAME} > \"$1/etc/hostname\""),
+                "printf 'auto lo\\niface lo inet loopback\\nauto eth0\\niface eth0 inet dhcp\\n' > \"$1/etc/network/interfaces\""
+                    .into(),
+            ],
+            // cloud-init writes eth0's stanza into interfaces.d; the SSH
+            // host keys are made at the first boot, each VM its own.
+            Flavour::Cloud => vec![
+                "echo debian > \"$1/etc/hostname\"".into(),
+                "printf 'auto lo\\niface lo inet loopback\\nsource /etc/network/interfaces.d/*\\n' > \"$1/etc/network/interfaces\""
+                    .into(),
+                "rm -f \"$1\"/etc/ssh/ssh_host_*".into(),
+            ],
+        };
+        hooks.extend([
+            "printf 'LABEL=debroot / ext4 errors=remount-ro 0 1\\n' > \"$1/etc/fstab\"".into(),
+            "echo MODULES=list > \"$1/etc/initramfs-tools/conf.d/kvmos-test.conf\"".into(),
+            format!("printf '{}' > \"$1/etc/initramfs-tools/modules\"", INITRAMFS_MODULES.replace('\n', "\\n")),
+            "chroot \"$1\" update-initramfs -u -k all".into(),
+            // Keep the image small: no package lists or caches.
+            "rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*".into(),
+        ]);
+        hooks
+    }
 }
 
 const GRUB_BIOS_MODULES: &[&str] = &["biosdisk", "part_gpt", "ext2", "search", "search_label", "linux", "echo"];
 const GRUB_EFI_MODULES: &[&str] = &["part_gpt", "ext2", "search", "search_label", "linux", "echo"];
 
-/// The cached image, built first if needed (a few minutes, once).
+/// The cached test image, built first if needed (a few minutes, once).
 pub fn image() -> Result<PathBuf> {
+    image_of(Flavour::Test)
+}
+
+/// The cached image of `flavour`, built first if needed.
+pub fn image_of(flavour: Flavour) -> Result<PathBuf> {
     let layout = Layout::this_checkout();
     let dir = layout.cache_dir.join("guests");
     std::fs::create_dir_all(&dir)?;
+    let name = flavour.name();
     let key = sha256_hex(&[
-        PACKAGES.as_bytes(),
+        flavour.packages().as_bytes(),
         grub_config().as_bytes(),
-        hooks().join("\n").as_bytes(),
+        flavour.hooks().join("\n").as_bytes(),
         &DISK_MIB.to_le_bytes(),
-        b"debian12 v1",
+        format!("{name} v1").as_bytes(),
     ]);
-    let out = dir.join(format!("debian12-{}.img", &key[..16]));
-    let _lock = LockFile::acquire(&dir.join("debian12.lock"))?;
+    let out = dir.join(format!("{name}-{}.img", &key[..16]));
+    let _lock = LockFile::acquire(&dir.join(format!("{name}.lock")))?;
     if out.is_file() {
         return Ok(out);
     }
-    let work = dir.join(format!("debian12-{}.work", &key[..16]));
+    let work = dir.join(format!("{name}-{}.work", &key[..16]));
     let started = std::time::Instant::now();
-    eprintln!("==> building the Debian 12 test image (once; cached as {})", out.display());
-    let result = build(&work, &out);
+    eprintln!("==> building the Debian 12 image {name} (once; cached as {})", out.display());
+    let result = build(flavour, &work, &out);
     let _ = std::fs::remove_dir_all(&work);
     result?;
     eprintln!("    built in {:.0} s", started.elapsed().as_secs_f64());
@@ -104,13 +161,13 @@ fn run(cmd: &mut Command) -> Result<()> {
     kvmos_image_builder::util::run(cmd).map(drop)
 }
 
-fn build(work: &Path, out: &Path) -> Result<()> {
+fn build(flavour: Flavour, work: &Path, out: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
     let root = work.join("root");
     let mut deb = Command::new("mmdebstrap");
-    deb.args(["--variant=minbase", "--mode=root", &format!("--include={PACKAGES}")]);
-    for h in hooks() {
+    deb.args(["--variant=minbase", "--mode=root", &format!("--include={}", flavour.packages())]);
+    for h in flavour.hooks() {
         deb.arg(format!("--customize-hook={h}"));
     }
     run(deb.arg("bookworm").arg(&root))?;
@@ -217,4 +274,59 @@ fn write_bios_boot(work: &Path, disk: &Path, cfg: &Path) -> Result<()> {
     boot[0x66..0x68].copy_from_slice(&[0x90, 0x90]);
     // The MBR's code area only: the partition table stays.
     write_at(disk, 0, &boot[..440])
+}
+
+/// What a NoCloud seed tells a [`Flavour::Cloud`] VM at its first boot.
+pub struct Seed<'a> {
+    /// A new one makes cloud-init run its first-boot steps again.
+    pub instance_id: &'a str,
+    pub hostname: &'a str,
+    /// Made with sudo rights, logging in with `ssh_key` only.
+    pub user: &'a str,
+    pub ssh_key: &'a str,
+    /// eth0 is the NIC with this MAC, at `address` (with its prefix
+    /// length) behind `gateway`.
+    pub mac: &'a str,
+    pub address: &'a str,
+    pub gateway: &'a str,
+}
+
+impl Seed<'_> {
+    /// Writes the seed as a 1 MiB FAT volume labelled `CIDATA`, as
+    /// `cloud-localds` would (the panel writes its own, in the same form).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let meta = serde_json::json!({"instance-id": self.instance_id, "local-hostname": self.hostname});
+        let user = serde_json::json!({"hostname": self.hostname, "preserve_hostname": false, "manage_etc_hosts": true,
+            "ssh_pwauth": false, "users": [{"name": self.user, "shell": "/bin/bash", "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "lock_passwd": true, "ssh_authorized_keys": [self.ssh_key]}]});
+        let network = serde_json::json!({"version": 2, "ethernets": {"eth0": {"match": {"macaddress": self.mac},
+            "set-name": "eth0", "dhcp4": false, "addresses": [self.address],
+            "routes": [{"to": "0.0.0.0/0", "via": self.gateway}]}}});
+        let dir = seed_files_dir(path)?;
+        let files = [
+            ("meta-data", meta.to_string()),
+            ("user-data", format!("#cloud-config\n{user}\n")),
+            ("network-config", network.to_string()),
+        ];
+        for (name, text) in &files {
+            std::fs::write(dir.join(name), text)?;
+        }
+        let _ = std::fs::remove_file(path);
+        run(Command::new("mkfs.vfat").args(["-n", "CIDATA", "-C"]).arg(path).arg("1024"))?;
+        let mut copy = Command::new("mcopy");
+        copy.arg("-i").arg(path);
+        for (name, _) in &files {
+            copy.arg(dir.join(name));
+        }
+        run(copy.arg("::"))?;
+        Ok(std::fs::remove_dir_all(&dir)?)
+    }
+}
+
+/// A fresh folder beside `path` for the seed's files.
+fn seed_files_dir(path: &Path) -> Result<PathBuf> {
+    let dir = path.with_extension("files");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

@@ -21,10 +21,12 @@ pub use kvmos_image_builder::qemu::{Boot, Serial};
 
 pub mod browser;
 pub mod debian;
+pub mod https_file;
 pub mod l0_qemu;
 pub mod load;
 pub mod nested;
 pub mod panel;
+pub mod ssh;
 pub mod timed;
 
 /// TCG is slow and these machines are shared: boots get minutes, not seconds.

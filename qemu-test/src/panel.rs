@@ -144,6 +144,22 @@ impl Panel {
         }
     }
 
+    /// Polls a task (as a 202 answer gave it) until it ends; the ended
+    /// task, or an error with its log if it failed.
+    pub fn wait_task(&self, task: &Value, timeout: Duration) -> Result<Value> {
+        let id = task["id"].as_str().with_context(|| format!("no task in {task}"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let t = self.ok("GET", &format!("/api/v1/tasks/{id}"), None)?;
+            match t["state"].as_str() {
+                Some("done") => return Ok(t),
+                Some("failed") => bail!("task {id} ({}) failed: {}\n{}", t["kind"], t["error"], t["log"]),
+                _ if Instant::now() > deadline => bail!("task {id} still runs after {timeout:?}: {t}"),
+                _ => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+
     pub fn action(&self, id: &str, action: &str) -> Result<Value> {
         self.ok("POST", &format!("/api/v1/vms/{id}/actions"), Some(serde_json::json!({"action": action})))
     }

@@ -13,6 +13,7 @@ use kvmos_image_builder::guest::READY_LINE;
 use kvmos_image_builder::qemu::{free_port, QemuOptions};
 use kvmos_qemu_test::browser::Browser;
 use kvmos_qemu_test::panel::{Console, Panel, Screen};
+use kvmos_qemu_test::ssh::Ssh;
 use kvmos_qemu_test::{image, wait_https, work_dir, Appliance, Boot, DataDisk, BOOT_TIMEOUT};
 use kvmos_vmm::vnc::client::Viewer;
 use serde_json::json;
@@ -593,4 +594,129 @@ fn a_guest_over_its_memory_limit_is_stopped_and_nothing_else_is() {
     assert_eq!(panel.ok("GET", &format!("/api/v1/vms/{demo}"), None).unwrap()["state"], "running");
     let host = panel.ok("GET", "/api/v1/host", None).unwrap();
     assert!(host["vms_running"].as_u64() == Some(1), "{host}");
+}
+
+/// Where the cloud VM lives on the appliance's network (QEMU's user
+/// network: the host is 10.0.2.2, its DNS 10.0.2.3).
+const CLOUD_VM_ADDRESS: &str = "10.0.2.50";
+
+/// A cloud image, as an admin brings one (issue 14's acceptance test): a
+/// Debian 12 cloud-style image (`debian::Flavour::Cloud`: cloud-init,
+/// OpenSSH, growpart, no password, key or network of its own), made into
+/// a compressed qcow2 as images are published, served by a local HTTPS
+/// mirror whose CA the panel is told to trust, and imported by URL. A VM is
+/// made from it as the wizard's "From a cloud image" makes one: a copy of
+/// the image, grown, with cloud-init's host name, user, SSH key and a
+/// static address. The test logs in as that user with the key over SSH
+/// (QEMU forwards a host port to the VM's address on br0), then stops the
+/// VM, grows its disk, starts it again, and the guest's root file system
+/// has grown with it.
+#[test]
+fn a_cloud_image_imported_by_url_comes_up_on_ssh_and_grows() {
+    use kvmos_qemu_test::debian::{image_of, Flavour};
+    let cloud = image_of(Flavour::Cloud).unwrap();
+    let img = image().unwrap();
+    let dir = work_dir("appliance-cloud-image").unwrap();
+    let qcow2 = dir.join("debian-12-cloud.qcow2");
+    run(std::process::Command::new("qemu-img").args(["convert", "-c", "-O", "qcow2"]).arg(&cloud).arg(&qcow2));
+    let mirror = kvmos_qemu_test::https_file::FileServer::start(&qcow2, &["10.0.2.2"]).unwrap();
+    let (key, public_key) = kvmos_qemu_test::ssh::new_key(&dir).unwrap();
+
+    let disk = DataDisk::create(&dir.join("data.img"), 8192, "KVMOS_DATA").unwrap();
+    let mut opts = QemuOptions::new(Boot::Direct { kernel: img.bz_image.clone(), initrd: img.initramfs.clone() }, &dir);
+    opts.drives = vec![disk.path.clone()];
+    let port = free_port().unwrap();
+    let ssh_port = free_port().unwrap();
+    opts.panel_host_port = Some(port);
+    opts.forwards = vec![(ssh_port, format!("{CLOUD_VM_ADDRESS}:22"))];
+    let mut vm = Appliance::boot("appliance-cloud-image", opts).unwrap();
+    let code = setup_code(&mut vm);
+    wait_https(port, "/api/v1/health", BOOT_TIMEOUT).unwrap();
+    let mut panel = Panel::new(port);
+    panel.setup(&code, PASSWORD).unwrap();
+
+    // 1. Import by URL; the mirror's certificate is trusted once its CA is.
+    let url = mirror.url("10.0.2.2");
+    let task = panel.ok("POST", "/api/v1/images/import", Some(json!({"name": "debian-12-cloud", "url": url}))).unwrap();
+    let err = panel.wait_task(&task, BOOT_TIMEOUT).unwrap_err().to_string();
+    assert!(err.contains("trusted-ca"), "an unknown CA is refused and the message says where to add it: {err}");
+    let trusted = panel.ok("PUT", "/api/v1/settings/trusted-ca", Some(json!({"pem": mirror.ca_pem()}))).unwrap();
+    assert_eq!(trusted["count"], 1, "{trusted}");
+    let task = panel.ok("POST", "/api/v1/images/import", Some(json!({"name": "debian-12-cloud", "url": url}))).unwrap();
+    let done = panel.wait_task(&task, Duration::from_secs(1200)).unwrap();
+    eprintln!("import: {}", done["log"]);
+    let images = panel.ok("GET", "/api/v1/images", None).unwrap();
+    let image = images["images"].as_array().unwrap().iter().find(|i| i["name"] == "debian-12-cloud").unwrap().clone();
+    assert_eq!(image["kind"], "disk", "{image}");
+    assert_eq!(image["converted_from"], "qcow2", "{image}");
+    assert_eq!(image["size"], std::fs::metadata(&cloud).unwrap().len(), "{image}");
+
+    // 2. "From a cloud image": a copy, grown to 3 GiB, with cloud-init.
+    let task = panel.ok("POST", "/api/v1/images/debian-12-cloud/clone", Some(json!({"name": "web1-disk"}))).unwrap();
+    panel.wait_task(&task, Duration::from_secs(1200)).unwrap();
+    panel.ok("POST", "/api/v1/images/web1-disk/grow", Some(json!({"size_mib": 3072}))).unwrap();
+    let spec = json!({"name": "web1", "vcpus": 1, "memory_mib": 512,
+        "boot": {"type": "firmware", "firmware": "bios"}, "disks": [{"image": "web1-disk"}], "network": true,
+        "cloud_init": {"hostname": "web1", "user": "ops", "ssh_keys": [public_key],
+            "network": {"mode": "static", "address": format!("{CLOUD_VM_ADDRESS}/24"),
+                        "gateway": "10.0.2.2", "dns": ["10.0.2.3"]}}});
+    let created = panel.ok("POST", "/api/v1/vms", Some(spec)).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    panel.action(&id, "start").unwrap();
+
+    // 3. SSH as the wizard's user, with the key: the host name, the user,
+    // the address, sudo, and a root file system grown to the disk.
+    let ssh = Ssh { key: key.clone(), host: "127.0.0.1".into(), port: ssh_port, user: "ops".into() };
+    let first_boot = Duration::from_secs(1200);
+    let facts = ssh.wait(FACTS, first_boot).unwrap_or_else(|e| panic!("{e:#}\n{}", vm_console(&panel, &id)));
+    assert!(facts.contains("HOST web1\n"), "{facts}");
+    assert!(facts.contains("USER ops\n"), "{facts}");
+    assert!(facts.contains(&format!("inet {CLOUD_VM_ADDRESS}/24")), "{facts}");
+    assert!(facts.contains("SUDO ok\n") && !facts.contains("unable to resolve"), "{facts}");
+    assert_eq!(fact(&facts, "DISK"), 3072 << 20, "{facts}");
+    let root = fact(&facts, "ROOT");
+    assert!(root > 2800 << 20, "growpart gave the root file system the copy's 3 GiB: {facts}");
+
+    // 4. Stop it, grow the disk to 4 GiB, start it: the guest grows into it.
+    ssh.run("sync").unwrap();
+    panel.action(&id, "force-off").unwrap();
+    panel.wait_state(&id, "stopped", GUEST_TIMEOUT).unwrap();
+    let grown = panel.ok("POST", "/api/v1/images/web1-disk/grow", Some(json!({"size_mib": 4096}))).unwrap();
+    assert_eq!(grown["size"], 4096u64 << 20, "{grown}");
+    panel.action(&id, "start").unwrap();
+    let facts = ssh.wait(FACTS, first_boot).unwrap_or_else(|e| panic!("{e:#}\n{}", vm_console(&panel, &id)));
+    assert_eq!(fact(&facts, "DISK"), 4096 << 20, "{facts}");
+    assert!(fact(&facts, "ROOT") > root + (900 << 20), "the root file system grew by about 1 GiB: {facts}");
+    assert!(facts.contains("HOST web1\n"), "the same instance: {facts}");
+    panel.action(&id, "force-off").unwrap();
+    panel.wait_state(&id, "stopped", GUEST_TIMEOUT).unwrap();
+}
+
+/// What the test asks the cloud VM over SSH, one `KEY value` per line.
+const FACTS: &str = "echo HOST $(hostname); echo USER $(id -un); ip -4 -o addr show eth0; \
+                     echo DISK $(lsblk -bdno SIZE /dev/vda); echo ROOT $(df -B1 --output=size / | tail -1); \
+                     sudo -n true 2>&1 && echo SUDO ok";
+
+/// The number after `KEY ` in what [`FACTS`] printed.
+fn fact(facts: &str, key: &str) -> u64 {
+    let prefix = format!("{key} ");
+    let line = facts.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {key} in {facts}"));
+    line.trim().parse().unwrap_or_else(|_| panic!("{key} is not a number in {facts}"))
+}
+
+/// The VM's console as the panel replays it, for a failure's message.
+fn vm_console(panel: &Panel, id: &str) -> String {
+    match panel.console(id) {
+        Ok(mut console) => {
+            let _ = console.expect("\u{0}(read for a while)", Duration::from_secs(3));
+            format!("the VM's console:\n{}", console.seen)
+        }
+        Err(e) => format!("(no console: {e})"),
+    }
+}
+
+/// Runs a command that must succeed.
+fn run(cmd: &mut std::process::Command) {
+    let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?}: {status}");
 }

@@ -200,6 +200,9 @@ impl CloudInit {
                 let config = serde_json::json!({
                     "hostname": hostname,
                     "preserve_hostname": false,
+                    // The host name resolves (sudo warns at every use
+                    // when it does not).
+                    "manage_etc_hosts": true,
                     "users": [user],
                     "ssh_pwauth": false,
                 });
@@ -360,6 +363,7 @@ mod tests {
         assert!(seed.user_data.starts_with("#cloud-config\n"));
         let user: serde_json::Value = serde_json::from_str(&seed.user_data["#cloud-config\n".len()..]).unwrap();
         assert_eq!(user["hostname"], "web1");
+        assert_eq!(user["manage_etc_hosts"], true);
         assert_eq!(user["users"][0]["name"], "ops");
         assert_eq!(user["users"][0]["ssh_authorized_keys"][0], KEY);
         assert_eq!(user["users"][0]["lock_passwd"], true);

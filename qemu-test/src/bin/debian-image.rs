@@ -1,7 +1,15 @@
-//! Builds (once) and prints the path of the Debian 12 test image that the
-//! PC-machine tests and benchmarks boot (see `kvmos_qemu_test::debian`).
+//! Builds (once) and prints the path of a Debian 12 image that the
+//! PC-machine tests and benchmarks boot (see `kvmos_qemu_test::debian`):
+//! the test image, or with `cloud` the cloud-style image.
+
+use kvmos_qemu_test::debian::{image_of, Flavour};
 
 fn main() -> anyhow::Result<()> {
-    println!("{}", kvmos_qemu_test::debian::image()?.display());
+    let flavour = match std::env::args().nth(1).as_deref() {
+        None | Some("test") => Flavour::Test,
+        Some("cloud") => Flavour::Cloud,
+        Some(other) => anyhow::bail!("no Debian image flavour {other:?}: give `test` (the default) or `cloud`"),
+    };
+    println!("{}", image_of(flavour)?.display());
     Ok(())
 }
