@@ -372,7 +372,8 @@ fn transient(e: &ureq::Error) -> bool {
 fn unreachable(host: &str, e: ureq::Error) -> ApiError {
     let why = match (&e, tls_error(&e)) {
         (_, Some(rustls::Error::InvalidCertificate(c))) => format!(
-            "its TLS certificate is not trusted ({c:?}); if your own CA signed it, add the CA to {TRUSTED_CA_FILE} on the data disk"
+            "its TLS certificate is not trusted ({c:?}); if your own CA signed it, add the CA on the Images page under \
+             \"Certificate authorities trusted for downloads\" (PUT /api/v1/settings/trusted-ca)"
         ),
         (ureq::Error::HostNotFound, _) => "no such host (check the name, and the host's DNS servers)".to_string(),
         (ureq::Error::Timeout(_), _) => "no answer in time".to_string(),
@@ -545,6 +546,6 @@ mod tests {
         let untrusting = Arc::new(Downloader::new(&[]));
         let o = fetch(&untrusting, server.url("whole", "h.img"), 10 << 20, None).await;
         let e = o.result.unwrap_err().message;
-        assert!(e.contains("not trusted"), "{e}");
+        assert!(e.contains("not trusted") && e.contains("/api/v1/settings/trusted-ca"), "{e}");
     }
 }
