@@ -28,6 +28,8 @@ pub struct Nested {
     cpus: u32,
     drives: Vec<std::path::PathBuf>,
     emulator: Option<Emulator>,
+    /// The shared libraries added with programs so far.
+    libs: std::collections::BTreeSet<std::path::PathBuf>,
 }
 
 /// The L1 init: mount, run the script, report, power off.
@@ -69,7 +71,15 @@ impl Nested {
             archive.dir(d, 0o755)?;
         }
         archive.file("/work/test.sh", 0o755, script.as_bytes().to_vec())?;
-        Ok(Self { archive, script: script.into(), memory_mib: 1024, cpus: 2, drives: Vec::new(), emulator: None })
+        Ok(Self {
+            archive,
+            script: script.into(),
+            memory_mib: 1024,
+            cpus: 2,
+            drives: Vec::new(),
+            emulator: None,
+            libs: Default::default(),
+        })
     }
 
     /// The L1 machine's CPU count (2 by default).
@@ -102,10 +112,10 @@ impl Nested {
     }
 
     /// Adds a dynamically linked host program at `dest`, with the shared
-    /// libraries it needs at their own paths (e.g. QEMU, to compare with).
+    /// libraries it needs at their own paths (e.g. QEMU, to compare with);
+    /// libraries two programs share are added once.
     pub fn program(mut self, host_path: &std::path::Path, dest: &str) -> Result<Self> {
-        let mut libs = std::collections::BTreeSet::new();
-        kvmos_image_builder::host_programs::add(&mut self.archive, &mut libs, host_path, dest)?;
+        kvmos_image_builder::host_programs::add(&mut self.archive, &mut self.libs, host_path, dest)?;
         Ok(self)
     }
 

@@ -687,7 +687,7 @@ fn a_cloud_image_imported_by_url_comes_up_on_ssh_and_grows() {
     let facts = ssh.wait(FACTS, first_boot).unwrap_or_else(|e| panic!("{e:#}\n{}", vm_console(&panel, &id)));
     assert_eq!(fact(&facts, "DISK"), 4096 << 20, "{facts}");
     assert!(fact(&facts, "ROOT") > root + (900 << 20), "the root file system grew by about 1 GiB: {facts}");
-    assert!(facts.contains("HOST web1\n"), "the same instance: {facts}");
+    assert!(facts.contains("HOST web1\n"), "still web1 after a restart: {facts}");
     panel.action(&id, "force-off").unwrap();
     panel.wait_state(&id, "stopped", GUEST_TIMEOUT).unwrap();
 }
