@@ -187,8 +187,13 @@ async fn day_one_in_chromium() {
 /// screen, keyboard and mouse through the panel's screen WebSocket (see
 /// [`screen_keyboard_and_tablet`]); then the same image booted by UEFI
 /// (OVMF), logged in on its console.
+///
+/// The two longest tests' names sort first (`a_cloud…`, `a_debian…`):
+/// libtest starts tests in name order, so the two threads begin with them
+/// and the short ones fill in after, instead of one long test running alone
+/// at the end.
 #[test]
-fn firmware_vm_boots_an_uploaded_debian_image() {
+fn a_debian_image_uploaded_as_a_disk_boots_by_bios_and_uefi() {
     let debian = kvmos_qemu_test::debian::image().unwrap();
     let img = image().unwrap();
     let dir = work_dir("appliance-firmware-debian").unwrap();

@@ -271,6 +271,11 @@ fn data_iso(dir: &std::path::Path, (volume, text): (&str, &str)) -> Vec<u8> {
 /// On the same controller, an IDE hard disk (`--disk F,ide`): Debian's
 /// `sd` sees it as sda (IDENTIFY's model), reads a marker from it and
 /// writes one with a flush, which the L1 finds in the file afterwards.
+///
+/// The INTx fallback of virtio-pci: the guest unbinds its virtio-rng,
+/// forbids MSI for it (`msi_bus`), binds it again, and reads random bytes:
+/// the driver now takes its interrupts on the PCI INTx line, routed by the
+/// DSDT's `_PRT` to the IO-APIC, which `/proc/interrupts` counts.
 #[test]
 fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
     let dir = kvmos_qemu_test::work_dir("pc-cdrom-debian-media").unwrap();
@@ -290,6 +295,8 @@ fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
          wait_for 'DRIVER-DONE'\n\
          echo 'echo \"SDA $(cat /sys/block/sda/device/model)\"; echo \"READ-$(dd if=/dev/sda bs=512 skip=100 count=1 2>/dev/null | head -c 16)\"; echo IDE-WRITTEN-42 | dd of=/dev/sda bs=512 seek=200 conv=fsync 2>/dev/null; echo \"DD-$?\"; echo {}' >&3\n\
          wait_for 'IDE-DONE'\n\
+         echo 'd=$(grep -l 0x1044 /sys/bus/pci/devices/*/device); d=${{d%/device}}; echo ${{d##*/}} > /sys/bus/pci/drivers/virtio-pci/unbind; echo 0 > $d/msi_bus; echo ${{d##*/}} > /sys/bus/pci/drivers/virtio-pci/bind; sleep 1; echo \"RNG-$(timeout 30 dd if=/dev/hwrng bs=32 count=4 iflag=fullblock 2>/dev/null | wc -c)\"; echo \"MSI-VECTORS $(ls $d/msi_irqs 2>/dev/null | wc -l)\"; echo \"INTX-LINE $(grep IO-APIC /proc/interrupts | grep virtio | tr -s \" \")\"; echo {}' >&3\n\
+         wait_for 'INTX-DONE'\n\
          {}\
          ./kvmos-vmm ctl --api-socket api.sock eject --disk 0 && echo L1-EJECTED\n\
          {}\
@@ -302,6 +309,7 @@ fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
          grep -v 'has no device' vmm.err | tail -20\n",
         quoted("DRIVER-DONE"),
         quoted("IDE-DONE"),
+        quoted("INTX-DONE"),
         mount("A"),
         mount("EMPTY"),
         mount("B"),
@@ -327,6 +335,13 @@ fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
     assert!(out.contains("SDA KVMOS HARDDISK"), "sd drives the IDE disk:\n{out}");
     assert!(out.contains("READ-IDE-MARKER-READ!") && out.contains("DD-0"), "read and written in the guest:\n{out}");
     assert!(out.contains("L1-READ IDE-WRITTEN-42"), "the write is in the file:\n{out}");
+    // virtio-rng rebound with MSI off: the driver falls back to the INTx
+    // line, and its requests complete through it.
+    assert!(out.contains("RNG-128"), "virtio-rng answers on INTx:\n{out}");
+    assert!(out.contains("MSI-VECTORS 0"), "no MSI-X vectors after the rebind:\n{out}");
+    let intx = out.lines().find_map(|l| l.split("INTX-LINE ").nth(1)).unwrap_or_default();
+    let count: u64 = intx.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    assert!(intx.contains("IO-APIC") && intx.contains("virtio") && count > 0, "INTx interrupts counted:\n{out}");
 }
 
 /// A UEFI boot loader on a FAT image: GRUB for x86_64-efi (Debian's
