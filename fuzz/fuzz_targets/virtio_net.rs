@@ -43,7 +43,7 @@ fn tap_name() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
         let name = format!("kvfz{}", std::process::id() % 100_000);
-        kvmos_vmm::tap::create_persistent(&name).expect("a tap (run as root)");
+        kvmos_vmm::tap::create_persistent(&name, (0, 0)).expect("a tap (run as root)");
         extern "C" fn remove() {
             if let Some(name) = NAME.get() {
                 let _ = kvmos_vmm::tap::delete_persistent(name);

@@ -13,6 +13,8 @@ use std::os::unix::fs::OpenOptionsExt;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
+const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
@@ -171,10 +173,14 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
     ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, (&mut req as *mut IfReq).cast())
 }
 
-/// Creates a TAP device that outlives this process (what `ip tuntap add`
-/// does), so a VMM started later can open it. An existing one is reused.
-pub fn create_persistent(name: &str) -> io::Result<()> {
+/// Creates a TAP device that outlives this process (what `ip tuntap add
+/// user U group G` does), so a VMM started later can open it. Only `owner`
+/// (uid, gid), or a process with CAP_NET_ADMIN, may attach to it: another
+/// VM's user cannot. An existing one is reused and given to `owner`.
+pub fn create_persistent(name: &str, owner: (u32, u32)) -> io::Result<()> {
     let file = open_tun(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)?;
+    ioctl_value(file.as_raw_fd(), TUNSETOWNER, owner.0.into())?;
+    ioctl_value(file.as_raw_fd(), TUNSETGROUP, owner.1.into())?;
     ioctl_value(file.as_raw_fd(), TUNSETPERSIST, 1)
 }
 
@@ -217,5 +223,21 @@ mod tests {
         assert!(IfReq::new("").is_err());
         assert!(IfReq::new("a-name-that-is-too-long").is_err());
         assert!(IfReq::new("bad/name").is_err());
+    }
+
+    /// Needs CAP_NET_ADMIN (CI runs as root): a persistent tap belongs to
+    /// the VM's user and group, as sysfs shows.
+    #[test]
+    fn a_persistent_tap_belongs_to_its_vm_user() {
+        let name = format!("kvt{}", std::process::id() % 100_000);
+        create_persistent(&name, (100_123, 100_124)).expect("a TAP device (run the tests as root)");
+        let read = |f: &str| std::fs::read_to_string(format!("/sys/class/net/{name}/{f}")).unwrap().trim().to_string();
+        let (owner, group) = (read("owner"), read("group"));
+        create_persistent(&name, (100_200, 100_200)).unwrap();
+        let again = read("owner");
+        delete_persistent(&name).unwrap();
+        assert_eq!((owner.as_str(), group.as_str()), ("100123", "100124"));
+        assert_eq!(again, "100200", "a reused tap goes to the new owner");
+        assert!(!std::path::Path::new(&format!("/sys/class/net/{name}")).exists());
     }
 }

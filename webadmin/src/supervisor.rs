@@ -355,7 +355,7 @@ impl Supervisor {
         self.prepare_run_dir(&dir)?;
         self.write_seed(&dir, record)?;
         if record.spec.network {
-            self.create_tap(id)?;
+            self.create_tap(id, uid)?;
         }
         let pid = match self.spawn_vmm(id, &dir, &config) {
             Ok(pid) => pid,
@@ -471,10 +471,11 @@ impl Supervisor {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(ApiError::internal)
     }
 
-    /// A persistent tap in the bridge, up, before the VMM opens it.
-    fn create_tap(&self, id: &str) -> ApiResult<()> {
+    /// A persistent tap in the bridge, up, before the VMM opens it; it
+    /// belongs to the VM's own user (`uid`, also its group).
+    fn create_tap(&self, id: &str, uid: u32) -> ApiResult<()> {
         let tap = tap_name(id);
-        let result = kvmos_tap::create_persistent(&tap)
+        let result = kvmos_tap::create_persistent(&tap, (uid, uid))
             .and_then(|_| kvmos_tap::add_to_bridge(&self.bridge, &tap))
             .and_then(|_| kvmos_tap::set_link_up(&tap));
         result.map_err(|e| {
