@@ -149,6 +149,11 @@ pub struct JailConfig {
     pub gid: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
+    /// The cgroup's `cpu.weight`: the VM's share of the CPUs against the
+    /// other VMs when they are all busy (1 to 10000; the kernel's 100 when
+    /// absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u32>,
 }
 
 /// Which firmware a PC-machine VM runs.

@@ -249,6 +249,9 @@ fn a_debian_image_uploaded_as_a_disk_boots_by_bios_and_uefi() {
     panel.wait_state(&uefi, "stopped", GUEST_TIMEOUT).unwrap();
 }
 
+/// The Debian VMs' CPU share (`cpu_weight`), which their cgroup shows.
+const DEBIAN_CPU_WEIGHT: u32 = 200;
+
 /// A VM named `name` that boots the uploaded Debian image with `firmware`
 /// (bios or uefi), with a NIC on br0, started; its ID.
 fn start_debian(panel: &Panel, name: &str, firmware: &str) -> String {
@@ -258,7 +261,7 @@ fn start_debian(panel: &Panel, name: &str, firmware: &str) -> String {
             "/api/v1/vms",
             Some(json!({"name": name, "vcpus": 1, "memory_mib": 512,
                         "boot": {"type": "firmware", "firmware": firmware},
-                        "disks": [{"image": "debian12.img"}], "network": true})),
+                        "disks": [{"image": "debian12.img"}], "network": true, "cpu_weight": DEBIAN_CPU_WEIGHT})),
         )
         .unwrap();
     let id = created["id"].as_str().unwrap().to_string();
@@ -375,6 +378,7 @@ fn the_vmm_is_jailed(vm: &mut Appliance, panel: &Panel, id: &str, memory_mib: u6
     assert_eq!(memory_max, ((memory_mib + kvmos_vmm::jail::MEMORY_OVERHEAD_MIB) << 20).to_string());
     assert_eq!(appliance_file(vm, &format!("{leaf}/pids.max")), (vcpus + disks + 6).to_string());
     assert_eq!(appliance_file(vm, &format!("{leaf}/cpu.max")), format!("{} 100000", vcpus * 100_000 + 50_000));
+    assert_eq!(appliance_file(vm, &format!("{leaf}/cpu.weight")), DEBIAN_CPU_WEIGHT.to_string(), "from the definition");
     let shown = panel.ok("GET", &format!("/api/v1/vms/{id}"), None).unwrap();
     let used = shown["usage"]["memory_bytes"].as_u64().unwrap_or(0);
     assert!(used > 100 << 20, "the panel shows the VM's memory from its cgroup: {shown}");

@@ -77,6 +77,8 @@ pub enum ConfigError {
     JailRoot(&'static str),
     /// jail.cgroup: {0} is not under /sys/fs/cgroup; give a cgroup v2 directory such as /sys/fs/cgroup/kvmos.slice/web1
     JailCgroup(String),
+    /// jail.cpu_weight: {0} is out of range; give 1 to 10000 (100 is an ordinary share)
+    JailCpuWeight(u32),
 }
 
 impl From<ReadError> for ConfigError {
@@ -147,6 +149,9 @@ impl Validate for VmConfig {
                 if !below {
                     return Err(ConfigError::JailCgroup(c.display().to_string()));
                 }
+            }
+            if let Some(w) = j.cpu_weight.filter(|w| !(1..=10_000).contains(w)) {
+                return Err(ConfigError::JailCpuWeight(w));
             }
         }
         if self.vcpus == 0 {

@@ -64,6 +64,9 @@ fn cstr(s: &str) -> CString {
     CString::new(s).expect("no NUL in a constant path")
 }
 
+/// cgroup v2's own default `cpu.weight`.
+pub const DEFAULT_CPU_WEIGHT: u32 = 100;
+
 /// The cgroup v2 limits a VM gets, from its definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupLimits {
@@ -71,18 +74,21 @@ pub struct CgroupLimits {
     pub pids_max: u64,
     /// `cpu.max`: the quota and the period, in µs.
     pub cpu_max: (u64, u64),
+    /// `cpu.weight`: the share against other VMs, from the definition.
+    pub cpu_weight: u32,
 }
 
 impl CgroupLimits {
     /// Guest memory plus [`MEMORY_OVERHEAD_MIB`]; the vCPUs and the
     /// VMM's other threads; as much CPU as the vCPUs, and half a CPU more
-    /// for the devices.
+    /// for the devices; the CPU weight the definition gives (100 without).
     pub fn for_vm(config: &VmConfig) -> Self {
         let vcpus = u64::from(config.vcpus);
         Self {
             memory_max: (config.memory_mib + MEMORY_OVERHEAD_MIB) << 20,
             pids_max: vcpus + device_threads(config) + CGROUP_TASKS_BESIDES_VCPUS,
             cpu_max: (vcpus * 100_000 + 50_000, 100_000),
+            cpu_weight: config.jail.as_ref().and_then(|j| j.cpu_weight).unwrap_or(DEFAULT_CPU_WEIGHT),
         }
     }
 }
@@ -124,6 +130,7 @@ pub fn join_cgroup(leaf: &Path, limits: &CgroupLimits) -> std::io::Result<()> {
     }
     write("pids.max", limits.pids_max.to_string())?;
     write("cpu.max", format!("{} {}", limits.cpu_max.0, limits.cpu_max.1))?;
+    write("cpu.weight", limits.cpu_weight.to_string())?;
     write("cgroup.procs", std::process::id().to_string())
 }
 
@@ -431,6 +438,9 @@ mod tests {
             media: Default::default(),
         });
         assert_eq!(CgroupLimits::for_vm(&c).pids_max, 2 + 1 + 6, "a disk's I/O thread");
+        assert_eq!(l.cpu_weight, DEFAULT_CPU_WEIGHT, "the kernel's default without one");
+        c.jail = Some(JailConfig { uid: 1000, gid: 1000, cgroup: None, cpu_weight: Some(300) });
+        assert_eq!(CgroupLimits::for_vm(&c).cpu_weight, 300);
     }
 
     #[test]

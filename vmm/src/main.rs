@@ -72,6 +72,10 @@ struct Args {
     /// The jail's cgroup v2 leaf, under /sys/fs/cgroup (created if missing)
     #[arg(long, value_name = "DIR", requires = "jail_uid")]
     jail_cgroup: Option<PathBuf>,
+    /// The jail cgroup's cpu.weight: the VM's CPU share against other VMs
+    /// (1 to 10000; 100 by default)
+    #[arg(long, value_name = "N", requires = "jail_cgroup")]
+    jail_cpu_weight: Option<u32>,
     /// Development only: run without the jail (namespaces, own user,
     /// seccomp). The panel never does.
     #[arg(long, conflicts_with = "jail_uid")]
@@ -253,7 +257,9 @@ fn config_from(args: Args) -> Result<VmConfig, ConfigError> {
     }
     match (args.no_jail, args.jail_uid.zip(args.jail_gid)) {
         (true, _) => c.jail = None,
-        (false, Some((uid, gid))) => c.jail = Some(JailConfig { uid, gid, cgroup: args.jail_cgroup.clone() }),
+        (false, Some((uid, gid))) => {
+            c.jail = Some(JailConfig { uid, gid, cgroup: args.jail_cgroup.clone(), cpu_weight: args.jail_cpu_weight })
+        }
         (false, None) if c.jail.is_none() => return Err(ConfigError::NoJail),
         (false, None) => {}
     }

@@ -121,6 +121,12 @@ fn the_jail_is_required_unless_asked_off_and_never_root() {
     assert_eq!(out.status.code(), Some(kvmos_vmm::exit::EXIT_BAD_CONFIG));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("jail.uid") && err.contains("never runs as root"), "{err}");
+    let weight = ["--jail-uid", "1000", "--jail-gid", "1000", "--jail-cgroup", "/sys/fs/cgroup/kvmos.slice/t"];
+    let out =
+        Command::new(VMM).args(["--firmware", "bios"]).args(weight).args(["--jail-cpu-weight", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(kvmos_vmm::exit::EXIT_BAD_CONFIG));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("jail.cpu_weight") && err.contains("1 to 10000"), "{err}");
 }
 
 #[test]

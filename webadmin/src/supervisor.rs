@@ -457,7 +457,7 @@ impl Supervisor {
             rng: true,
             exit_file: Some(dir.join("exit.json")),
             // Every VMM is jailed: its own user and group, and its cgroup.
-            jail: Some(JailConfig { uid, gid: uid, cgroup: self.cgroup(&r.id) }),
+            jail: Some(JailConfig { uid, gid: uid, cgroup: self.cgroup(&r.id), cpu_weight: r.spec.cpu_weight }),
             // Its sockets are the panel's, whose user the VMM does not start as.
             socket_owner: Some(Owner { uid: own_uid(), gid: own_gid() }),
         })

@@ -201,6 +201,7 @@ async function newVm() {
         <div class="row"><label for="name">Name</label><input id="name" required placeholder="web1"><div class="hint">Lowercase letters, digits, '-', '.', '_'.</div><div class="err" data-err="name"></div></div>
         <div class="row"><label for="vcpus">vCPUs</label><input id="vcpus" type="number" min="1" max="${host.cpus}" value="1"><div class="err" data-err="vcpus"></div></div>
         <div class="row"><label for="memory">Memory (MiB)</label><input id="memory" type="number" min="16" value="128"><div class="hint">${mib(host.memory_free_bytes)} free on the host.</div><div class="err" data-err="memory_mib"></div></div>
+        <div class="row"><label for="cpu-weight">CPU weight</label><input id="cpu-weight" type="number" min="1" max="10000" placeholder="100"><div class="hint">Its share of the CPUs when all VMs are busy: 200 gets twice what 100 gets.</div><div class="err" data-err="cpu_weight"></div></div>
       </div>
       <div class="row"><label for="source">Boot</label><select id="source">${sources}</select><div class="err" data-err="boot"></div></div>
       <div class="row" id="initrd-row" hidden><label for="initrd">Initrd</label><select id="initrd">${opt('', 'none')}${initrds.map((i) => opt(i.name, i.name)).join('')}</select></div>
@@ -290,6 +291,7 @@ async function newVm() {
       name: $('#name').value.trim(), vcpus: Number($('#vcpus').value), memory_mib: Number($('#memory').value),
       boot: boots[kind](), cmdline: firmware ? null : ($('#cmdline').value.trim() || null),
       disks: [], network: $('#network').checked, autostart: $('#autostart').checked,
+      cpu_weight: $('#cpu-weight').value ? Number($('#cpu-weight').value) : undefined,
     };
     if (kind === 'cloud') spec.disks.push({ image: `${spec.name}-disk` });
     else if ($('#disk-mode').value === 'new') spec.disks.push({ image: $('#disk-name').value.trim() || `${spec.name}-disk`, size_mib: Number($('#disk-size').value) });
@@ -424,7 +426,7 @@ async function vmDetail(id) {
     <div class="card"><h2>Console</h2><div id="console-area">${vm.state === 'stopped' ? '<p class="muted">Start the VM to see its serial console.</p>' : '<div id="terminal" class="terminal"></div>'}</div></div>
     <div class="grid">
       <div class="card"><h2>Configuration</h2><table>
-        <tr><th>vCPUs</th><td>${s.vcpus}</td></tr><tr><th>Memory</th><td>${s.memory_mib} MiB</td></tr>
+        <tr><th>vCPUs</th><td>${s.vcpus}${s.cpu_weight ? ` <span class="muted">· CPU weight ${s.cpu_weight}</span>` : ''}</td></tr><tr><th>Memory</th><td>${s.memory_mib} MiB</td></tr>
         ${vm.usage ? `<tr><th>In use now</th><td id="vm-usage">${mib(vm.usage.memory_bytes)} of ${vm.usage.memory_max_bytes ? mib(vm.usage.memory_max_bytes) : 'no limit'} · CPU ${(vm.usage.cpu_usec / 1e6).toFixed(1)} s</td></tr>` : ''}
         <tr><th>Boot</th><td>${esc(boot)}</td></tr>
         ${s.boot.type === 'firmware' ? `<tr><th>Boot order</th><td><ol id="boot-order">${order.map((i, n) => `<li>${esc(s.disks[i].image)}${s.disks[i].read_only ? ' <span class="muted">(read-only)</span>' : ''}${n > 0 && vm.state === 'stopped' ? ` <button class="secondary small" data-first="${i}">Boot first</button>` : ''}</li>`).join('')}</ol></td></tr>` : `<tr><th>Command line</th><td class="mono">${esc(s.cmdline || '(default)')}</td></tr>`}
