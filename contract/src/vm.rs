@@ -138,6 +138,9 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The most vCPUs a VM may have (APIC IDs fit a byte, 255 is broadcast).
 pub const MAX_VCPUS: u64 = 254;
 
+/// The `cpu.weight` values cgroup v2 takes (100 is its default).
+pub const CPU_WEIGHT_RANGE: std::ops::RangeInclusive<u32> = 1..=10_000;
+
 /// The VMM's jail: a user and group of this VM's own (neither may be
 /// root, and no other VM may share them), and optionally a cgroup v2
 /// leaf, created if missing, whose limits follow the VM's memory and vCPUs

@@ -11,7 +11,7 @@
 use anyhow::{Context, Result};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 pub struct FileServer {
@@ -73,7 +73,7 @@ impl FileServer {
 }
 
 /// Answers one connection's request.
-fn answer(config: Arc<rustls::ServerConfig>, tcp: TcpStream, file: &PathBuf, name: &str) -> Result<()> {
+fn answer(config: Arc<rustls::ServerConfig>, tcp: TcpStream, file: &Path, name: &str) -> Result<()> {
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
     let conn = rustls::ServerConnection::new(config)?;
     let mut tls = BufReader::new(rustls::StreamOwned::new(conn, tcp));

@@ -627,7 +627,10 @@ fn a_cloud_image_imported_by_url_comes_up_on_ssh_and_grows() {
     let img = image().unwrap();
     let dir = work_dir("appliance-cloud-image").unwrap();
     let qcow2 = dir.join("debian-12-cloud.qcow2");
-    run(std::process::Command::new("qemu-img").args(["convert", "-c", "-O", "qcow2"]).arg(&cloud).arg(&qcow2));
+    kvmos_image_builder::util::run(
+        std::process::Command::new("qemu-img").args(["convert", "-c", "-O", "qcow2"]).arg(&cloud).arg(&qcow2),
+    )
+    .unwrap();
     let mirror = kvmos_qemu_test::https_file::FileServer::start(&qcow2, &["10.0.2.2"]).unwrap();
     let (key, public_key) = kvmos_qemu_test::ssh::new_key(&dir).unwrap();
 
@@ -722,10 +725,4 @@ fn vm_console(panel: &Panel, id: &str) -> String {
         }
         Err(e) => format!("(no console: {e})"),
     }
-}
-
-/// Runs a command that must succeed.
-fn run(cmd: &mut std::process::Command) {
-    let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(status.success(), "{cmd:?}: {status}");
 }

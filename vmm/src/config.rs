@@ -150,7 +150,7 @@ impl Validate for VmConfig {
                     return Err(ConfigError::JailCgroup(c.display().to_string()));
                 }
             }
-            if let Some(w) = j.cpu_weight.filter(|w| !(1..=10_000).contains(w)) {
+            if let Some(w) = j.cpu_weight.filter(|w| !kvmos_contract::vm::CPU_WEIGHT_RANGE.contains(w)) {
                 return Err(ConfigError::JailCpuWeight(w));
             }
         }

@@ -159,7 +159,7 @@ impl VmSpec {
                 format!("memory_mib: give 16 to {max_mem} MiB (free memory less {HOST_MARGIN_MIB} MiB for the host)"),
             ));
         }
-        if let Some(w) = self.cpu_weight.filter(|w| !(1..=10_000).contains(w)) {
+        if let Some(w) = self.cpu_weight.filter(|w| !kvmos_contract::vm::CPU_WEIGHT_RANGE.contains(w)) {
             return Err(ApiError::bad(
                 "cpu_weight",
                 format!("cpu_weight: {w} is out of range; give 1 to 10000 (100 is an ordinary share; leave it out for that)"),
