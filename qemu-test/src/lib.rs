@@ -27,6 +27,7 @@ pub mod load;
 pub mod nested;
 pub mod panel;
 pub mod ssh;
+pub mod stats;
 pub mod timed;
 
 /// TCG is slow and these machines are shared: boots get minutes, not seconds.

@@ -33,6 +33,7 @@ use crate::devices::virtio::mmio::{reg, MmioTransport};
 use crate::devices::virtio::pci::VirtioPci;
 use crate::devices::virtio::{net::Net, rng::Rng, Interrupt, VirtioDevice, VirtioTransport};
 use crate::exit::ExitSignal;
+use crate::timeline;
 use crate::vstate::irq_routing::IrqRouting;
 use crate::vstate::memory;
 use crate::vstate::vcpu::{Vcpu, VcpuControl, VcpuCounters};
@@ -136,6 +137,7 @@ pub fn build_machine(
 ) -> Result<Machine, BuildError> {
     let guest_memory = create_guest_memory(memory_mib)?;
     let vm = Vm::new(guest_memory)?;
+    timeline::mark(started, "KVM VM created");
     let base = attach_base_devices(&vm, console, started, false)?;
     insert(&base.io_bus, u64::from(layout::PM1A_EVT_PORT), acpi_pm::LEN, base.acpi_pm.clone())?;
     let (virtio_cmdline, virtio) = attach_virtio_devices(&vm, &base.mmio_bus, virtio)?;
@@ -238,19 +240,24 @@ pub fn build_linux_vm(config: &VmConfig, started: Instant) -> Result<Machine, Bu
     let virtio = open_virtio_devices(config)?;
     let vcpus = vcpu_count(config);
     let machine = build_machine(config.memory_mib, vcpus, console, started, virtio)?;
+    timeline::mark(started, "machine and devices created");
     let kernel_path = config.kernel.as_deref().ok_or(BuildError::Config(ConfigError::NoBoot))?;
     let kernel = boot::load_kernel(&machine.vm.memory, kernel_path)?;
+    timeline::mark(started, "kernel loaded");
     let initrd = match &config.initrd {
         Some(p) => Some(boot::load_initrd(&machine.vm.memory, p, config.memory_mib << 20)?),
         None => None,
     };
+    timeline::mark(started, "initrd loaded");
     let rsdp = acpi::write_tables(&machine.vm.memory, vcpus).map_err(BuildError::Acpi)?;
     let cmdline = std::iter::once(config.cmdline.as_str())
         .chain(machine.virtio_cmdline.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(" ");
     boot::write_boot_info(&machine.vm.memory, &kernel, &cmdline, initrd, rsdp)?;
+    timeline::mark(started, "ACPI tables and boot parameters written");
     configure_vcpus_for_linux(&machine, &kernel)?;
+    timeline::mark(started, "vCPUs configured (CPUID, registers)");
     Ok(machine)
 }
 
@@ -418,12 +425,11 @@ fn register_queue_notifiers(vm: &Vm, base: u64, queues: usize) -> Result<Vec<Eve
 }
 
 fn configure_vcpus_for_linux(machine: &Machine, kernel: &boot::LoadedKernel) -> Result<(), BuildError> {
-    let supported =
-        machine.vm.kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(BuildError::Cpuid)?;
+    let host = cpuid::HostCpuid::of(&machine.vm.kvm).map_err(BuildError::Cpuid)?;
     let count = machine.vcpus.len() as u8;
     for v in &machine.vcpus {
         let id = v.index;
-        let cpuid = cpuid::for_vcpu(&supported, id, count);
+        let cpuid = cpuid::for_vcpu(&host, id, count);
         v.fd.set_cpuid2(&cpuid).map_err(|e| BuildError::SetCpuid(id, e))?;
         let err = |e| BuildError::SetupVcpu(id, e);
         regs::setup_msrs(&v.fd).map_err(err)?;
@@ -808,10 +814,10 @@ fn map_firmware(
 /// Firmware starts every vCPU from its reset state, which KVM gives new
 /// vCPUs; only the CPUID is ours to set.
 fn configure_vcpus_for_firmware(vm: &Vm, vcpus: &[Vcpu]) -> Result<(), BuildError> {
-    let supported = vm.kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(BuildError::Cpuid)?;
+    let host = cpuid::HostCpuid::of(&vm.kvm).map_err(BuildError::Cpuid)?;
     let count = vcpus.len() as u8;
     for v in vcpus {
-        let cpuid = cpuid::for_vcpu(&supported, v.index, count);
+        let cpuid = cpuid::for_vcpu(&host, v.index, count);
         v.fd.set_cpuid2(&cpuid).map_err(|e| BuildError::SetCpuid(v.index, e))?;
     }
     Ok(())

@@ -16,7 +16,8 @@
 //! - [`jail`] and [`seccomp`]: the jail every VMM runs in (namespaces, an
 //!   empty root, its own user, a cgroup) and each thread's seccomp filter;
 //! - [`vnc`]: the VNC server for the screen, keyboard and mouse;
-//! - [`builder`] builds a VM top to bottom and [`runner`] runs it.
+//! - [`builder`] builds a VM top to bottom and [`runner`] runs it;
+//! - [`timeline`]: when each start-up step ended, at debug level.
 
 pub mod api;
 pub mod arch;
@@ -31,6 +32,7 @@ pub mod seccomp;
 #[cfg(test)]
 mod test_util;
 pub use kvmos_tap as tap;
+pub mod timeline;
 pub mod tiny_guest;
 pub mod vnc;
 pub mod vstate;

@@ -7,7 +7,7 @@ use kvmos_vmm::config::{
     Validate, VmConfig,
 };
 use kvmos_vmm::exit::{EXIT_BAD_CONFIG, EXIT_INTERNAL_ERROR};
-use kvmos_vmm::{builder, jail, runner, seccomp};
+use kvmos_vmm::{builder, jail, runner, seccomp, timeline};
 use std::fs::File;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -299,7 +299,14 @@ fn host_limits() -> HostLimits {
 /// VM runs, each thread under its seccomp filter, until it ends.
 fn main() {
     let started = Instant::now();
-    tracing_subscriber::fmt().with_target(false).with_ansi(false).with_writer(std::io::stderr).init();
+    // RUST_LOG may name a level (e.g. `debug`, for the start-up timeline).
+    let level = std::env::var("RUST_LOG").ok().and_then(|v| v.parse::<tracing::Level>().ok());
+    tracing_subscriber::fmt()
+        .with_max_level(level.unwrap_or(tracing::Level::INFO))
+        .with_target(false)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
     let mut args = Args::parse();
     if let Some(Cmd::Ctl { api_socket, action, disk, iso }) = args.cmd.take() {
         std::process::exit(ctl(&api_socket, action, disk, iso));
@@ -311,12 +318,14 @@ fn main() {
             std::process::exit(EXIT_BAD_CONFIG);
         }
     };
+    timeline::mark(started, "configuration read");
     let mut end = End { config: &config, report: None };
     if let Some(j) = &config.jail {
         match jail::enter_pid_namespace(j, &config) {
             Ok(pipe) => end.report = Some(pipe),
             Err(e) => end.finish(EXIT_INTERNAL_ERROR, &format!("cannot jail the VMM: {e}")),
         }
+        timeline::mark(started, "jail stage 1 (cgroup, PID namespace)");
     }
     let machine = match builder::build_vm(&config, started) {
         Ok(m) => m,
@@ -327,13 +336,16 @@ fn main() {
         Ok(s) => s,
         Err(e) => end.finish(EXIT_INTERNAL_ERROR, &format!("cannot bind the VM's sockets: {e}")),
     };
+    timeline::mark(started, "sockets bound");
     let filters = match &config.jail {
         Some(j) => {
             let filters = seccomp::Filters::new(kvmos_vmm::vstate::vcpu::kick_signal())
                 .unwrap_or_else(|e| end.finish(EXIT_INTERNAL_ERROR, &e.to_string()));
+            timeline::mark(started, "seccomp filters compiled");
             if let Err(e) = jail::lock_down(j, &config) {
                 end.finish(EXIT_INTERNAL_ERROR, &format!("cannot jail the VMM: {e}"));
             }
+            timeline::mark(started, "jail closed");
             Some(filters)
         }
         None => None,

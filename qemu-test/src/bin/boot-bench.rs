@@ -10,6 +10,7 @@
 use anyhow::{bail, Context, Result};
 use kvmos_image_builder::initramfs::{self, Archive};
 use kvmos_image_builder::qemu::QemuOptions;
+use kvmos_qemu_test::stats::median;
 use kvmos_qemu_test::{image, work_dir, Appliance, Boot, BOOT_TIMEOUT};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -40,9 +41,9 @@ fn main() -> Result<()> {
     let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x.as_secs_f64() / y.as_secs_f64()).collect();
     println!(
         "median QEMU start → ready: kvmos {:.2} s, Debian stock {:.2} s, ratio kvmos/stock {:.2}",
-        median(&a),
-        median(&b),
-        median_f(&ratios)
+        median(&a.iter().map(Duration::as_secs_f64).collect::<Vec<_>>()),
+        median(&b.iter().map(Duration::as_secs_f64).collect::<Vec<_>>()),
+        median(&ratios)
     );
     for f in &img.manifest.files {
         println!("size {}: {} bytes ({:.1} MiB)", f.name, f.bytes, f.bytes as f64 / 1048576.0);
@@ -77,17 +78,4 @@ fn stock_archive() -> Result<Archive> {
     a.file("/init", 0o755, init.into_bytes())?;
     a.char_dev("/dev/console", 0o600, 5, 1)?;
     Ok(a)
-}
-
-fn median(v: &[Duration]) -> f64 {
-    median_f(&v.iter().map(Duration::as_secs_f64).collect::<Vec<_>>())
-}
-
-fn median_f(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s[s.len() / 2]
 }

@@ -19,6 +19,7 @@
 use anyhow::{Context, Result};
 use kvmos_qemu_test::debian::{self, Flavour, Seed};
 use kvmos_qemu_test::nested::Nested;
+use kvmos_qemu_test::stats::median;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -63,11 +64,6 @@ for i in $(seq RUNS); do
     -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile=
 done
 "#;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
 
 fn main() -> Result<()> {
     let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
@@ -122,7 +118,7 @@ fn main() -> Result<()> {
     if login.values().flatten().any(|t| t.is_nan()) {
         println!("(a boot did not reach SSH; the L1's output:)\n{}", r.output);
     }
-    let m = |k: &str| median(login.get(k).cloned().unwrap_or_default());
+    let m = |k: &str| median(&login.get(k).cloned().unwrap_or_default());
     println!(
         "median to an SSH login: kvmos-vmm {:.1} s, QEMU {:.1} s, ratio {:.2}",
         m("kvmos"),

@@ -13,6 +13,7 @@
 //! Usage: `cargo run -p kvmos-qemu-test --bin pc-boot-bench -- [RUNS]`
 
 use anyhow::{Context, Result};
+use kvmos_qemu_test::stats::median;
 use kvmos_qemu_test::{debian, nested::Nested};
 use std::time::Duration;
 
@@ -54,14 +55,6 @@ for i in $(seq RUNS); do
 done
 "#;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
-}
-
 fn main() -> Result<()> {
     let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
     let image = debian::image()?;
@@ -99,7 +92,7 @@ fn main() -> Result<()> {
         );
     }
     let m =
-        |map: &std::collections::BTreeMap<String, Vec<f64>>, k: &str| median(map.get(k).cloned().unwrap_or_default());
+        |map: &std::collections::BTreeMap<String, Vec<f64>>, k: &str| median(&map.get(k).cloned().unwrap_or_default());
     println!(
         "median to the login prompt: kvmos-vmm {:.2} s, QEMU {:.2} s, ratio {:.2}",
         m(&login, "kvmos"),

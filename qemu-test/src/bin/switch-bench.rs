@@ -19,6 +19,7 @@
 use anyhow::{bail, Context, Result};
 use kvmos_qemu_test::browser::Browser;
 use kvmos_qemu_test::panel::{HostPanel, Panel};
+use kvmos_qemu_test::stats::median;
 use kvmos_qemu_test::timed::TimedOutput;
 use kvmos_vmm::tiny_guest;
 use serde_json::json;
@@ -95,11 +96,6 @@ fn measure(pids: &[u32], port: u16, secs: u64) -> Result<Window> {
         vnc_ms_per_s: (v1 - v0) / dt,
         bytes_per_s: b1.saturating_sub(b0) as f64 / dt,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -236,10 +232,10 @@ async fn main() -> Result<()> {
     }
     println!(
         "hotkey + key → echo on the new VM: median {:.1} ms (min {:.1}, max {:.1}) of {rounds}; the key alone: median {:.1} ms",
-        median(switched.clone()),
+        median(&switched),
         switched.iter().cloned().fold(f64::INFINITY, f64::min),
         switched.iter().cloned().fold(0.0, f64::max),
-        median(direct.clone())
+        median(&direct)
     );
     b.close().await?;
     drop(host);

@@ -17,6 +17,7 @@
 //! Usage: `cargo run -p kvmos-qemu-test --bin vmm-bench -- [RUNS]`
 
 use anyhow::{bail, Context, Result};
+use kvmos_qemu_test::stats::median;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -102,11 +103,6 @@ fn stop(child: &mut Child, api: &Path) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() -> Result<()> {
     let runs: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(20);
     let bins = kvmos_qemu_test::binaries()?;
@@ -168,7 +164,7 @@ fn main() -> Result<()> {
     println!("| | jail | no jail | ratio |");
     println!("|---|---|---|---|");
     let row = |what: &str, of: &dyn Fn(&Figures) -> Vec<f64>| {
-        let (j, n) = (median(of(&figures[0])), median(of(&figures[1])));
+        let (j, n) = (median(&of(&figures[0])), median(&of(&figures[1])));
         println!("| {what} | {j:.2} | {n:.2} | {:.2} |", j / n);
     };
     row("start → API socket ready (ms, median)", &|f| f.walls.clone());

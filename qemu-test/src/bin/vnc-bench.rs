@@ -20,6 +20,7 @@
 //! `cargo run --release -p kvmos-qemu-test --bin vnc-bench -- [N]`
 
 use anyhow::{bail, Context, Result};
+use kvmos_qemu_test::stats::median;
 use kvmos_qemu_test::timed::TimedOutput;
 use kvmos_vmm::vnc::client::Viewer;
 use kvmos_vmm::vnc::rfb::{ENCODING_DESKTOP_SIZE, ENCODING_QEMU_EXTENDED_KEY, ENCODING_RAW, ENCODING_ZRLE};
@@ -171,11 +172,6 @@ fn first_update(sock: &Path, encoding: i32, ready: impl Fn(&Viewer) -> bool) -> 
     Ok(v.bytes - before)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() -> Result<()> {
     let n: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
     let bins = kvmos_qemu_test::binaries()?;
@@ -214,8 +210,9 @@ fn main() -> Result<()> {
         "idle CPU (ms/s)"
     );
     for which in ["kvmos", "qemu"] {
-        let of =
-            |f: &dyn Fn(&Figures) -> f64| median(results.iter().filter(|r| r.0 == which).map(|r| f(&r.1)).collect());
+        let of = |f: &dyn Fn(&Figures) -> f64| {
+            median(&results.iter().filter(|r| r.0 == which).map(|r| f(&r.1)).collect::<Vec<_>>())
+        };
         println!(
             "{which:5} {:>14.0} {:>14.0} {:>12.0} {:>16.1} {:>17.1} {:>14.1} {:>16.2}",
             of(&|f| f.text_zrle as f64),

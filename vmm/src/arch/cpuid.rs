@@ -1,18 +1,40 @@
 //! The CPUID a vCPU sees: KVM's supported set (which includes the KVM
 //! paravirtual leaves, so the guest finds kvm-clock), with the topology and
 //! APIC IDs normalised so every vCPU describes one socket of `count`
-//! single-threaded cores and knows its own ID.
+//! single-threaded cores and knows its own ID, and the TSC-deadline timer
+//! shown when KVM emulates it (KVM leaves that bit to the VMM, as QEMU and
+//! Firecracker set it): a guest that has it programs its local APIC timer
+//! in TSC ticks and skips calibrating that timer at boot.
 
 use kvm_bindings::CpuId;
+use kvm_ioctls::{Cap, Kvm};
 
 /// Leaf 1 ECX bit 31: "running under a hypervisor".
 const HYPERVISOR_BIT: u32 = 1 << 31;
 /// Leaf 1 EDX bit 28: HTT, the logical-processor count in EBX is valid.
 const HTT_BIT: u32 = 1 << 28;
+/// Leaf 1 ECX bit 24: the local APIC timer has TSC-deadline mode.
+const TSC_DEADLINE_BIT: u32 = 1 << 24;
+
+/// What this host's KVM offers a guest.
+pub struct HostCpuid {
+    pub supported: CpuId,
+    /// KVM emulates the TSC-deadline timer (`KVM_CAP_TSC_DEADLINE_TIMER`).
+    pub tsc_deadline: bool,
+}
+
+impl HostCpuid {
+    pub fn of(kvm: &Kvm) -> Result<Self, kvm_ioctls::Error> {
+        Ok(Self {
+            supported: kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?,
+            tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+        })
+    }
+}
 
 /// Adjusts a copy of the supported CPUID for vCPU `index` of `count`.
-pub fn for_vcpu(supported: &CpuId, index: u8, count: u8) -> CpuId {
-    let mut cpuid = supported.clone();
+pub fn for_vcpu(host: &HostCpuid, index: u8, count: u8) -> CpuId {
+    let mut cpuid = host.supported.clone();
     for e in cpuid.as_mut_slice() {
         match e.function {
             0x1 => {
@@ -20,6 +42,9 @@ pub fn for_vcpu(supported: &CpuId, index: u8, count: u8) -> CpuId {
                 // CLFLUSH size (8 × 8 bytes) in EBX[15:8].
                 e.ebx = (u32::from(index) << 24) | (u32::from(count) << 16) | (8 << 8);
                 e.ecx |= HYPERVISOR_BIT;
+                if host.tsc_deadline {
+                    e.ecx |= TSC_DEADLINE_BIT;
+                }
                 if count > 1 {
                     e.edx |= HTT_BIT;
                 } else {
@@ -77,17 +102,20 @@ mod tests {
             kvm_cpuid_entry2 { function: 0xb, index: 0, ..Default::default() },
             kvm_cpuid_entry2 { function: 0xb, index: 1, ..Default::default() },
         ];
-        let supported = CpuId::from_entries(&entries).unwrap();
-        let c = for_vcpu(&supported, 2, 4);
+        let host = HostCpuid { supported: CpuId::from_entries(&entries).unwrap(), tsc_deadline: true };
+        let c = for_vcpu(&host, 2, 4);
         let s = c.as_slice();
         assert_eq!(s[0].ebx >> 24, 2, "APIC ID");
         assert_eq!((s[0].ebx >> 16) & 0xff, 4, "logical processors");
         assert_ne!(s[0].ecx & HYPERVISOR_BIT, 0);
+        assert_ne!(s[0].ecx & TSC_DEADLINE_BIT, 0, "KVM emulates the TSC-deadline timer");
         assert_eq!(s[2].ebx, 4, "cores at the core level");
         assert_eq!(s[2].eax, 2, "shift for 4 cores");
         assert_eq!(s[1].edx, 2, "x2APIC ID");
-        let single = for_vcpu(&supported, 0, 1);
+        let single = for_vcpu(&host, 0, 1);
         assert_eq!(single.as_slice()[0].edx & HTT_BIT, 0);
+        let without = HostCpuid { tsc_deadline: false, ..host };
+        assert_eq!(for_vcpu(&without, 0, 1).as_slice()[0].ecx & TSC_DEADLINE_BIT, 0);
     }
 
     #[test]
