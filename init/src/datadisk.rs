@@ -19,10 +19,13 @@ use std::time::{Duration, Instant};
 
 /// Where the data disk is mounted.
 pub const MOUNT_POINT: &str = "/var/lib/kvmos";
-/// Storage drivers (NVMe, USB) probe asynchronously, so a missing disk may
-/// just be late. Wait until the set of block devices has not changed for
-/// [`SETTLE`], and never longer than [`PROBE_WAIT`]; a RAM-only boot pays
-/// only the settle time.
+/// Some storage drivers (NVMe, USB, SCSI host adapters) find their disks
+/// after the kernel has started init, so a missing disk may just be late.
+/// When the machine has such a controller ([`late_storage_controllers`]),
+/// wait until the set of block devices has not changed for [`SETTLE`], and
+/// never longer than [`PROBE_WAIT`]; a RAM-only boot pays only the settle
+/// time. Without one, every disk is there when init starts (the kernel has
+/// finished virtio and AHCI probing by then), so nothing is waited for.
 const PROBE_WAIT: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(2);
 /// e2fsck gets this long before boot goes on without it.
@@ -149,14 +152,64 @@ fn find(sel: &DataSelector) -> Option<(PathBuf, bool)> {
     }
 }
 
+/// PCI vendor ID of virtio devices, and the device IDs of virtio-blk
+/// (transitional and modern), which probe synchronously.
+const VIRTIO_VENDOR: u16 = 0x1af4;
+const VIRTIO_BLK: [u16; 2] = [0x1001, 0x1042];
+
+/// Whether a PCI function (`class` is the 24-bit class code) is a storage
+/// or USB controller whose disks may appear after init starts: NVMe (the
+/// namespaces are scanned in a work queue), USB (hubs enumerate in a
+/// thread, and usb-storage waits before scanning), and SCSI, RAID and SAS
+/// host adapters (their targets are scanned in the background). AHCI and
+/// IDE disks are probed before init runs, and so is virtio-blk.
+pub fn finds_disks_late(class: u32, vendor: u16, device: u16) -> bool {
+    let (base, sub) = (class >> 16, (class >> 8) & 0xff);
+    match (base, sub) {
+        (0x0c, 0x03) => true,
+        (0x01, 0x01 | 0x06) => false,
+        (0x01, _) => !(vendor == VIRTIO_VENDOR && VIRTIO_BLK.contains(&device)),
+        _ => false,
+    }
+}
+
+/// The PCI functions (by address) that [`finds_disks_late`].
+pub fn late_storage_controllers() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/sys/bus/pci/devices") else { return Vec::new() };
+    let hex = |path: PathBuf| -> Option<u32> {
+        let text = std::fs::read_to_string(path).ok()?;
+        u32::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()
+    };
+    let mut late: Vec<String> = dir
+        .flatten()
+        .filter(|e| {
+            let p = e.path();
+            match (hex(p.join("class")), hex(p.join("vendor")), hex(p.join("device"))) {
+                (Some(c), Some(v), Some(d)) => finds_disks_late(c, v as u16, d as u16),
+                _ => false,
+            }
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    late.sort();
+    late
+}
+
 /// Finds, checks, (on first boot) formats, and mounts the data disk.
 pub fn bring_up(sel: &DataSelector, log: &dyn Fn(&str)) -> DataDisk {
     let deadline = Instant::now() + PROBE_WAIT;
     let mut seen = Vec::new();
     let mut stable_since = Instant::now();
+    let late = late_storage_controllers();
     let found = loop {
         if let Some(f) = find(sel) {
             break Some(f);
+        }
+        if late.is_empty() {
+            break None;
+        }
+        if seen.is_empty() {
+            log(&format!("no data disk yet; waiting for the disks behind {} to settle", late.join(", ")));
         }
         let now_devs: Vec<PathBuf> = block_devices().into_iter().map(|d| d.dev).collect();
         if now_devs != seen {
@@ -303,6 +356,22 @@ mod tests {
             Content::Ext4 { label: "KVMOS_DATA".into(), clean: true }
         );
         assert_eq!(probe(Cursor::new(ext4_image("x", 0))).unwrap(), Content::Ext4 { label: "x".into(), clean: false });
+    }
+
+    #[test]
+    fn only_controllers_that_find_disks_after_boot_are_waited_for() {
+        let late = |class, vendor, device| finds_disks_late(class, vendor, device);
+        assert!(late(0x01_08_02, 0x8086, 0x0953), "NVMe");
+        assert!(late(0x0c_03_30, 0x8086, 0xa36d), "xHCI");
+        assert!(late(0x0c_03_20, 0x8086, 0x293a), "EHCI");
+        assert!(late(0x01_07_00, 0x1000, 0x0097), "SAS HBA (mpt3sas)");
+        assert!(late(0x01_00_00, 0x1af4, 0x1048), "virtio-scsi");
+        assert!(!late(0x01_06_01, 0x8086, 0x2922), "AHCI");
+        assert!(!late(0x01_01_80, 0x8086, 0x7010), "IDE");
+        assert!(!late(0x01_00_00, 0x1af4, 0x1001), "virtio-blk, transitional");
+        assert!(!late(0x01_80_00, 0x1af4, 0x1042), "virtio-blk, modern");
+        assert!(!late(0x02_00_00, 0x1af4, 0x1000), "a NIC");
+        assert!(!late(0x06_00_00, 0x8086, 0x1237), "a host bridge");
     }
 
     #[test]
