@@ -66,8 +66,18 @@ fn start_to_guest(program: &Path, args: &[&str], dir: &Path) -> Result<f64> {
         .with_context(|| format!("starting {}", program.display()))?;
     let out = TimedOutput::read(child.stdout.take().context("stdout")?);
     let seen = out.when(0, kvmos_vmm::tiny_guest::READY_LINE, Duration::from_secs(10));
+    // A jailed kvmos-vmm runs the VM in a child, which dies after the
+    // jailer: wait for it too, so no run overlaps the last one's teardown
+    // (this host's KVM refuses to run a new VM for a while then).
+    let vm = kvmos_vmm::jail::jailed_child(child.id());
     let _ = child.kill();
     let _ = child.wait();
+    if let Some(pid) = vm {
+        let gone = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < gone {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     Ok((seen? - t0).as_secs_f64() * 1000.0)
 }
 
