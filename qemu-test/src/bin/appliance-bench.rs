@@ -7,9 +7,14 @@
 //!   MemAvailable inside, from the panel's host overview);
 //! - panel "start" → the demo guest's shell prompt on the console
 //!   WebSocket (the guest runs nested: KVM inside TCG);
-//! - the sizes of the image files.
+//! - the sizes of the image files;
+//! - where the idle memory goes: the same appliance booted directly with
+//!   its debug console (`kvmos.debug`), the panel set up, then
+//!   `/proc/meminfo`, the unpacked initramfs, and the resident memory of
+//!   PID 1 and the panel.
 //!
-//! Usage: `cargo run -p kvmos-qemu-test --bin appliance-bench`
+//! Usage: `cargo run -p kvmos-qemu-test --bin appliance-bench` (`-- memory`: the
+//! breakdown alone)
 
 use anyhow::{Context, Result};
 use kvmos_image_builder::guest::READY_LINE;
@@ -21,6 +26,9 @@ use std::time::{Duration, Instant};
 fn main() -> Result<()> {
     let img = image()?;
     let dir = work_dir("appliance-bench")?;
+    if std::env::args().nth(1).as_deref() == Some("memory") {
+        return memory_breakdown(&dir);
+    }
     let disk = DataDisk::create(&dir.join("data.img"), 512, "KVMOS_DATA")?;
     let port = free_port()?;
     let mut opts = QemuOptions::new(Boot::Uefi { disk: img.disk_image.clone() }, &dir);
@@ -69,5 +77,89 @@ fn main() -> Result<()> {
         let len = std::fs::metadata(path)?.len();
         println!("  {name}: {len} bytes ({:.1} MiB)", len as f64 / 1048576.0);
     }
+    drop(vm);
+    memory_breakdown(&dir)
+}
+
+/// Reads `kvmos-debug cat PATH` into lines.
+fn cat(vm: &mut Appliance, path: &str) -> Result<String> {
+    let text = vm.debug(&format!("cat {path}"), &format!("end of {path}"))?;
+    // The answer starts `kvmos-debug: PATH: ` on the file's first line.
+    let start = format!("kvmos-debug: {path}: ");
+    let body = text.split_once(&start).map(|(_, b)| b).context("no answer")?;
+    Ok(body.lines().map(str::trim).filter(|l| !l.contains("kvmos-debug")).collect::<Vec<_>>().join("\n"))
+}
+
+/// A `Key:   123 kB` field of /proc/meminfo or /proc/PID/status, in MiB.
+fn field_mib(text: &str, key: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn memory_breakdown(dir: &std::path::Path) -> Result<()> {
+    let img = image()?;
+    let disk = DataDisk::create(&dir.join("data-direct.img"), 512, "KVMOS_DATA")?;
+    let port = free_port()?;
+    let mut opts = QemuOptions::new(Boot::Direct { kernel: img.bz_image.clone(), initrd: img.initramfs.clone() }, dir);
+    opts.drives = vec![disk.path.clone()];
+    opts.panel_host_port = Some(port);
+    opts.append = "kvmos.debug".into();
+    let mut vm = Appliance::boot("appliance-bench-memory", opts)?;
+    let block = vm.expect("(enter it in the panel", BOOT_TIMEOUT)?;
+    let code = block.lines().rev().find_map(|l| l.split("Setup code: ").nth(1)).context("no setup code")?;
+    let code = code.split_whitespace().next().context("no setup code")?.to_string();
+    Panel::new(port).setup(&code, "benchmark admin password")?;
+    std::thread::sleep(Duration::from_secs(5));
+    let meminfo = cat(&mut vm, "/proc/meminfo")?;
+    // `ps PID STATE COMM` lines.
+    let ps = vm.debug("ps", "ps end")?;
+    let panel_pid = ps
+        .lines()
+        .find(|l| l.contains("kvmos-webadmin"))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "ps").nth(1)?.parse::<u32>().ok())
+        .context("no kvmos-webadmin in the process list")?;
+    let init = cat(&mut vm, "/proc/1/status")?;
+    let min_free = cat(&mut vm, "/proc/sys/vm/min_free_kbytes")?;
+    let panel = cat(&mut vm, &format!("/proc/{panel_pid}/status"))?;
+    let unpacked: u64 = walk_sizes(&img.initramfs)?;
+    let m = |k: &str| field_mib(&meminfo, k);
+    println!("where the idle memory goes (direct boot, kvmos.debug, same memory and data disk, panel set up), MiB:");
+    println!("  MemTotal − MemAvailable: {:.1}", m("MemTotal") - m("MemAvailable"));
+    println!("  MemTotal − MemFree (pages actually in use): {:.1}", m("MemTotal") - m("MemFree"));
+    for key in [
+        "MemFree",
+        "MemAvailable",
+        "Shmem",
+        "Unevictable",
+        "AnonPages",
+        "Mapped",
+        "Buffers",
+        "Cached",
+        "Slab",
+        "SReclaimable",
+        "SUnreclaim",
+        "KernelStack",
+        "PageTables",
+        "Percpu",
+    ] {
+        println!("  {key}: {:.1}", m(key));
+    }
+    println!("  the unpacked initramfs (files in RAM): {:.1}", unpacked as f64 / 1048576.0);
+    println!("  vm.min_free_kbytes: {}", min_free.trim());
+    for (who, status) in [("PID 1 (kvmos-init)", &init), ("kvmos-webadmin", &panel)] {
+        println!(
+            "  {who}: VmRSS {:.1} (anonymous {:.1}, file {:.1})",
+            field_mib(status, "VmRSS"),
+            field_mib(status, "RssAnon"),
+            field_mib(status, "RssFile")
+        );
+    }
     Ok(())
+}
+
+/// The bytes of the files in a zstd-compressed cpio archive.
+fn walk_sizes(initramfs: &std::path::Path) -> Result<u64> {
+    let cpio = zstd::decode_all(std::fs::File::open(initramfs)?)?;
+    Ok(kvmos_image_builder::initramfs::list(&cpio)?.iter().map(|(_, _, data)| data.len() as u64).sum())
 }
