@@ -308,3 +308,50 @@ pub fn is_kernel(path: &Path) -> std::io::Result<bool> {
     head.truncate(n);
     Ok(head.starts_with(b"\x7fELF") || head.get(0x202..0x206) == Some(b"HdrS"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fixtures/vm.json` is a UEFI VM with every field the panel writes:
+    /// the VMM reads exactly what the panel wrote, and writing it again
+    /// gives the same file.
+    #[test]
+    fn a_full_vm_json_reads_back_field_for_field_and_writes_the_same_text() {
+        let text = include_str!("../fixtures/vm.json");
+        let c = VmConfig::from_json(text).unwrap();
+        assert_eq!(c.vm_id, "web1");
+        assert_eq!(
+            c.firmware,
+            Some(FirmwareConfig::Uefi { code: None, vars: "/var/lib/kvmos/vms/3f2a.OVMF_VARS.fd".into() })
+        );
+        assert_eq!(c.boot_order, vec![1, 0]);
+        assert_eq!((c.memory_mib, c.vcpus), (2048, 2));
+        let media: Vec<DiskMedia> = c.disks.iter().map(|d| d.media).collect();
+        assert_eq!(media, vec![DiskMedia::Disk, DiskMedia::Cdrom, DiskMedia::Ide]);
+        assert!(c.disks[1].read_only);
+        assert_eq!(c.nets[0].mac.as_deref(), Some("52:54:00:12:34:56"));
+        assert_eq!(c.serial, SerialConfig::Socket { path: "/run/kvmos/vms/3f2a/console.sock".into() });
+        let jail = c.jail.clone().unwrap();
+        assert_eq!((jail.uid, jail.gid, jail.cpu_weight), (100_001, 100_001, Some(200)));
+        assert_eq!(c.socket_owner, Some(Owner { uid: 990, gid: 990 }));
+        assert_eq!(c.to_json(), text.trim_end(), "the panel's writer gives the fixture's text");
+        assert_eq!(VmConfig::from_json(&c.to_json()).unwrap(), c);
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused_not_dropped() {
+        let text = include_str!("../fixtures/vm.json").replace("\"cpu_weight\"", "\"cpu_weigth\"");
+        let e = VmConfig::from_json(&text).unwrap_err().to_string();
+        assert!(e.contains("cpu_weigth"), "{e}");
+    }
+
+    #[test]
+    fn a_minimal_vm_json_gets_the_documented_defaults() {
+        let c = VmConfig::from_json(r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!((c.vm_id.as_str(), c.memory_mib, c.vcpus, c.rng), ("vm", 128, 1, true));
+        assert_eq!(c.cmdline, "console=ttyS0 reboot=k panic=1");
+        assert_eq!(c.serial, SerialConfig::None);
+        assert!(c.jail.is_none() && c.disks.is_empty() && c.nets.is_empty());
+    }
+}

@@ -27,6 +27,7 @@ async fn setup_login_create_start_console_and_stop_in_chromium() {
     // First boot: the setup page asks for the code shown on the console.
     b.client.goto(&url).await.unwrap();
     b.wait_for("#setup-form", T).await.unwrap();
+    assert_eq!(b.eval(NAV_SHOWN).await.unwrap(), json!(false), "no navigation before setup");
     b.fill("#code", "00000-00000").await.unwrap();
     b.fill("#password", PASSWORD).await.unwrap();
     b.fill("#password2", PASSWORD).await.unwrap();
@@ -37,11 +38,13 @@ async fn setup_login_create_start_console_and_stop_in_chromium() {
     b.click("#setup-submit").await.unwrap();
     b.wait_for("#vm-table", T).await.unwrap();
     b.wait_text("#kvm", "available", T).await.unwrap();
+    assert_eq!(b.eval(NAV_SHOWN).await.unwrap(), json!(true), "the navigation once logged in");
     b.screenshot("02-dashboard").await.unwrap();
 
     // Log out and back in.
     b.click("#logout").await.unwrap();
     b.wait_for("#login-form", T).await.unwrap();
+    assert_eq!(b.eval(NAV_SHOWN).await.unwrap(), json!(false), "no navigation on the login page");
     b.fill("#password", "not the password").await.unwrap();
     b.click("#login-submit").await.unwrap();
     b.wait_text("[data-err=password]", "wrong", T).await.unwrap();
@@ -112,6 +115,10 @@ async fn logged_in_browser<T: Send + 'static>(
 }
 
 /// Runs `script` (a JavaScript expression) in the page until it is true.
+/// Whether the top bar with the navigation links is on the page.
+const NAV_SHOWN: &str =
+    "(() => { const t = document.getElementById('topbar'); return !!t && !t.hidden && t.offsetParent !== null; })()";
+
 async fn wait_js(b: &Browser, what: &str, script: &str, timeout: Duration) {
     b.wait_js(what, script, timeout).await.unwrap();
 }

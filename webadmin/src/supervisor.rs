@@ -152,6 +152,12 @@ fn process_uids() -> Vec<u32> {
         .collect()
 }
 
+/// The lowest of the [`MAX_RUNNING`] jail users from `base` that is not
+/// `taken`: each VM gets a user no other VM or process has.
+fn lowest_free_uid(base: u32, taken: &std::collections::HashSet<u32>) -> Option<u32> {
+    (base..base.saturating_add(MAX_RUNNING)).find(|u| !taken.contains(u))
+}
+
 /// The user of the jailed child of `pid`, the process the panel started.
 fn jailed_uid(pid: i32) -> Option<u32> {
     process_uid(Path::new(&format!("/proc/{}", kvmos_contract::process::jailed_child(pid as u32)?)))
@@ -180,8 +186,7 @@ impl Supervisor {
     fn free_uid(&self, running: &HashMap<String, Handle>) -> ApiResult<u32> {
         let mut taken: std::collections::HashSet<u32> = running.values().map(|h| h.uid).collect();
         taken.extend(process_uids());
-        (self.uid_base..self.uid_base.saturating_add(MAX_RUNNING))
-            .find(|u| !taken.contains(u))
+        lowest_free_uid(self.uid_base, &taken)
             .ok_or_else(|| ApiError::conflict(format!("{MAX_RUNNING} VMs run already; stop one first")))
     }
 
@@ -727,5 +732,25 @@ fn close_run(r: &mut VmRecord, code: Option<i32>, reason: Option<String>) {
         run.ended = Some(now_unix());
         run.exit_code = code;
         run.reason = reason;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_vm_gets_a_jail_user_no_vm_or_process_has() {
+        let base = VM_UID_BASE;
+        assert_eq!(lowest_free_uid(base, &HashSet::new()), Some(base));
+        // Two VMs run, and some other process took the user after them.
+        let taken: HashSet<u32> = [base, base + 1, base + 2].into();
+        assert_eq!(lowest_free_uid(base, &taken), Some(base + 3));
+        // A VM that stopped freed its user: it is handed out again.
+        let taken: HashSet<u32> = [base, base + 2].into();
+        assert_eq!(lowest_free_uid(base, &taken), Some(base + 1));
+        let all: HashSet<u32> = (base..base + MAX_RUNNING).collect();
+        assert_eq!(lowest_free_uid(base, &all), None, "no user left: the start is refused");
     }
 }

@@ -82,6 +82,8 @@ pub struct Vcpu {
 
 /// How many unhandled accesses are logged before going quiet.
 const UNHANDLED_LOG_LIMIT: u64 = 20;
+/// How long a vCPU waits before trying KVM_RUN again after EAGAIN.
+const EAGAIN_RETRY: Duration = Duration::from_micros(200);
 
 impl Vcpu {
     fn unhandled(&self, what: &str, addr: u64, len: usize) {
@@ -177,7 +179,14 @@ impl Vcpu {
             }),
             Ok(VcpuExit::Intr) => None,
             Ok(other) => Some(ExitReason::GuestFault(format!("unexpected exit {other:?}"))),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) if e.errno() == libc::EINTR => None,
+            // Not ready to run yet: some KVMs (kvm_pvm) refuse a new VM while
+            // another is still being torn down. Retry, without taking a
+            // whole host CPU from that teardown.
+            Err(e) if e.errno() == libc::EAGAIN => {
+                std::thread::sleep(EAGAIN_RETRY);
+                None
+            }
             Err(e) => Some(ExitReason::Internal(format!("KVM_RUN failed on vCPU {}: {e}", self.index))),
         };
         if let Some((what, addr, len)) = unhandled {
