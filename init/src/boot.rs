@@ -5,7 +5,7 @@
 use crate::config::{self, Config};
 use crate::machine::{write_status, Event, Machine};
 use crate::supervisor::Service;
-use crate::{clock, console, datadisk, debug, mounts, net, power_button, watchdog};
+use crate::{clock, console, datadisk, debug, memory, mounts, net, power_button, watchdog};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::Instant;
@@ -22,6 +22,7 @@ pub const STEPS: &[Step] = &[
     ("read the kernel command line", read_cmdline),
     ("check the clock", |_| clock::check().map(|m| console::info(&format!("kvmos-init: {m}")))),
     ("check KVM", check_kvm),
+    ("size the free-memory reserve", |_| memory::size_reserve().map(|m| console::info(&format!("kvmos-init: {m}")))),
     ("mount the data disk", mount_data_disk),
     ("apply saved settings", apply_saved_settings),
     ("set the hostname", set_configured_hostname),

@@ -19,6 +19,7 @@ mod console;
 mod datadisk;
 mod debug;
 mod machine;
+mod memory;
 mod mounts;
 mod net;
 mod power_button;

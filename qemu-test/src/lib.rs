@@ -56,6 +56,33 @@ pub fn binaries() -> Result<&'static kvmos_image_builder::binaries::Binaries> {
     .map_err(|e| anyhow!("building the programs failed: {e}"))
 }
 
+/// kvmos-vmm with its test hooks (feature `test-hooks`: the control API's
+/// `forbidden_syscall` action), for a panel on this host to run. Built
+/// once per test process (a debug build, as the VMM's own tests use) and
+/// copied out of cargo's way, so a later build cannot swap it under a test.
+pub fn vmm_with_test_hooks() -> Result<&'static PathBuf> {
+    static VMM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    VMM.get_or_init(|| {
+        let repo = Layout::this_checkout().repo;
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .current_dir(&repo)
+            .args(["build", "--locked", "-p", "kvmos-vmm", "--bin", "kvmos-vmm", "--features", "test-hooks"])
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("building kvmos-vmm with its test hooks failed ({status}); see cargo's output above"));
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
+        let copy = test_root().join("kvmos-vmm-test-hooks");
+        std::fs::create_dir_all(test_root()).map_err(|e| e.to_string())?;
+        std::fs::copy(target.join("debug/kvmos-vmm"), &copy).map_err(|e| format!("{}: {e}", copy.display()))?;
+        Ok(copy)
+    })
+    .as_ref()
+    .map_err(|e| anyhow!("{e}"))
+}
+
 /// `target/qemu-test/`: serial logs and per-test folders.
 fn test_root() -> PathBuf {
     Layout::this_checkout().repo.join("target/qemu-test")

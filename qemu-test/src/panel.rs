@@ -403,14 +403,21 @@ pub struct HostPanel {
     pub dir: std::path::PathBuf,
     pub port: u16,
     child: Option<std::process::Child>,
+    /// `--vmm`: the VMM the panel runs, when not the one beside it.
+    vmm: Option<std::path::PathBuf>,
 }
 
 impl HostPanel {
     pub fn start(name: &str) -> Result<Self> {
+        Self::start_with_vmm(name, None)
+    }
+
+    /// A panel that runs `vmm` (`--vmm`) instead of the kvmos-vmm beside it.
+    pub fn start_with_vmm(name: &str, vmm: Option<&std::path::Path>) -> Result<Self> {
         let dir = crate::work_dir(name)?;
         kvmos_vmm::tiny_guest::bundle(&dir.join("guests"))?;
         let port = kvmos_image_builder::qemu::free_port()?;
-        let mut p = Self { dir, port, child: None };
+        let mut p = Self { dir, port, child: None, vmm: vmm.map(|v| v.to_path_buf()) };
         p.spawn()?;
         Ok(p)
     }
@@ -419,7 +426,11 @@ impl HostPanel {
         let bins = crate::binaries()?;
         let d = &self.dir;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("webadmin.log"))?;
-        let child = std::process::Command::new(&bins.webadmin)
+        let mut cmd = std::process::Command::new(&bins.webadmin);
+        if let Some(vmm) = &self.vmm {
+            cmd.arg("--vmm").arg(vmm);
+        }
+        let child = cmd
             .arg("--data-dir")
             .arg(d.join("data"))
             .args(["--listen", &format!("127.0.0.1:{}", self.port), "--redirect-from", "none"])

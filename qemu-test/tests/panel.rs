@@ -287,6 +287,43 @@ fn a_vm_with_cloud_init_settings_gets_its_seed_as_a_disk() {
     panel.wait_state(&id, "stopped", T).unwrap();
 }
 
+/// A VMM that makes a system call its seccomp filter forbids is killed,
+/// and the panel records why: the VM is stopped, and its last run has the
+/// exit code and a reason that names seccomp. The VMM here is a build with
+/// its test hooks, whose control API makes the forbidden call on request.
+#[test]
+fn a_vmm_killed_by_seccomp_is_recorded_with_its_reason() {
+    let vmm = kvmos_qemu_test::vmm_with_test_hooks().unwrap();
+    let host = HostPanel::start_with_vmm("panel-seccomp-kill", Some(vmm)).unwrap();
+    let panel = logged_in(&host);
+    let other = create_tiny(&panel, "tiny2");
+    panel.action(&other, "start").unwrap();
+    let id = create_tiny(&panel, "hostile1");
+    panel.action(&id, "start").unwrap();
+    panel.console(&id).unwrap().expect(PROMPT, T).unwrap();
+    // The test, as root, talks to the VMM's own API, as a compromised VMM
+    // thread would act on its own.
+    let api = host.dir.join("run").join(&id).join("control.sock");
+    let mut s = std::os::unix::net::UnixStream::connect(&api).unwrap();
+    let body = r#"{"action":"forbidden_syscall"}"#;
+    let req = format!("PUT /actions HTTP/1.1\r\nHost: vmm\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+    panel.wait_state(&id, "stopped", T).unwrap();
+    let run = last_run(&panel, &id);
+    assert_eq!(run["exit_code"], kvmos_vmm::exit::EXIT_FORBIDDEN_SYSCALL, "{run}");
+    let reason = run["reason"].as_str().unwrap();
+    assert!(reason.contains("seccomp") && reason.contains("SIGSYS"), "{run}");
+    // The other VM carries on.
+    assert_eq!(host.vmm_pids().len(), 1, "only the other VM's VMM is left");
+    assert_eq!(panel.ok("GET", &format!("/api/v1/vms/{other}"), None).unwrap()["state"], "running");
+    let mut console = panel.console(&other).unwrap();
+    let at = console.expect(PROMPT, T).unwrap();
+    console.send("still-here").unwrap();
+    console.expect_after(at, "still-here", T).unwrap();
+    panel.action(&other, "force-off").unwrap();
+    panel.wait_state(&other, "stopped", T).unwrap();
+}
+
 /// Force off while the guest reboots over and over (its boot sector resets
 /// the machine at once): whenever it lands (the VMM running, ended, or
 /// being started again), it answers OK and the VM stays off. It once

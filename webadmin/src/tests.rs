@@ -519,6 +519,36 @@ async fn bad_bodies_get_json_errors_that_name_the_field() {
     assert!(a.body["error"].as_str().unwrap().contains("missing field"), "{:?}", a.body);
 }
 
+/// A body that starts and then stops arriving (a slow or stalled client)
+/// once held its request for ever. It now gets a 408 in the API's error
+/// shape after `BODY_TIMEOUT`, and the panel answers the next request.
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408() {
+    let mut h = Harness::new().await;
+    h.set_up().await;
+    use futures_util::StreamExt;
+    let first: Result<axum::body::Bytes, std::io::Error> = Ok(axum::body::Bytes::from_static(b"{\"name\": \"we"));
+    let stalled = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/vms")
+        .header(header::COOKIE, format!("kvmos_session={}", h.cookie.as_deref().unwrap()))
+        .header("x-csrf-token", h.csrf.as_deref().unwrap())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    // Paused time jumps ahead whenever the runtime has nothing to do, so the
+    // 30 s pass at once.
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    let a = h.raw(req).await;
+    assert_eq!(a.status, StatusCode::REQUEST_TIMEOUT, "{:?}", a.body);
+    assert!(a.body["error"].as_str().unwrap().contains("did not arrive within 30 s"), "{:?}", a.body);
+    assert!(started.elapsed() >= crate::app::BODY_TIMEOUT);
+    tokio::time::resume();
+    assert_eq!(h.call(Method::GET, "/api/v1/vms", None).await.status, StatusCode::OK);
+}
+
 /// Logins refused by the rate limit once each appended (and fsynced) an
 /// audit entry: a flood filled the log.
 #[tokio::test]

@@ -109,9 +109,11 @@ fn memory_breakdown(dir: &std::path::Path) -> Result<()> {
     let block = vm.expect("(enter it in the panel", BOOT_TIMEOUT)?;
     let code = block.lines().rev().find_map(|l| l.split("Setup code: ").nth(1)).context("no setup code")?;
     let code = code.split_whitespace().next().context("no setup code")?.to_string();
-    Panel::new(port).setup(&code, "benchmark admin password")?;
+    let mut panel = Panel::new(port);
+    panel.setup(&code, "benchmark admin password")?;
     std::thread::sleep(Duration::from_secs(5));
     let meminfo = cat(&mut vm, "/proc/meminfo")?;
+    let zoneinfo = cat(&mut vm, "/proc/zoneinfo")?;
     // `ps PID STATE COMM` lines.
     let ps = vm.debug("ps", "ps end")?;
     let panel_pid = ps
@@ -121,7 +123,7 @@ fn memory_breakdown(dir: &std::path::Path) -> Result<()> {
         .context("no kvmos-webadmin in the process list")?;
     let init = cat(&mut vm, "/proc/1/status")?;
     let min_free = cat(&mut vm, "/proc/sys/vm/min_free_kbytes")?;
-    let panel = cat(&mut vm, &format!("/proc/{panel_pid}/status"))?;
+    let panel_status = cat(&mut vm, &format!("/proc/{panel_pid}/status"))?;
     let unpacked: u64 = walk_sizes(&img.initramfs)?;
     let m = |k: &str| field_mib(&meminfo, k);
     println!("where the idle memory goes (direct boot, kvmos.debug, same memory and data disk, panel set up), MiB:");
@@ -147,7 +149,13 @@ fn memory_breakdown(dir: &std::path::Path) -> Result<()> {
     }
     println!("  the unpacked initramfs (files in RAM): {:.1}", unpacked as f64 / 1048576.0);
     println!("  vm.min_free_kbytes: {}", min_free.trim());
-    for (who, status) in [("PID 1 (kvmos-init)", &init), ("kvmos-webadmin", &panel)] {
+    let (held, high) = per_cpu_free_lists(&zoneinfo);
+    println!(
+        "  free pages held on the CPUs' own lists: {:.1} (up to {:.1}: the zones' low watermark, split between the CPUs)",
+        held as f64 / 256.0,
+        high as f64 / 256.0
+    );
+    for (who, status) in [("PID 1 (kvmos-init)", &init), ("kvmos-webadmin", &panel_status)] {
         println!(
             "  {who}: VmRSS {:.1} (anonymous {:.1}, file {:.1})",
             field_mib(status, "VmRSS"),
@@ -155,7 +163,33 @@ fn memory_breakdown(dir: &std::path::Path) -> Result<()> {
             field_mib(status, "RssFile")
         );
     }
+
+    // A VM's RAM still gets huge pages with the reserve the appliance sets.
+    let vm_spec = serde_json::json!({"name": "huge", "vcpus": 1, "memory_mib": 128,
+        "boot": {"type": "guest", "guest": "demo"}, "network": false});
+    let id = panel.ok("POST", "/api/v1/vms", Some(vm_spec))?["id"].as_str().context("id")?.to_string();
+    panel.action(&id, "start")?;
+    let mut console = panel.console(&id)?;
+    let at = console.expect(READY_LINE, Duration::from_secs(600))?;
+    console.send("\n")?;
+    console.expect_after(at, "demo:/# ", Duration::from_secs(120))?;
+    let meminfo = cat(&mut vm, "/proc/meminfo")?;
+    println!(
+        "  with a 128 MiB demo VM at its shell prompt: AnonHugePages {:.1}, MemTotal − MemAvailable {:.1}",
+        field_mib(&meminfo, "AnonHugePages"),
+        field_mib(&meminfo, "MemTotal") - field_mib(&meminfo, "MemAvailable")
+    );
+    panel.action(&id, "force-off")?;
     Ok(())
+}
+
+/// The pages on the per-CPU free lists of every zone, and the most they
+/// may hold, from /proc/zoneinfo's `count:` and `high:` lines.
+fn per_cpu_free_lists(zoneinfo: &str) -> (u64, u64) {
+    let sum = |key: &str| -> u64 {
+        zoneinfo.lines().filter_map(|l| l.trim().strip_prefix(key)?.trim().parse::<u64>().ok()).sum()
+    };
+    (sum("count:"), sum("high:"))
 }
 
 /// The bytes of the files in a zstd-compressed cpio archive.

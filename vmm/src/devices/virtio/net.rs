@@ -51,9 +51,14 @@ pub struct Net {
     mem: Option<GuestMemory>,
     queues: Vec<Queue>,
     interrupt: Option<Arc<Interrupt>>,
-    /// A frame read from the tap that no receive buffer has taken yet.
+    /// A frame read from the tap (its length in `rx_buf`) that no receive
+    /// buffer has taken yet.
     pending_rx: Option<usize>,
-    buf: Vec<u8>,
+    /// Receive and transmit each have a buffer of their own: a frame
+    /// waiting in `rx_buf` for a receive buffer must survive the guest
+    /// transmitting meanwhile.
+    rx_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
     pub counters: NetCounters,
 }
 
@@ -66,7 +71,8 @@ impl Net {
             queues: Vec::new(),
             interrupt: None,
             pending_rx: None,
-            buf: vec![0; MAX_FRAME],
+            rx_buf: vec![0; MAX_FRAME],
+            tx_buf: vec![0; MAX_FRAME],
             counters: NetCounters::default(),
         }
     }
@@ -79,7 +85,7 @@ impl Net {
         loop {
             let len = match self.pending_rx.take() {
                 Some(len) => len,
-                None => match self.tap.read(&mut self.buf) {
+                None => match self.tap.read(&mut self.rx_buf) {
                     Ok(len) if len >= HDR_LEN => len,
                     Ok(_) => continue,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -95,12 +101,12 @@ impl Net {
                 break;
             };
             // Without mergeable buffers there is exactly one buffer per frame.
-            self.buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+            self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
             let head = chain.head_index();
             let mut done = 0usize;
             for desc in chain.writable() {
                 let n = (desc.len() as usize).min(len - done);
-                if n == 0 || mem.write_slice(&self.buf[done..done + n], desc.addr()).is_err() {
+                if n == 0 || mem.write_slice(&self.rx_buf[done..done + n], desc.addr()).is_err() {
                     break;
                 }
                 done += n;
@@ -130,14 +136,14 @@ impl Net {
             let mut ok = true;
             for desc in chain.readable() {
                 let n = desc.len() as usize;
-                if len + n > self.buf.len() || mem.read_slice(&mut self.buf[len..len + n], desc.addr()).is_err() {
+                if len + n > self.tx_buf.len() || mem.read_slice(&mut self.tx_buf[len..len + n], desc.addr()).is_err() {
                     ok = false;
                     break;
                 }
                 len += n;
             }
             // A full tap queue drops the frame, as a NIC would; TCP resends.
-            if ok && len > HDR_LEN && self.tap.write(&self.buf[..len]).is_ok() {
+            if ok && len > HDR_LEN && self.tap.write(&self.tx_buf[..len]).is_ok() {
                 self.counters.tx_frames += 1;
             } else {
                 self.counters.tx_dropped += 1;
@@ -333,6 +339,39 @@ mod tests {
         d.mem.read_slice(&mut got, GuestAddress(rx_buf)).unwrap();
         assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
         assert_eq!(&got[HDR_LEN..], &inbound[..]);
+    }
+
+    /// A received frame waiting for a receive buffer once shared its buffer
+    /// with transmit: a frame the guest sent meanwhile overwrote it, and the
+    /// guest then received its own frame back, header flags and all.
+    #[test]
+    fn a_frame_waiting_for_a_receive_buffer_survives_a_transmit() {
+        let (tap, name) = quiet_tap("c");
+        let mut d = TestDriver::new(Box::new(Net::new(tap, MAC)));
+        let wire = PacketSocket::bind(&name);
+        let inbound = frame([0x52, 0x54, 0, 1, 2, 3], b"waiting for a buffer");
+        wire.send(&inbound);
+        d.transport.process_io();
+        assert_eq!(d.take_used(RX), None, "no buffer yet");
+
+        let mut hdr = [0u8; HDR_LEN];
+        hdr[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM: not for the receiver
+        let out = frame(MAC, &[0x5a; 300]);
+        d.mem.write_slice(&hdr, GuestAddress(BUFFERS)).unwrap();
+        d.mem.write_slice(&out, GuestAddress(BUFFERS + HDR_LEN as u64)).unwrap();
+        let head =
+            d.offer(TX, &[(BUFFERS, HDR_LEN as u32, false), (BUFFERS + HDR_LEN as u64, out.len() as u32, false)]);
+        d.w(reg::QUEUE_NOTIFY, TX as u32);
+        assert_eq!(d.take_used(TX), Some((head, 0)));
+
+        let rx_buf = BUFFERS + 0x1000;
+        d.offer(RX, &[(rx_buf, 2048, true)]);
+        d.w(reg::QUEUE_NOTIFY, RX as u32);
+        let (_, len) = d.take_used(RX).expect("the waiting frame was delivered");
+        let mut got = vec![0u8; len as usize];
+        d.mem.read_slice(&mut got, GuestAddress(rx_buf)).unwrap();
+        assert_eq!(got[0], 0, "no flags from the transmitted frame's header");
+        assert_eq!(&got[HDR_LEN..], &inbound[..], "the frame that arrived, not the one sent");
     }
 
     #[test]
