@@ -81,12 +81,12 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, BootE
     })
 }
 
-/// Copies the initrd to the top of low memory (page aligned); returns its
-/// address and size.
+/// Reads the initrd to the top of low memory (page aligned), straight from
+/// the file into guest memory; returns its address and size.
 pub fn load_initrd(mem: &GuestMemory, path: &Path, mem_size: u64) -> Result<(u64, u64), BootError> {
     let shown = path.display().to_string();
-    let data = std::fs::read(path).map_err(|e| BootError::OpenInitrd(shown.clone(), e))?;
-    let size = data.len() as u64;
+    let mut file = File::open(path).map_err(|e| BootError::OpenInitrd(shown.clone(), e))?;
+    let size = file.metadata().map_err(|e| BootError::OpenInitrd(shown.clone(), e))?.len();
     let top = low_ram_end(mem_size);
     let addr = top
         .checked_sub(size)
@@ -94,7 +94,8 @@ pub fn load_initrd(mem: &GuestMemory, path: &Path, mem_size: u64) -> Result<(u64
         .filter(|&a| a >= HIMEM_START)
         .ok_or(BootError::InitrdTooLarge { size })?;
     use vm_memory::Bytes;
-    mem.write_slice(&data, GuestAddress(addr)).map_err(|e| BootError::LoadInitrd(e.to_string()))?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .map_err(|e| BootError::LoadInitrd(e.to_string()))?;
     Ok((addr, size))
 }
 
