@@ -96,6 +96,45 @@ pub fn work_dir(name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Where `needle` ends in `text`: as written, or else with every kernel
+/// message (`[  seconds.micros] …` up to its line end) left out.
+fn find_across_kernel_lines(text: &str, needle: &str) -> Option<usize> {
+    if let Some(at) = text.find(needle) {
+        return Some(at + needle.len());
+    }
+    // The text without kernel messages, and where each of its bytes was.
+    let mut kept = String::with_capacity(text.len());
+    let mut at = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if let Some(len) = kernel_message_len(&text[i..]) {
+            i += len;
+            continue;
+        }
+        let c = text[i..].chars().next()?;
+        kept.push(c);
+        at.extend((i..i + c.len_utf8()).map(|_| i));
+        i += c.len_utf8();
+    }
+    let found = kept.find(needle)?;
+    let last = at[found + needle.len() - 1];
+    Some(last + text[last..].chars().next()?.len_utf8())
+}
+
+/// The length of a kernel message at the start of `text` (`[    4.492514] …`
+/// through its newline), if one starts there.
+fn kernel_message_len(text: &str) -> Option<usize> {
+    let stamp = text.strip_prefix('[')?;
+    let close = stamp.find("] ")?;
+    let (secs, micros) = stamp[..close].trim_start().split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(secs) || micros.len() != 6 || !digits(micros) {
+        return None;
+    }
+    let line_end = text.find('\n').map_or(text.len(), |n| n + 1);
+    Some(line_end)
+}
+
 /// The last 3000 characters of a console, for an error message.
 fn tail(text: &str) -> String {
     let start = text.char_indices().rev().nth(2999).map_or(0, |(i, _)| i);
@@ -235,10 +274,16 @@ impl Appliance {
 
     /// Waits until `needle` appears on the console after what earlier calls
     /// matched; returns the text up to and including it.
+    ///
+    /// The kernel prints its messages on the same console, and one can land
+    /// in the middle of a line init is writing (`kvmos-init: read[ 4.49]
+    /// br0: …⏎y`). A needle that is not found as written is looked for
+    /// again with the kernel's lines taken out.
     pub fn expect(&mut self, needle: &str, timeout: Duration) -> Result<String> {
         let cursor = self.cursor;
         let (end, seen) = self.wait_on_console(timeout, &format!("{needle:?}"), |text| {
-            let end = cursor + text[cursor..].find(needle)? + needle.len();
+            let rest = &text[cursor..];
+            let end = cursor + find_across_kernel_lines(rest, needle)?;
             Some((end, text[cursor..end].to_string()))
         })?;
         self.cursor = end;
@@ -422,5 +467,24 @@ pub fn wait_https(port: u16, path: &str, timeout: Duration) -> Result<String> {
             bail!("https://127.0.0.1:{port}{path} did not answer 200 within {timeout:?}: {err:#}");
         }
         std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_split_by_kernel_messages_is_still_found() {
+        let text = "kvmos-init: read[    4.492514] br0: port 1(eth0) entered blocking state\r\n\
+                    y[    4.498204] br0: port 1(eth0) entered disabled state\r\n\r\nnext";
+        let end = find_across_kernel_lines(text, "kvmos-init: ready").unwrap();
+        assert_eq!(&text[end - 1..end], "y");
+        // As written, when it is there; kernel messages themselves too.
+        assert_eq!(find_across_kernel_lines("a ready b", "ready"), Some(7));
+        assert!(find_across_kernel_lines(text, "entered disabled state").is_some());
+        // What is left reads as init wrote it.
+        assert!(find_across_kernel_lines(text, "kvmos-init: ready\r\nnext").is_some());
+        assert_eq!(find_across_kernel_lines("[not a stamp] ready", "not ready"), None);
     }
 }
