@@ -690,7 +690,9 @@ fn a_cloud_image_imported_by_url_comes_up_on_ssh_and_grows() {
     assert!(root > 2800 << 20, "growpart gave the root file system the copy's 3 GiB: {facts}");
 
     // 4. Stop it, grow the disk to 4 GiB, start it: the guest grows into it.
-    ssh.run("sync").unwrap();
+    // cloud-init's first boot may still be running (and restarting sshd,
+    // which once reset the next connection): wait for it, then sync.
+    ssh.wait("cloud-init status --wait > /dev/null; sync", GUEST_TIMEOUT).unwrap();
     panel.action(&id, "force-off").unwrap();
     panel.wait_state(&id, "stopped", GUEST_TIMEOUT).unwrap();
     let grown = panel.ok("POST", "/api/v1/images/web1-disk/grow", Some(json!({"size_mib": 4096}))).unwrap();
