@@ -692,7 +692,7 @@ fn a_cloud_image_imported_by_url_comes_up_on_ssh_and_grows() {
     // 4. Stop it, grow the disk to 4 GiB, start it: the guest grows into it.
     // cloud-init's first boot may still be running (and restarting sshd,
     // which once reset the next connection): wait for it, then sync.
-    ssh.wait("cloud-init status --wait > /dev/null; sync", GUEST_TIMEOUT).unwrap();
+    ssh.wait("timeout 600 cloud-init status --wait > /dev/null; sync", GUEST_TIMEOUT).unwrap();
     panel.action(&id, "force-off").unwrap();
     panel.wait_state(&id, "stopped", GUEST_TIMEOUT).unwrap();
     let grown = panel.ok("POST", "/api/v1/images/web1-disk/grow", Some(json!({"size_mib": 4096}))).unwrap();
