@@ -22,6 +22,12 @@ pub struct Binaries {
     pub webadmin: PathBuf,
 }
 
+/// Cargo's target directory for this checkout: `CARGO_TARGET_DIR`, or
+/// `target/` in the repository.
+pub fn target_dir(repo: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"))
+}
+
 /// Runs `cargo build --release` for the appliance programs.
 pub fn build(repo: &Path) -> Result<Binaries> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -38,8 +44,7 @@ pub fn build(repo: &Path) -> Result<Binaries> {
     if !status.success() {
         bail!("building the appliance binaries failed ({status}); see cargo's output above");
     }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
-    let dir = target_dir.join(TARGET).join("release");
+    let dir = target_dir(repo).join(TARGET).join("release");
     let find = |name: &str| -> Result<PathBuf> {
         let p = dir.join(name);
         let bytes = std::fs::read(&p).with_context(|| format!("cargo built no {}", p.display()))?;

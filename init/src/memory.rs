@@ -30,12 +30,12 @@ fn mem_total_kib(meminfo: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// What to do with the reserve: `Some((from, to))` to lower it, `None` to
+/// What to do with the reserve: `Some(kib)` to lower it to that, `None` to
 /// leave it (already at or below the kernel's default).
-pub fn plan(meminfo: &str, current_kib: u64) -> Result<Option<(u64, u64)>, String> {
+pub fn plan(meminfo: &str, current_kib: u64) -> Result<Option<u64>, String> {
     let total = mem_total_kib(meminfo).ok_or("no MemTotal in /proc/meminfo")?;
     let target = kernel_default_min_free_kbytes(total);
-    Ok((current_kib > target).then_some((current_kib, target)))
+    Ok((current_kib > target).then_some(target))
 }
 
 /// Lowers the reserve to the kernel's default when huge pages raised it.
@@ -45,10 +45,10 @@ pub fn size_reserve() -> Result<String, String> {
     let current: u64 = read(MIN_FREE)?.trim().parse().map_err(|e| format!("{MIN_FREE}: {e}"))?;
     match plan(&meminfo, current)? {
         None => Ok(format!("free-memory reserve {current} KiB (the kernel's default)")),
-        Some((from, to)) => {
+        Some(to) => {
             std::fs::write(Path::new(MIN_FREE), to.to_string()).map_err(|e| format!("cannot write {MIN_FREE}: {e}"))?;
             Ok(format!(
-                "free-memory reserve {from} → {to} KiB (the kernel's default for this RAM; huge pages had raised it)"
+                "free-memory reserve {current} → {to} KiB (the kernel's default for this RAM; huge pages had raised it)"
             ))
         }
     }
@@ -64,7 +64,7 @@ mod tests {
         // kernel's 5.6 MiB.
         let two_gib = "MemTotal:        2012336 kB\nMemFree:         1900000 kB\n";
         assert_eq!(kernel_default_min_free_kbytes(2_012_336), 5674);
-        assert_eq!(plan(two_gib, 22528).unwrap(), Some((22528, 5674)));
+        assert_eq!(plan(two_gib, 22528).unwrap(), Some(5674));
         assert_eq!(plan(two_gib, 5674).unwrap(), None);
         // 64 GiB: the kernel's own figure is already above khugepaged's.
         assert_eq!(plan("MemTotal:       65000000 kB\n", 32249).unwrap(), None);

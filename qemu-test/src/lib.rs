@@ -73,10 +73,10 @@ pub fn vmm_with_test_hooks() -> Result<&'static PathBuf> {
         if !status.success() {
             return Err(format!("building kvmos-vmm with its test hooks failed ({status}); see cargo's output above"));
         }
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target"));
+        let built = kvmos_image_builder::binaries::target_dir(&repo).join("debug/kvmos-vmm");
         let copy = test_root().join("kvmos-vmm-test-hooks");
         std::fs::create_dir_all(test_root()).map_err(|e| e.to_string())?;
-        std::fs::copy(target.join("debug/kvmos-vmm"), &copy).map_err(|e| format!("{}: {e}", copy.display()))?;
+        std::fs::copy(built, &copy).map_err(|e| format!("{}: {e}", copy.display()))?;
         Ok(copy)
     })
     .as_ref()

@@ -130,9 +130,7 @@ impl Nested {
     pub fn with_vmm(self) -> Result<Self> {
         let img = image()?;
         let layout = Layout::this_checkout();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| layout.repo.join("target"));
+        let target = kvmos_image_builder::binaries::target_dir(&layout.repo);
         let vmm = std::fs::read(target.join(TARGET).join("release/kvmos-vmm")).context("the static kvmos-vmm")?;
         let kernel = std::fs::read(&img.guest_kernel)?;
         self.file("kvmos-vmm", vmm, 0o755)?.file("guest-bzImage", kernel, 0o644)

@@ -114,11 +114,11 @@ async fn logged_in_browser<T: Send + 'static>(
     (host, b, prepared)
 }
 
-/// Runs `script` (a JavaScript expression) in the page until it is true.
 /// Whether the top bar with the navigation links is on the page.
 const NAV_SHOWN: &str =
     "(() => { const t = document.getElementById('topbar'); return !!t && !t.hidden && t.offsetParent !== null; })()";
 
+/// Runs `script` (a JavaScript expression) in the page until it is true.
 async fn wait_js(b: &Browser, what: &str, script: &str, timeout: Duration) {
     b.wait_js(what, script, timeout).await.unwrap();
 }

@@ -303,11 +303,9 @@ fn a_vmm_killed_by_seccomp_is_recorded_with_its_reason() {
     panel.console(&id).unwrap().expect(PROMPT, T).unwrap();
     // The test, as root, talks to the VMM's own API, as a compromised VMM
     // thread would act on its own.
-    let api = host.dir.join("run").join(&id).join("control.sock");
-    let mut s = std::os::unix::net::UnixStream::connect(&api).unwrap();
-    let body = r#"{"action":"forbidden_syscall"}"#;
-    let req = format!("PUT /actions HTTP/1.1\r\nHost: vmm\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+    // No answer comes: the VMM dies in the call.
+    let vmm_api = kvmos_contract::control::Client::new(host.dir.join("run").join(&id).join("control.sock"));
+    let _ = vmm_api.request("PUT", "/actions", Some(r#"{"action":"forbidden_syscall"}"#));
     panel.wait_state(&id, "stopped", T).unwrap();
     let run = last_run(&panel, &id);
     assert_eq!(run["exit_code"], kvmos_vmm::exit::EXIT_FORBIDDEN_SYSCALL, "{run}");

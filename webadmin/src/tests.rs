@@ -84,6 +84,16 @@ impl Harness {
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
+        let b = self.request(method, path);
+        let req = match body {
+            Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())),
+            None => b.body(Body::empty()),
+        };
+        self.raw(req.unwrap()).await
+    }
+
+    /// A request with this client's session or token, to give a body.
+    pub fn request(&self, method: Method, path: &str) -> axum::http::request::Builder {
         let mut b = Request::builder().method(method).uri(path);
         if let Some(c) = &self.cookie {
             b = b.header(header::COOKIE, format!("kvmos_session={c}"));
@@ -94,11 +104,7 @@ impl Harness {
         if let Some(t) = &self.bearer {
             b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let req = match body {
-            Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())),
-            None => b.body(Body::empty()),
-        };
-        self.raw(req.unwrap()).await
+        b
     }
 
     /// Takes the session from a login or setup answer.
@@ -529,11 +535,8 @@ async fn a_body_that_stops_arriving_gets_408() {
     use futures_util::StreamExt;
     let first: Result<axum::body::Bytes, std::io::Error> = Ok(axum::body::Bytes::from_static(b"{\"name\": \"we"));
     let stalled = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("/api/v1/vms")
-        .header(header::COOKIE, format!("kvmos_session={}", h.cookie.as_deref().unwrap()))
-        .header("x-csrf-token", h.csrf.as_deref().unwrap())
+    let req = h
+        .request(Method::POST, "/api/v1/vms")
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(stalled))
         .unwrap();

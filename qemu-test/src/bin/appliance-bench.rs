@@ -52,16 +52,7 @@ fn main() -> Result<()> {
     let used = host["memory_used_bytes"].as_u64().unwrap_or(0);
     let total = host["memory_total_bytes"].as_u64().unwrap_or(0);
 
-    let vm_spec = serde_json::json!({"name": "bench", "vcpus": 1, "memory_mib": 128,
-        "boot": {"type": "guest", "guest": "demo"}, "network": true});
-    let id = panel.ok("POST", "/api/v1/vms", Some(vm_spec))?["id"].as_str().context("id")?.to_string();
-    let t1 = Instant::now();
-    panel.action(&id, "start")?;
-    let mut console = panel.console(&id)?;
-    let at = console.expect(READY_LINE, Duration::from_secs(600))?;
-    console.send("\n")?;
-    console.expect_after(at, "demo:/# ", Duration::from_secs(120))?;
-    let to_shell = t1.elapsed();
+    let (_, to_shell) = demo_to_prompt(&panel, "bench", true)?;
 
     println!("QEMU TCG -cpu max, 2 vCPUs, 2048 MiB, kvmos.img under OVMF, 512 MiB data disk");
     println!("  QEMU start → panel answering HTTPS: {:.2} s", to_panel.as_secs_f64());
@@ -79,6 +70,21 @@ fn main() -> Result<()> {
     }
     drop(vm);
     memory_breakdown(&dir)
+}
+
+/// Creates a 128 MiB demo VM named `name` and starts it from the panel;
+/// its ID and the time from "start" to its shell prompt.
+fn demo_to_prompt(panel: &Panel, name: &str, network: bool) -> Result<(String, Duration)> {
+    let vm_spec = serde_json::json!({"name": name, "vcpus": 1, "memory_mib": 128,
+        "boot": {"type": "guest", "guest": "demo"}, "network": network});
+    let id = panel.ok("POST", "/api/v1/vms", Some(vm_spec))?["id"].as_str().context("id")?.to_string();
+    let t0 = Instant::now();
+    panel.action(&id, "start")?;
+    let mut console = panel.console(&id)?;
+    let at = console.expect(READY_LINE, Duration::from_secs(600))?;
+    console.send("\n")?;
+    console.expect_after(at, "demo:/# ", Duration::from_secs(120))?;
+    Ok((id, t0.elapsed()))
 }
 
 /// Reads `kvmos-debug cat PATH` into lines.
@@ -165,14 +171,7 @@ fn memory_breakdown(dir: &std::path::Path) -> Result<()> {
     }
 
     // A VM's RAM still gets huge pages with the reserve the appliance sets.
-    let vm_spec = serde_json::json!({"name": "huge", "vcpus": 1, "memory_mib": 128,
-        "boot": {"type": "guest", "guest": "demo"}, "network": false});
-    let id = panel.ok("POST", "/api/v1/vms", Some(vm_spec))?["id"].as_str().context("id")?.to_string();
-    panel.action(&id, "start")?;
-    let mut console = panel.console(&id)?;
-    let at = console.expect(READY_LINE, Duration::from_secs(600))?;
-    console.send("\n")?;
-    console.expect_after(at, "demo:/# ", Duration::from_secs(120))?;
+    let (id, _) = demo_to_prompt(&panel, "huge", false)?;
     let meminfo = cat(&mut vm, "/proc/meminfo")?;
     println!(
         "  with a 128 MiB demo VM at its shell prompt: AnonHugePages {:.1}, MemTotal − MemAvailable {:.1}",
