@@ -51,6 +51,11 @@ impl IrqRouting {
         gsi
     }
 
+    /// Where `gsi` is routed, if it is an MSI route.
+    pub fn msi_route(&self, gsi: u32) -> Option<MsiMessage> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).msi.get(&gsi).copied()
+    }
+
     /// Routes `gsi` to `msg`, or takes its route away; a message that is
     /// already routed is not sent to KVM again.
     pub fn set_msi(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<(), kvm_ioctls::Error> {

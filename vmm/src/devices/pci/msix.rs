@@ -1,11 +1,15 @@
 //! MSI-X (PCI 3.0, 6.8.2): the capability, the vector table and the
 //! pending-bit array a function keeps in one of its BARs.
 //!
-//! Each vector has an irqfd on a GSI of its own; while the guest has the
-//! vector unmasked, that GSI is routed in KVM to the message (address and
-//! data) the guest wrote into the table, so raising the interrupt is one
-//! eventfd write. A vector raised while masked is remembered in the
-//! pending-bit array and raised when the guest unmasks it.
+//! Each vector has an irqfd on a GSI of its own; while the guest has MSI-X
+//! enabled, that GSI is routed in KVM to the message (address and data) the
+//! guest last wrote into the table, so raising the interrupt is one eventfd
+//! write. Masking is done here, not in KVM: a vector raised while masked is
+//! remembered in the pending-bit array and raised when the guest unmasks
+//! it. The route stays while a vector is masked, so a message KVM is still
+//! delivering when the guest masks (as Linux does around every change of a
+//! vector's address) arrives, as it would from hardware, and masking costs
+//! no routing update.
 
 use crate::vstate::irq_routing::{IrqRouting, MsiMessage};
 use std::sync::Arc;
@@ -163,7 +167,7 @@ impl Msix {
 
     fn update_route(&self, v: usize) {
         let (Some(e), Some(&gsi)) = (self.entries.get(v), self.gsis.get(v)) else { return };
-        let msg = (self.enabled && !e.masked()).then_some(MsiMessage { address: e.address, data: e.data });
+        let msg = self.enabled.then_some(MsiMessage { address: e.address, data: e.data });
         if let Err(err) = self.routing.set_msi(gsi, msg) {
             tracing::warn!("MSI-X vector {v}: KVM refused the route: {err}");
         }
@@ -184,6 +188,11 @@ impl Msix {
         }
     }
 
+    /// Forgets every pending vector (the device was reset).
+    pub fn clear_pending(&mut self) {
+        self.pending.fill(false);
+    }
+
     /// Raises `vector`, or marks it pending while it is masked.
     pub fn trigger(&mut self, vector: u16) {
         let v = usize::from(vector);
@@ -195,5 +204,72 @@ impl Msix {
         } else {
             self.pending[v] = true;
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A VM with the in-kernel irqchip (MSI routes need it) and a table of
+    /// two vectors; vector 0 is programmed and unmasked, MSI-X enabled.
+    pub(crate) fn table() -> (Arc<IrqRouting>, Msix) {
+        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
+        let vm = Arc::new(kvm.create_vm().expect("a VM"));
+        vm.create_irq_chip().expect("the in-kernel irqchip");
+        let routing = Arc::new(IrqRouting::new(Arc::clone(&vm)).expect("routing"));
+        let mut msix = Msix::new(2, &vm, Arc::clone(&routing)).expect("MSI-X");
+        msix.write_table(0, &0xfee0_0000u64.to_le_bytes());
+        msix.write_table(8, &0x4041u32.to_le_bytes());
+        msix.write_table(12, &0u32.to_le_bytes());
+        msix.set_control(CONTROL_ENABLE);
+        (routing, msix)
+    }
+
+    pub(crate) fn pending(msix: &Msix) -> u8 {
+        let mut b = [0u8];
+        msix.read_pba(0, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn a_vector_raised_while_masked_is_pending_until_unmasked_and_keeps_its_route() {
+        let (routing, mut msix) = table();
+        let gsi = msix.gsis[0];
+        let msg = MsiMessage { address: 0xfee0_0000, data: 0x4041 };
+        assert_eq!(routing.msi_route(gsi), Some(msg));
+        msix.trigger(0);
+        assert_eq!(pending(&msix), 0, "an unmasked vector is raised at once");
+
+        msix.write_table(12, &VECTOR_MASKED.to_le_bytes());
+        assert_eq!(routing.msi_route(gsi), Some(msg), "a message KVM is still delivering keeps its route");
+        msix.trigger(0);
+        assert_eq!(pending(&msix), 1, "raised while masked: pending");
+        // As Linux changes a vector's address: masked, new message, unmasked.
+        msix.write_table(8, &0x4042u32.to_le_bytes());
+        assert_eq!(routing.msi_route(gsi), Some(MsiMessage { data: 0x4042, ..msg }));
+        msix.write_table(12, &0u32.to_le_bytes());
+        assert_eq!(pending(&msix), 0, "unmasking raised it");
+
+        msix.set_control(CONTROL_ENABLE | CONTROL_FUNCTION_MASK);
+        msix.trigger(0);
+        assert_eq!(pending(&msix), 1, "the function mask holds it too");
+        msix.clear_pending();
+        msix.set_control(CONTROL_ENABLE);
+        assert_eq!(pending(&msix), 0, "a reset forgets it");
+
+        msix.set_control(0);
+        assert_eq!(routing.msi_route(gsi), None, "MSI-X disabled: no route");
+    }
+
+    #[test]
+    fn vectors_the_table_does_not_have_are_ignored() {
+        let (_, mut msix) = table();
+        msix.trigger(7);
+        msix.write_table(5 * ENTRY_SIZE, &[0xff; 4]);
+        let mut b = [0xaau8; 4];
+        msix.read_table(9 * ENTRY_SIZE, &mut b);
+        assert_eq!(b, [0; 4]);
+        assert_eq!(pending(&msix), 0);
     }
 }

@@ -73,6 +73,20 @@ impl Interrupt {
         self.msix.as_ref()
     }
 
+    /// The device was reset: nothing is pending, and (on virtio-pci) the
+    /// queues and config changes have no MSI-X vector until the driver
+    /// assigns them again (virtio 1.2, 4.1.4.3, as QEMU does).
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        if let Some(m) = &self.msix {
+            m.config_vector.store(NO_VECTOR, Ordering::SeqCst);
+            for v in &m.queue_vectors {
+                v.store(NO_VECTOR, Ordering::SeqCst);
+            }
+            m.table.lock().unwrap_or_else(|p| p.into_inner()).clear_pending();
+        }
+    }
+
     /// Tells the guest that queue `queue` has used buffers waiting.
     pub fn signal_used_queue(&self, queue: u16) {
         if let Some(m) = &self.msix {
@@ -143,4 +157,31 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device: drop the queues.
     fn reset(&mut self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::pci::msix::tests::{pending, table};
+
+    #[test]
+    fn a_reset_takes_the_vectors_away_and_forgets_what_was_pending() {
+        let (_, msix) = table();
+        let table = Arc::new(Mutex::new(msix));
+        let interrupt = Interrupt::with_msix(EventFd::new(libc::EFD_NONBLOCK).unwrap(), Arc::clone(&table), 2);
+        let m = interrupt.msix().unwrap();
+        m.config_vector.store(1, Ordering::SeqCst);
+        m.queue_vectors[0].store(1, Ordering::SeqCst);
+        m.queue_vectors[1].store(0, Ordering::SeqCst);
+        // Vector 1 is masked (as after reset): the queue's interrupt waits.
+        interrupt.signal_used_queue(0);
+        assert_eq!(pending(&table.lock().unwrap()), 0b10);
+        interrupt.status.store(INT_VRING, Ordering::SeqCst);
+
+        interrupt.reset();
+        assert_eq!(m.config_vector.load(Ordering::SeqCst), NO_VECTOR);
+        assert!(m.queue_vectors.iter().all(|v| v.load(Ordering::SeqCst) == NO_VECTOR));
+        assert_eq!(pending(&table.lock().unwrap()), 0);
+        assert_eq!(interrupt.status.load(Ordering::SeqCst), 0);
+    }
 }

@@ -4,7 +4,6 @@
 
 use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::vstate::memory::GuestMemory;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 
@@ -120,7 +119,7 @@ impl VirtioState {
         self.status = 0;
         self.acked_features = 0;
         self.activated = false;
-        self.interrupt.status.store(0, Ordering::SeqCst);
+        self.interrupt.reset();
     }
 
     /// The driver wrote the status byte: 0 resets; ACKNOWLEDGE, DRIVER,
