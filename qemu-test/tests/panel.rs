@@ -358,9 +358,11 @@ fn idle_and_half_open_connections_are_closed() {
     let panel = Panel::new(host.port);
     let mut idle: Vec<std::net::TcpStream> =
         (0..200).map(|_| std::net::TcpStream::connect(("127.0.0.1", host.port)).unwrap()).collect();
+    // From another address: one address may hold at most 256 connections.
     let mut half: Vec<_> = (0..200)
         .map(|_| {
-            let mut tls = panel.tls().unwrap();
+            let tcp = kvmos_qemu_test::panel::connect_from([127, 0, 0, 2].into(), host.port).unwrap();
+            let mut tls = panel.tls_over(tcp).unwrap();
             tls.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n").unwrap();
             tls.flush().unwrap();
             tls
@@ -388,4 +390,54 @@ fn idle_and_half_open_connections_are_closed() {
     assert!(started.elapsed() < Duration::from_secs(25), "closed within the header timeout: {:?}", started.elapsed());
     let (status, _) = panel.call("GET", "/api/v1/health", None).unwrap();
     assert_eq!(status, 200);
+}
+
+/// One address may hold at most 256 connections open
+/// (`webadmin/src/connections.rs`): the next is closed at once, before
+/// TLS; other addresses are still served; a closed connection frees its
+/// slot.
+#[test]
+fn connections_over_the_per_address_cap_are_closed_and_others_are_served() {
+    use kvmos_qemu_test::panel::connect_from;
+    use std::io::Read;
+    const PER_ADDRESS: usize = 256;
+    let host = HostPanel::start("panel-connection-cap").unwrap();
+    let panel = Panel::new(host.port);
+    let crowd: std::net::Ipv4Addr = [127, 0, 0, 7].into();
+    let mut held: Vec<_> = (0..PER_ADDRESS).map(|_| connect_from(crowd, host.port).unwrap()).collect();
+    // The panel admits connections in the order they come: wait until the
+    // last of them is in (its TLS handshake would be answered).
+    std::thread::sleep(Duration::from_secs(1));
+    let mut over = connect_from(crowd, host.port).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    let mut b = [0u8; 16];
+    match over.read(&mut b) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection over the cap is closed at once, not {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "closed at once: {:?}", started.elapsed());
+
+    let (status, body) = panel.call("GET", "/api/v1/health", None).unwrap();
+    assert_eq!(status, 200, "another address is served: {body}");
+
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let tcp = connect_from(crowd, host.port).unwrap();
+        let answer = panel.tls_over(tcp).and_then(|mut tls| {
+            use std::io::Write;
+            tls.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut s = String::new();
+            let _ = tls.read_to_string(&mut s);
+            Ok(s)
+        });
+        if matches!(&answer, Ok(s) if s.starts_with("HTTP/1.1 200")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a closed connection frees its slot: {answer:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(held);
 }

@@ -17,6 +17,7 @@ mod app;
 mod audit;
 mod auth;
 mod cloud_init;
+mod connections;
 mod console;
 mod download;
 mod host;

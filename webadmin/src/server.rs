@@ -62,7 +62,12 @@ pub async fn serve(state: State, listen: SocketAddr, redirect_from: Option<Socke
         spawn_redirect(from, listen.port());
     }
     tracing::info!(%listen, data_dir = %state.paths.data_dir.display(), ram_only = state.paths.ram_only, "serving HTTPS");
-    let mut server = axum_server::bind_rustls(listen, state.tls.clone()).handle(handle);
+    // Before TLS: connections over the cap are closed at once.
+    let total = crate::connections::total_for_file_limit();
+    let cap = crate::connections::ConnectionCap::new(total, crate::connections::PER_ADDRESS);
+    tracing::info!(total, per_address = crate::connections::PER_ADDRESS, "connection cap");
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(state.tls.clone()).acceptor(cap);
+    let mut server = axum_server::bind(listen).acceptor(acceptor).handle(handle);
     // A connection that sends no complete request head within this time
     // (idle keep-alive, half-open, slowloris) is closed; the TLS handshake
     // has its own 10 s limit in axum-server.
