@@ -18,6 +18,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 const NO_DISPLAY: &str = "this VM has no display (direct kernel boot); boot it with firmware";
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -278,14 +279,37 @@ fn run_inner(
     }
     machine.control.stop();
     kick_until(&threads, || threads.iter().all(|t| t.is_finished()));
-    for t in threads {
-        let _ = t.join();
-    }
+    join_or_leave(threads, Duration::ZERO);
+    let mut device_joins = Vec::new();
     for (stop, thread) in device_threads {
         let _ = stop.write(1);
-        let _ = thread.join();
+        device_joins.push(thread);
     }
+    join_or_leave(device_joins, DEVICE_THREAD_GRACE);
     Ok(machine.exit.reason().unwrap_or(ExitReason::Stopped))
+}
+
+/// How long a device thread has to finish the request it is in when the
+/// VM stops (a disk write in progress).
+const DEVICE_THREAD_GRACE: Duration = Duration::from_secs(2);
+
+/// Joins the threads that end within `grace`; a thread still blocked
+/// after it (a disk read on a hung file system, or a vCPU waiting for
+/// that disk's lock) is left behind: it ends with the process, and the VM
+/// stops all the same.
+fn join_or_leave(threads: Vec<std::thread::JoinHandle<()>>, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && !threads.iter().all(|t| t.is_finished()) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for t in threads {
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            let name = t.thread().name().unwrap_or("a thread").to_string();
+            tracing::warn!("{name} is still blocked (in a device's I/O); the VM stops without it");
+        }
+    }
 }
 
 /// A device thread's handle, and the event that ends it.
