@@ -95,7 +95,8 @@ fn a_disk_whose_reads_never_end_holds_up_neither_the_api_nor_a_stop() {
     let reader = dir.path().join("reader.img");
     std::fs::write(&reader, tiny_guest::disk_label_reader("reading the hung disk")).unwrap();
     let hung = format!("{},ro", mnt.path().join(DISK).display());
-    let mut vm = support::Vm::start_disks(&[&reader.display().to_string(), &hung], kvmos_vmm::jail::testing::next_slot());
+    let mut vm =
+        support::Vm::start_disks(&[&reader.display().to_string(), &hung], kvmos_vmm::jail::testing::next_slot());
     vm.wait_console("reading the hung disk", 1);
     let deadline = Instant::now() + Duration::from_secs(20);
     while reads.load(Ordering::SeqCst) == 0 {
