@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub use kvmos_image_builder::qemu::{Boot, Serial};
 
+pub mod abuse;
 pub mod browser;
 pub mod debian;
 pub mod https_file;

@@ -1,6 +1,7 @@
-//! Load on the panel for its benchmarks: oha (a second process) sending
-//! authenticated API calls at a fixed rate over loopback HTTPS, and the
-//! panel's resident memory while it runs.
+//! Load on the panel: authenticated API calls at a fixed rate over
+//! loopback HTTPS, sent by oha (a second process, for the benchmarks) or
+//! by [`Steady`] (threads in this process, for the abuse test, which needs
+//! nothing installed), and the panel's resident memory while it runs.
 
 use crate::panel::{HostPanel, Panel};
 use anyhow::{bail, Context, Result};
@@ -26,7 +27,7 @@ pub struct Rate<'a> {
     pub pin: bool,
 }
 
-/// What oha saw, and the panel's peak memory meanwhile.
+/// What the load saw, and the panel's peak memory meanwhile.
 #[derive(Debug, Clone)]
 pub struct Figures {
     pub achieved_per_second: f64,
@@ -105,4 +106,91 @@ pub fn bench_panel(name: &str) -> Result<(HostPanel, Panel, String)> {
     let token = panel.ok("POST", "/api/v1/tokens", Some(serde_json::json!({"name": "bench"})))?;
     let secret = token["secret"].as_str().context("the token's secret")?.to_string();
     Ok((host, panel, secret))
+}
+
+/// A fixed rate of authenticated `GET url`s from threads in this process:
+/// `connections` threads, each over its own kept-alive HTTPS connection,
+/// each sending on a fixed schedule, together `per_second` for `seconds`.
+/// A request's latency runs from its send to the end of its answer.
+pub struct Steady<'a> {
+    pub url: &'a str,
+    pub token: &'a str,
+    pub per_second: u32,
+    pub seconds: u32,
+    pub connections: u32,
+}
+
+/// One thread's requests: latencies of the 200s, other statuses, errors.
+#[derive(Default)]
+struct Sent {
+    ok: Vec<Duration>,
+    other_statuses: u64,
+    errors: u64,
+}
+
+impl Steady<'_> {
+    pub fn run(&self, panel_pid: u32) -> Result<Figures> {
+        let interval = Duration::from_secs_f64(f64::from(self.connections) / f64::from(self.per_second));
+        let start = std::time::Instant::now() + Duration::from_millis(100);
+        let end = start + Duration::from_secs(u64::from(self.seconds));
+        let threads: Vec<_> = (0..self.connections)
+            .map(|i| {
+                let (url, auth) = (self.url.to_string(), format!("Bearer {}", self.token));
+                // Spread the threads' schedules over one interval.
+                let first = start + interval * i / self.connections;
+                std::thread::spawn(move || {
+                    let agent = crate::panel::agent(Duration::from_secs(10));
+                    let mut sent = Sent::default();
+                    let mut at = first;
+                    while at < end {
+                        if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        let t = std::time::Instant::now();
+                        let answer = agent.get(&url).header("Authorization", &auth).call().and_then(|mut r| {
+                            let status = r.status().as_u16();
+                            r.body_mut().read_to_vec().map(|_| status)
+                        });
+                        match answer {
+                            Ok(200) => sent.ok.push(t.elapsed()),
+                            Ok(_) => sent.other_statuses += 1,
+                            Err(_) => sent.errors += 1,
+                        }
+                        at += interval;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        let mut peak = 0;
+        while !threads.iter().all(|t| t.is_finished()) {
+            peak = peak.max(rss_kib(panel_pid));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let mut all = Sent::default();
+        for t in threads {
+            let s = t.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))?;
+            all.ok.extend(s.ok);
+            all.other_statuses += s.other_statuses;
+            all.errors += s.errors;
+        }
+        let took = start.elapsed().as_secs_f64();
+        all.ok.sort();
+        let ms = |q: f64| {
+            let i = ((all.ok.len() as f64 * q).ceil() as usize).saturating_sub(1);
+            all.ok.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+        };
+        let answered = all.ok.len() as u64 + all.other_statuses;
+        Ok(Figures {
+            achieved_per_second: answered as f64 / took,
+            ok: all.ok.len() as u64,
+            other_statuses: all.other_statuses,
+            errors: all.errors,
+            p50_ms: ms(0.50),
+            p90_ms: ms(0.90),
+            p99_ms: ms(0.99),
+            max_ms: ms(1.0),
+            peak_rss_kib: peak,
+        })
+    }
 }

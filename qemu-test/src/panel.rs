@@ -20,7 +20,7 @@ pub struct Panel {
 }
 
 /// An HTTPS client for the panel's self-signed certificate.
-fn agent(timeout: Duration) -> ureq::Agent {
+pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
     let tls = ureq::tls::TlsConfig::builder().disable_verification(true).build();
     ureq::Agent::config_builder()
         .tls_config(tls)

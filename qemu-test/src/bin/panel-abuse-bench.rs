@@ -17,82 +17,14 @@
 //! panel to CPU 0 and oha to CPU 1)
 
 use anyhow::{Context, Result};
+use kvmos_qemu_test::abuse::{closed, failed_logins, file_kib, idle_connections};
 use kvmos_qemu_test::load::{bench_panel, rss_kib, Rate};
-use kvmos_qemu_test::panel::{connect_from, Panel};
-use std::io::{Read, Write};
-use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const LOGIN_SOURCES: u32 = 1000;
 const LOGINS_PER_SOURCE: u32 = 10;
 const IDLE_CONNECTIONS: u32 = 500;
-
-/// What the failed logins got back.
-#[derive(Default, Debug)]
-struct Logins {
-    unauthorized: u32,
-    too_many: u32,
-    other: u32,
-    connection_errors: u32,
-}
-
-/// One POST /api/v1/login with a wrong password on `tls`; the status.
-fn failed_login(tls: &mut (impl Read + Write)) -> Result<u16> {
-    let body = r#"{"password":"not the password"}"#;
-    write!(
-        tls,
-        "POST /api/v1/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    tls.flush()?;
-    // The head, then the body its Content-Length gives.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if tls.read(&mut byte)? == 0 {
-            anyhow::bail!("closed");
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut rest = vec![0u8; len];
-    tls.read_exact(&mut rest)?;
-    Ok(status)
-}
-
-fn failed_logins(panel: &Panel, port: u16, over: Duration) -> Logins {
-    let mut out = Logins::default();
-    let pause = over / (LOGIN_SOURCES * LOGINS_PER_SOURCE);
-    for n in 0..LOGIN_SOURCES {
-        let source = Ipv4Addr::new(127, 3, (n / 250) as u8, (n % 250 + 1) as u8);
-        let tls = connect_from(source, port).and_then(|tcp| panel.tls_over(tcp));
-        let Ok(mut tls) = tls else {
-            out.connection_errors += LOGINS_PER_SOURCE;
-            continue;
-        };
-        for _ in 0..LOGINS_PER_SOURCE {
-            match failed_login(&mut tls) {
-                Ok(401) => out.unauthorized += 1,
-                Ok(429) => out.too_many += 1,
-                Ok(_) => out.other += 1,
-                Err(_) => out.connection_errors += 1,
-            }
-            std::thread::sleep(pause);
-        }
-    }
-    out
-}
-
-fn file_kib(path: &std::path::Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len() / 1024).unwrap_or(0)
-}
 
 fn main() -> Result<()> {
     let rate: u32 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1000);
@@ -106,28 +38,18 @@ fn main() -> Result<()> {
         Command::new("taskset").args(["-a", "-p", "-c", "0", &pid.to_string()]).status()?;
     }
 
-    let idle: Vec<std::net::TcpStream> = (0..IDLE_CONNECTIONS)
-        .filter_map(|n| connect_from(Ipv4Addr::new(127, 4, (n / 250) as u8, (n % 250 + 1) as u8), host.port).ok())
-        .collect();
+    let idle = idle_connections(host.port, IDLE_CONNECTIONS);
     let opened = idle.len();
     let started = Instant::now();
     let port = host.port;
-    let login_panel = Panel::new(port);
-    let logins = std::thread::spawn(move || failed_logins(&login_panel, port, Duration::from_secs(u64::from(secs))));
+    let over = Duration::from_secs(u64::from(secs));
+    let logins = std::thread::spawn(move || failed_logins(port, LOGIN_SOURCES, LOGINS_PER_SOURCE, over, 1));
     let url = format!("https://127.0.0.1:{}/api/v1/vms", host.port);
     let load = Rate { url: &url, token: &secret, per_second: rate, seconds: secs, connections: 50, pin }.run(pid)?;
     let logins = logins.join().map_err(|_| anyhow::anyhow!("the login thread panicked"))?;
     let took = started.elapsed();
 
-    let closed = idle
-        .iter()
-        .filter(|s| {
-            s.set_nonblocking(true).is_ok() && {
-                let mut b = [0u8; 1];
-                matches!((&**s).read(&mut b), Ok(0))
-            }
-        })
-        .count();
+    let closed = closed(&idle);
     let health = panel.call("GET", "/api/v1/health", None).map(|(status, _)| status).unwrap_or(0);
     std::thread::sleep(Duration::from_secs(2));
     let after_rss = rss_kib(pid);
