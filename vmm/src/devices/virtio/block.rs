@@ -211,7 +211,7 @@ impl Block {
                 break;
             }
         }
-        used && a.queue.needs_notification(&a.mem).unwrap_or(true)
+        used && super::needs_interrupt(&mut a.queue, &a.mem)
     }
 }
 

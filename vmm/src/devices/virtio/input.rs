@@ -117,7 +117,7 @@ impl Queues {
             }
             used = true;
         }
-        if used && queue.needs_notification(&mem).unwrap_or(true) {
+        if used && super::needs_interrupt(queue, &mem) {
             irq.signal_used_queue(EVENTQ as u16);
         }
     }
@@ -133,7 +133,7 @@ impl Queues {
             }
             used = true;
         }
-        if used && queue.needs_notification(&mem).unwrap_or(true) {
+        if used && super::needs_interrupt(queue, &mem) {
             irq.signal_used_queue(STATUSQ as u16);
         }
     }

@@ -106,6 +106,26 @@ impl Interrupt {
     }
 }
 
+/// The driver's flag in the available ring: no interrupt wanted (it polls).
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Whether the driver wants an interrupt for the buffers the device has
+/// just put in `queue`'s used ring (call after adding them): with
+/// EVENT_IDX, the driver's used_event index says; without it, the
+/// available ring's NO_INTERRUPT flag, which Linux sets while it polls a
+/// queue (NAPI) (virtio 1.2, 2.7.7.2). virtio-queue reads only the former.
+pub fn needs_interrupt(queue: &mut Queue, mem: &GuestMemory) -> bool {
+    use virtio_queue::QueueT;
+    if queue.event_idx_enabled() {
+        return queue.needs_notification(mem).unwrap_or(true);
+    }
+    // The used entries are written; read the flag only after them, so a
+    // driver that clears it and then looks at the used ring misses nothing.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let flags: u16 = vm_memory::Bytes::read_obj(mem, vm_memory::GuestAddress(queue.avail_ring())).unwrap_or(0);
+    flags & VRING_AVAIL_F_NO_INTERRUPT == 0
+}
+
 /// What the event loop needs of a transport, MMIO or PCI: both keep a
 /// [`state::VirtioState`], which does the work.
 pub trait VirtioTransport: Send {

@@ -162,7 +162,7 @@ impl Net {
         // Transmit first: a reply to what the guest sent may already wait.
         let sent = tx && self.transmit(&mem);
         let received = rx && self.deliver_rx(&mem);
-        let notify = |q: Option<&mut Queue>| q.map(|q| q.needs_notification(&mem).unwrap_or(true)).unwrap_or(false);
+        let notify = |q: Option<&mut Queue>| q.map(|q| super::needs_interrupt(q, &mem)).unwrap_or(false);
         let want_tx = sent && notify(self.queues.get_mut(TX));
         let want_rx = received && notify(self.queues.get_mut(RX));
         if want_rx {

@@ -60,7 +60,7 @@ impl VirtioDevice for Rng {
             }
             used = true;
         }
-        if used && queue.needs_notification(mem).unwrap_or(true) {
+        if used && super::needs_interrupt(queue, mem) {
             irq.signal_used_queue(0);
         }
     }
@@ -86,4 +86,25 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
         filled += n as usize;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::testing::{TestDriver, AVAIL, BUFFERS};
+    use vm_memory::GuestAddress;
+
+    #[test]
+    fn a_driver_that_polls_gets_no_interrupt_and_one_that_waits_does() {
+        let mut d = TestDriver::new(Box::<Rng>::default());
+        // NO_INTERRUPT in the available ring's flags, as Linux sets it
+        // while it polls the queue.
+        d.mem.write_obj(1u16, GuestAddress(AVAIL)).unwrap();
+        assert_eq!(d.submit(&[(BUFFERS, 32, true)]), 32);
+        assert!(d.irq.read().is_err(), "no interrupt while the driver polls");
+
+        d.mem.write_obj(0u16, GuestAddress(AVAIL)).unwrap();
+        assert_eq!(d.submit(&[(BUFFERS, 32, true)]), 32);
+        assert_eq!(d.irq.read().unwrap(), 1, "an interrupt once the driver waits for one");
+    }
 }
