@@ -13,6 +13,10 @@
 //!   initramfs whose init prints its uptime and reboots, `quiet`: VMM
 //!   start → exit in L1 time. kvmos-vmm runs jailed. Its own timeline
 //!   (kernel read, VM built, vCPUs started, boot marker) is printed beside.
+//! - `fresh PAIRS`: the same, but each VMM run in an L1 of its own, just
+//!   booted (an L1 boot per sample), the order alternating each round: no
+//!   run inherits what an earlier VM left in the L1 or in the L0's cache
+//!   of translated code.
 //!
 //! Usage: `FIRECRACKER=/path/to/firecracker cargo run --release -p kvmos-qemu-test --bin firecracker-bench -- host 20`
 //! and `… -- nested 10`. With `KVMOS_VMM_BASE=/path/to/another/kvmos-vmm`, the
@@ -129,71 +133,122 @@ fn kvmos_command(binary: &str) -> String {
     )
 }
 
-/// One VMM run in the L1: which, its exit code, VMM start → exit in L1
-/// seconds, and what it printed.
+/// One VMM run in an L1: which, its exit code, VMM start → exit in L1
+/// seconds, what it printed, and the round it belongs to.
 struct Run {
     vmm: String,
     exit: String,
     span: f64,
     text: String,
+    round: usize,
 }
 
-fn nested(pairs: usize) -> Result<()> {
-    let fc = std::fs::read(firecracker()?)?;
-    // A second kvmos-vmm build to compare with (e.g. main's), if given.
-    let base = std::env::var_os("KVMOS_VMM_BASE").map(std::fs::read).transpose().context("KVMOS_VMM_BASE")?;
-    let mut round = format!("run kvmos {}\n", kvmos_command("kvmos-vmm"));
-    if base.is_some() {
-        round += &format!("run base {}\n", kvmos_command("kvmos-vmm-base"));
+/// The VMMs a round runs: kvmos-vmm, the base build if one is given, and
+/// Firecracker, each as `(name, command)`.
+fn vmm_commands(base: bool) -> Vec<(&'static str, String)> {
+    let mut v = vec![("kvmos", kvmos_command("kvmos-vmm"))];
+    if base {
+        v.push(("base", kvmos_command("kvmos-vmm-base")));
     }
-    round += "run firecracker ./firecracker --no-api --config-file fc.json --level Info\n";
+    v.push(("firecracker", "./firecracker --no-api --config-file fc.json --level Info".into()));
+    v
+}
+
+/// Boots one L1 with the VMMs and the guest, which runs `runs` (each a
+/// `(name, command)`) `times` times in turn; returns each run, in order.
+fn l1_runs(runs: &[(&str, String)], times: usize, fc: &[u8], base: Option<&[u8]>) -> Result<Vec<Run>> {
+    let round: String = runs.iter().map(|(name, cmd)| format!("run {name} {cmd}\n")).collect();
     let script = format!(
         "now() {{ cut -d' ' -f1 /proc/uptime; }}\n\
          run() {{ name=$1; shift; t0=$(now); \"$@\" < /dev/null > out 2> err; code=$?; t1=$(now)\n\
            cat out err; echo \"RUN vmm=$name exit=$code l1_start=$t0 l1_end=$t1\"; }}\n\
-         for i in $(seq {pairs}); do\n{round}done\n"
+         for i in $(seq {times}); do\n{round}done\n"
     );
     let vmlinux = std::fs::read(&kvmos_qemu_test::image()?.guest_vmlinux)?;
     let mut l1 = Nested::new(&script)?
         .with_vmm()?
-        .file("firecracker", fc, 0o755)?
+        .file("firecracker", fc.to_vec(), 0o755)?
         .file("fc.json", firecracker_config("vmlinux", Some("l2.cpio.zst")).into_bytes(), 0o644)?
         .file("vmlinux", vmlinux, 0o644)?
         .file("l2.cpio.zst", guest_initramfs(L2_INIT)?, 0o644)?;
     if let Some(base) = base {
-        l1 = l1.file("kvmos-vmm-base", base, 0o755)?;
+        l1 = l1.file("kvmos-vmm-base", base.to_vec(), 0o755)?;
     }
     let r = l1.run("firecracker-bench-nested", Duration::from_secs(3600))?;
     // Each run's output ends with its RUN line: split on those.
-    let mut runs = Vec::new();
+    let mut out = Vec::new();
     let mut text = String::new();
     for line in r.output.lines() {
         if let Some(rest) = line.strip_prefix("RUN ") {
             let field = |k: &str| rest.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or("").to_string();
             let span = field("l1_end=").parse::<f64>().unwrap_or(f64::NAN)
                 - field("l1_start=").parse::<f64>().unwrap_or(f64::NAN);
-            runs.push(Run { vmm: field("vmm="), exit: field("exit="), span, text: std::mem::take(&mut text) });
+            let round = out.len() / runs.len() + 1;
+            out.push(Run { vmm: field("vmm="), exit: field("exit="), span, text: std::mem::take(&mut text), round });
         } else {
             text.push_str(line);
             text.push('\n');
         }
     }
+    if out.len() != runs.len() * times {
+        bail!("the L1 ran {} of {} VMM runs:\n{}", out.len(), runs.len() * times, r.output);
+    }
+    Ok(out)
+}
+
+/// `nested PAIRS`: every round in one L1.
+fn nested(pairs: usize) -> Result<()> {
+    let fc = std::fs::read(firecracker()?)?;
+    // A second kvmos-vmm build to compare with (e.g. main's), if given.
+    let base = std::env::var_os("KVMOS_VMM_BASE").map(std::fs::read).transpose().context("KVMOS_VMM_BASE")?;
+    let runs = l1_runs(&vmm_commands(base.is_some()), pairs, &fc, base.as_deref())?;
+    println!("nested: QEMU TCG -cpu max, L1 1024 MiB, 2 vCPUs; L2 the guest vmlinux (PVH) + busybox initramfs,");
+    println!("1 vCPU, 128 MiB, `{CMDLINE}`; {pairs} alternating rounds in one L1. kvmos-vmm runs jailed.");
+    report(&runs)
+}
+
+/// `fresh PAIRS`: each VMM run in an L1 of its own, just booted, so no run
+/// inherits what an earlier VM left in the L1 or in the L0's translation
+/// cache; which VMM goes first alternates from round to round.
+fn fresh(pairs: usize) -> Result<()> {
+    let fc = std::fs::read(firecracker()?)?;
+    let base = std::env::var_os("KVMOS_VMM_BASE").map(std::fs::read).transpose().context("KVMOS_VMM_BASE")?;
+    let mut all = Vec::new();
+    for round in 1..=pairs {
+        let mut order = vmm_commands(base.is_some());
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for vmm in order {
+            let mut r = l1_runs(std::slice::from_ref(&vmm), 1, &fc, base.as_deref())?;
+            for run in &mut r {
+                run.round = round;
+            }
+            eprintln!("round {round}: {} {:.2} s", vmm.0, r[0].span);
+            all.extend(r);
+        }
+    }
+    println!("nested, one fresh L1 per run: QEMU TCG -cpu max, L1 1024 MiB, 2 vCPUs; L2 the guest vmlinux (PVH) +");
+    println!("busybox initramfs, 1 vCPU, 128 MiB, `{CMDLINE}`; {pairs} rounds, the order alternating. kvmos-vmm runs jailed.");
+    report(&all)
+}
+
+/// Prints each run, kvmos-vmm's timeline and the medians; fails if a VMM
+/// did not end as a reboot ends it.
+fn report(runs: &[Run]) -> Result<()> {
     let after = |text: &str, marker: &str| -> String {
         text.lines()
             .find_map(|l| l.split(marker).nth(1)?.split_whitespace().next().map(str::to_string))
             .unwrap_or_else(|| "-".into())
     };
-    let per_round = runs.iter().take_while(|r| r.vmm != "firecracker").count() + 1;
-    println!("nested: QEMU TCG -cpu max, L1 1024 MiB, 2 vCPUs; L2 the guest vmlinux (PVH) + busybox initramfs,");
-    println!("1 vCPU, 128 MiB, `{CMDLINE}`; {pairs} alternating rounds. kvmos-vmm runs jailed.");
     println!("| round | VMM | exit | L2 uptime at init (s) | kvmos: VM built (ms) | vCPUs started (ms) | boot marker (ms) | VMM start → exit, L1 (s) |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (i, r) in runs.iter().enumerate() {
+    for r in runs {
         let ours = r.vmm != "firecracker";
         let mine = |marker: &str| if ours { after(&r.text, marker) } else { String::new() };
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {:.2} |",
-            i / per_round + 1,
+            r.round,
             r.vmm,
             r.exit,
             after(&r.text, "L2-UPTIME "),
@@ -258,6 +313,7 @@ fn main() -> Result<()> {
     match mode.as_str() {
         "host" => host(count.unwrap_or(20)),
         "nested" => nested(count.unwrap_or(10)),
-        _ => bail!("usage: FIRECRACKER=PATH firecracker-bench host [RUNS] | nested [PAIRS]"),
+        "fresh" => fresh(count.unwrap_or(10)),
+        _ => bail!("usage: FIRECRACKER=PATH firecracker-bench host [RUNS] | nested [PAIRS] | fresh [PAIRS]"),
     }
 }
