@@ -5,8 +5,7 @@
 //! sees the NIC get a DHCP lease from a server on the L1 side of its tap,
 //! writes a file, and powers off; the VMM exits with the power-off code and
 //! the file is on the disk. Under OVMF a boot entry made in the guest is
-//! still there at the next boot, read from the VM's variable file. Both
-//! run by hand for now (`-- --ignored`): see each test for why.
+//! still there at the next boot, read from the VM's variable file.
 //!
 //! The CD-ROM drive, in the default run: OVMF boots an El Torito ISO that
 //! is not hybrid (GRUB for UEFI on it reads a file from the medium), and
@@ -161,14 +160,11 @@ fn assert_booted_and_powered_off(r: &NestedResult, firmware_banner: &str) {
     assert_eq!(r.status, 0, "{out}");
 }
 
-/// Run by hand for now (`-- --ignored`): it passed 4 of 5 runs on
-/// 2026-12-01 and 2 of 2 on 2026-12-04; in the fifth the guest
-/// triple-faulted while systemd stopped networking at poweroff (VMM exit
-/// 4). Not yet explained; the UEFI test below once hung at the same point
-/// (see there). The appliance test boots the same image through SeaBIOS in
-/// the default run.
+/// Once flaky at poweroff (1 run in 3 to 5 triple-faulted or hung while
+/// systemd stopped networking, 2026-12-01 to 12-06); passed 3 of 3 after
+/// virtio-net stopped overwriting a waiting received frame with the next
+/// transmitted one and MSI-X kept a masked vector's route (2026-12-07).
 #[test]
-#[ignore = "1 run in 5 triple-faults at poweroff; under investigation"]
 fn debian_boots_through_seabios_with_two_vcpus() {
     let checks = format!("{CHECKS}{INTX}");
     let r = run_pc(
@@ -189,14 +185,10 @@ fn debian_boots_through_seabios_with_two_vcpus() {
 /// Runs on the patched L0 QEMU (`kvmos_qemu_test::l0_qemu`): Debian's
 /// aborts when OVMF writes CR8 two levels down.
 ///
-/// Run by hand for now (`-- --ignored`): it passed twice on 2026-12-04,
-/// then in CI on 2026-12-06 the second boot's poweroff hung, with the L0
-/// QEMU idle, right after systemd printed "Stopping networking.service"
-/// (the same point as the SeaBIOS test's triple fault). `wait_vmm` now
-/// prints the VMM's threads and counters when that happens. The appliance
-/// test boots the same image through OVMF and logs in in the default run.
+/// Once flaky: 1 run in 3 hung at the second boot's poweroff, after
+/// systemd printed "Stopping networking.service"; see the SeaBIOS test.
+/// `wait_vmm` prints the VMM's threads and counters if it happens again.
 #[test]
-#[ignore = "1 run in 3 hangs at the second boot's poweroff; under investigation"]
 fn debian_boots_through_ovmf_and_its_boot_entry_survives_a_restart() {
     // First boot: the fallback loader; the guest adds a boot entry.
     let first = format!(
