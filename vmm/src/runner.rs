@@ -280,13 +280,19 @@ fn run_inner(
     machine.control.stop();
     kick_until(&threads, || threads.iter().all(|t| t.is_finished()));
     join_or_leave(threads, Duration::ZERO);
+    crate::timeline::mark(machine.started, "vCPUs stopped");
     let mut device_joins = Vec::new();
     for (stop, thread) in device_threads {
         let _ = stop.write(1);
         device_joins.push(thread);
     }
     join_or_leave(device_joins, DEVICE_THREAD_GRACE);
-    Ok(machine.exit.reason().unwrap_or(ExitReason::Stopped))
+    crate::timeline::mark(machine.started, "device threads stopped");
+    let reason = machine.exit.reason().unwrap_or(ExitReason::Stopped);
+    let started = machine.started;
+    drop(machine);
+    crate::timeline::mark(started, "VM torn down (KVM VM closed, memory unmapped)");
+    Ok(reason)
 }
 
 /// How long a device thread has to finish the request it is in when the
