@@ -32,7 +32,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The kernel command line both VMMs give the guest.
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet";
+const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet";
+
+/// The guest's command line: `FIRECRACKER_BENCH_CMDLINE` if set (to see
+/// the guest's boot log, say, without `quiet`), else the default.
+fn cmdline() -> String {
+    std::env::var("FIRECRACKER_BENCH_CMDLINE").unwrap_or_else(|_| DEFAULT_CMDLINE.into())
+}
 
 fn firecracker() -> Result<PathBuf> {
     let path = std::env::var_os("FIRECRACKER")
@@ -46,7 +52,7 @@ fn firecracker() -> Result<PathBuf> {
 
 /// Firecracker's configuration file for a run without its API.
 fn firecracker_config(kernel: &str, initrd: Option<&str>) -> String {
-    let mut boot = serde_json::json!({"kernel_image_path": kernel, "boot_args": CMDLINE});
+    let mut boot = serde_json::json!({"kernel_image_path": kernel, "boot_args": cmdline()});
     if let Some(initrd) = initrd {
         boot["initrd_path"] = initrd.into();
     }
@@ -91,10 +97,11 @@ fn host(runs: usize) -> Result<()> {
     let dir = kvmos_qemu_test::work_dir("firecracker-bench")?;
     std::fs::write(dir.join("tiny.elf"), kvmos_vmm::tiny_guest::elf())?;
     std::fs::write(dir.join("fc.json"), firecracker_config("tiny.elf", None))?;
-    let kvmos = |jail: &[&'static str]| {
+    let cmdline = cmdline();
+    let kvmos = |jail: &[&'static str]| -> Vec<&str> {
         let mut a =
             vec!["--kernel", "tiny.elf", "--memory-mib", "128", "--vcpus", "1", "--serial", "stdio", "--cmdline"];
-        a.push(CMDLINE);
+        a.push(&cmdline);
         a.extend_from_slice(jail);
         a
     };
@@ -129,7 +136,8 @@ reboot -f
 fn kvmos_command(binary: &str) -> String {
     format!(
         "env RUST_LOG=debug ./{binary} --jail-uid 1000 --jail-gid 1000 --kernel vmlinux --initrd l2.cpio.zst \
-         --cmdline '{CMDLINE}' --memory-mib 128 --vcpus 1 --serial stdio"
+         --cmdline '{}' --memory-mib 128 --vcpus 1 --serial stdio",
+        cmdline()
     )
 }
 
@@ -203,7 +211,7 @@ fn nested(pairs: usize) -> Result<()> {
     let base = std::env::var_os("KVMOS_VMM_BASE").map(std::fs::read).transpose().context("KVMOS_VMM_BASE")?;
     let runs = l1_runs(&vmm_commands(base.is_some()), pairs, &fc, base.as_deref())?;
     println!("nested: QEMU TCG -cpu max, L1 1024 MiB, 2 vCPUs; L2 the guest vmlinux (PVH) + busybox initramfs,");
-    println!("1 vCPU, 128 MiB, `{CMDLINE}`; {pairs} alternating rounds in one L1. kvmos-vmm runs jailed.");
+    println!("1 vCPU, 128 MiB, `{}`; {pairs} alternating rounds in one L1. kvmos-vmm runs jailed.", cmdline());
     report(&runs)
 }
 
@@ -229,7 +237,7 @@ fn fresh(pairs: usize) -> Result<()> {
         }
     }
     println!("nested, one fresh L1 per run: QEMU TCG -cpu max, L1 1024 MiB, 2 vCPUs; L2 the guest vmlinux (PVH) +");
-    println!("busybox initramfs, 1 vCPU, 128 MiB, `{CMDLINE}`; {pairs} rounds, the order alternating. kvmos-vmm runs jailed.");
+    println!("busybox initramfs, 1 vCPU, 128 MiB, `{}`; {pairs} rounds, the order alternating. kvmos-vmm runs jailed.", cmdline());
     report(&all)
 }
 
@@ -243,7 +251,11 @@ fn report(runs: &[Run]) -> Result<()> {
     };
     println!("| round | VMM | exit | L2 uptime at init (s) | kvmos: VM built (ms) | vCPUs started (ms) | boot marker (ms) | VMM start → exit, L1 (s) |");
     println!("|---|---|---|---|---|---|---|---|");
+    let show = std::env::var("FIRECRACKER_BENCH_SHOW").is_ok_and(|v| v == "1");
     for r in runs {
+        if show {
+            println!("----- round {} {} -----\n{}", r.round, r.vmm, r.text);
+        }
         let ours = r.vmm != "firecracker";
         let mine = |marker: &str| if ours { after(&r.text, marker) } else { String::new() };
         println!(
