@@ -166,21 +166,31 @@ pub fn enter_pid_namespace(jail: &JailConfig, config: &VmConfig) -> std::io::Res
     }
 }
 
+/// How long the parent waits for the child to end once it has sent its
+/// record: it ends at once unless one of its threads is stuck in the
+/// kernel (in a dead disk's I/O), which nothing can end.
+const CHILD_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The parent's whole job: the child's report (or, when it was killed, a
 /// reason made from the signal), written to the exit file; and the
 /// sockets' files removed, which the jailed child can no longer see.
 fn wait_for_child(child: libc::pid_t, report: File, config: &VmConfig) -> ! {
+    use std::io::BufRead;
+    // The record is one line; the pipe ends early if the child is killed.
     let mut text = String::new();
-    let _ = report.take(MAX_REPORT).read_to_string(&mut text);
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    while unsafe { libc::waitpid(child, &mut status, 0) } < 0
-        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-    {}
+    let _ = std::io::BufReader::new(report.take(MAX_REPORT)).read_line(&mut text);
     let record = serde_json::from_str::<ExitRecord>(&text).ok();
     let record = match record {
-        Some(r) if !libc::WIFSIGNALED(status) => r,
-        _ => record_from_status(status),
+        Some(r) => match wait_child(child, Some(CHILD_EXIT_GRACE)) {
+            Some(status) if libc::WIFSIGNALED(status) => record_from_status(status),
+            Some(_) => r,
+            None => {
+                let secs = CHILD_EXIT_GRACE.as_secs();
+                eprintln!("kvmos-vmm: the jailed VMM has not ended {secs} s after its report; leaving it");
+                r
+            }
+        },
+        None => record_from_status(wait_child(child, None).unwrap_or(0)),
     };
     crate::runner::Sockets::remove_files(config);
     if let Some(path) = &config.exit_file {
@@ -189,6 +199,31 @@ fn wait_for_child(child: libc::pid_t, report: File, config: &VmConfig) -> ! {
         }
     }
     std::process::exit(record.code)
+}
+
+/// Waits for our child to end, for at most `limit` (None: for as long as
+/// it takes); its wait status, or None if it is still running.
+fn wait_child(child: libc::pid_t, limit: Option<std::time::Duration>) -> Option<libc::c_int> {
+    if let Some(limit) = limit {
+        // SAFETY: pidfd_open on our own child; the fd is owned below.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) };
+        if fd >= 0 {
+            // SAFETY: a new fd that nothing else owns.
+            let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+            let mut p = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd), events: libc::POLLIN, revents: 0 };
+            let ms = limit.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: poll on one valid pollfd. Readable when the child ended.
+            if unsafe { libc::poll(&mut p, 1, ms) } == 0 {
+                return None;
+            }
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    while unsafe { libc::waitpid(child, &mut status, 0) } < 0
+        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+    {}
+    Some(status)
 }
 
 /// What a wait status says when the child left no record.
@@ -209,7 +244,9 @@ pub fn record_from_status(status: libc::c_int) -> ExitRecord {
 
 /// Sends the exit record to the waiting parent.
 pub fn report(pipe: &mut File, record: &ExitRecord) {
-    let _ = pipe.write_all(&serde_json::to_vec(record).unwrap_or_default());
+    let mut line = serde_json::to_vec(record).unwrap_or_default();
+    line.push(b'\n');
+    let _ = pipe.write_all(&line);
 }
 
 /// Stage 2: the steps, in order. Each names what it does for the error.

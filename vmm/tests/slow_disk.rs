@@ -97,6 +97,9 @@ fn a_disk_whose_reads_never_end_holds_up_neither_the_api_nor_a_stop() {
     let hung = format!("{},ro", mnt.path().join(DISK).display());
     let mut vm =
         support::Vm::start_disks(&[&reader.display().to_string(), &hung], kvmos_vmm::jail::testing::next_slot());
+    // Dropped before the VM if the test fails: unmounting ends the hung read,
+    // so the VM's drop (kill and wait) cannot hang on it.
+    let _unmount_first = session;
     vm.wait_console("reading the hung disk", 1);
     let deadline = Instant::now() + Duration::from_secs(20);
     while reads.load(Ordering::SeqCst) == 0 {
@@ -116,5 +119,4 @@ fn a_disk_whose_reads_never_end_holds_up_neither_the_api_nor_a_stop() {
     let (code, record) = vm.wait_exit();
     assert_eq!(code, kvmos_vmm::exit::EXIT_STOPPED, "{record}");
     assert!(asked.elapsed() < Duration::from_secs(5), "stopped in {:?}", asked.elapsed());
-    drop(session);
 }

@@ -25,8 +25,11 @@ pub const PER_ADDRESS: usize = 256;
 /// lower: see [`total_for_file_limit`]).
 pub const TOTAL: usize = 2048;
 /// File descriptors kept for everything but client connections: VM
-/// consoles, control sockets, images, the data disk.
+/// control sockets, images, the data disk.
 const RESERVED_FILES: u64 = 512;
+/// File descriptors a connection may take: its own, and the VM's console or
+/// screen socket a console WebSocket opens.
+const FILES_PER_CONNECTION: u64 = 2;
 
 #[derive(Clone)]
 pub struct ConnectionCap {
@@ -68,6 +71,16 @@ impl ConnectionCap {
     }
 }
 
+/// The address a client is counted under: an IPv4 address (also when it
+/// comes IPv4-mapped over IPv6), or an IPv6 address's /64, which one host
+/// or one customer usually has whole.
+fn client(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
 fn refused(why: String) -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionRefused, why)
 }
@@ -103,7 +116,7 @@ impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for Connection
     type Future = std::future::Ready<io::Result<(Counted, S)>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
-        let admitted = stream.peer_addr().and_then(|peer| self.admit(peer.ip()));
+        let admitted = stream.peer_addr().and_then(|peer| self.admit(client(peer.ip())));
         std::future::ready(match admitted {
             Ok(slot) => Ok((Counted { stream, _slot: slot }, service)),
             Err(e) => {
@@ -145,7 +158,7 @@ impl AsyncWrite for Counted {
 
 /// Raises the soft limit on open files to the hard limit, and returns how
 /// many connections fit under it with [`RESERVED_FILES`] kept for the
-/// rest (at most [`TOTAL`]).
+/// rest, [`FILES_PER_CONNECTION`] each (at most [`TOTAL`]).
 pub fn total_for_file_limit() -> usize {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit and setrlimit with a valid rlimit struct.
@@ -160,7 +173,7 @@ pub fn total_for_file_limit() -> usize {
             }
         }
     }
-    let room = lim.rlim_cur.saturating_sub(RESERVED_FILES).max(64);
+    let room = (lim.rlim_cur.saturating_sub(RESERVED_FILES) / FILES_PER_CONNECTION).max(64);
     usize::try_from(room).unwrap_or(TOTAL).min(TOTAL)
 }
 
@@ -213,6 +226,17 @@ mod tests {
         drop(others);
     }
 
+    #[test]
+    fn clients_are_counted_by_ipv4_address_or_ipv6_64() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client(v4), v4);
+        assert_eq!(client("::ffff:192.0.2.7".parse().unwrap()), v4, "IPv4-mapped is the IPv4 client");
+        let a = client("2001:db8:1:2:aaaa::1".parse().unwrap());
+        assert_eq!(a, client("2001:db8:1:2:ffff:1:2:3".parse().unwrap()), "one /64, one client");
+        assert_eq!(a, "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_ne!(a, client("2001:db8:1:3::1".parse().unwrap()));
+    }
+
     #[tokio::test]
     async fn a_counted_stream_carries_the_bytes_both_ways() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -237,6 +261,7 @@ mod tests {
         // SAFETY: getrlimit with a valid rlimit struct.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
         assert_eq!(lim.rlim_cur, lim.rlim_max, "the soft limit was raised to the hard one");
-        assert!(total as u64 + RESERVED_FILES <= lim.rlim_cur.max(64 + RESERVED_FILES) && total <= TOTAL);
+        let fits = total as u64 * FILES_PER_CONNECTION + RESERVED_FILES <= lim.rlim_cur;
+        assert!((fits || total == 64) && total <= TOTAL, "{total} connections under {} files", lim.rlim_cur);
     }
 }

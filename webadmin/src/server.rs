@@ -58,29 +58,35 @@ pub async fn serve(state: State, listen: SocketAddr, redirect_from: Option<Socke
         tracing::info!("stopping the server");
         h.graceful_shutdown(Some(Duration::from_secs(5)));
     });
-    if let Some(from) = redirect_from {
-        spawn_redirect(from, listen.port());
-    }
-    tracing::info!(%listen, data_dir = %state.paths.data_dir.display(), ram_only = state.paths.ram_only, "serving HTTPS");
-    // Before TLS: connections over the cap are closed at once.
+    // Before TLS: connections over the cap are closed at once. The cap is
+    // shared with the plain-HTTP redirect: both draw on one file limit.
     let total = crate::connections::total_for_file_limit();
     let cap = crate::connections::ConnectionCap::new(total, crate::connections::PER_ADDRESS);
     tracing::info!(total, per_address = crate::connections::PER_ADDRESS, "connection cap");
+    if let Some(from) = redirect_from {
+        spawn_redirect(from, listen.port(), cap.clone());
+    }
+    tracing::info!(%listen, data_dir = %state.paths.data_dir.display(), ram_only = state.paths.ram_only, "serving HTTPS");
     let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(state.tls.clone()).acceptor(cap);
     let mut server = axum_server::bind(listen).acceptor(acceptor).handle(handle);
-    // A connection that sends no complete request head within this time
-    // (idle keep-alive, half-open, slowloris) is closed; the TLS handshake
-    // has its own 10 s limit in axum-server.
-    server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    close_idle_connections(&mut server);
     server
         .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
         .await
         .with_context(|| format!("cannot serve on {listen}"))
 }
 
+/// A connection that sends no complete request head within
+/// [`HEADER_TIMEOUT`] (idle keep-alive, half-open, slowloris) is closed;
+/// the TLS handshake has its own 10 s limit in axum-server.
+fn close_idle_connections<A>(server: &mut axum_server::Server<std::net::SocketAddr, A>) {
+    server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+}
+
 /// Plain HTTP answers every request with a redirect to the same path over
-/// HTTPS. A port that cannot be bound (not root, in use) is only logged.
-fn spawn_redirect(from: SocketAddr, https_port: u16) {
+/// HTTPS, under the same connection cap and header timeout. A port that
+/// cannot be bound (not root, in use) is only logged.
+fn spawn_redirect(from: SocketAddr, https_port: u16, cap: crate::connections::ConnectionCap) {
     tokio::spawn(async move {
         let app = Router::new().fallback(move |headers: axum::http::HeaderMap, uri: Uri| async move {
             let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
@@ -93,12 +99,11 @@ fn spawn_redirect(from: SocketAddr, https_port: u16) {
             };
             Redirect::permanent(&target).into_response()
         });
-        match tokio::net::TcpListener::bind(from).await {
-            Ok(l) => {
-                tracing::info!(%from, "redirecting plain HTTP to HTTPS");
-                let _ = axum::serve(l, app).await;
-            }
-            Err(e) => tracing::warn!(%from, "no HTTP redirect: cannot listen: {e}"),
+        let mut server = axum_server::bind(from).acceptor(cap);
+        close_idle_connections(&mut server);
+        tracing::info!(%from, "redirecting plain HTTP to HTTPS");
+        if let Err(e) = server.serve(app.into_make_service()).await {
+            tracing::warn!(%from, "no HTTP redirect: cannot listen: {e}");
         }
     });
 }

@@ -237,7 +237,10 @@ fn fresh(pairs: usize) -> Result<()> {
         }
     }
     println!("nested, one fresh L1 per run: QEMU TCG -cpu max, L1 1024 MiB, 2 vCPUs; L2 the guest vmlinux (PVH) +");
-    println!("busybox initramfs, 1 vCPU, 128 MiB, `{}`; {pairs} rounds, the order alternating. kvmos-vmm runs jailed.", cmdline());
+    println!(
+        "busybox initramfs, 1 vCPU, 128 MiB, `{}`; {pairs} rounds, the order alternating. kvmos-vmm runs jailed.",
+        cmdline()
+    );
     report(&all)
 }
 

@@ -6,10 +6,10 @@
 //! guest last wrote into the table, so raising the interrupt is one eventfd
 //! write. Masking is done here, not in KVM: a vector raised while masked is
 //! remembered in the pending-bit array and raised when the guest unmasks
-//! it. The route stays while a vector is masked, so a message KVM is still
-//! delivering when the guest masks (as Linux does around every change of a
-//! vector's address) arrives, as it would from hardware, and masking costs
-//! no routing update.
+//! it. The route stays as it was while a vector is masked, so a message KVM
+//! is still delivering when the guest masks (as Linux does around every
+//! change of a vector's address) arrives, as it would from hardware, and
+//! the new message is routed once, when the guest unmasks the vector.
 
 use crate::vstate::irq_routing::{IrqRouting, MsiMessage};
 use std::sync::Arc;
@@ -165,9 +165,17 @@ impl Msix {
         self.enabled && !self.function_masked && self.entries.get(v).is_some_and(|e| !e.masked())
     }
 
+    /// Routes vector `v` to its message while it is unmasked, takes the
+    /// route away while MSI-X is off, and keeps the last route while the
+    /// vector is masked: the guest rewrites a masked entry a field at a
+    /// time, and KVM never sees a half-written message.
     fn update_route(&self, v: usize) {
         let (Some(e), Some(&gsi)) = (self.entries.get(v), self.gsis.get(v)) else { return };
-        let msg = self.enabled.then_some(MsiMessage { address: e.address, data: e.data });
+        let msg = match (self.enabled, e.masked() || self.function_masked) {
+            (false, _) => None,
+            (true, true) => return,
+            (true, false) => Some(MsiMessage { address: e.address, data: e.data }),
+        };
         if let Err(err) = self.routing.set_msi(gsi, msg) {
             tracing::warn!("MSI-X vector {v}: KVM refused the route: {err}");
         }
@@ -246,9 +254,11 @@ pub(crate) mod tests {
         msix.trigger(0);
         assert_eq!(pending(&msix), 1, "raised while masked: pending");
         // As Linux changes a vector's address: masked, new message, unmasked.
+        msix.write_table(0, &0xfee0_1000u64.to_le_bytes());
         msix.write_table(8, &0x4042u32.to_le_bytes());
-        assert_eq!(routing.msi_route(gsi), Some(MsiMessage { data: 0x4042, ..msg }));
+        assert_eq!(routing.msi_route(gsi), Some(msg), "no half-written message reaches KVM");
         msix.write_table(12, &0u32.to_le_bytes());
+        assert_eq!(routing.msi_route(gsi), Some(MsiMessage { address: 0xfee0_1000, data: 0x4042 }));
         assert_eq!(pending(&msix), 0, "unmasking raised it");
 
         msix.set_control(CONTROL_ENABLE | CONTROL_FUNCTION_MASK);

@@ -122,7 +122,8 @@ pub fn needs_interrupt(queue: &mut Queue, mem: &GuestMemory) -> bool {
     // The used entries are written; read the flag only after them, so a
     // driver that clears it and then looks at the used ring misses nothing.
     std::sync::atomic::fence(Ordering::SeqCst);
-    let flags: u16 = vm_memory::Bytes::read_obj(mem, vm_memory::GuestAddress(queue.avail_ring())).unwrap_or(0);
+    let at = vm_memory::GuestAddress(queue.avail_ring());
+    let flags = u16::from_le(vm_memory::Bytes::load::<u16>(mem, at, Ordering::Acquire).unwrap_or(0));
     flags & VRING_AVAIL_F_NO_INTERRUPT == 0
 }
 
