@@ -24,6 +24,9 @@ const TIMEOUT: Duration = Duration::from_secs(1500);
 const L1_SETUP: &str = r#"
 ip link set lo up
 mkfifo in
+# The console file exists before tail follows it: the VMM's shell opens it
+# only once `exec 3>in` below has opened the FIFO it reads first.
+: > out
 {vmm} --disk /dev/vda --net tap=kv0,mac=52:54:00:00:00:42 --memory-mib 512 \
   --api-socket api.sock --serial stdio < in > out 2> vmm.err &
 vmm=$!
@@ -198,6 +201,8 @@ fn debian_boots_through_ovmf_and_its_boot_entry_survives_a_restart() {
     );
     let second = r#"
 echo "----- second boot -----"
+rm -f out
+: > out
 {vmm} --disk /dev/vda --net tap=kv0,mac=52:54:00:00:00:42 --memory-mib 512 --api-socket api.sock \
   --serial stdio < in2 > out 2> vmm.err &
 "#;

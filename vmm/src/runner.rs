@@ -296,8 +296,9 @@ fn run_inner(
 }
 
 /// How long a device thread has to finish the request it is in when the
-/// VM stops (a disk write in progress).
-const DEVICE_THREAD_GRACE: Duration = Duration::from_secs(2);
+/// VM stops (a disk write in progress; under nested virtualisation a
+/// flush was seen to take over 2 s).
+const DEVICE_THREAD_GRACE: Duration = Duration::from_secs(5);
 
 /// Joins the threads that end within `grace`; a thread still blocked
 /// after it (a disk read on a hung file system, or a vCPU waiting for

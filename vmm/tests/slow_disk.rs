@@ -118,5 +118,6 @@ fn a_disk_whose_reads_never_end_holds_up_neither_the_api_nor_a_stop() {
     assert_eq!(vm.api("PUT", "/actions", Some(r#"{"action":"stop"}"#)).0, 204);
     let (code, record) = vm.wait_exit();
     assert_eq!(code, kvmos_vmm::exit::EXIT_STOPPED, "{record}");
-    assert!(asked.elapsed() < Duration::from_secs(5), "stopped in {:?}", asked.elapsed());
+    // The disk's thread gets 5 s to finish its request, then is left.
+    assert!(asked.elapsed() < Duration::from_secs(10), "stopped in {:?}", asked.elapsed());
 }
