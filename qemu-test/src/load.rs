@@ -1,7 +1,7 @@
 //! Load on the panel: authenticated API calls at a fixed rate over
 //! loopback HTTPS, sent by oha (a second process, for the benchmarks) or
-//! by [`Steady`] (threads in this process, for the abuse test, which needs
-//! nothing installed), and the panel's resident memory while it runs.
+//! by threads in this process (for the abuse test, which needs nothing
+//! installed), and the panel's resident memory while it runs.
 
 use crate::panel::{HostPanel, Panel};
 use anyhow::{bail, Context, Result};
@@ -16,7 +16,9 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A fixed-rate run of oha against one URL.
+/// A fixed rate of authenticated `GET url`s, `per_second` for `seconds`
+/// over `connections` connections: run by oha ([`Rate::run`]) or by
+/// threads in this process ([`Rate::run_here`]).
 pub struct Rate<'a> {
     pub url: &'a str,
     pub token: &'a str,
@@ -108,18 +110,6 @@ pub fn bench_panel(name: &str) -> Result<(HostPanel, Panel, String)> {
     Ok((host, panel, secret))
 }
 
-/// A fixed rate of authenticated `GET url`s from threads in this process:
-/// `connections` threads, each over its own kept-alive HTTPS connection,
-/// each sending on a fixed schedule, together `per_second` for `seconds`.
-/// A request's latency runs from its send to the end of its answer.
-pub struct Steady<'a> {
-    pub url: &'a str,
-    pub token: &'a str,
-    pub per_second: u32,
-    pub seconds: u32,
-    pub connections: u32,
-}
-
 /// One thread's requests: latencies of the 200s, other statuses, errors.
 #[derive(Default)]
 struct Sent {
@@ -128,8 +118,12 @@ struct Sent {
     errors: u64,
 }
 
-impl Steady<'_> {
-    pub fn run(&self, panel_pid: u32) -> Result<Figures> {
+impl Rate<'_> {
+    /// The same load from threads in this process instead of oha (`pin`
+    /// does not apply): one thread per connection, each over its own
+    /// kept-alive HTTPS connection and on a fixed schedule. A request's
+    /// latency runs from its send to the end of its answer.
+    pub fn run_here(&self, panel_pid: u32) -> Result<Figures> {
         let interval = Duration::from_secs_f64(f64::from(self.connections) / f64::from(self.per_second));
         let start = std::time::Instant::now() + Duration::from_millis(100);
         let end = start + Duration::from_secs(u64::from(self.seconds));

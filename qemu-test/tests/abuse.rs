@@ -17,7 +17,7 @@
 //! API call waiting behind a password check (about 100 ms each) breaks.
 
 use kvmos_qemu_test::abuse::{closed, failed_logins, file_kib, idle_connections};
-use kvmos_qemu_test::load::{bench_panel, rss_kib, Steady};
+use kvmos_qemu_test::load::{bench_panel, rss_kib, Rate};
 use std::time::Duration;
 
 const SECONDS: u32 = 60;
@@ -45,8 +45,9 @@ fn the_panel_holds_under_abuse() {
     let logins =
         std::thread::spawn(move || failed_logins(port, LOGIN_SOURCES, LOGINS_PER_SOURCE, Duration::from_secs(30), 4));
     let url = format!("https://127.0.0.1:{port}/api/v1/vms");
-    let load =
-        Steady { url: &url, token: &secret, per_second: RATE, seconds: SECONDS, connections: 50 }.run(pid).unwrap();
+    let load = Rate { url: &url, token: &secret, per_second: RATE, seconds: SECONDS, connections: 50, pin: false }
+        .run_here(pid)
+        .unwrap();
     let logins = logins.join().unwrap();
     println!(
         "API calls: {:.0}/s, 200 OK {}, other {}, errors {}; p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.1} ms",

@@ -281,12 +281,11 @@ fn run_inner(
     kick_until(&threads, || threads.iter().all(|t| t.is_finished()));
     join_or_leave(threads, Duration::ZERO);
     crate::timeline::mark(machine.started, "vCPUs stopped");
-    let mut device_joins = Vec::new();
-    for (stop, thread) in device_threads {
+    let stopping = device_threads.into_iter().map(|(stop, thread)| {
         let _ = stop.write(1);
-        device_joins.push(thread);
-    }
-    join_or_leave(device_joins, DEVICE_THREAD_GRACE);
+        thread
+    });
+    join_or_leave(stopping.collect(), DEVICE_THREAD_GRACE);
     crate::timeline::mark(machine.started, "device threads stopped");
     let reason = machine.exit.reason().unwrap_or(ExitReason::Stopped);
     let started = machine.started;

@@ -204,11 +204,17 @@ fn l1_runs(runs: &[(&str, String)], times: usize, fc: &[u8], base: Option<&[u8]>
     Ok(out)
 }
 
+/// Firecracker's binary, and a second kvmos-vmm build to compare with
+/// (e.g. main's) if `KVMOS_VMM_BASE` names one.
+fn vmm_binaries() -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let fc = std::fs::read(firecracker()?)?;
+    let base = std::env::var_os("KVMOS_VMM_BASE").map(std::fs::read).transpose().context("KVMOS_VMM_BASE")?;
+    Ok((fc, base))
+}
+
 /// `nested PAIRS`: every round in one L1.
 fn nested(pairs: usize) -> Result<()> {
-    let fc = std::fs::read(firecracker()?)?;
-    // A second kvmos-vmm build to compare with (e.g. main's), if given.
-    let base = std::env::var_os("KVMOS_VMM_BASE").map(std::fs::read).transpose().context("KVMOS_VMM_BASE")?;
+    let (fc, base) = vmm_binaries()?;
     let runs = l1_runs(&vmm_commands(base.is_some()), pairs, &fc, base.as_deref())?;
     println!("nested: QEMU TCG -cpu max, L1 1024 MiB, 2 vCPUs; L2 the guest vmlinux (PVH) + busybox initramfs,");
     println!("1 vCPU, 128 MiB, `{}`; {pairs} alternating rounds in one L1. kvmos-vmm runs jailed.", cmdline());
@@ -219,8 +225,7 @@ fn nested(pairs: usize) -> Result<()> {
 /// inherits what an earlier VM left in the L1 or in the L0's translation
 /// cache; which VMM goes first alternates from round to round.
 fn fresh(pairs: usize) -> Result<()> {
-    let fc = std::fs::read(firecracker()?)?;
-    let base = std::env::var_os("KVMOS_VMM_BASE").map(std::fs::read).transpose().context("KVMOS_VMM_BASE")?;
+    let (fc, base) = vmm_binaries()?;
     let mut all = Vec::new();
     for round in 1..=pairs {
         let mut order = vmm_commands(base.is_some());
