@@ -16,7 +16,9 @@ use super::state::VirtioState;
 use super::{Interrupt, VirtioDevice, VirtioTransport, TYPE_BLOCK, TYPE_INPUT, TYPE_NET};
 use crate::devices::pci::config_space::{ConfigSpace, Identity};
 use crate::devices::pci::msix::{Msix, NO_VECTOR};
-use crate::devices::pci::{BarKind, PciDevice, CAP_MSIX, CAP_VENDOR, SUBSYSTEM_QEMU, VENDOR_REDHAT_QUMRANET};
+use crate::devices::pci::{
+    BarKind, PciDevice, CAP_MSIX, CAP_VENDOR, COMMAND, COMMAND_BUS_MASTER, SUBSYSTEM_QEMU, VENDOR_REDHAT_QUMRANET,
+};
 use crate::vstate::memory::GuestMemory;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use std::sync::atomic::Ordering;
@@ -166,7 +168,7 @@ impl VirtioPci {
         let interrupt = Arc::new(Interrupt::with_msix(irqfd, Arc::clone(&msix), queues));
         Self {
             config,
-            state: VirtioState::new(device, mem, interrupt),
+            state: VirtioState::new(device, mem, interrupt).without_dma(),
             msix,
             msix_cap,
             pci_cfg_cap,
@@ -346,6 +348,9 @@ impl PciDevice for VirtioPci {
     }
 
     fn config_written(&mut self, offset: usize, len: usize) {
+        if offset <= COMMAND && COMMAND < offset + len {
+            self.state.set_dma_allowed(self.config.u16(COMMAND) & COMMAND_BUS_MASTER != 0);
+        }
         let control = self.msix_cap + 2;
         if offset < control + 2 && control < offset + len {
             let v = self.config.u16(control);
@@ -403,5 +408,103 @@ impl PciDevice for VirtioPci {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::pci::COMMAND_MEMORY;
+    use crate::devices::virtio::rng::Rng;
+    use crate::devices::virtio::state::{STATUS_DRIVER_OK, STATUS_NEEDS_RESET};
+    use crate::devices::virtio::testing::{ring_addresses, Rings, BUFFERS, QUEUE_SIZE};
+    use crate::vstate::irq_routing::IrqRouting;
+
+    /// A virtio-rng function on this host's KVM, and the driver's rings.
+    fn rng() -> (VirtioPci, GuestMemory) {
+        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
+        let vm = Arc::new(kvm.create_vm().expect("a VM"));
+        vm.create_irq_chip().expect("the in-kernel irqchip");
+        let routing = Arc::new(IrqRouting::new(Arc::clone(&vm)).expect("routing"));
+        let msix = Msix::new(2, &vm, routing).expect("MSI-X");
+        let mem = crate::vstate::memory::create(1 << 20).unwrap();
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let queue_evts = vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+        let dev = VirtioPci::new(Box::<Rng>::default(), mem.clone(), irqfd, msix, vm, queue_evts);
+        (dev, mem)
+    }
+
+    fn common_write(dev: &mut VirtioPci, field: u64, v: u64, len: usize) {
+        dev.bar_write(BAR, COMMON + field, &v.to_le_bytes()[..len]);
+    }
+
+    fn status(dev: &mut VirtioPci) -> u32 {
+        let mut b = [0u8];
+        dev.bar_read(BAR, COMMON + common::DEVICE_STATUS, &mut b);
+        u32::from(b[0])
+    }
+
+    /// What Linux's virtio_pci_modern does up to DRIVER_OK, for queue 0.
+    fn bring_up(dev: &mut VirtioPci) {
+        common_write(dev, common::DEVICE_STATUS, 1 | 2, 1);
+        common_write(dev, common::DRIVER_FEATURE_SELECT, 1, 4);
+        common_write(dev, common::DRIVER_FEATURE, 1, 4);
+        common_write(dev, common::DEVICE_STATUS, 1 | 2 | 8, 1);
+        let [desc, avail, used] = ring_addresses(0);
+        common_write(dev, common::QUEUE_SELECT, 0, 2);
+        common_write(dev, common::QUEUE_SIZE, u64::from(QUEUE_SIZE), 2);
+        common_write(dev, common::QUEUE_DESC, desc, 8);
+        common_write(dev, common::QUEUE_DRIVER, avail, 8);
+        common_write(dev, common::QUEUE_DEVICE, used, 8);
+        common_write(dev, common::QUEUE_ENABLE, 1, 2);
+        common_write(dev, common::DEVICE_STATUS, 1 | 2 | 8 | 4, 1);
+    }
+
+    fn command(dev: &mut VirtioPci, bits: u16) {
+        dev.config_mut().write(COMMAND, &bits.to_le_bytes());
+        dev.config_written(COMMAND, 2);
+    }
+
+    fn notify(dev: &mut VirtioPci) {
+        dev.bar_write(BAR, NOTIFY, &0u16.to_le_bytes());
+    }
+
+    #[test]
+    fn the_device_touches_guest_memory_only_while_bus_mastering_is_on() {
+        let (mut dev, mem) = rng();
+        let mut rings = Rings::new(mem.clone(), 1);
+        bring_up(&mut dev);
+        rings.offer(0, &[(BUFFERS, 16, true)]);
+        notify(&mut dev);
+        assert!(!dev.state().activated(), "DRIVER_OK before bus mastering: the device waits");
+        assert_eq!(rings.take_used(0), None);
+
+        command(&mut dev, COMMAND_MEMORY | COMMAND_BUS_MASTER);
+        assert!(dev.state().activated(), "bus mastering on: the device starts");
+        notify(&mut dev);
+        assert_eq!(rings.take_used(0), Some((0, 16)));
+
+        // As Linux does at unbind or kexec, without a reset first.
+        command(&mut dev, COMMAND_MEMORY);
+        let s = status(&mut dev);
+        assert_eq!(s & STATUS_DRIVER_OK, 0, "DRIVER_OK is cleared");
+        assert_ne!(s & STATUS_NEEDS_RESET, 0, "the driver is told to reset the device");
+        rings.offer(0, &[(BUFFERS, 16, true)]);
+        notify(&mut dev);
+        assert_eq!(rings.take_used(0), None, "a stopped device uses no buffers");
+        command(&mut dev, COMMAND_MEMORY | COMMAND_BUS_MASTER);
+        assert!(!dev.state().activated(), "bus mastering back on does not restart it without a reset");
+
+        common_write(&mut dev, common::DEVICE_STATUS, 0, 1);
+        assert_eq!(status(&mut dev), 0, "a reset clears NEEDS_RESET");
+        // A driver starts over with clean rings.
+        let [desc, _, used] = ring_addresses(0);
+        vm_memory::Bytes::write_slice(&mem, &vec![0; (used - desc + 0x1000) as usize], vm_memory::GuestAddress(desc))
+            .unwrap();
+        let mut rings = Rings::new(mem, 1);
+        bring_up(&mut dev);
+        rings.offer(0, &[(BUFFERS, 16, true)]);
+        notify(&mut dev);
+        assert_eq!(rings.take_used(0), Some((0, 16)), "after a reset the driver can use it again");
     }
 }

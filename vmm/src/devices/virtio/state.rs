@@ -12,6 +12,7 @@ pub const STATUS_ACKNOWLEDGE: u32 = 1;
 pub const STATUS_DRIVER: u32 = 2;
 pub const STATUS_DRIVER_OK: u32 = 4;
 pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_NEEDS_RESET: u32 = 0x40;
 pub const STATUS_FAILED: u32 = 0x80;
 
 pub struct VirtioState {
@@ -22,12 +23,22 @@ pub struct VirtioState {
     acked_features: u64,
     status: u32,
     activated: bool,
+    /// Whether the device may reach guest memory: always on virtio-mmio;
+    /// on virtio-pci, the command register's bus-master bit.
+    dma_allowed: bool,
 }
 
 impl VirtioState {
     pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemory, interrupt: Arc<Interrupt>) -> Self {
         let queues = fresh_queues(device.as_ref());
-        Self { device, mem, interrupt, queues, acked_features: 0, status: 0, activated: false }
+        Self { device, mem, interrupt, queues, acked_features: 0, status: 0, activated: false, dma_allowed: true }
+    }
+
+    /// A device behind a bus-master bit that is off until the driver sets
+    /// it (virtio-pci).
+    pub fn without_dma(mut self) -> Self {
+        self.dma_allowed = false;
+        self
     }
 
     pub fn status(&self) -> u32 {
@@ -134,18 +145,49 @@ impl VirtioState {
             self.status = v & !STATUS_FEATURES_OK;
             return;
         }
-        self.status = v;
-        let wanted = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
-        if !self.activated && v & wanted == wanted && v & STATUS_FAILED == 0 {
-            if !self.queues.iter().filter(|q| q.ready()).all(|q| q.is_valid(&self.mem)) {
-                tracing::warn!("virtio: the driver set up an invalid queue; device marked failed");
-                self.status |= STATUS_FAILED;
-                return;
-            }
-            self.activated = true;
-            let queues = std::mem::take(&mut self.queues);
-            self.device.activate(self.mem.clone(), queues, Arc::clone(&self.interrupt), self.acked_features);
+        // The device's own bits stay until the driver resets it.
+        self.status = v | (self.status & STATUS_NEEDS_RESET);
+        self.activate_if_ready();
+    }
+
+    /// The PCI command register's bus-master bit changed. Off, the device
+    /// may not touch guest memory: a running device stops, drops its
+    /// queues and asks the driver for a reset (DEVICE_NEEDS_RESET, with
+    /// DRIVER_OK cleared, as QEMU clears it), which Linux does anyway
+    /// before it turns the bit off (unbind, kexec). On, a device whose
+    /// driver already set DRIVER_OK starts.
+    pub fn set_dma_allowed(&mut self, allowed: bool) {
+        if self.dma_allowed == allowed {
+            return;
         }
+        self.dma_allowed = allowed;
+        if !allowed && self.activated {
+            tracing::info!("virtio: bus mastering turned off; the device stops until the driver resets it");
+            self.device.reset();
+            self.queues = fresh_queues(self.device.as_ref());
+            self.activated = false;
+            self.status = (self.status & !STATUS_DRIVER_OK) | STATUS_NEEDS_RESET;
+        }
+        self.activate_if_ready();
+    }
+
+    /// Hands the queues to the device once the driver has set DRIVER_OK
+    /// (with the bits before it) and the device may reach guest memory.
+    fn activate_if_ready(&mut self) {
+        let wanted = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+        let s = self.status;
+        if self.activated || s & wanted != wanted || s & (STATUS_FAILED | STATUS_NEEDS_RESET) != 0 || !self.dma_allowed
+        {
+            return;
+        }
+        if !self.queues.iter().filter(|q| q.ready()).all(|q| q.is_valid(&self.mem)) {
+            tracing::warn!("virtio: the driver set up an invalid queue; device marked failed");
+            self.status |= STATUS_FAILED;
+            return;
+        }
+        self.activated = true;
+        let queues = std::mem::take(&mut self.queues);
+        self.device.activate(self.mem.clone(), queues, Arc::clone(&self.interrupt), self.acked_features);
     }
 
     /// The driver notified queue `index`.

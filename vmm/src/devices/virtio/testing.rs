@@ -19,7 +19,7 @@ const QUEUE_STRIDE: u64 = 0x4000;
 pub const BUFFERS: u64 = 0x10000;
 pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
-const QUEUE_SIZE: u16 = 16;
+pub const QUEUE_SIZE: u16 = 16;
 
 #[derive(Default, Clone, Copy)]
 struct DriverQueue {
@@ -33,7 +33,20 @@ pub struct TestDriver {
     pub mem: GuestMemory,
     pub transport: MmioTransport,
     pub irq: EventFd,
+    rings: Rings,
+}
+
+/// The driver's side of the rings of `queues` queues in `mem`, at the
+/// addresses above, whatever the transport.
+pub struct Rings {
+    mem: GuestMemory,
     queues: Vec<DriverQueue>,
+}
+
+/// Where queue `q`'s descriptor table, available ring and used ring are.
+pub fn ring_addresses(q: usize) -> [u64; 3] {
+    let base = q as u64 * QUEUE_STRIDE;
+    [base + DESC, base + AVAIL, base + USED]
 }
 
 impl TestDriver {
@@ -43,7 +56,8 @@ impl TestDriver {
         let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
         let transport = MmioTransport::new(device, mem.clone(), interrupt);
         let count = transport.queue_count();
-        let mut d = Self { mem, transport, irq, queues: vec![DriverQueue::default(); count] };
+        let rings = Rings::new(mem.clone(), count);
+        let mut d = Self { mem, transport, irq, rings };
         d.w(reg::STATUS, 1 | 2);
         d.w(reg::DRIVER_FEATURES_SEL, 1);
         d.w(reg::DRIVER_FEATURES, 1);
@@ -52,12 +66,13 @@ impl TestDriver {
         let low = d.r(reg::DEVICE_FEATURES);
         d.w(reg::DRIVER_FEATURES, low);
         d.w(reg::STATUS, 1 | 2 | 8);
-        for q in 0..count as u64 {
+        for q in 0..count {
+            let [desc, avail, used] = ring_addresses(q);
             d.w(reg::QUEUE_SEL, q as u32);
             d.w(reg::QUEUE_NUM, u32::from(QUEUE_SIZE));
-            d.w(reg::QUEUE_DESC_LOW, (DESC + q * QUEUE_STRIDE) as u32);
-            d.w(reg::QUEUE_DRIVER_LOW, (AVAIL + q * QUEUE_STRIDE) as u32);
-            d.w(reg::QUEUE_DEVICE_LOW, (USED + q * QUEUE_STRIDE) as u32);
+            d.w(reg::QUEUE_DESC_LOW, desc as u32);
+            d.w(reg::QUEUE_DRIVER_LOW, avail as u32);
+            d.w(reg::QUEUE_DEVICE_LOW, used as u32);
             d.w(reg::QUEUE_READY, 1);
         }
         d.w(reg::STATUS, 1 | 2 | 8 | 4);
@@ -82,6 +97,22 @@ impl TestDriver {
         let (id, len) = self.take_used(0).expect("the device consumed the chain");
         assert_eq!(id, head);
         len
+    }
+
+    /// See [`Rings::offer`].
+    pub fn offer(&mut self, q: usize, bufs: &[(u64, u32, bool)]) -> u16 {
+        self.rings.offer(q, bufs)
+    }
+
+    /// See [`Rings::take_used`].
+    pub fn take_used(&mut self, q: usize) -> Option<(u16, u32)> {
+        self.rings.take_used(q)
+    }
+}
+
+impl Rings {
+    pub fn new(mem: GuestMemory, queues: usize) -> Self {
+        Self { mem, queues: vec![DriverQueue::default(); queues] }
     }
 
     /// Makes a chain available on queue `q` without notifying; returns its
