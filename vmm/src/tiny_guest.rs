@@ -173,6 +173,40 @@ pub fn boot_disk(message: &str) -> Vec<u8> {
     finish_boot_disk(c, message)
 }
 
+/// A bootable disk whose boot sector writes on COM1 what CPUID tells the
+/// guest: `CPU:` and the 48 bytes of the brand string (leaves
+/// 0x80000002-0x80000004), then `CORES:` and the logical-processor count
+/// of leaf 0xB's core level (one byte); then it ends as [`boot_disk`] does.
+pub fn cpuid_disk(message: &str) -> Vec<u8> {
+    let mut c = start_boot_disk();
+    serial_text(&mut c, "CPU:");
+    c.extend_from_slice(&[0x66, 0xBE, 0x02, 0x00, 0x00, 0x80]); // mov esi, 0x80000002
+    c.extend_from_slice(&[
+        0x66, 0x89, 0xF0, //                   leaf: mov eax, esi
+        0x0F, 0xA2, //                               cpuid
+        0x66, 0x52, 0x66, 0x51, 0x66, 0x53, 0x66, 0x50, // push edx, ecx, ebx, eax
+        0xB1, 0x04, //                               mov cl, 4
+        0x66, 0x58, //                         reg:  pop eax
+        0xB5, 0x04, //                               mov ch, 4
+        0xBA, 0xF8, 0x03, 0xEE, //             byte: mov dx, 0x3f8; out dx, al
+        0x66, 0xC1, 0xE8, 0x08, //                   shr eax, 8
+        0xFE, 0xCD, //                               dec ch
+        0x75, 0xF4, //                               jnz byte
+        0xFE, 0xC9, //                               dec cl
+        0x75, 0xEC, //                               jnz reg
+        0x66, 0x46, //                               inc esi
+        0x66, 0x81, 0xFE, 0x05, 0x00, 0x00, 0x80, // cmp esi, 0x80000005
+        0x75, 0xD2, //                               jne leaf
+    ]);
+    serial_text(&mut c, "CORES:");
+    c.extend_from_slice(&[0x66, 0xB8, 0x0B, 0x00, 0x00, 0x00]); // mov eax, 0xb
+    c.extend_from_slice(&[0x66, 0xB9, 0x01, 0x00, 0x00, 0x00]); // mov ecx, 1
+    c.extend_from_slice(&[0x0F, 0xA2, 0x88, 0xD8]); // cpuid; mov al, bl
+    c.extend_from_slice(SERIAL_AL);
+    serial_text(&mut c, "\r\n");
+    finish_boot_disk(c, message)
+}
+
 /// What [`cdrom_boot_image`] writes on COM1 before the 9 characters it
 /// read from the medium, or when the BIOS could not read it.
 pub const CDROM_READ: &str = "VOL:";

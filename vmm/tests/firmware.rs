@@ -77,6 +77,28 @@ fn seabios_boots_a_boot_sector_that_sees_fw_cfg_cmos_and_pci() {
     assert!(err.contains("boot marker"), "{err}");
 }
 
+/// The guest sees the normalised CPUID: a generic brand for the host's
+/// vendor, not the host's model, and the cores it was given.
+#[test]
+fn the_guest_sees_a_generic_cpu_brand_and_its_cores() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cpuid.img");
+    std::fs::write(&p, tiny_guest::cpuid_disk("reading CPUID")).unwrap();
+    let (code, out, err) = run_vmm(&["--firmware", "bios", "--disk", p.to_str().unwrap(), "--vcpus", "2"]);
+    assert_eq!(code, 3, "{}\n{err}", String::from_utf8_lossy(&out));
+    let leaf0 = std::arch::x86_64::__cpuid(0);
+    let vendor: Vec<u8> = [leaf0.ebx, leaf0.edx, leaf0.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
+    let brand = after(&out, "CPU:", 48);
+    let text = String::from_utf8_lossy(&brand[..brand.iter().position(|&b| b == 0).unwrap_or(48)]).into_owned();
+    match &vendor[..] {
+        b"AuthenticAMD" => assert_eq!(text, "AMD EPYC"),
+        b"GenuineIntel" => assert!(text.starts_with("Intel(R) Xeon(R) Processor"), "{text}"),
+        other => panic!("a host CPU from {:?}", String::from_utf8_lossy(other)),
+    }
+    assert!(brand[text.len()..].iter().all(|&b| b == 0), "the rest of the brand is zeros: {brand:?}");
+    assert_eq!(after(&out, "CORES:", 1), [2], "two cores at leaf 0xB's core level");
+}
+
 #[test]
 fn the_boot_order_picks_the_disk() {
     let dir = tempfile::tempdir().unwrap();
