@@ -281,6 +281,14 @@ fn run_inner(
     kick_until(&threads, || threads.iter().all(|t| t.is_finished()));
     join_or_leave(threads, Duration::ZERO);
     crate::timeline::mark(machine.started, "vCPUs stopped");
+    let (c, n) = (&machine.counters, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(
+        "the vCPUs left the guest for this process {} times: port I/O {}, MMIO {}, {} of them without a device",
+        c.exits.load(n),
+        c.io_exits.load(n),
+        c.mmio_exits.load(n),
+        c.unhandled.load(n)
+    );
     let stopping = device_threads.into_iter().map(|(stop, thread)| {
         let _ = stop.write(1);
         thread

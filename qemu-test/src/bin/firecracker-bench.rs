@@ -59,6 +59,8 @@ fn firecracker_config(kernel: &str, initrd: Option<&str>) -> String {
     serde_json::json!({
         "boot-source": boot, "drives": [],
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+        // Written when it stops: its vCPU exits among them.
+        "metrics": {"metrics_path": "metrics.json"},
     })
     .to_string()
 }
@@ -168,8 +170,9 @@ fn l1_runs(runs: &[(&str, String)], times: usize, fc: &[u8], base: Option<&[u8]>
     let round: String = runs.iter().map(|(name, cmd)| format!("run {name} {cmd}\n")).collect();
     let script = format!(
         "now() {{ cut -d' ' -f1 /proc/uptime; }}\n\
-         run() {{ name=$1; shift; t0=$(now); \"$@\" < /dev/null > out 2> err; code=$?; t1=$(now)\n\
-           cat out err; echo \"RUN vmm=$name exit=$code l1_start=$t0 l1_end=$t1\"; }}\n\
+         run() {{ name=$1; shift; : > metrics.json; t0=$(now); \"$@\" < /dev/null > out 2> err; code=$?; t1=$(now)\n\
+           cat out err; [ -s metrics.json ] && echo \"FC-METRICS $(tail -n1 metrics.json)\"\n\
+           echo \"RUN vmm=$name exit=$code l1_start=$t0 l1_end=$t1\"; }}\n\
          for i in $(seq {times}); do\n{round}done\n"
     );
     let vmlinux = std::fs::read(&kvmos_qemu_test::image()?.guest_vmlinux)?;
@@ -257,8 +260,8 @@ fn report(runs: &[Run]) -> Result<()> {
             .find_map(|l| l.split(marker).nth(1)?.split_whitespace().next().map(str::to_string))
             .unwrap_or_else(|| "-".into())
     };
-    println!("| round | VMM | exit | L2 uptime at init (s) | kvmos: VM built (ms) | vCPUs started (ms) | boot marker (ms) | VMM start → exit, L1 (s) |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| round | VMM | exit | L2 uptime at init (s) | kvmos: VM built (ms) | vCPUs started (ms) | boot marker (ms) | exits to the VMM: port I/O, MMIO | VMM start → exit, L1 (s) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let show = std::env::var("FIRECRACKER_BENCH_SHOW").is_ok_and(|v| v == "1");
     for r in runs {
         if show {
@@ -266,8 +269,9 @@ fn report(runs: &[Run]) -> Result<()> {
         }
         let ours = r.vmm != "firecracker";
         let mine = |marker: &str| if ours { after(&r.text, marker) } else { String::new() };
+        let exits = vmm_exits(r).map_or("-".into(), |(io, mmio)| format!("{io}, {mmio}"));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {exits} | {:.2} |",
             r.round,
             r.vmm,
             r.exit,
@@ -324,6 +328,20 @@ fn report(runs: &[Run]) -> Result<()> {
         println!("  kvmos-vmm ({vmm}) {k:.2}: {:.2}× Firecracker's {f:.2}", k.median / f.median);
     }
     Ok(())
+}
+
+/// How often the guest's vCPU left KVM for the VMM's process, for port
+/// I/O and for MMIO: kvmos-vmm's debug log, Firecracker's metrics.
+fn vmm_exits(r: &Run) -> Option<(u64, u64)> {
+    if r.vmm == "firecracker" {
+        let line = r.text.lines().find_map(|l| l.strip_prefix("FC-METRICS "))?;
+        let m: serde_json::Value = serde_json::from_str(line).ok()?;
+        let v = |k: &str| m["vcpu"][k].as_u64().unwrap_or(0);
+        return Some((v("exit_io_in") + v("exit_io_out"), v("exit_mmio_read") + v("exit_mmio_write")));
+    }
+    let line = r.text.lines().find(|l| l.contains("left the guest for this process"))?;
+    let number_after = |k: &str| line.split(k).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok();
+    Some((number_after("port I/O ")?, number_after("MMIO ")?))
 }
 
 fn main() -> Result<()> {
