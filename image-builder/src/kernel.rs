@@ -104,6 +104,12 @@ impl BuiltKernel {
     pub fn vmlinux(&self) -> PathBuf {
         self.entry_dir.join("build/vmlinux")
     }
+
+    /// The symbol table of the same build, to name the functions in
+    /// addresses a stuck kernel was at.
+    pub fn system_map(&self) -> PathBuf {
+        self.entry_dir.join("build/System.map")
+    }
 }
 
 /// Makes sure the source is extracted in the cache; returns the tree's path.

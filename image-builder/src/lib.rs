@@ -71,6 +71,11 @@ impl Layout {
     pub fn disk_image(&self) -> PathBuf {
         self.out_dir.join("kvmos.img")
     }
+    /// The host kernel's symbol table (for tests that report where a
+    /// stuck kernel was; not part of the image).
+    pub fn system_map(&self) -> PathBuf {
+        self.out_dir.join("System.map")
+    }
     pub fn manifest(&self) -> PathBuf {
         self.out_dir.join("manifest.json")
     }

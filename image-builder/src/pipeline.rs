@@ -63,7 +63,10 @@ pub fn build(layout: &Layout, opts: &Options) -> Result<Outputs> {
     let efi_kernel = step("build the UEFI kernel with the initramfs inside", || {
         host_kernel.with_embedded_initramfs(&layout.initramfs())
     })?;
-    step("copy the kernel", || copy_atomic(&host_kernel.bz_image, &layout.bz_image()))?;
+    step("copy the kernel and its symbol table", || {
+        copy_atomic(&host_kernel.bz_image, &layout.bz_image())?;
+        copy_atomic(&host_kernel.system_map(), &layout.system_map())
+    })?;
     step("write the disk image", || write_disk_image(layout, &efi_kernel, opts.data_size))?;
     let firmware = firmware.into_iter().map(|f| f.entry).collect();
     let manifest = step("write the manifest", || write_manifest(layout, initramfs.cpio_sha256, firmware))?;

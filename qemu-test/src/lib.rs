@@ -328,8 +328,9 @@ impl Drop for Appliance {
 
 impl Appliance {
     /// Sends one command to the QEMU human monitor (needs
-    /// `QemuOptions::monitor_socket`), e.g. `system_powerdown`.
-    pub fn monitor(&self, socket: &std::path::Path, command: &str) -> Result<()> {
+    /// `QemuOptions::monitor_socket`), e.g. `system_powerdown`; returns
+    /// what the monitor printed for it.
+    pub fn monitor(&self, socket: &std::path::Path, command: &str) -> Result<String> {
         use std::os::unix::net::UnixStream;
         let mut s = UnixStream::connect(socket)
             .with_context(|| format!("cannot reach the QEMU monitor at {}", socket.display()))?;
@@ -355,9 +356,10 @@ impl Appliance {
             Ok(())
         };
         read_until_prompt(&mut s, &mut seen, &mut buf, 1)?;
+        let start = seen.len();
         s.write_all(format!("{command}\n").as_bytes())?;
         read_until_prompt(&mut s, &mut seen, &mut buf, 2)?;
-        Ok(())
+        Ok(String::from_utf8_lossy(&seen[start..]).into_owned())
     }
 
     /// Types a debug command (see init/src/debug.rs) and waits for its answer.

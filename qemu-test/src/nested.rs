@@ -13,6 +13,7 @@ use kvmos_image_builder::binaries::TARGET;
 use kvmos_image_builder::initramfs::{self, Archive};
 use kvmos_image_builder::qemu::{Boot, Emulator, QemuOptions};
 use kvmos_image_builder::Layout;
+use std::path::Path;
 use std::time::Duration;
 
 /// What a nested run printed and how its script ended.
@@ -146,20 +147,115 @@ impl Nested {
         opts.memory_mib = self.memory_mib;
         opts.cpus = self.cpus;
         opts.snapshot_drives = self.drives.clone();
-        opts.append = "quiet".into();
+        // Without address randomisation, System.map names the addresses
+        // a hang report shows.
+        opts.append = "quiet nokaslr".into();
         opts.emulator = self.emulator.clone();
+        let monitor = dir.join("monitor.sock");
+        opts.monitor_socket = Some(monitor.clone());
         let mut vm = Appliance::boot_until(name, opts, "NESTED-START")?;
-        self.wait(&mut vm, timeout)
+        self.wait(&mut vm, timeout, &monitor)
     }
 
-    fn wait(&self, vm: &mut Appliance, timeout: Duration) -> Result<NestedResult> {
+    fn wait(&self, vm: &mut Appliance, timeout: Duration, monitor: &Path) -> Result<NestedResult> {
         vm.expect("NESTED-START", timeout)?;
-        let out = vm.expect("NESTED-RESULT ", timeout)?;
+        let out = match vm.expect("NESTED-RESULT ", timeout) {
+            Ok(out) => out,
+            Err(e) => return Err(e.context(l1_cpus(vm, monitor))),
+        };
         let status_line = vm.expect("\n", Duration::from_secs(30))?;
         let status = status_line.trim().parse().unwrap_or(-1);
         if out.contains("Kernel panic") {
             bail!("the L1 kernel panicked running {:?}:\n{out}", self.script);
         }
         Ok(NestedResult { output: out, status })
+    }
+}
+
+/// Where the L1's CPUs are, for a script that never ended: each CPU's
+/// instruction pointer, three times a second apart, with the L1 kernel's
+/// function there (from the build's System.map). Spinning, idle or
+/// stuck in one place tells an L1 hang from a slow or waiting script.
+fn l1_cpus(vm: &Appliance, monitor: &Path) -> String {
+    let map = std::fs::read_to_string(Layout::this_checkout().system_map()).map(|m| SymbolMap::parse(&m));
+    let mut report = String::from("the script did not end; the L1's CPUs:\n");
+    for sample in 0..3 {
+        if sample > 0 {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        match vm.monitor(monitor, "info registers -a") {
+            Ok(regs) => {
+                for (cpu, rip) in instruction_pointers(&regs) {
+                    let name = map.as_ref().ok().and_then(|m| m.name(rip)).unwrap_or_else(|| "?".into());
+                    report.push_str(&format!("  sample {sample}: CPU {cpu} at {rip:#x} {name}\n"));
+                }
+            }
+            Err(e) => report.push_str(&format!("  sample {sample}: the QEMU monitor: {e:#}\n")),
+        }
+    }
+    report
+}
+
+/// (CPU, RIP) for each CPU in `info registers -a` output.
+fn instruction_pointers(text: &str) -> Vec<(u32, u64)> {
+    let mut cpu = 0;
+    let mut out = Vec::new();
+    for word in text.split_whitespace() {
+        if let Some(n) = word.strip_prefix("CPU#") {
+            cpu = n.trim_end_matches(':').parse().unwrap_or(cpu);
+        } else if let Some(hex) = word.strip_prefix("RIP=") {
+            if let Ok(rip) = u64::from_str_radix(hex, 16) {
+                out.push((cpu, rip));
+            }
+        }
+    }
+    out
+}
+
+/// A kernel's text symbols, sorted by address.
+struct SymbolMap(Vec<(u64, String)>);
+
+impl SymbolMap {
+    fn parse(system_map: &str) -> Self {
+        let mut symbols: Vec<(u64, String)> = system_map
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let addr = u64::from_str_radix(w.next()?, 16).ok()?;
+                let kind = w.next()?;
+                let name = w.next()?;
+                matches!(kind, "T" | "t" | "W" | "w").then(|| (addr, name.to_string()))
+            })
+            .collect();
+        symbols.sort();
+        Self(symbols)
+    }
+
+    /// `function+offset` for `addr`, if it is in the kernel's text.
+    fn name(&self, addr: u64) -> Option<String> {
+        let i = self.0.partition_point(|(a, _)| *a <= addr).checked_sub(1)?;
+        let (start, name) = &self.0[i];
+        let last = self.0.last()?.0;
+        (addr <= last + 0x10000).then(|| format!("{name}+{:#x}", addr - start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instruction_pointers_are_named_from_the_symbol_table() {
+        let regs =
+            "CPU#0\nRAX=0000000000000000 RBX=ffffffff82013940\nRIP=ffffffff81a2b3c4 RFL=00000246 [---Z-P-] CPL=0\n\
+                    CPU#1\nRAX=0000000000000001\nRIP=ffffffff81000010 RFL=00000002\n";
+        assert_eq!(instruction_pointers(regs), vec![(0, 0xffffffff81a2b3c4), (1, 0xffffffff81000010)]);
+        let map = SymbolMap::parse(
+            "ffffffff81000000 T _stext\nffffffff81a2b300 t default_idle\nffffffff81a2b400 T arch_cpu_idle\n\
+             ffffffff82000000 D some_data\n",
+        );
+        assert_eq!(map.name(0xffffffff81a2b3c4).as_deref(), Some("default_idle+0xc4"));
+        assert_eq!(map.name(0xffffffff81000010).as_deref(), Some("_stext+0x10"));
+        assert_eq!(map.name(0x1000), None, "below the kernel: user space");
     }
 }

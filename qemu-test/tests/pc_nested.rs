@@ -17,7 +17,9 @@ use kvmos_qemu_test::debian;
 use kvmos_qemu_test::nested::{Nested, NestedResult};
 use std::time::Duration;
 
-const TIMEOUT: Duration = Duration::from_secs(1500);
+/// A run takes 3 to 6 minutes; at 15 the L1 is taken as hung, and the
+/// harness reports where its CPUs are.
+const TIMEOUT: Duration = Duration::from_secs(900);
 
 /// L1 set-up: the guest's network (a tap with a DHCP server on the L1
 /// side) and a FIFO for typing on the guest's console. `{vmm}` starts
