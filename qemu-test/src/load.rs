@@ -122,7 +122,10 @@ impl Rate<'_> {
     /// The same load from threads in this process instead of oha (`pin`
     /// does not apply): one thread per connection, each over its own
     /// kept-alive HTTPS connection and on a fixed schedule. A request's
-    /// latency runs from its send to the end of its answer.
+    /// latency runs from the time the schedule gave it to the end of its
+    /// answer, so one held back by a slow answer before it counts that
+    /// wait too (measuring from the send would hide every stall behind
+    /// the one request that caused it).
     pub fn run_here(&self, panel_pid: u32) -> Result<Figures> {
         let interval = Duration::from_secs_f64(f64::from(self.connections) / f64::from(self.per_second));
         let start = std::time::Instant::now() + Duration::from_millis(100);
@@ -140,13 +143,12 @@ impl Rate<'_> {
                         if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
                             std::thread::sleep(wait);
                         }
-                        let t = std::time::Instant::now();
                         let answer = agent.get(&url).header("Authorization", &auth).call().and_then(|mut r| {
                             let status = r.status().as_u16();
                             r.body_mut().read_to_vec().map(|_| status)
                         });
                         match answer {
-                            Ok(200) => sent.ok.push(t.elapsed()),
+                            Ok(200) => sent.ok.push(at.elapsed()),
                             Ok(_) => sent.other_statuses += 1,
                             Err(_) => sent.errors += 1,
                         }

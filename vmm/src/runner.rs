@@ -279,7 +279,7 @@ fn run_inner(
     }
     machine.control.stop();
     kick_until(&threads, || threads.iter().all(|t| t.is_finished()));
-    join_or_leave(threads, Duration::ZERO);
+    let mut left_behind = join_or_leave(threads, Duration::ZERO);
     crate::timeline::mark(machine.started, "vCPUs stopped");
     let (c, n) = (&machine.counters, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(
@@ -293,12 +293,18 @@ fn run_inner(
         let _ = stop.write(1);
         thread
     });
-    join_or_leave(stopping.collect(), DEVICE_THREAD_GRACE);
+    left_behind += join_or_leave(stopping.collect(), DEVICE_THREAD_GRACE);
     crate::timeline::mark(machine.started, "device threads stopped");
     let reason = machine.exit.reason().unwrap_or(ExitReason::Stopped);
     let started = machine.started;
     drop(machine);
-    crate::timeline::mark(started, "VM torn down (KVM VM closed, memory unmapped)");
+    if left_behind == 0 {
+        crate::timeline::mark(started, "VM torn down (KVM VM closed, memory unmapped)");
+    } else {
+        // The blocked threads hold the VM's file descriptors and memory
+        // until the process ends.
+        crate::timeline::mark(started, "VM released but for what the blocked threads hold (freed at exit)");
+    }
     Ok(reason)
 }
 
@@ -311,19 +317,23 @@ const DEVICE_THREAD_GRACE: Duration = Duration::from_secs(5);
 /// after it (a disk read on a hung file system, or a vCPU waiting for
 /// that disk's lock) is left behind: it ends with the process, and the VM
 /// stops all the same.
-fn join_or_leave(threads: Vec<std::thread::JoinHandle<()>>, grace: Duration) {
+/// Returns how many were left.
+fn join_or_leave(threads: Vec<std::thread::JoinHandle<()>>, grace: Duration) -> usize {
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline && !threads.iter().all(|t| t.is_finished()) {
         std::thread::sleep(Duration::from_millis(5));
     }
+    let mut left = 0;
     for t in threads {
         if t.is_finished() {
             let _ = t.join();
         } else {
             let name = t.thread().name().unwrap_or("a thread").to_string();
             tracing::warn!("{name} is still blocked (in a device's I/O); the VM stops without it");
+            left += 1;
         }
     }
+    left
 }
 
 /// A device thread's handle, and the event that ends it.

@@ -120,4 +120,6 @@ fn a_disk_whose_reads_never_end_holds_up_neither_the_api_nor_a_stop() {
     assert_eq!(code, kvmos_vmm::exit::EXIT_STOPPED, "{record}");
     // The disk's thread gets 5 s to finish its request, then is left.
     assert!(asked.elapsed() < Duration::from_secs(10), "stopped in {:?}", asked.elapsed());
+    let log = std::fs::read_to_string(vm.path("vmm.err")).unwrap();
+    assert!(log.contains("is still blocked"), "the log names the thread left behind: {log}");
 }
