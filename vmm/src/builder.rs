@@ -336,6 +336,7 @@ fn create_vcpus(
                 exit: Arc::clone(exit),
                 control: Arc::clone(control),
                 counters: Arc::clone(counters),
+                tally: Default::default(),
             })
         })
         .collect()

@@ -6,6 +6,7 @@
 use crate::devices::bus::Bus;
 use crate::exit::{ExitReason, ExitSignal};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -68,6 +69,43 @@ pub struct VcpuCounters {
     pub io_exits: AtomicU64,
     pub mmio_exits: AtomicU64,
     pub unhandled: AtomicU64,
+    /// The exits per port and per MMIO page, added by each vCPU thread as
+    /// it ends (see [`VcpuCounters::busiest`]).
+    places: Mutex<HashMap<Place, u64>>,
+}
+
+/// Where a guest access that left KVM went: a port, or a 4 KiB MMIO page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Place {
+    Port(u16),
+    MmioPage(u64),
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Port(p) => write!(f, "port {p:#x}"),
+            Place::MmioPage(a) => write!(f, "MMIO {a:#x}"),
+        }
+    }
+}
+
+impl VcpuCounters {
+    /// The `n` places the stopped vCPUs exited for most, busiest first.
+    pub fn busiest(&self, n: usize) -> Vec<(Place, u64)> {
+        let places = self.places.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<(Place, u64)> = places.iter().map(|(p, c)| (*p, *c)).collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+
+    fn add_places(&self, tally: &HashMap<Place, u64>) {
+        let mut places = self.places.lock().unwrap_or_else(|p| p.into_inner());
+        for (p, c) in tally {
+            *places.entry(*p).or_default() += c;
+        }
+    }
 }
 
 pub struct Vcpu {
@@ -78,6 +116,8 @@ pub struct Vcpu {
     pub exit: Arc<ExitSignal>,
     pub control: Arc<VcpuControl>,
     pub counters: Arc<VcpuCounters>,
+    /// This vCPU's exits per place, kept by its thread alone.
+    pub tally: HashMap<Place, u64>,
 }
 
 /// How many unhandled accesses are logged before going quiet.
@@ -132,6 +172,7 @@ impl Vcpu {
         let stop = match result {
             Ok(VcpuExit::IoIn(port, data)) => {
                 self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
+                *self.tally.entry(Place::Port(port)).or_default() += 1;
                 if !self.io_bus.read(u64::from(port), data) {
                     data.fill(0xff);
                     unhandled = Some(("port read", u64::from(port), data.len()));
@@ -140,6 +181,7 @@ impl Vcpu {
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
+                *self.tally.entry(Place::Port(port)).or_default() += 1;
                 if !self.io_bus.write(u64::from(port), data) {
                     unhandled = Some(("port write", u64::from(port), data.len()));
                 }
@@ -147,6 +189,7 @@ impl Vcpu {
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
+                *self.tally.entry(Place::MmioPage(addr & !0xfff)).or_default() += 1;
                 if !self.mmio_bus.read(addr, data) {
                     data.fill(0xff);
                     unhandled = Some(("MMIO read", addr, data.len()));
@@ -155,6 +198,7 @@ impl Vcpu {
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
+                *self.tally.entry(Place::MmioPage(addr & !0xfff)).or_default() += 1;
                 if !self.mmio_bus.write(addr, data) {
                     unhandled = Some(("MMIO write", addr, data.len()));
                 }
@@ -211,6 +255,7 @@ impl Vcpu {
                 break;
             }
         }
+        self.counters.add_places(&self.tally);
         tracing::debug!(vcpu = self.index, "vCPU thread done");
     }
 }
@@ -245,5 +290,24 @@ pub fn kick_until<T>(threads: &[std::thread::JoinHandle<T>], done: impl Fn() -> 
         }
         std::thread::sleep(wait);
         wait = (wait * 2).min(Duration::from_millis(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busiest_places_add_up_over_the_vcpus() {
+        let counters = VcpuCounters::default();
+        counters.add_places(&HashMap::from([(Place::Port(0x80), 5), (Place::Port(0x3f8), 2)]));
+        counters.add_places(&HashMap::from([(Place::Port(0x80), 1), (Place::MmioPage(0xd000_0000), 3)]));
+        assert_eq!(
+            counters.busiest(2),
+            vec![(Place::Port(0x80), 6), (Place::MmioPage(0xd000_0000), 3)],
+            "the two busiest, most first"
+        );
+        assert_eq!(Place::Port(0x80).to_string(), "port 0x80");
+        assert_eq!(Place::MmioPage(0xd000_0000).to_string(), "MMIO 0xd0000000");
     }
 }
