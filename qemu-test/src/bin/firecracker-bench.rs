@@ -125,14 +125,27 @@ fn host(runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// The L2 guest's init: its uptime, the boot marker, a reboot.
-const L2_INIT: &str = r#"
-mount -t proc proc /proc
-mount -t devtmpfs devtmpfs /dev
-echo "L2-UPTIME $(cut -d' ' -f1 /proc/uptime)"
-printf x | dd of=/dev/port bs=1 seek=1088 count=1 2>/dev/null
-reboot -f
-"#;
+/// The L2 guest's init: its uptime, the boot marker, a reboot. With
+/// `FIRECRACKER_BENCH_INITCALLS=1` it prints, after the marker, the 15
+/// slowest initcalls from its kernel log (boot the guest with
+/// `initcall_debug` in `FIRECRACKER_BENCH_CMDLINE`; `quiet` keeps them off
+/// the console while it boots), to see where a guest's boot time goes.
+fn l2_init() -> String {
+    let initcalls = if std::env::var("FIRECRACKER_BENCH_INITCALLS").is_ok_and(|v| v == "1") {
+        "dmesg | grep 'returned.*usecs' | sed 's/.*initcall \\([^ ]*\\) returned .* after \\([0-9]*\\) usecs/\\2 \\1/' \
+         | sort -rn | head -15 | sed 's/^/L2-INITCALL /'\n"
+    } else {
+        ""
+    };
+    format!(
+        "mount -t proc proc /proc\n\
+         mount -t devtmpfs devtmpfs /dev\n\
+         echo \"L2-UPTIME $(cut -d' ' -f1 /proc/uptime)\"\n\
+         printf x | dd of=/dev/port bs=1 seek=1088 count=1 2>/dev/null\n\
+         {initcalls}\
+         reboot -f\n"
+    )
+}
 
 /// The kvmos-vmm command line in the L1 (the binary given).
 fn kvmos_command(binary: &str) -> String {
@@ -181,7 +194,7 @@ fn l1_runs(runs: &[(&str, String)], times: usize, fc: &[u8], base: Option<&[u8]>
         .file("firecracker", fc.to_vec(), 0o755)?
         .file("fc.json", firecracker_config("vmlinux", Some("l2.cpio.zst")).into_bytes(), 0o644)?
         .file("vmlinux", vmlinux, 0o644)?
-        .file("l2.cpio.zst", guest_initramfs(L2_INIT)?, 0o644)?;
+        .file("l2.cpio.zst", guest_initramfs(&l2_init())?, 0o644)?;
     if let Some(base) = base {
         l1 = l1.file("kvmos-vmm-base", base.to_vec(), 0o755)?;
     }
