@@ -134,7 +134,7 @@ fn firmware_file(name: &str) -> (&'static str, Vec<u8>) {
 /// file on the root file system.
 const CHECKS: &str = r#"
 login
-echo 'echo "LEASE $(ip -4 -o addr show eth0 | grep -o "inet [0-9.]*")"; echo "CPUS $(grep -c ^processor /proc/cpuinfo)"; echo proof-$((6*7)) > /root/proof.txt; sync; echo "WROTE-$?"' >&3
+echo 'echo "LEASE $(ip -4 -o addr show eth0 | grep -o "inet [0-9.]*")"; echo "CPUS $(grep -c ^processor /proc/cpuinfo)"; echo "MODEL$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2)"; echo proof-$((6*7)) > /root/proof.txt; sync; echo "WROTE-$?"' >&3
 wait_for 'WROTE-'
 "#;
 
@@ -183,6 +183,12 @@ fn debian_boots_through_seabios_with_two_vcpus() {
     );
     assert_booted_and_powered_off(&r, "SeaBIOS (version");
     assert!(r.output.contains("CPUS 2"), "both vCPUs in /proc/cpuinfo:\n{}", r.output);
+    // The normalised CPUID: a generic model name, whichever vendor the L1's CPU has.
+    assert!(
+        r.output.contains("MODEL AMD EPYC") || r.output.contains("MODEL Intel(R) Xeon(R) Processor"),
+        "a generic CPU model in /proc/cpuinfo:\n{}",
+        r.output
+    );
     assert!(r.output.contains("INTX-LEASE inet 10.0.3.1"), "the NIC works with INTx:\n{}", r.output);
     let irqs = r.output.split("IRQS ").last().unwrap_or_default().lines().next().unwrap_or_default();
     assert!(irqs.contains("IO-APIC") && irqs.contains("fasteoi"), "a level-triggered IO-APIC line: {irqs}");
