@@ -105,10 +105,17 @@ impl BuiltKernel {
         self.entry_dir.join("build/vmlinux")
     }
 
-    /// The symbol table of the same build, to name the functions in
-    /// addresses a stuck kernel was at.
+    /// The symbol table of this bzImage, to name the functions at the
+    /// addresses a stuck kernel was at: kept beside it when it was built
+    /// (the build tree's own is rewritten by the UEFI relink); entries
+    /// cached before that have only the build tree's.
     pub fn system_map(&self) -> PathBuf {
-        self.entry_dir.join("build/System.map")
+        let kept = self.entry_dir.join("System.map");
+        if kept.is_file() {
+            kept
+        } else {
+            self.entry_dir.join("build/System.map")
+        }
     }
 }
 
@@ -187,6 +194,7 @@ pub fn build(spec: &KernelSpec, source: &Source, cache_dir: &Path) -> Result<Bui
     let started = Instant::now();
     make(&built.src_dir, &build_dir, &["bzImage"], &log)?;
     eprintln!("    {} kernel built in {}", spec.name, human_duration(started.elapsed()));
+    copy_atomic(&build_dir.join("System.map"), &entry_dir.join("System.map"))?;
     copy_atomic(&build_dir.join("arch/x86/boot/bzImage"), &bz_image)?;
     copy_atomic(&build_dir.join(".config"), &entry_dir.join("config"))?;
     Ok(built)

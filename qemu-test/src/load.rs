@@ -125,7 +125,9 @@ impl Rate<'_> {
     /// latency runs from the time the schedule gave it to the end of its
     /// answer, so one held back by a slow answer before it counts that
     /// wait too (measuring from the send would hide every stall behind
-    /// the one request that caused it).
+    /// the one request that caused it). It also counts how late this
+    /// process's own thread woke for the send, which on a busy machine
+    /// can be a millisecond or more.
     pub fn run_here(&self, panel_pid: u32) -> Result<Figures> {
         let interval = Duration::from_secs_f64(f64::from(self.connections) / f64::from(self.per_second));
         let start = std::time::Instant::now() + Duration::from_millis(100);

@@ -161,7 +161,8 @@ impl Nested {
         vm.expect("NESTED-START", timeout)?;
         let out = match vm.expect("NESTED-RESULT ", timeout) {
             Ok(out) => out,
-            Err(e) => return Err(e.context(l1_cpus(vm, monitor))),
+            Err(e) if vm.child.try_wait().ok().flatten().is_none() => return Err(e.context(l1_cpus(vm, monitor))),
+            Err(e) => return Err(e.context("QEMU exited before the script ended")),
         };
         let status_line = vm.expect("\n", Duration::from_secs(30))?;
         let status = status_line.trim().parse().unwrap_or(-1);

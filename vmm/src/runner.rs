@@ -290,7 +290,8 @@ fn run_inner(
         c.unhandled.load(n)
     );
     let busiest: Vec<String> = c.busiest(8).iter().map(|(place, count)| format!("{place} ×{count}")).collect();
-    tracing::debug!("where they went most: {}", busiest.join(", "));
+    let missing = if left_behind > 0 { " (without the vCPUs left behind)" } else { "" };
+    tracing::debug!("where they went most{missing}: {}", busiest.join(", "));
     let stopping = device_threads.into_iter().map(|(stop, thread)| {
         let _ = stop.write(1);
         thread

@@ -184,7 +184,7 @@ fn l1_runs(runs: &[(&str, String)], times: usize, fc: &[u8], base: Option<&[u8]>
     let script = format!(
         "now() {{ cut -d' ' -f1 /proc/uptime; }}\n\
          run() {{ name=$1; shift; : > metrics.json; t0=$(now); \"$@\" < /dev/null > out 2> err; code=$?; t1=$(now)\n\
-           cat out err; [ -s metrics.json ] && echo \"FC-METRICS $(tail -n1 metrics.json)\"\n\
+           cat out err; [ -s metrics.json ] && sed 's/^/FC-METRICS /' metrics.json\n\
            echo \"RUN vmm=$name exit=$code l1_start=$t0 l1_end=$t1\"; }}\n\
          for i in $(seq {times}); do\n{round}done\n"
     );
@@ -347,9 +347,18 @@ fn report(runs: &[Run]) -> Result<()> {
 /// I/O and for MMIO: kvmos-vmm's debug log, Firecracker's metrics.
 fn vmm_exits(r: &Run) -> Option<(u64, u64)> {
     if r.vmm == "firecracker" {
-        let line = r.text.lines().find_map(|l| l.strip_prefix("FC-METRICS "))?;
-        let m: serde_json::Value = serde_json::from_str(line).ok()?;
-        let v = |k: &str| m["vcpu"][k].as_u64().unwrap_or(0);
+        // One line per flush (each minute and at the end), each counting
+        // what happened since the one before.
+        let flushes: Vec<serde_json::Value> = r
+            .text
+            .lines()
+            .filter_map(|l| l.strip_prefix("FC-METRICS "))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if flushes.is_empty() {
+            return None;
+        }
+        let v = |k: &str| flushes.iter().map(|m| m["vcpu"][k].as_u64().unwrap_or(0)).sum::<u64>();
         return Some((v("exit_io_in") + v("exit_io_out"), v("exit_mmio_read") + v("exit_mmio_write")));
     }
     let line = r.text.lines().find(|l| l.contains("left the guest for this process"))?;

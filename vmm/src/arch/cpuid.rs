@@ -6,7 +6,7 @@
 //! - topology and APIC IDs: every vCPU describes one socket of `count`
 //!   single-threaded cores and knows its own ID (leaves 1, 4, 0xB, 0x1F;
 //!   on AMD 0x80000008, 0x8000001D, 0x8000001E). Newer KVMs leave the core
-//!   level of leaf 0xB out; it is added.
+//!   level of leaves 0xB and 0x1F out; it is added.
 //! - the TSC-deadline timer shown when KVM emulates it (KVM leaves that
 //!   bit to the VMM, as QEMU and Firecracker set it): a guest that has it
 //!   programs its local APIC timer in TSC ticks and skips calibrating that
@@ -103,17 +103,21 @@ pub fn for_vcpu(host: &HostCpuid, index: u8, count: u8) -> CpuId {
     CpuId::from_entries(&entries).expect("no more entries than KVM_MAX_CPUID_ENTRIES")
 }
 
-/// Leaf 0xB subleaf 1 (the core level), which KVM no longer reports since
-/// Linux 6.2; without it a guest with several vCPUs sees no cores.
+/// Subleaf 1 (the core level) of leaves 0xB and 0x1F, which KVM no longer
+/// reports since Linux 6.2; without it a guest with several vCPUs sees
+/// each as a socket of its own (Linux and Windows read 0x1F first where
+/// the processor has it).
 fn add_core_level(entries: &mut Vec<kvm_cpuid_entry2>) {
-    let has = |f: u32, i: u32| entries.iter().any(|e| e.function == f && e.index == i);
-    if has(0xb, 0) && !has(0xb, 1) && entries.len() < KVM_MAX_CPUID_ENTRIES {
-        entries.push(kvm_cpuid_entry2 {
-            function: 0xb,
-            index: 1,
-            flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
-            ..Default::default()
-        });
+    for leaf in [0xb, 0x1f] {
+        let has = |i: u32| entries.iter().any(|e| e.function == leaf && e.index == i);
+        if has(0) && !has(1) && entries.len() < KVM_MAX_CPUID_ENTRIES {
+            entries.push(kvm_cpuid_entry2 {
+                function: leaf,
+                index: 1,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                ..Default::default()
+            });
+        }
     }
 }
 
@@ -348,10 +352,15 @@ mod tests {
 
     #[test]
     fn the_core_level_is_added_when_kvm_leaves_it_out() {
-        let c = for_vcpu(&host(&[leaf(0, 0), leaf(0xb, 0)]), 1, 3);
-        let core = find(&c, 0xb, 1);
-        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 3, (2 << 8) | 1, 1));
-        assert_eq!(core.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+        let c = for_vcpu(&host(&[leaf(0, 0), leaf(0xb, 0), leaf(0x1f, 0)]), 1, 3);
+        for l in [0xb, 0x1f] {
+            let core = find(&c, l, 1);
+            assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 3, (2 << 8) | 1, 1), "leaf {l:#x}");
+            assert_eq!(core.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+        }
+        // A processor without leaf 0x1F does not get one.
+        let c = for_vcpu(&host(&[leaf(0, 0), leaf(0xb, 0)]), 0, 2);
+        assert!(!c.as_slice().iter().any(|e| e.function == 0x1f));
     }
 
     #[test]
@@ -426,6 +435,9 @@ mod tests {
             Vendor::Other => {}
         }
         assert_eq!(find(&c, 0xb, 1).ebx, 2, "two cores at the core level");
+        if c.as_slice().iter().any(|e| e.function == 0x1f) {
+            assert_eq!(find(&c, 0x1f, 1).ebx, 2, "and at leaf 0x1F's");
+        }
     }
 
     #[test]

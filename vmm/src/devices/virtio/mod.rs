@@ -89,17 +89,30 @@ impl Interrupt {
 
     /// Tells the guest that queue `queue` has used buffers waiting.
     pub fn signal_used_queue(&self, queue: u16) {
+        let vector =
+            |m: &MsixVectors| m.queue_vectors.get(usize::from(queue)).map_or(NO_VECTOR, |v| v.load(Ordering::SeqCst));
+        self.signal(INT_VRING, vector);
+    }
+
+    /// Tells the guest that the device's configuration or status changed.
+    pub fn signal_config(&self) {
+        self.signal(INT_CONFIG, |m| m.config_vector.load(Ordering::SeqCst));
+    }
+
+    /// Raises the MSI-X vector `vector` picks once the driver has enabled
+    /// MSI-X (none if it assigned none), else the INTx line with `isr_bit`.
+    fn signal(&self, isr_bit: u32, vector: impl Fn(&MsixVectors) -> u16) {
         if let Some(m) = &self.msix {
             let mut table = m.table.lock().unwrap_or_else(|p| p.into_inner());
             if table.enabled() {
-                let vector = m.queue_vectors.get(usize::from(queue)).map_or(NO_VECTOR, |v| v.load(Ordering::SeqCst));
+                let vector = vector(m);
                 if vector != NO_VECTOR {
                     table.trigger(vector);
                 }
                 return;
             }
         }
-        self.status.fetch_or(INT_VRING, Ordering::SeqCst);
+        self.status.fetch_or(isr_bit, Ordering::SeqCst);
         if let Err(e) = self.irqfd.write(1) {
             tracing::warn!("cannot raise a virtio interrupt: {e}");
         }

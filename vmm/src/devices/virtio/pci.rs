@@ -348,8 +348,14 @@ impl PciDevice for VirtioPci {
     }
 
     fn config_written(&mut self, offset: usize, len: usize) {
-        if offset <= COMMAND && COMMAND < offset + len {
-            self.state.set_dma_allowed(self.config.u16(COMMAND) & COMMAND_BUS_MASTER != 0);
+        if offset <= COMMAND
+            && COMMAND < offset + len
+            && self.state.set_dma_allowed(self.config.u16(COMMAND) & COMMAND_BUS_MASTER != 0)
+        {
+            // Started now: the queues' threads look at them once.
+            for evt in &self.queue_evts {
+                let _ = evt.write(1);
+            }
         }
         let control = self.msix_cap + 2;
         if offset < control + 2 && control < offset + len {
@@ -420,8 +426,9 @@ mod tests {
     use crate::devices::virtio::testing::{ring_addresses, Rings, BUFFERS, QUEUE_SIZE};
     use crate::vstate::irq_routing::IrqRouting;
 
-    /// A virtio-rng function on this host's KVM, and the driver's rings.
-    fn rng() -> (VirtioPci, GuestMemory) {
+    /// A virtio-rng function on this host's KVM, its guest memory, and
+    /// clones of its INTx irqfd and its queue's notification eventfd.
+    fn rng() -> (VirtioPci, GuestMemory, EventFd, EventFd) {
         let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
         let vm = Arc::new(kvm.create_vm().expect("a VM"));
         vm.create_irq_chip().expect("the in-kernel irqchip");
@@ -430,8 +437,9 @@ mod tests {
         let mem = crate::vstate::memory::create(1 << 20).unwrap();
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let queue_evts = vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+        let (irq, kick) = (irqfd.try_clone().unwrap(), queue_evts[0].try_clone().unwrap());
         let dev = VirtioPci::new(Box::<Rng>::default(), mem.clone(), irqfd, msix, vm, queue_evts);
-        (dev, mem)
+        (dev, mem, irq, kick)
     }
 
     fn common_write(dev: &mut VirtioPci, field: u64, v: u64, len: usize) {
@@ -471,7 +479,7 @@ mod tests {
 
     #[test]
     fn the_device_touches_guest_memory_only_while_bus_mastering_is_on() {
-        let (mut dev, mem) = rng();
+        let (mut dev, mem, irq, kick) = rng();
         let mut rings = Rings::new(mem.clone(), 1);
         bring_up(&mut dev);
         rings.offer(0, &[(BUFFERS, 16, true)]);
@@ -481,8 +489,10 @@ mod tests {
 
         command(&mut dev, COMMAND_MEMORY | COMMAND_BUS_MASTER);
         assert!(dev.state().activated(), "bus mastering on: the device starts");
+        assert_eq!(kick.read().unwrap(), 1, "and its queue is kicked once, for the kick it dropped");
         notify(&mut dev);
         assert_eq!(rings.take_used(0), Some((0, 16)));
+        assert_eq!(irq.read().unwrap(), 1, "the used buffer's interrupt (INTx: MSI-X is off)");
 
         // As Linux does at unbind or kexec, without a reset first.
         command(&mut dev, COMMAND_MEMORY);
@@ -492,8 +502,16 @@ mod tests {
         rings.offer(0, &[(BUFFERS, 16, true)]);
         notify(&mut dev);
         assert_eq!(rings.take_used(0), None, "a stopped device uses no buffers");
+        // The driver cannot clear DEVICE_NEEDS_RESET but by a reset.
+        common_write(&mut dev, common::DEVICE_STATUS, u64::from(s & !STATUS_NEEDS_RESET), 1);
+        assert_ne!(status(&mut dev) & STATUS_NEEDS_RESET, 0);
+        assert!(irq.read().is_err(), "no interrupt while bus mastering is off");
         command(&mut dev, COMMAND_MEMORY | COMMAND_BUS_MASTER);
         assert!(!dev.state().activated(), "bus mastering back on does not restart it without a reset");
+        assert_eq!(irq.read().unwrap(), 1, "a configuration-change interrupt tells the driver");
+        let mut isr = [0u8];
+        dev.bar_read(BAR, ISR, &mut isr);
+        assert_ne!(u32::from(isr[0]) & crate::devices::virtio::INT_CONFIG, 0, "the ISR says why");
 
         common_write(&mut dev, common::DEVICE_STATUS, 0, 1);
         assert_eq!(status(&mut dev), 0, "a reset clears NEEDS_RESET");

@@ -140,25 +140,35 @@ impl VirtioState {
             self.reset();
             return;
         }
+        // DEVICE_NEEDS_RESET is the device's to set, and stays until the
+        // driver resets it.
+        let own = self.status & STATUS_NEEDS_RESET;
+        let v = v & !STATUS_NEEDS_RESET;
         if v & STATUS_FEATURES_OK != 0 && self.acked_features & VIRTIO_F_VERSION_1 == 0 {
             // A legacy driver: these devices are modern only.
-            self.status = v & !STATUS_FEATURES_OK;
+            self.status = (v & !STATUS_FEATURES_OK) | own;
             return;
         }
-        // The device's own bits stay until the driver resets it.
-        self.status = v | (self.status & STATUS_NEEDS_RESET);
+        self.status = v | own;
         self.activate_if_ready();
     }
 
     /// The PCI command register's bus-master bit changed. Off, the device
-    /// may not touch guest memory: a running device stops, drops its
-    /// queues and asks the driver for a reset (DEVICE_NEEDS_RESET, with
-    /// DRIVER_OK cleared, as QEMU clears it), which Linux does anyway
-    /// before it turns the bit off (unbind, kexec). On, a device whose
-    /// driver already set DRIVER_OK starts.
-    pub fn set_dma_allowed(&mut self, allowed: bool) {
+    /// may not touch guest memory: a running device stops and drops its
+    /// queues. QEMU clears DRIVER_OK and carries on where it was once the
+    /// bit is back; this device is stricter: it also sets
+    /// DEVICE_NEEDS_RESET and waits for a reset, as queues the driver may
+    /// have abandoned are not worth resuming. Linux resets the device
+    /// before it turns the bit off at unbind; a kexec may not. The driver
+    /// hears of it (a configuration-change interrupt) once bus mastering
+    /// is back, as an interrupt message is itself a write to memory.
+    ///
+    /// On, a device whose driver already set DRIVER_OK starts; returns
+    /// true then, and the transport kicks its queues (kicks that came
+    /// while it waited were dropped).
+    pub fn set_dma_allowed(&mut self, allowed: bool) -> bool {
         if self.dma_allowed == allowed {
-            return;
+            return false;
         }
         self.dma_allowed = allowed;
         if !allowed && self.activated {
@@ -168,7 +178,12 @@ impl VirtioState {
             self.activated = false;
             self.status = (self.status & !STATUS_DRIVER_OK) | STATUS_NEEDS_RESET;
         }
+        if allowed && self.status & STATUS_NEEDS_RESET != 0 {
+            self.interrupt.signal_config();
+        }
+        let was = self.activated;
         self.activate_if_ready();
+        !was && self.activated
     }
 
     /// Hands the queues to the device once the driver has set DRIVER_OK
