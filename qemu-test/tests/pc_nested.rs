@@ -68,25 +68,43 @@ login() {
   echo kvmos >&3
   wait_for 'root@debian-test'
 }
+# dump_vmm: what the VMM is doing: each thread's state and wait channel (a
+# disk thread in I/O or waiting for work, vCPUs in the guest), and the VM's
+# counters twice 10 s apart (are the vCPUs still exiting?).
+dump_vmm() {
+  for p in /proc/[0-9]*; do
+    grep -q kvmos-vmm $p/cmdline 2>/dev/null || continue
+    for t in $p/task/*; do
+      echo "THREAD $(cat $t/comm) state=$(cut -d' ' -f3 $t/stat) wchan=$(cat $t/wchan 2>/dev/null)"
+    done
+  done
+  ./kvmos-vmm ctl --api-socket api.sock get | grep -A8 counters
+  sleep 10
+  ./kvmos-vmm ctl --api-socket api.sock get | grep -A8 counters
+}
+# watch_console (in the background): the test drives the guest without
+# pauses, so a console that has not grown for 4 minutes means the guest is
+# stuck; say so once, with what the VMM is doing.
+watch_console() {
+  last=-1; still=0
+  while sleep 20; do
+    size=$(wc -c < out 2>/dev/null)
+    if [ "$size" != "$last" ]; then last=$size; still=0; continue; fi
+    still=$((still + 20))
+    if [ $still -eq 240 ]; then echo "GUEST-SILENT: no console output for 240 s"; dump_vmm; fi
+  done
+}
+watch_console &
 # wait_vmm: waits for the VMM to end (after a poweroff). If it is still
-# there after 5 minutes, prints what it was doing (each thread's state and
-# wait channel, the VM's counters twice 10 s apart: are the vCPUs still
-# exiting?), then kills it (L1_FINISH prints its log), so a hang fails the
-# test with facts instead of running into the test's timeout.
+# there after 5 minutes, prints what it is doing, then kills it (L1_FINISH
+# prints its log), so a hang fails the test with facts instead of running
+# into the test's timeout.
 wait_vmm() {
   n=0
   while kill -0 $vmm 2>/dev/null && [ $n -lt 300 ]; do sleep 1; n=$((n + 1)); done
   if kill -0 $vmm 2>/dev/null; then
     echo "VMM-HUNG: still running 300 s after poweroff"
-    for p in /proc/[0-9]*; do
-      grep -q kvmos-vmm $p/cmdline 2>/dev/null || continue
-      for t in $p/task/*; do
-        echo "THREAD $(cat $t/comm) state=$(cut -d' ' -f3 $t/stat) wchan=$(cat $t/wchan 2>/dev/null)"
-      done
-    done
-    ./kvmos-vmm ctl --api-socket api.sock get | grep -A8 counters
-    sleep 10
-    ./kvmos-vmm ctl --api-socket api.sock get | grep -A8 counters
+    dump_vmm
     kill -9 $vmm
   fi
   wait $vmm
