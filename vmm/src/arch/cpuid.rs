@@ -138,7 +138,7 @@ fn topology(e: &mut kvm_cpuid_entry2, index: u8, count: u8) {
             // Deterministic cache parameters: cores per package - 1 in
             // EAX[31:26]; threads sharing the cache - 1 in EAX[25:14]: one
             // for L1 and L2, all of them for L3.
-            let sharing = if (e.eax >> 5) & 7 == 3 { u32::from(count.saturating_sub(1)) } else { 0 };
+            let sharing = cache_sharing(e.eax, count);
             let cores = u32::from(count.saturating_sub(1)) & 0x3f;
             e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (cores << 26);
         }
@@ -176,7 +176,7 @@ fn amd_topology(e: &mut kvm_cpuid_entry2, index: u8, count: u8) {
             e.ecx = (e.ecx & !0xf0ff) | (bits_for(count) << 12) | u32::from(count.saturating_sub(1));
         }
         0x8000_001d => {
-            let sharing = if (e.eax >> 5) & 7 == 3 { u32::from(count.saturating_sub(1)) } else { 0 };
+            let sharing = cache_sharing(e.eax, count);
             e.eax = (e.eax & !(0xfff << 14)) | ((sharing & 0xfff) << 14);
         }
         0x8000_001e => {
@@ -280,6 +280,17 @@ fn frequency(brand: &str) -> Option<&str> {
     let f = brand.trim_end().rsplit(' ').next()?;
     let number = f.strip_suffix("GHz").or_else(|| f.strip_suffix("MHz")).or_else(|| f.strip_suffix("THz"))?;
     (!number.is_empty() && number.chars().all(|c| c.is_ascii_digit() || c == '.')).then_some(f)
+}
+
+/// Threads sharing the cache that a leaf 4 or 0x8000001D entry describes,
+/// minus one (its EAX[25:14]): all `count` for the L3, one for L1 and L2.
+fn cache_sharing(eax: u32, count: u8) -> u32 {
+    let level = (eax >> 5) & 7;
+    if level == 3 {
+        u32::from(count.saturating_sub(1))
+    } else {
+        0
+    }
 }
 
 /// Bits needed to number `n` cores (the shift to the package ID).
