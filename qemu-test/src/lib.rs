@@ -291,6 +291,11 @@ impl Appliance {
         Ok(seen)
     }
 
+    /// How many bytes the serial console has printed so far.
+    pub fn output_len(&self) -> usize {
+        self.serial.0.lock().unwrap_or_else(|p| p.into_inner()).text.len()
+    }
+
     /// Everything the serial console has printed so far.
     pub fn output(&self) -> String {
         self.serial.0.lock().unwrap_or_else(|p| p.into_inner()).text.clone()

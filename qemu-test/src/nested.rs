@@ -14,7 +14,7 @@ use kvmos_image_builder::initramfs::{self, Archive};
 use kvmos_image_builder::qemu::{Boot, Emulator, QemuOptions};
 use kvmos_image_builder::Layout;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a nested run printed and how its script ended.
 pub struct NestedResult {
@@ -159,10 +159,20 @@ impl Nested {
 
     fn wait(&self, vm: &mut Appliance, timeout: Duration, monitor: &Path) -> Result<NestedResult> {
         vm.expect("NESTED-START", timeout)?;
-        let out = match vm.expect("NESTED-RESULT ", timeout) {
-            Ok(out) => out,
-            Err(e) if vm.child.try_wait().ok().flatten().is_none() => return Err(e.context(l1_cpus(vm, monitor))),
-            Err(e) => return Err(e.context("QEMU exited before the script ended")),
+        let deadline = Instant::now() + timeout;
+        let mut silence = Silence::new(vm.output_len());
+        let out = loop {
+            let slice = SILENCE_STEP.min(deadline.saturating_duration_since(Instant::now()));
+            match vm.expect("NESTED-RESULT ", slice) {
+                Ok(out) => break out,
+                Err(e) if vm.child.try_wait().ok().flatten().is_some() => {
+                    return Err(e.context("QEMU exited before the script ended"))
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.context(format!("{}{}", silence.report, l1_state(vm, monitor, self.cpus))))
+                }
+                Err(_) => silence.check(vm, monitor, self.cpus),
+            }
         };
         let status_line = vm.expect("\n", Duration::from_secs(30))?;
         let status = status_line.trim().parse().unwrap_or(-1);
@@ -173,13 +183,105 @@ impl Nested {
     }
 }
 
-/// Where the L1's CPUs are, for a script that never ended: each CPU's
-/// instruction pointer, three times a second apart, with the L1 kernel's
-/// function there (from the build's System.map). Spinning, idle or
-/// stuck in one place tells an L1 hang from a slow or waiting script.
+/// How often a nested run's console is looked at, and how long it may
+/// stay still before the L1's state is taken: a nested script's guests
+/// print at least every few seconds while they boot.
+const SILENCE_STEP: Duration = Duration::from_secs(20);
+const SILENCE_LIMIT: Duration = Duration::from_secs(180);
+
+/// The L1 console's silence watch. When nothing has come for
+/// [`SILENCE_LIMIT`], it takes the L1's state from the L0 QEMU (where
+/// the CPUs are, their local APICs and the IO-APIC: an interrupt left in
+/// service or pending), then types a newline on the console, whose
+/// receive interrupt makes the L1's 8250 driver look at its transmitter
+/// too. Output that comes back then was held by a lost transmit
+/// interrupt, not by a stopped L1. Both go to the test's log at once, and
+/// into the failure if the run times out.
+struct Silence {
+    len: usize,
+    since: Instant,
+    nudged: Option<Instant>,
+    report: String,
+}
+
+impl Silence {
+    fn new(len: usize) -> Self {
+        Self { len, since: Instant::now(), nudged: None, report: String::new() }
+    }
+
+    fn check(&mut self, vm: &mut Appliance, monitor: &Path, cpus: u32) {
+        let len = vm.output_len();
+        if len != self.len {
+            if let Some(at) = self.nudged.take() {
+                let line = format!(
+                    "[{}] the L1 console came back {:.0} s after the newline ({} bytes)\n",
+                    vm.name,
+                    at.elapsed().as_secs_f64(),
+                    len - self.len
+                );
+                eprint!("{line}");
+                self.report.push_str(&line);
+            }
+            self.len = len;
+            self.since = Instant::now();
+            return;
+        }
+        if self.nudged.is_some() || self.since.elapsed() < SILENCE_LIMIT {
+            return;
+        }
+        let state = format!(
+            "[{}] the L1 console has been silent for {:.0} s; {}",
+            vm.name,
+            self.since.elapsed().as_secs_f64(),
+            l1_state(vm, monitor, cpus)
+        );
+        eprintln!("{state}");
+        self.report.push_str(&state);
+        let typed = vm.send("\n").map_or_else(|e| format!(" (could not type it: {e:#})"), |()| String::new());
+        let line = format!("[{}] typed a newline on the L1 console{typed}\n", vm.name);
+        eprint!("{line}");
+        self.report.push_str(&line);
+        self.nudged = Some(Instant::now());
+    }
+}
+
+/// The L1's state, for a script that never ended or went quiet: each
+/// CPU's instruction pointer, three times a second apart, with the L1
+/// kernel's function there (from the build's System.map), then each CPU's
+/// local APIC (interrupts in service and pending, the timer) and the
+/// IO-APIC. Spinning, idle or stuck in one place tells an L1 hang from a
+/// slow or waiting script; an in-service bit that stays set blocks every
+/// interrupt below it.
+fn l1_state(vm: &Appliance, monitor: &Path, cpus: u32) -> String {
+    let mut report = l1_cpus(vm, monitor);
+    for cpu in 0..cpus {
+        match vm.monitor(monitor, &format!("info lapic {cpu}")) {
+            Ok(text) => report.push_str(&interesting_lines(&text, &["LVTT", "Timer", "ISR", "IRR", "APR"])),
+            Err(e) => report.push_str(&format!("  info lapic {cpu}: {e:#}\n")),
+        }
+    }
+    match vm.monitor(monitor, "info pic") {
+        Ok(text) => report.push_str(&interesting_lines(&text, &["pin 4 ", "IRR", "pic"])),
+        Err(e) => report.push_str(&format!("  info pic: {e:#}\n")),
+    }
+    report
+}
+
+/// The lines of a monitor answer that start with one of `keys` (after
+/// blanks), indented.
+fn interesting_lines(text: &str, keys: &[&str]) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| keys.iter().any(|k| l.starts_with(k) || l.starts_with("dumping")))
+        .map(|l| format!("  {l}\n"))
+        .collect()
+}
+
+/// Where the L1's CPUs are: each CPU's instruction pointer, three times a
+/// second apart, named from the build's System.map.
 fn l1_cpus(vm: &Appliance, monitor: &Path) -> String {
     let map = std::fs::read_to_string(Layout::this_checkout().system_map()).map(|m| SymbolMap::parse(&m));
-    let mut report = String::from("the script did not end; the L1's CPUs:\n");
+    let mut report = String::from("the L1's CPUs:\n");
     for sample in 0..3 {
         if sample > 0 {
             std::thread::sleep(Duration::from_secs(1));
@@ -258,5 +360,17 @@ mod tests {
         assert_eq!(map.name(0xffffffff81a2b3c4).as_deref(), Some("default_idle+0xc4"));
         assert_eq!(map.name(0xffffffff81000010).as_deref(), Some("_stext+0x10"));
         assert_eq!(map.name(0x1000), None, "below the kernel: user space");
+    }
+
+    #[test]
+    fn the_interrupt_state_keeps_the_lines_that_tell_a_lost_interrupt() {
+        let lapic = "dumping local APIC state for CPU 0 \n\nLVT0\t 0x00010000 masked\n\
+                     LVTT\t 0x000000ec one-shot (vec 236)\nTimer\t DCR=0x3 current_count = 3065643\n\
+                     ISR\t (none)\nIRR\t 0x31\n\nAPR 0x00 TPR 0x00 PPR 0x00\n";
+        assert_eq!(
+            interesting_lines(lapic, &["LVTT", "Timer", "ISR", "IRR"]),
+            "  dumping local APIC state for CPU 0\n  LVTT\t 0x000000ec one-shot (vec 236)\n  \
+             Timer\t DCR=0x3 current_count = 3065643\n  ISR\t (none)\n  IRR\t 0x31\n"
+        );
     }
 }

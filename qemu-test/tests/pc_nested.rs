@@ -5,11 +5,12 @@
 //! sees the NIC get a DHCP lease from a server on the L1 side of its tap,
 //! writes a file, and powers off; the VMM exits with the power-off code and
 //! the file is on the disk. Under OVMF a boot entry made in the guest is
-//! still there at the next boot, read from the VM's variable file (that
-//! test is run by hand for now: see it for why).
+//! still there at the next boot, read from the VM's variable file. These
+//! Debian tests are run by hand for now (`-- --ignored`): see
+//! `debian_boots_through_seabios_with_two_vcpus` for why.
 //!
-//! The CD-ROM drive, in the default run: OVMF boots an El Torito ISO that
-//! is not hybrid (GRUB for UEFI on it reads a file from the medium), and
+//! The CD-ROM drive: OVMF boots an El Torito ISO that is not hybrid (GRUB
+//! for UEFI on it reads a file from the medium; in the default run), and
 //! Debian's own kernel (`ata_piix`, `sr`) reads the medium, sees it
 //! ejected and sees a new one put in through the control API.
 
@@ -83,18 +84,38 @@ dump_vmm() {
   ./kvmos-vmm ctl --api-socket api.sock get | grep -A8 counters
 }
 # watch_console (in the background): the test drives the guest without
-# pauses, so a console that has not grown for 4 minutes means the guest is
-# stuck; say so once, with what the VMM is doing.
+# pauses, so a console that stays still means the guest waits for nothing
+# the test does.
+# - Every 60 s of silence it types a newline on the guest's console. Under
+#   two levels of virtualisation (this L1's KVM under the L0's TCG) a
+#   guest's timer interrupt is now and then lost: the guest idles with an
+#   expired timer until some other interrupt comes, for minutes (its log
+#   then shows "rcu_preempt kthread timer wakeup didn't happen for N
+#   jiffies"). A key's interrupt wakes it, as pressing Enter would, once
+#   the guest has its serial port open (not before: then only a later
+#   interrupt does). A newline is harmless at every point the test waits:
+#   GRUB boots its default, a login prompt prints itself again, a shell
+#   runs nothing.
+# - After 240 s it prints what the VMM is doing, once.
 watch_console() {
+  trap '' PIPE
   last=-1; still=0
   while sleep 20; do
     size=$(wc -c < out 2>/dev/null)
     if [ "$size" != "$last" ]; then last=$size; still=0; continue; fi
     still=$((still + 20))
-    if [ $still -eq 240 ]; then echo "GUEST-SILENT: no console output for 240 s"; dump_vmm; fi
+    if [ $((still % 60)) -eq 0 ]; then
+      echo "GUEST-NUDGED: no console output for $still s; typed a newline"
+      echo >&3
+    fi
+    if [ $still -eq 240 ]; then
+      echo "GUEST-SILENT: no console output for 240 s"
+      dump_vmm
+    fi
   done
 }
 watch_console &
+watcher=$!
 # wait_vmm: waits for the VMM to end (after a poweroff). If it is still
 # there after 5 minutes, prints what it is doing, then kills it (L1_FINISH
 # prints its log), so a hang fails the test with facts instead of running
@@ -117,7 +138,7 @@ echo poweroff >&3
 wait_vmm
 status=$?
 sleep 1
-kill $tail
+kill $tail $watcher 2>/dev/null
 echo "----- vmm log -----"
 grep -v 'has no device' vmm.err | tail -20
 echo "VMM-EXIT $status"
@@ -140,7 +161,21 @@ fn run_pc(
     for (path, data) in extra {
         n = n.file(path, data, 0o644).unwrap();
     }
-    n.run(name, TIMEOUT).unwrap()
+    let r = n.run(name, TIMEOUT).unwrap();
+    report_nudges(name, &r);
+    r
+}
+
+/// Says on the test's log how often the guest had to be woken by a key
+/// (see `watch_console`): the figure to watch if the nested environment
+/// gets worse.
+fn report_nudges(name: &str, r: &NestedResult) {
+    let nudges = r.output.lines().filter(|l| l.starts_with("GUEST-NUDGED")).count();
+    if nudges > 0 {
+        eprintln!(
+            "[{name}] the guest's console was silent for a minute {nudges} time(s); a newline was typed each time"
+        );
+    }
 }
 
 fn firmware_file(name: &str) -> (&'static str, Vec<u8>) {
@@ -152,7 +187,7 @@ fn firmware_file(name: &str) -> (&'static str, Vec<u8>) {
 /// file on the root file system.
 const CHECKS: &str = r#"
 login
-echo 'echo "LEASE $(ip -4 -o addr show eth0 | grep -o "inet [0-9.]*")"; echo "CPUS $(grep -c ^processor /proc/cpuinfo)"; echo "MODEL$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2)"; echo proof-$((6*7)) > /root/proof.txt; sync; echo "WROTE-$?"' >&3
+echo 'echo "LEASE $(ip -4 -o addr show eth0 | grep -o "inet [0-9.]*")"; echo "CPUS $(grep -c ^processor /proc/cpuinfo)"; echo "MODEL$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2)"; echo "CLOCK $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) $(cat /sys/devices/system/clockevents/clockevent0/current_device) up=$(cut -d" " -f1 /proc/uptime) $(grep LOC: /proc/interrupts | tr -s " " | cut -d" " -f2,3) timer-softirqs=$(grep TIMER: /proc/softirqs | tr -s " " | cut -d" " -f3)"; echo proof-$((6*7)) > /root/proof.txt; sync; echo "WROTE-$?"' >&3
 wait_for 'WROTE-'
 "#;
 
@@ -188,15 +223,27 @@ fn assert_booted_and_powered_off(r: &NestedResult, firmware_banner: &str) {
 /// systemd stopped networking, 2026-12-01 to 12-06); passed 3 of 3 after
 /// virtio-net stopped overwriting a waiting received frame with the next
 /// transmitted one and MSI-X kept a masked vector's route (2026-12-07).
-/// Then, run beside the OVMF test as CI runs them, it went quiet mid-boot
-/// once in four runs, and the CD-ROM test below did so in a CI run: the
-/// L1's console stopped, with both L1 CPUs idle in the hang report, and
-/// no GUEST-SILENT report either. Something under the VMM (the L1's timers
-/// or its serial output) stops; until that is understood these two run by
-/// hand. The appliance test boots the same Debian image through BIOS and
-/// UEFI in the default run.
+///
+/// Run by hand (`-- --ignored`) for now. Beside the other nested tests, and
+/// more often with the machine loaded, a run in four or five stops. Caught
+/// in the act on 2026-12-07/08 (`GUEST-SILENT`, `GUEST-NUDGED` and the
+/// harness's L1 report):
+/// - the L1 is alive and idle; its local APICs have nothing in service;
+/// - the guest's vCPU is halted and does not leave the guest at all (its
+///   exit counters stand still for 10 s);
+/// - when the guest does wake, its log says "rcu_preempt kthread timer
+///   wakeup didn't happen for 31282 jiffies ... timer-softirq=1": its own
+///   local APIC timer (TSC-deadline mode, which the L1's KVM emulates with
+///   an hrtimer) stopped firing early in its boot, for minutes. A healthy
+///   boot shows thousands of timer interrupts by the login prompt (the
+///   `CLOCK` line).
+///
+/// The timer is the L1 kernel's KVM, under the L0's TCG; kvmos-vmm has no
+/// part in it. A newline typed on the guest's console (`watch_console`)
+/// wakes the guest when its serial port is open, not always, so the test
+/// is not yet reliable enough for every run.
 #[test]
-#[ignore = "the L1 goes quiet mid-boot about 1 run in 5 under CI load (both L1 CPUs idle); run by hand; see the comment above"]
+#[ignore = "a guest timer interrupt is lost two levels down now and then (see the comment); run by hand"]
 fn debian_boots_through_seabios_with_two_vcpus() {
     let checks = format!("{CHECKS}{INTX}");
     let r = run_pc(
@@ -223,15 +270,12 @@ fn debian_boots_through_seabios_with_two_vcpus() {
 /// Runs on the patched L0 QEMU (`kvmos_qemu_test::l0_qemu`): Debian's
 /// aborts when OVMF writes CR8 two levels down.
 ///
-/// Run by hand for now (`-- --ignored`). Flaky at poweroff: 1 run in 3
-/// hung at the second boot's poweroff after "Stopping
-/// networking.service" (2026-12-06). On 2026-12-07 it passed 3 of 3 by
-/// hand, then in a CI run (beside the other nested tests) the first
-/// boot's poweroff stopped after "Stopping systemd-random-seed", with no
-/// more output from the L1 either, until the test's 25-minute limit.
-/// `wait_vmm` prints the VMM's threads and counters if the L1 is alive.
+/// Run by hand (`-- --ignored`) for now: 1 run in 3 or 4 stops with the
+/// guest idle, the lost guest timer interrupt described at
+/// `debian_boots_through_seabios_with_two_vcpus` (seen three times in one
+/// run on 2026-12-07, the last one not woken by the typed newlines).
 #[test]
-#[ignore = "hangs at poweroff about 1 run in 4; under investigation"]
+#[ignore = "a guest timer interrupt is lost two levels down now and then; run by hand"]
 fn debian_boots_through_ovmf_and_its_boot_entry_survives_a_restart() {
     // First boot: the fallback loader; the guest adds a boot entry.
     let first = format!(
@@ -254,6 +298,8 @@ rm -f out
          {}\
          vmm=$!\n\
          exec 3>in2\n\
+         watch_console &\n\
+         watcher=$!\n\
          net_up\n\
          tail -f out &\n\
          tail=$!\n\
@@ -316,7 +362,7 @@ fn data_iso(dir: &std::path::Path, (volume, text): (&str, &str)) -> Vec<u8> {
 ///
 /// Run by hand for now: see `debian_boots_through_seabios_with_two_vcpus`.
 #[test]
-#[ignore = "the L1 goes quiet mid-boot about 1 run in 5 under CI load (both L1 CPUs idle); run by hand; see the comment above"]
+#[ignore = "a guest timer interrupt is lost two levels down now and then; run by hand"]
 fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
     let dir = kvmos_qemu_test::work_dir("pc-cdrom-debian-media").unwrap();
     let (a, b) = (data_iso(&dir, MEDIA[0]), data_iso(&dir, MEDIA[1]));
@@ -344,7 +390,7 @@ fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
          {}\
          ./kvmos-vmm ctl --api-socket api.sock stop\n\
          wait $vmm\n\
-         kill $tail\n\
+         kill $tail $watcher 2>/dev/null\n\
          echo \"L1-READ $(dd if=ide.img bs=512 skip=200 count=1 2>/dev/null | head -c 14)\"\n\
          grep -v 'has no device' vmm.err | tail -20\n",
         quoted("DRIVER-DONE"),
@@ -365,6 +411,7 @@ fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
     ide[100 * 512..100 * 512 + 16].copy_from_slice(b"IDE-MARKER-READ!");
     let n = n.file("ide.img", ide, 0o644).unwrap();
     let r = n.run("pc-cdrom-debian", TIMEOUT).unwrap();
+    report_nudges("pc-cdrom-debian", &r);
     let out = &r.output;
     assert!(out.contains("PIIX 0000:00:01.1"), "ata_piix drives the IDE function:\n{out}");
     assert!(out.contains("VENDOR KVMOS"), "sr0 is our drive:\n{out}");
