@@ -80,6 +80,10 @@ dump_vmm() {
     done
   done
   ./kvmos-vmm ctl --api-socket api.sock get | grep -A8 counters
+  # The L1's hrtimers, among them the one its KVM arms for the guest's
+  # local APIC timer (apic_timer_fn; addresses, named from System.map):
+  # missing, far ahead or long past tells where a lost guest timer went.
+  grep -E "^now at|^cpu:|^ #[0-9]|^ # expires" /proc/timer_list | head -80
   sleep 10
   ./kvmos-vmm ctl --api-socket api.sock get | grep -A8 counters
 }
