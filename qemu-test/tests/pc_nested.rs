@@ -240,7 +240,15 @@ fn assert_booted_and_powered_off(r: &NestedResult, firmware_banner: &str) {
 ///   local APIC timer (TSC-deadline mode, which the L1's KVM emulates with
 ///   an hrtimer) stopped firing early in its boot, for minutes. A healthy
 ///   boot shows thousands of timer interrupts by the login prompt (the
-///   `CLOCK` line).
+///   `CLOCK` line);
+/// - printk timestamps show the guest's kvm-clock standing still for
+///   stretches of its boot (60 lines at one timestamp), and the L1's
+///   `/proc/timer_list` (in the `GUEST-SILENT` dump) had the hrtimer its KVM
+///   arms for the guest's timer (`apic_timer_fn`) due 63 s later.
+///
+/// Booting the L1 with `tsc=reliable` (its TSC is TCG's, from the host's,
+/// though the emulated CPU has no constant_tsc) stopped it in 3 OVMF runs
+/// of 3 beside a CPU hog, but not with two L0 QEMUs running (2026-12-08).
 ///
 /// The timer is the L1 kernel's KVM, under the L0's TCG; kvmos-vmm has no
 /// part in it. A newline typed on the guest's console (`watch_console`)
