@@ -160,7 +160,7 @@ impl Nested {
     fn wait(&self, vm: &mut Appliance, timeout: Duration, monitor: &Path) -> Result<NestedResult> {
         vm.expect("NESTED-START", timeout)?;
         let deadline = Instant::now() + timeout;
-        let mut silence = Silence::new(vm.output_len());
+        let mut silence = Silence::new(vm);
         let out = loop {
             let slice = SILENCE_STEP.min(deadline.saturating_duration_since(Instant::now()));
             match vm.expect("NESTED-RESULT ", slice) {
@@ -192,11 +192,10 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(180);
 /// The L1 console's silence watch. When nothing has come for
 /// [`SILENCE_LIMIT`], it takes the L1's state from the L0 QEMU (where
 /// the CPUs are, their local APICs and the IO-APIC: an interrupt left in
-/// service or pending), then types a newline on the console, whose
-/// receive interrupt makes the L1's 8250 driver look at its transmitter
-/// too. Output that comes back then was held by a lost transmit
-/// interrupt, not by a stopped L1. Both go to the test's log at once, and
-/// into the failure if the run times out.
+/// service or pending, a timer not armed), then types a newline on the
+/// console: its receive interrupt wakes an L1 that sleeps for want of an
+/// interrupt, and says whether the L1 answers at all. What it sees goes to
+/// the test's log at once, and into the failure if the run times out.
 struct Silence {
     len: usize,
     since: Instant,
@@ -205,22 +204,28 @@ struct Silence {
 }
 
 impl Silence {
-    fn new(len: usize) -> Self {
-        Self { len, since: Instant::now(), nudged: None, report: String::new() }
+    fn new(vm: &Appliance) -> Self {
+        Self { len: vm.output_len(), since: Instant::now(), nudged: None, report: String::new() }
+    }
+
+    /// Says `line` on the test's log now and keeps it for a failure.
+    fn say(&mut self, line: String) {
+        let line = line.trim_end();
+        eprintln!("{line}");
+        self.report.push_str(line);
+        self.report.push('\n');
     }
 
     fn check(&mut self, vm: &mut Appliance, monitor: &Path, cpus: u32) {
         let len = vm.output_len();
         if len != self.len {
             if let Some(at) = self.nudged.take() {
-                let line = format!(
-                    "[{}] the L1 console came back {:.0} s after the newline ({} bytes)\n",
+                let secs = at.elapsed().as_secs_f64();
+                self.say(format!(
+                    "[{}] the L1 console came back {secs:.0} s after the newline ({} bytes)",
                     vm.name,
-                    at.elapsed().as_secs_f64(),
                     len - self.len
-                );
-                eprint!("{line}");
-                self.report.push_str(&line);
+                ));
             }
             self.len = len;
             self.since = Instant::now();
@@ -229,18 +234,14 @@ impl Silence {
         if self.nudged.is_some() || self.since.elapsed() < SILENCE_LIMIT {
             return;
         }
-        let state = format!(
-            "[{}] the L1 console has been silent for {:.0} s; {}",
+        let secs = self.since.elapsed().as_secs_f64();
+        self.say(format!(
+            "[{}] the L1 console has been silent for {secs:.0} s; {}",
             vm.name,
-            self.since.elapsed().as_secs_f64(),
             l1_state(vm, monitor, cpus)
-        );
-        eprintln!("{state}");
-        self.report.push_str(&state);
+        ));
         let typed = vm.send("\n").map_or_else(|e| format!(" (could not type it: {e:#})"), |()| String::new());
-        let line = format!("[{}] typed a newline on the L1 console{typed}\n", vm.name);
-        eprint!("{line}");
-        self.report.push_str(&line);
+        self.say(format!("[{}] typed a newline on the L1 console{typed}", vm.name));
         self.nudged = Some(Instant::now());
     }
 }
@@ -256,7 +257,7 @@ fn l1_state(vm: &Appliance, monitor: &Path, cpus: u32) -> String {
     let mut report = l1_cpus(vm, monitor);
     for cpu in 0..cpus {
         match vm.monitor(monitor, &format!("info lapic {cpu}")) {
-            Ok(text) => report.push_str(&interesting_lines(&text, &["LVTT", "Timer", "ISR", "IRR", "APR"])),
+            Ok(text) => report.push_str(&interesting_lines(&text, &["dumping", "LVTT", "Timer", "ISR", "IRR", "APR"])),
             Err(e) => report.push_str(&format!("  info lapic {cpu}: {e:#}\n")),
         }
     }
@@ -270,11 +271,7 @@ fn l1_state(vm: &Appliance, monitor: &Path, cpus: u32) -> String {
 /// The lines of a monitor answer that start with one of `keys` (after
 /// blanks), indented.
 fn interesting_lines(text: &str, keys: &[&str]) -> String {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| keys.iter().any(|k| l.starts_with(k) || l.starts_with("dumping")))
-        .map(|l| format!("  {l}\n"))
-        .collect()
+    text.lines().map(str::trim).filter(|l| keys.iter().any(|k| l.starts_with(k))).map(|l| format!("  {l}\n")).collect()
 }
 
 /// Where the L1's CPUs are: each CPU's instruction pointer, three times a
@@ -368,7 +365,7 @@ mod tests {
                      LVTT\t 0x000000ec one-shot (vec 236)\nTimer\t DCR=0x3 current_count = 3065643\n\
                      ISR\t (none)\nIRR\t 0x31\n\nAPR 0x00 TPR 0x00 PPR 0x00\n";
         assert_eq!(
-            interesting_lines(lapic, &["LVTT", "Timer", "ISR", "IRR"]),
+            interesting_lines(lapic, &["dumping", "LVTT", "Timer", "ISR", "IRR"]),
             "  dumping local APIC state for CPU 0\n  LVTT\t 0x000000ec one-shot (vec 236)\n  \
              Timer\t DCR=0x3 current_count = 3065643\n  ISR\t (none)\n  IRR\t 0x31\n"
         );

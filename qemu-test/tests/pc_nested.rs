@@ -90,12 +90,12 @@ dump_vmm() {
 # watch_console (in the background): the test drives the guest without
 # pauses, so a console that stays still means the guest waits for nothing
 # the test does.
-# - Every 60 s of silence it types a newline on the guest's console. Under
-#   two levels of virtualisation (this L1's KVM under the L0's TCG) a
-#   guest's timer interrupt is now and then lost: the guest idles with an
-#   expired timer until some other interrupt comes, for minutes (its log
-#   then shows "rcu_preempt kthread timer wakeup didn't happen for N
-#   jiffies"). A key's interrupt wakes it, as pressing Enter would, once
+# - Every 60 s of silence it types a newline on the guest's console. Two
+#   levels down (this L1's KVM under the L0's TCG) a guest's clock now and
+#   then stands still and its timer is armed far ahead: the guest sleeps
+#   until some other interrupt comes, for minutes (its log then shows
+#   "rcu_preempt kthread timer wakeup didn't happen for N jiffies"; see
+#   the SeaBIOS test). A key's interrupt wakes it, as pressing Enter would, once
 #   the guest has its serial port open (not before: then only a later
 #   interrupt does). A newline is harmless at every point the test waits:
 #   GRUB boots its default, a login prompt prints itself again, a shell
@@ -165,21 +165,21 @@ fn run_pc(
     for (path, data) in extra {
         n = n.file(path, data, 0o644).unwrap();
     }
-    let r = n.run(name, TIMEOUT).unwrap();
-    report_nudges(name, &r);
-    r
+    run_watched(n, name)
 }
 
-/// Says on the test's log how often the guest had to be woken by a key
-/// (see `watch_console`): the figure to watch if the nested environment
-/// gets worse.
-fn report_nudges(name: &str, r: &NestedResult) {
+/// Runs a script that uses `watch_console`, and says on the test's log how
+/// often the guest had to be woken by a key: the figure to watch if the
+/// nested environment gets worse.
+fn run_watched(n: Nested, name: &str) -> NestedResult {
+    let r = n.run(name, TIMEOUT).unwrap();
     let nudges = r.output.lines().filter(|l| l.starts_with("GUEST-NUDGED")).count();
     if nudges > 0 {
         eprintln!(
             "[{name}] the guest's console was silent for a minute {nudges} time(s); a newline was typed each time"
         );
     }
+    r
 }
 
 fn firmware_file(name: &str) -> (&'static str, Vec<u8>) {
@@ -255,7 +255,7 @@ fn assert_booted_and_powered_off(r: &NestedResult, firmware_banner: &str) {
 /// wakes the guest when its serial port is open, not always, so the test
 /// is not yet reliable enough for every run.
 #[test]
-#[ignore = "a guest timer interrupt is lost two levels down now and then (see the comment); run by hand"]
+#[ignore = "two levels down the guest's clock now and then stands still for minutes (see the comment); run by hand"]
 fn debian_boots_through_seabios_with_two_vcpus() {
     let checks = format!("{CHECKS}{INTX}");
     let r = run_pc(
@@ -283,11 +283,11 @@ fn debian_boots_through_seabios_with_two_vcpus() {
 /// aborts when OVMF writes CR8 two levels down.
 ///
 /// Run by hand (`-- --ignored`) for now: 1 run in 3 or 4 stops with the
-/// guest idle, the lost guest timer interrupt described at
+/// guest asleep, its clock standing still, as described at
 /// `debian_boots_through_seabios_with_two_vcpus` (seen three times in one
 /// run on 2026-12-07, the last one not woken by the typed newlines).
 #[test]
-#[ignore = "a guest timer interrupt is lost two levels down now and then; run by hand"]
+#[ignore = "two levels down the guest's clock now and then stands still for minutes; run by hand"]
 fn debian_boots_through_ovmf_and_its_boot_entry_survives_a_restart() {
     // First boot: the fallback loader; the guest adds a boot entry.
     let first = format!(
@@ -374,7 +374,7 @@ fn data_iso(dir: &std::path::Path, (volume, text): (&str, &str)) -> Vec<u8> {
 ///
 /// Run by hand for now: see `debian_boots_through_seabios_with_two_vcpus`.
 #[test]
-#[ignore = "a guest timer interrupt is lost two levels down now and then; run by hand"]
+#[ignore = "two levels down the guest's clock now and then stands still for minutes; run by hand"]
 fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
     let dir = kvmos_qemu_test::work_dir("pc-cdrom-debian-media").unwrap();
     let (a, b) = (data_iso(&dir, MEDIA[0]), data_iso(&dir, MEDIA[1]));
@@ -422,8 +422,7 @@ fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
     let mut ide = vec![0u8; 8 << 20];
     ide[100 * 512..100 * 512 + 16].copy_from_slice(b"IDE-MARKER-READ!");
     let n = n.file("ide.img", ide, 0o644).unwrap();
-    let r = n.run("pc-cdrom-debian", TIMEOUT).unwrap();
-    report_nudges("pc-cdrom-debian", &r);
+    let r = run_watched(n, "pc-cdrom-debian");
     let out = &r.output;
     assert!(out.contains("PIIX 0000:00:01.1"), "ata_piix drives the IDE function:\n{out}");
     assert!(out.contains("VENDOR KVMOS"), "sr0 is our drive:\n{out}");
