@@ -89,6 +89,22 @@ impl QemuOptions {
         }
     }
 
+    /// The kernel command line of a direct boot: `tsc=reliable`, then
+    /// [`append`](Self::append).
+    ///
+    /// TCG's `-cpu max` is an AMD CPU without the invariant-TSC bit (TCG
+    /// drops `+invtsc`), so with two CPUs the kernel takes its TSCs as
+    /// unsynchronized and marks the TSC unstable. Its KVM then runs VMs in
+    /// TSC catch-up mode, without the master clock, holding a guest's TSC
+    /// while its vCPU thread is off the CPU. TCG's TSC is one clock for all
+    /// vCPUs, read from the host's and never going back, so it is reliable,
+    /// and the flag says so.
+    /// (A UEFI boot has the kernel's built-in command line, made for servers,
+    /// whose TSCs are invariant.)
+    pub fn kernel_arguments(&self) -> String {
+        format!("tsc=reliable {}", self.append).trim_end().to_string()
+    }
+
     /// The QEMU command for these options.
     pub fn command(&self) -> Result<Command> {
         let mut c = Command::new(self.emulator.as_ref().map_or(Path::new(QEMU), |e| e.program.as_path()));
@@ -119,9 +135,7 @@ impl QemuOptions {
         match &self.boot {
             Boot::Direct { kernel, initrd } => {
                 c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
-                if !self.append.is_empty() {
-                    c.arg("-append").arg(&self.append);
-                }
+                c.arg("-append").arg(self.kernel_arguments());
             }
             Boot::Uefi { disk } => {
                 if !self.append.is_empty() {
@@ -175,7 +189,7 @@ mod tests {
         assert!(a.contains("-accel tcg -cpu max"), "{a}");
         assert!(a.contains("virtio-rng-pci"), "{a}");
         assert!(a.contains("hostfwd=tcp:127.0.0.1:8443-:443,hostfwd=tcp:127.0.0.1:2222-10.0.2.50:22"), "{a}");
-        assert!(a.contains("-kernel k -initrd i -append kvmos.debug"), "{a}");
+        assert!(a.contains("-kernel k -initrd i -append tsc=reliable kvmos.debug"), "{a}");
     }
 
     #[test]

@@ -5,9 +5,7 @@
 //! sees the NIC get a DHCP lease from a server on the L1 side of its tap,
 //! writes a file, and powers off; the VMM exits with the power-off code and
 //! the file is on the disk. Under OVMF a boot entry made in the guest is
-//! still there at the next boot, read from the VM's variable file. These
-//! Debian tests are run by hand for now (`-- --ignored`): see
-//! `debian_boots_through_seabios_with_two_vcpus` for why.
+//! still there at the next boot, read from the VM's variable file.
 //!
 //! The CD-ROM drive: OVMF boots an El Torito ISO that is not hybrid (GRUB
 //! for UEFI on it reads a file from the medium; in the default run), and
@@ -69,6 +67,16 @@ login() {
   echo kvmos >&3
   wait_for 'root@debian-test'
 }
+# l1_clock: the L1's clocksource, and why its kernel gave up on the TSC if
+# it did. Its KVM keeps a guest's clock and timer right only with a stable
+# TSC (the harness boots the L1 with tsc=reliable); healthy: "L1-CLOCK tsc".
+# Then the L1's TSC rate, first and refined: when the two differ by more
+# than 250 ppm, its KVM loses track of a new vCPU's TSC unless the VMM
+# repairs it (kvmos_vmm::arch::tsc; the VMM's log says so).
+l1_clock() {
+  echo "L1-CLOCK $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)$(dmesg | grep -o 'TSC unstable.*' | sed 's/^/ /' | tr '\n' ';')"
+  echo "L1-TSC $(dmesg | grep -o -E 'Detected [0-9.]+ MHz|Refined TSC clocksource calibration: [0-9.]+ MHz' | tr '\n' ';')"
+}
 # dump_vmm: what the VMM is doing: each thread's state and wait channel (a
 # disk thread in I/O or waiting for work, vCPUs in the guest), and the VM's
 # counters twice 10 s apart (are the vCPUs still exiting?).
@@ -84,22 +92,21 @@ dump_vmm() {
   # local APIC timer (apic_timer_fn; addresses, named from System.map):
   # missing, far ahead or long past tells where a lost guest timer went.
   grep -E "^now at|^cpu:|^ #[0-9]|^ # expires" /proc/timer_list | head -80
+  l1_clock
   sleep 10
   ./kvmos-vmm ctl --api-socket api.sock get | grep -A8 counters
 }
 # watch_console (in the background): the test drives the guest without
 # pauses, so a console that stays still means the guest waits for nothing
 # the test does.
-# - Every 60 s of silence it types a newline on the guest's console. Two
-#   levels down (this L1's KVM under the L0's TCG) a guest's clock now and
-#   then stands still and its timer is armed far ahead: the guest sleeps
-#   until some other interrupt comes, for minutes (its log then shows
-#   "rcu_preempt kthread timer wakeup didn't happen for N jiffies"; see
-#   the SeaBIOS test). A key's interrupt wakes it, as pressing Enter would, once
-#   the guest has its serial port open (not before: then only a later
-#   interrupt does). A newline is harmless at every point the test waits:
-#   GRUB boots its default, a login prompt prints itself again, a shell
-#   runs nothing.
+# - Every 60 s of silence it types a newline on the guest's console. Until
+#   the VMM repaired the TSC an L1's KVM can lose (see the SeaBIOS test), a
+#   guest's timer was now and then armed minutes ahead, and the guest slept
+#   until some other interrupt came. A key's
+#   interrupt wakes such a guest, as pressing Enter would, once it has its
+#   serial port open. The test says how often it typed one. A newline is
+#   harmless at every point the test waits: GRUB boots its default, a
+#   login prompt prints itself again, a shell runs nothing.
 # - After 240 s it prints what the VMM is doing, once.
 watch_console() {
   trap '' PIPE
@@ -143,6 +150,7 @@ wait_vmm
 status=$?
 sleep 1
 kill $tail $watcher 2>/dev/null
+l1_clock
 echo "----- vmm log -----"
 grep -v 'has no device' vmm.err | tail -20
 echo "VMM-EXIT $status"
@@ -211,6 +219,15 @@ mount -t ext4 -o ro /dev/vda3 /mnt/root && echo "ON-DISK $(cat /mnt/root/root/pr
 umount /mnt/root
 "#;
 
+/// The L1 still has the TSC as its clocksource at the end (`l1_clock`): its
+/// KVM needs a stable TSC to keep a guest's clock and timer right.
+fn assert_l1_kept_its_tsc(out: &str) {
+    assert!(
+        out.lines().any(|l| l.trim_end() == "L1-CLOCK tsc"),
+        "the L1 kept the TSC as its clock (booted with tsc=reliable):\n{out}"
+    );
+}
+
 fn assert_booted_and_powered_off(r: &NestedResult, firmware_banner: &str) {
     let out = &r.output;
     assert!(out.contains(firmware_banner), "the firmware's output:\n{out}");
@@ -220,6 +237,7 @@ fn assert_booted_and_powered_off(r: &NestedResult, firmware_banner: &str) {
     assert!(out.contains("WROTE-0"), "{out}");
     assert!(out.contains("VMM-EXIT 0"), "poweroff ends the VMM with the power-off code:\n{out}");
     assert!(out.contains("ON-DISK proof-42"), "the file is on the disk:\n{out}");
+    assert_l1_kept_its_tsc(out);
     assert_eq!(r.status, 0, "{out}");
 }
 
@@ -228,34 +246,20 @@ fn assert_booted_and_powered_off(r: &NestedResult, firmware_banner: &str) {
 /// virtio-net stopped overwriting a waiting received frame with the next
 /// transmitted one and MSI-X kept a masked vector's route (2026-12-07).
 ///
-/// Run by hand (`-- --ignored`) for now. Beside the other nested tests, and
-/// more often with the machine loaded, a run in four or five stops. Caught
-/// in the act on 2026-12-07/08 (`GUEST-SILENT`, `GUEST-NUDGED` and the
-/// harness's L1 report):
-/// - the L1 is alive and idle; its local APICs have nothing in service;
-/// - the guest's vCPU is halted and does not leave the guest at all (its
-///   exit counters stand still for 10 s);
-/// - when the guest does wake, its log says "rcu_preempt kthread timer
-///   wakeup didn't happen for 31282 jiffies ... timer-softirq=1": its own
-///   local APIC timer (TSC-deadline mode, which the L1's KVM emulates with
-///   an hrtimer) stopped firing early in its boot, for minutes. A healthy
-///   boot shows thousands of timer interrupts by the login prompt (the
-///   `CLOCK` line);
-/// - printk timestamps show the guest's kvm-clock standing still for
-///   stretches of its boot (60 lines at one timestamp), and the L1's
-///   `/proc/timer_list` (in the `GUEST-SILENT` dump) had the hrtimer its KVM
-///   arms for the guest's timer (`apic_timer_fn`) due 63 s later.
-///
-/// Booting the L1 with `tsc=reliable` (its TSC is TCG's, from the host's,
-/// though the emulated CPU has no constant_tsc) stopped it in 3 OVMF runs
-/// of 3 beside a CPU hog, but not with two L0 QEMUs running (2026-12-08).
-///
-/// The timer is the L1 kernel's KVM, under the L0's TCG; kvmos-vmm has no
-/// part in it. A newline typed on the guest's console (`watch_console`)
-/// wakes the guest when its serial port is open, not always, so the test
-/// is not yet reliable enough for every run.
+/// Until 2026-12-08 also flaky beside the other nested tests, more often
+/// on a loaded machine: a run in four or five had the guest asleep for
+/// minutes, its vCPU halted with no exits, its kvm-clock standing still,
+/// and the L1's KVM holding its local APIC timer minutes ahead; once
+/// woken, its log said "rcu_preempt kthread timer wakeup didn't happen for
+/// 31282 jiffies ... timer-softirq=1". Read through the VMM in a caught
+/// hang: KVM's view of the guest's TSC was 0, and the TSC deadline the
+/// guest had written 281 s ahead of it. The L1 (TCG's CPU has no constant
+/// TSC) had refined its TSC calibration by more than 250 ppm after its KVM
+/// loaded, and that KVM left the vCPUs' TSC multiplier at zero. kvmos-vmm
+/// now finds and repairs that (`kvmos_vmm::arch::tsc`); the L1 also boots
+/// with `tsc=reliable` (see `QemuOptions::kernel_arguments`), and every
+/// Debian test checks that it kept the TSC (`L1-CLOCK tsc`).
 #[test]
-#[ignore = "two levels down the guest's clock now and then stands still for minutes (see the comment); run by hand"]
 fn debian_boots_through_seabios_with_two_vcpus() {
     let checks = format!("{CHECKS}{INTX}");
     let r = run_pc(
@@ -282,12 +286,9 @@ fn debian_boots_through_seabios_with_two_vcpus() {
 /// Runs on the patched L0 QEMU (`kvmos_qemu_test::l0_qemu`): Debian's
 /// aborts when OVMF writes CR8 two levels down.
 ///
-/// Run by hand (`-- --ignored`) for now: 1 run in 3 or 4 stops with the
-/// guest asleep, its clock standing still, as described at
-/// `debian_boots_through_seabios_with_two_vcpus` (seen three times in one
-/// run on 2026-12-07, the last one not woken by the typed newlines).
+/// Was flaky for the L1's TSC, as described at
+/// `debian_boots_through_seabios_with_two_vcpus`.
 #[test]
-#[ignore = "two levels down the guest's clock now and then stands still for minutes; run by hand"]
 fn debian_boots_through_ovmf_and_its_boot_entry_survives_a_restart() {
     // First boot: the fallback loader; the guest adds a boot entry.
     let first = format!(
@@ -371,10 +372,7 @@ fn data_iso(dir: &std::path::Path, (volume, text): (&str, &str)) -> Vec<u8> {
 /// forbids MSI for it (`msi_bus`), binds it again, and reads random bytes:
 /// the driver now takes its interrupts on the PCI INTx line, routed by the
 /// DSDT's `_PRT` to the IO-APIC, which `/proc/interrupts` counts.
-///
-/// Run by hand for now: see `debian_boots_through_seabios_with_two_vcpus`.
 #[test]
-#[ignore = "two levels down the guest's clock now and then stands still for minutes; run by hand"]
 fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
     let dir = kvmos_qemu_test::work_dir("pc-cdrom-debian-media").unwrap();
     let (a, b) = (data_iso(&dir, MEDIA[0]), data_iso(&dir, MEDIA[1]));
@@ -403,6 +401,7 @@ fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
          ./kvmos-vmm ctl --api-socket api.sock stop\n\
          wait $vmm\n\
          kill $tail $watcher 2>/dev/null\n\
+         l1_clock\n\
          echo \"L1-READ $(dd if=ide.img bs=512 skip=200 count=1 2>/dev/null | head -c 14)\"\n\
          grep -v 'has no device' vmm.err | tail -20\n",
         quoted("DRIVER-DONE"),
@@ -433,6 +432,7 @@ fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
     assert!(out.contains("SDA KVMOS HARDDISK"), "sd drives the IDE disk:\n{out}");
     assert!(out.contains("READ-IDE-MARKER-READ!") && out.contains("DD-0"), "read and written in the guest:\n{out}");
     assert!(out.contains("L1-READ IDE-WRITTEN-42"), "the write is in the file:\n{out}");
+    assert_l1_kept_its_tsc(out);
     // virtio-rng rebound with MSI off: the driver falls back to the INTx
     // line, and its requests complete through it.
     assert!(out.contains("RNG-128"), "virtio-rng answers on INTx:\n{out}");

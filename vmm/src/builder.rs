@@ -66,6 +66,8 @@ pub enum BuildError {
     CreateVcpu(u8, kvm_ioctls::Error),
     /// cannot set up vCPU {0}: {1}
     SetupVcpu(u8, regs::RegsError),
+    /// vCPU {0}: {1}
+    Tsc(u8, crate::arch::tsc::TscError),
     /// KVM cannot report its CPUID: {0}
     Cpuid(kvm_ioctls::Error),
     /// KVM refused the CPUID of vCPU {0}: {1}
@@ -328,6 +330,7 @@ fn create_vcpus(
     (0..count)
         .map(|index| {
             let fd = vm.fd.create_vcpu(u64::from(index)).map_err(|e| BuildError::CreateVcpu(index, e))?;
+            check_tsc(&fd, index)?;
             Ok(Vcpu {
                 fd,
                 index,
@@ -340,6 +343,20 @@ fn create_vcpus(
             })
         })
         .collect()
+}
+
+/// Makes sure the host's KVM keeps the vCPU's TSC running (see
+/// [`crate::arch::tsc`]): otherwise the guest's timer and clock fail.
+fn check_tsc(fd: &kvm_ioctls::VcpuFd, index: u8) -> Result<(), BuildError> {
+    use crate::arch::tsc::{ensure_tsc_runs, TscCheck};
+    if let TscCheck::Repaired { from_khz, to_khz } = ensure_tsc_runs(fd).map_err(|e| BuildError::Tsc(index, e))? {
+        tracing::warn!(
+            vcpu = index,
+            "the host's KVM kept this vCPU's TSC standing still at {from_khz} kHz (the host's TSC calibration \
+             changed after KVM loaded); at {to_khz} kHz it runs"
+        );
+    }
+    Ok(())
 }
 
 fn attach_serial(vm: &Vm, io_bus: &Bus, console: Console) -> Result<Arc<Mutex<SerialDevice>>, BuildError> {

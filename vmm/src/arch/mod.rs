@@ -7,3 +7,4 @@ pub mod cpuid;
 pub mod firmware;
 pub mod layout;
 pub mod regs;
+pub mod tsc;
