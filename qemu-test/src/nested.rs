@@ -186,6 +186,13 @@ impl Nested {
 /// How often a nested run's console is looked at, and how long it may
 /// stay still before the L1's state is taken: a nested script's guests
 /// print at least every few seconds while they boot.
+/// A line for a nested script: the L1's TSC rate, first and refined
+/// ("L1-TSC Detected 2594.697 MHz;Refined ... 2596.138 MHz;"). When the two
+/// are more than 250 ppm apart, the L1's KVM leaves new vCPUs' TSC
+/// multiplier at zero: kvmos-vmm repairs that (`kvmos_vmm::arch::tsc`);
+/// another VMM's guest runs with a broken timer and clock.
+pub const L1_TSC: &str = r#"echo "L1-TSC $(dmesg | grep -o -E 'Detected [0-9.]+ MHz|Refined TSC clocksource calibration: [0-9.]+ MHz' | tr '\n' ';')""#;
+
 const SILENCE_STEP: Duration = Duration::from_secs(20);
 const SILENCE_LIMIT: Duration = Duration::from_secs(180);
 

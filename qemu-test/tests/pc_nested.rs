@@ -13,7 +13,7 @@
 //! ejected and sees a new one put in through the control API.
 
 use kvmos_qemu_test::debian;
-use kvmos_qemu_test::nested::{Nested, NestedResult};
+use kvmos_qemu_test::nested::{Nested, NestedResult, L1_TSC};
 use std::time::Duration;
 
 /// A run takes 3 to 6 minutes; at 15 the L1 is taken as hung, and the
@@ -75,7 +75,7 @@ login() {
 # repairs it (kvmos_vmm::arch::tsc; the VMM's log says so).
 l1_clock() {
   echo "L1-CLOCK $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)$(dmesg | grep -o 'TSC unstable.*' | sed 's/^/ /' | tr '\n' ';')"
-  echo "L1-TSC $(dmesg | grep -o -E 'Detected [0-9.]+ MHz|Refined TSC clocksource calibration: [0-9.]+ MHz' | tr '\n' ';')"
+  {l1_tsc}
 }
 # dump_vmm: what the VMM is doing: each thread's state and wait channel (a
 # disk thread in I/O or waiting for work, vCPUs in the guest), and the VM's
@@ -143,6 +143,11 @@ wait_vmm() {
 }
 "#;
 
+/// The L1 set-up, with `vmm` as the command that starts the VMM.
+fn l1_setup(vmm: &str) -> String {
+    L1_SETUP.replace("{vmm}", vmm).replace("{l1_tsc}", L1_TSC)
+}
+
 /// Powers the guest off, waits for the VMM, prints what it saw.
 const L1_FINISH: &str = r#"
 echo poweroff >&3
@@ -165,7 +170,7 @@ fn run_pc(
     l1_cpus: u32,
 ) -> NestedResult {
     let image = debian::image().unwrap();
-    let script = format!("{}{guest_commands}{L1_FINISH}{after}", L1_SETUP.replace("{vmm}", vmm));
+    let script = format!("{}{guest_commands}{L1_FINISH}{after}", l1_setup(vmm));
     let mut n = Nested::new(&script).unwrap().cpus(l1_cpus).with_vmm().unwrap().drive(&image);
     if vmm.contains("--firmware uefi") {
         n = n.for_uefi_guests().unwrap();
@@ -414,7 +419,7 @@ fn debian_reads_the_cdrom_and_sees_its_medium_changed() {
     let image = debian::image().unwrap();
     let vmm = "./kvmos-vmm --jail-uid 1000 --jail-gid 1000 --firmware bios --firmware-path bios-256k.bin \
                --disk a.iso,cdrom --disk ide.img,ide --boot-order 2";
-    let script = format!("{}{checks}", L1_SETUP.replace("{vmm}", vmm));
+    let script = format!("{}{checks}", l1_setup(vmm));
     let (bios_name, bios) = firmware_file("bios-256k.bin");
     let n = Nested::new(&script).unwrap().cpus(1).with_vmm().unwrap().drive(&image);
     let n = n.file(bios_name, bios, 0o644).unwrap().file("a.iso", a, 0o644).unwrap().file("b.iso", b, 0o644).unwrap();
