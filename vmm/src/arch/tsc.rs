@@ -95,17 +95,18 @@ pub fn ensure_tsc_runs(v: &impl TscControl) -> Result<TscCheck, TscError> {
         return Ok(TscCheck::Running);
     }
     let from_khz = v.tsc_khz().map_err(TscError::Kvm)?;
-    let scaled = |ppm_below: u64, ppm_above: u64| u64::from(from_khz) * (1_000_000 + ppm_above - ppm_below) / 1_000_000;
-    let (mut khz, last) = (scaled(SEARCH_PPM, 0), scaled(0, SEARCH_PPM));
+    let recorded = u64::from(from_khz);
+    let mut khz = recorded * (1_000_000 - SEARCH_PPM) / 1_000_000;
+    let last = recorded * (1_000_000 + SEARCH_PPM) / 1_000_000;
     while khz <= last {
         let rate = u32::try_from(khz).unwrap_or(u32::MAX);
         // Below KVM's window it refuses the rate; the first one it takes
         // is inside the window, where it writes the identity multiplier.
         if v.set_tsc_khz(rate).is_ok() {
-            return match advances(v)? {
-                true => Ok(TscCheck::Repaired { from_khz, to_khz: rate }),
-                false => Err(TscError::Stuck(from_khz)),
-            };
+            if advances(v)? {
+                return Ok(TscCheck::Repaired { from_khz, to_khz: rate });
+            }
+            return Err(TscError::Stuck(from_khz));
         }
         khz += (khz * STEP_PPM / 1_000_000).max(1);
     }
